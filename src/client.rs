@@ -1,0 +1,240 @@
+//! A typed client of the HTTP API v1, used by the `kiln` CLI and the demo,
+//! plus loading spec files (JSON or YAML; a file or a directory).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the dispatcher at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("HTTP {status} {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("{path}: {message}")]
+    SpecFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("a default HTTP client builds"),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: crate::telemetry::error_chain(&e),
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(ClientError::Api {
+            status,
+            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["error"]["message"].as_str().unwrap_or("(no message)").to_owned(),
+        })
+    }
+
+    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let response = self.send(request).await?;
+        response.json().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            message: format!("unreadable answer: {e}"),
+        })
+    }
+
+    pub async fn submit(&self, batch: &Value, idempotency_key: Option<&str>) -> Result<Value, ClientError> {
+        let mut request = self.http.post(format!("{}/v1/batches", self.base)).json(batch);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        self.json(request).await
+    }
+
+    pub async fn batch(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/v1/batches/{id}", self.base))).await
+    }
+
+    /// Every job of a batch (following cursors), optionally of one state.
+    pub async fn all_jobs(&self, id: &str, state: Option<&str>) -> Result<Vec<Value>, ClientError> {
+        let mut jobs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(s) = state {
+                query.push(("state", s.to_owned()));
+            }
+            if let Some(c) = &cursor {
+                query.push(("cursor", c.clone()));
+            }
+            let page = self
+                .json(
+                    self.http
+                        .get(format!("{}/v1/batches/{id}/jobs", self.base))
+                        .query(&query),
+                )
+                .await?;
+            jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return Ok(jobs),
+            }
+        }
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await
+    }
+
+    pub async fn attempts(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/v1/jobs/{id}/attempts", self.base)))
+            .await
+    }
+
+    pub async fn retry_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+        self.json(
+            self.http
+                .post(format!("{}/v1/batches/{id}/retry", self.base))
+                .json(&json!({ "states": states })),
+        )
+        .await
+    }
+
+    pub async fn retry_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/retry", self.base)))
+            .await
+    }
+
+    pub async fn cancel_batch(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(format!("{}/v1/batches/{id}/cancel", self.base)))
+            .await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)))
+            .await
+    }
+
+    /// Downloads a job's result files and unpacks them into `dir`.
+    pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+        let bytes = self
+            .send(self.http.get(format!("{}/v1/jobs/{id}/artifacts", self.base)))
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.base.clone(),
+                message: e.to_string(),
+            })?;
+        std::fs::create_dir_all(dir)?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut written = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.into_owned();
+            // `unpack_in` refuses paths that would land outside `dir`.
+            if entry.unpack_in(dir)? {
+                written.push(dir.join(path));
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Reads specs from a file or a directory of files (`.json`, `.yaml`,
+/// `.yml`, sorted by name) into a batch body. A file may hold one spec, a
+/// list of specs, or a batch object (`{"name"?, "specs", "options"?}`).
+pub fn load_batch(path: &Path) -> Result<Value, ClientError> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(ClientError::SpecFile {
+                path: path.to_owned(),
+                message: "no .json, .yaml or .yml files in this directory".into(),
+            });
+        }
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut specs = Vec::new();
+    let mut name = None;
+    let mut options = None;
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let value: Value = if file.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| ClientError::SpecFile {
+                path: file.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            serde_yaml_ng::from_str(&text).map_err(|e| ClientError::SpecFile {
+                path: file.clone(),
+                message: e.to_string(),
+            })?
+        };
+        match value {
+            Value::Array(items) => specs.extend(items),
+            Value::Object(mut map) if map.contains_key("specs") => {
+                match map.remove("specs") {
+                    Some(Value::Array(items)) => specs.extend(items),
+                    _ => {
+                        return Err(ClientError::SpecFile {
+                            path: file,
+                            message: "`specs` must be a list".into(),
+                        });
+                    }
+                }
+                if let Some(n) = map.remove("name") {
+                    name.get_or_insert(n);
+                }
+                if let Some(o) = map.remove("options") {
+                    if options.is_some() {
+                        return Err(ClientError::SpecFile {
+                            path: file,
+                            message: "options are given in more than one file".into(),
+                        });
+                    }
+                    options = Some(o);
+                }
+            }
+            spec @ Value::Object(_) => specs.push(spec),
+            _ => {
+                return Err(ClientError::SpecFile {
+                    path: file,
+                    message: "expected a spec, a list of specs or a batch object".into(),
+                });
+            }
+        }
+    }
+    let mut batch = json!({ "specs": specs });
+    if let Some(n) = name {
+        batch["name"] = n;
+    }
+    if let Some(o) = options {
+        batch["options"] = o;
+    }
+    Ok(batch)
+}

@@ -1,0 +1,449 @@
+//! Typed configuration for every Kiln process.
+//!
+//! Settings come from the environment (`KILN_…`), optionally layered over a
+//! TOML file named by `KILN_CONFIG` whose keys are the variable names without
+//! the prefix, in lower case (`worker_concurrency = 8`). The environment wins.
+//! Every field below documents its variable and default; `.env.example` at
+//! the repository root is the same list with comments.
+//!
+//! Secrets (the LLM API key) are [`SecretString`]s: they print as
+//! `[REDACTED]`, are never serialised, and are only exposed at the one place
+//! that builds the provider's HTTP header (architecture invariant 7).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Why configuration could not be loaded. Messages name the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {message}")]
+    Invalid { var: &'static str, message: String },
+    #[error("reading config file {path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("parsing config file {path}: {message}")]
+    FileFormat { path: PathBuf, message: String },
+}
+
+/// Which LLM wire protocol the worker speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmProvider {
+    /// OpenAI chat completions, and every server that speaks it (vLLM,
+    /// Ollama, llama.cpp, LM Studio, LiteLLM, `kiln-mock-llm`).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl LlmProvider {
+    /// The provider's public endpoint, used when `KILN_LLM_BASE_URL` is unset.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            LlmProvider::OpenAi => "https://api.openai.com/v1",
+            LlmProvider::Anthropic => "https://api.anthropic.com/v1",
+        }
+    }
+}
+
+/// Which sandbox backend runs untrusted code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxKind {
+    /// bubblewrap, a process per run (fast; Linux namespaces).
+    Process,
+    /// A Docker container per run, through the engine's API (bollard).
+    Docker,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// All of Kiln's configuration. Each process reads the parts it needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `KILN_DATABASE_URL` (default `postgres://127.0.0.1:5432/kiln`): the
+    /// system of record; created and migrated at start-up if missing.
+    pub database_url: String,
+    /// `KILN_REDIS_URL` (default `redis://127.0.0.1:6379`): queue delivery only.
+    pub redis_url: String,
+    /// `KILN_QUEUE` (default `kiln`): namespace of every Redis key, so several
+    /// deployments or test runs can share one Redis.
+    pub queue: String,
+    /// `KILN_HTTP_ADDR` (default `127.0.0.1:8080`): dispatcher listen address.
+    pub http_addr: SocketAddr,
+    /// `KILN_LOG_FORMAT` (`text` or `json`, default `text`); the filter is
+    /// `KILN_LOG` or `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
+    pub llm: LlmSettings,
+    pub worker: WorkerSettings,
+    pub sandbox: SandboxSettings,
+    pub feeder: FeederSettings,
+    pub api: ApiSettings,
+}
+
+/// How the worker reaches the model provider.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// `KILN_LLM_PROVIDER` (`openai` or `anthropic`, default `openai`).
+    pub provider: LlmProvider,
+    /// `KILN_LLM_BASE_URL` (default: the provider's public URL). Point it at a
+    /// vLLM or Ollama server, or at `kiln-mock-llm`.
+    pub base_url: String,
+    /// `KILN_LLM_API_KEY`, or the contents of the file named by
+    /// `KILN_LLM_API_KEY_FILE`. Never stored, logged, prompted or passed on.
+    pub api_key: Option<SecretString>,
+    /// `KILN_LLM_MODEL`: model used when a batch names none.
+    pub model: Option<String>,
+    /// `KILN_LLM_MAX_TOKENS` (default 8192): completion cap per request.
+    pub max_tokens: u32,
+    /// `KILN_LLM_TIMEOUT_S` (default 300): one request, headers to last byte.
+    pub request_timeout: Duration,
+    /// `KILN_LLM_MAX_RETRIES` (default 8): provider faults (429, 5xx,
+    /// timeouts, resets) tolerated per attempt before the job fails with
+    /// `llm_unavailable`. They never spend an attempt.
+    pub max_retries: u32,
+    /// `KILN_LLM_BACKOFF_MS` (default 500): first backoff; doubles per fault,
+    /// with jitter, up to `KILN_LLM_BACKOFF_MAX_MS` (default 30000).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// How a worker process runs jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// `KILN_WORKER_CONCURRENCY` (default 16): jobs in flight per process.
+    pub concurrency: usize,
+    /// `KILN_WORKER_ID` (default: host name, pid and a random suffix). Must be
+    /// unique per process: apalis-redis silently misbehaves when a restarted
+    /// worker reuses a name.
+    pub worker_id: Option<String>,
+    /// `KILN_LEASE_TTL_S` (default 30): a lease not renewed for this long may
+    /// be taken over by another worker. Renewed every third of it.
+    pub lease_ttl: Duration,
+    /// `KILN_SHUTDOWN_GRACE_S` (default 20): after SIGTERM, how long in-flight
+    /// jobs may run before their leases are released for others to resume.
+    pub shutdown_grace: Duration,
+    /// `KILN_CRASH_LIMIT` (default 3): takeovers of a job from workers that
+    /// died under it before the job fails with `crash_loop`.
+    pub crash_limit: u32,
+    /// `KILN_SANDBOX_MAX_RETRIES` (default 3): sandbox infrastructure faults
+    /// tolerated per attempt before the job fails with `sandbox_unavailable`.
+    pub sandbox_max_retries: u32,
+}
+
+/// Limits and location of the sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// `KILN_SANDBOX` (`process` or `docker`, default `process`).
+    pub kind: SandboxKind,
+    /// `KILN_SANDBOX_RUNTIME` (default `/opt/kiln/sandbox`): the Python virtual
+    /// environment built from `sandbox/requirements.txt` by
+    /// `scripts/setup-sandbox-runtime`; mounted read-only into every run.
+    pub runtime: PathBuf,
+    /// `KILN_SANDBOX_IMAGE` (default `kiln-sandbox:latest`): the Docker backend's image.
+    pub image: String,
+    /// `KILN_SANDBOX_TIMEOUT_S` (default 60): wall clock per run unless the
+    /// batch sets `options.timeout_s`; the whole process tree is killed after it.
+    pub timeout: Duration,
+    /// `KILN_SANDBOX_MEMORY_MB` (default 1024): memory per run.
+    pub memory_mb: u64,
+    /// `KILN_SANDBOX_PIDS` (default 256): processes and threads per run.
+    pub pids: u64,
+    /// `KILN_SANDBOX_TMPFS_MB` (default 128): size of the writable work dir.
+    pub tmpfs_mb: u64,
+    /// `KILN_SANDBOX_OUTPUT_KB` (default 256): captured output per stream;
+    /// the rest is discarded while the run goes on.
+    pub output_kb: u64,
+}
+
+/// The dispatcher's feeder and reconciler.
+#[derive(Debug, Clone)]
+pub struct FeederSettings {
+    /// `KILN_QUEUE_WINDOW` (default 1000): most jobs waiting in Redis per
+    /// queue (apalis-redis 1.0 breaks with ~8,000 due at once).
+    pub window: usize,
+    /// `KILN_FEEDER_TICK_MS` (default 250).
+    pub tick: Duration,
+    /// `KILN_REDELIVER_AFTER_S` (default 900): a job waiting in Redis for this
+    /// long is sent again in case its message was lost (duplicates are refused).
+    pub redeliver_after: Duration,
+}
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `KILN_MAX_BODY_MB` (default 64): largest request body.
+    pub max_body_bytes: usize,
+    /// `KILN_MAX_SPECS` (default 50000): most specs per batch.
+    pub max_specs: usize,
+    /// `KILN_MAX_SPEC_KB` (default 256): largest single spec (as JSON).
+    pub max_spec_bytes: usize,
+}
+
+impl Settings {
+    /// Loads settings from the process environment (and `KILN_CONFIG`).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_vars(std::env::vars())
+    }
+
+    /// Loads settings from the given variables (and the file named by their
+    /// `KILN_CONFIG`, if any); the seam tests use.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = vars.into_iter().collect();
+        let mut source = match env.get("KILN_CONFIG") {
+            Some(path) => read_file(PathBuf::from(path))?,
+            None => HashMap::new(),
+        };
+        source.extend(
+            env.into_iter()
+                .filter(|(k, _)| k.starts_with("KILN_") || k == "RUST_LOG"),
+        );
+        let src = Source(source);
+
+        let provider = match src.get("KILN_LLM_PROVIDER").as_deref() {
+            None | Some("openai") => LlmProvider::OpenAi,
+            Some("anthropic") => LlmProvider::Anthropic,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "KILN_LLM_PROVIDER",
+                    message: format!("unknown provider {other:?}, expected \"openai\" or \"anthropic\""),
+                });
+            }
+        };
+        let api_key = match (src.get("KILN_LLM_API_KEY"), src.get("KILN_LLM_API_KEY_FILE")) {
+            (Some(key), _) => Some(SecretString::from(key)),
+            (None, Some(path)) => {
+                let key = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+                    var: "KILN_LLM_API_KEY_FILE",
+                    message: format!("reading {path}: {e}"),
+                })?;
+                Some(SecretString::from(key.trim().to_owned()))
+            }
+            (None, None) => None,
+        };
+
+        Ok(Settings {
+            database_url: src.string("KILN_DATABASE_URL", "postgres://127.0.0.1:5432/kiln"),
+            redis_url: src.string("KILN_REDIS_URL", "redis://127.0.0.1:6379"),
+            queue: src.string("KILN_QUEUE", "kiln"),
+            http_addr: src.parse("KILN_HTTP_ADDR", "127.0.0.1:8080".parse().expect("valid default"))?,
+            log_format: match src.get("KILN_LOG_FORMAT").as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "KILN_LOG_FORMAT",
+                        message: format!("unknown format {other:?}, expected \"text\" or \"json\""),
+                    });
+                }
+            },
+            llm: LlmSettings {
+                provider,
+                base_url: src
+                    .string("KILN_LLM_BASE_URL", provider.default_base_url())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                api_key,
+                model: src.get("KILN_LLM_MODEL"),
+                max_tokens: src.parse("KILN_LLM_MAX_TOKENS", 8192)?,
+                request_timeout: src.secs("KILN_LLM_TIMEOUT_S", 300)?,
+                max_retries: src.parse("KILN_LLM_MAX_RETRIES", 8)?,
+                backoff_base: src.millis("KILN_LLM_BACKOFF_MS", 500)?,
+                backoff_max: src.millis("KILN_LLM_BACKOFF_MAX_MS", 30_000)?,
+            },
+            worker: WorkerSettings {
+                concurrency: src.positive("KILN_WORKER_CONCURRENCY", 16)?,
+                worker_id: src.get("KILN_WORKER_ID"),
+                lease_ttl: src.secs("KILN_LEASE_TTL_S", 30)?,
+                shutdown_grace: src.secs("KILN_SHUTDOWN_GRACE_S", 20)?,
+                crash_limit: src.parse("KILN_CRASH_LIMIT", 3)?,
+                sandbox_max_retries: src.parse("KILN_SANDBOX_MAX_RETRIES", 3)?,
+            },
+            sandbox: SandboxSettings {
+                kind: match src.get("KILN_SANDBOX").as_deref() {
+                    None | Some("process") => SandboxKind::Process,
+                    Some("docker") => SandboxKind::Docker,
+                    Some(other) => {
+                        return Err(ConfigError::Invalid {
+                            var: "KILN_SANDBOX",
+                            message: format!("unknown sandbox {other:?}, expected \"process\" or \"docker\""),
+                        });
+                    }
+                },
+                runtime: PathBuf::from(src.string("KILN_SANDBOX_RUNTIME", "/opt/kiln/sandbox")),
+                image: src.string("KILN_SANDBOX_IMAGE", "kiln-sandbox:latest"),
+                timeout: src.secs("KILN_SANDBOX_TIMEOUT_S", 60)?,
+                memory_mb: src.positive("KILN_SANDBOX_MEMORY_MB", 1024)?,
+                pids: src.positive("KILN_SANDBOX_PIDS", 256)?,
+                tmpfs_mb: src.positive("KILN_SANDBOX_TMPFS_MB", 128)?,
+                output_kb: src.positive("KILN_SANDBOX_OUTPUT_KB", 256)?,
+            },
+            feeder: FeederSettings {
+                window: src.positive("KILN_QUEUE_WINDOW", 1000)?,
+                tick: src.millis("KILN_FEEDER_TICK_MS", 250)?,
+                redeliver_after: src.secs("KILN_REDELIVER_AFTER_S", 900)?,
+            },
+            api: ApiSettings {
+                max_body_bytes: src.positive::<usize>("KILN_MAX_BODY_MB", 64)? * 1024 * 1024,
+                max_specs: src.positive("KILN_MAX_SPECS", 50_000)?,
+                max_spec_bytes: src.positive::<usize>("KILN_MAX_SPEC_KB", 256)? * 1024,
+            },
+        })
+    }
+}
+
+/// Reads a TOML config file into `KILN_…` variables.
+fn read_file(path: PathBuf) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+        path: path.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::FileFormat {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut out = HashMap::new();
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError::FileFormat {
+                    path,
+                    message: format!(
+                        "{key}: expected a string, number or boolean, found {}",
+                        other.type_str()
+                    ),
+                });
+            }
+        };
+        out.insert(format!("KILN_{}", key.to_ascii_uppercase()), value);
+    }
+    Ok(out)
+}
+
+struct Source(HashMap<String, String>);
+
+impl Source {
+    fn get(&self, var: &str) -> Option<String> {
+        self.0.get(var).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                message: format!("{raw:?}: {e}"),
+            }),
+        }
+    }
+
+    fn positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialEq + Default,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(var, default)?;
+        if value == T::default() {
+            return Err(ConfigError::Invalid {
+                var,
+                message: "must be greater than zero".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn secs(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        let value: f64 = self.parse(var, default as f64)?;
+        if !(value.is_finite() && value > 0.0) {
+            return Err(ConfigError::Invalid {
+                var,
+                message: "must be a positive number of seconds".into(),
+            });
+        }
+        Ok(Duration::from_secs_f64(value))
+    }
+
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(self.positive(var, default)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_architecture_table() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.database_url, "postgres://127.0.0.1:5432/kiln");
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.queue, "kiln");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.llm.provider, LlmProvider::OpenAi);
+        assert_eq!(s.llm.base_url, "https://api.openai.com/v1");
+        assert!(s.llm.api_key.is_none());
+        assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.sandbox.kind, SandboxKind::Process);
+        assert_eq!(s.feeder.window, 1000);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Settings::from_vars(vars(&[("KILN_WORKER_CONCURRENCY", "many")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("KILN_WORKER_CONCURRENCY: \"many\""),
+            "{err}"
+        );
+        let err = Settings::from_vars(vars(&[("KILN_SANDBOX", "vm")])).unwrap_err();
+        assert!(err.to_string().starts_with("KILN_SANDBOX:"), "{err}");
+        let err = Settings::from_vars(vars(&[("KILN_QUEUE_WINDOW", "0")])).unwrap_err();
+        assert!(err.to_string().contains("greater than zero"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kiln.toml");
+        std::fs::write(&file, "queue = \"from-file\"\nworker_concurrency = 4\n").unwrap();
+        let s = Settings::from_vars(vars(&[
+            ("KILN_CONFIG", file.to_str().unwrap()),
+            ("KILN_QUEUE", "from-env"),
+        ]))
+        .unwrap();
+        assert_eq!(s.queue, "from-env");
+        assert_eq!(s.worker.concurrency, 4);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_api_key_is_redacted_when_printed() {
+        let s = Settings::from_vars(vars(&[("KILN_LLM_API_KEY", "sk-very-secret")])).unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("sk-very-secret"), "{printed}");
+        assert_eq!(s.llm.api_key.unwrap().expose_secret(), "sk-very-secret");
+    }
+}

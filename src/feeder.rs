@@ -1,0 +1,103 @@
+//! The feeder and reconciler, run by the dispatcher.
+//!
+//! The backlog lives in Postgres; the feeder keeps at most `window` ready
+//! jobs waiting in Redis (invariant 6), by priority and round-robin across
+//! batches. Each tick it also reconciles Postgres with what Redis may have
+//! lost (invariant 1):
+//! - Redis lost its data (restart without persistence, `FLUSHALL`): every
+//!   queued job is sent again;
+//! - a running job's lease expired (its worker died): it goes back to the
+//!   queue, and its next claim counts the crash;
+//! - a job waited in Redis longer than `redeliver_after`: sent again, in case
+//!   its message was lost some other way.
+//!
+//! Re-sending is always safe: a duplicate message is refused by the claim.
+//! Several dispatchers may run; an advisory lock lets one feed at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::FeederSettings;
+use crate::queue::Producer;
+use crate::store::Store;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FeederStats {
+    pub pushed: AtomicU64,
+    pub redis_losses: AtomicU64,
+    pub expired_leases: AtomicU64,
+}
+
+pub struct Feeder {
+    pub store: Store,
+    pub producer: Producer,
+    pub queue: String,
+    pub settings: FeederSettings,
+    /// Notified when jobs become ready (new batch, retry), to feed at once.
+    pub wake: Arc<Notify>,
+    pub stats: Arc<FeederStats>,
+}
+
+/// How often stale window entries are looked for.
+const STALE_SCAN_EVERY: Duration = Duration::from_secs(30);
+
+impl Feeder {
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(queue = %self.queue, window = self.settings.window, "feeder started");
+        let mut last_stale_scan = Instant::now();
+        loop {
+            let stale_scan = last_stale_scan.elapsed() >= STALE_SCAN_EVERY;
+            if stale_scan {
+                last_stale_scan = Instant::now();
+            }
+            if let Err(e) = self.tick(stale_scan).await {
+                warn!(error = %e, "feeder tick failed; retrying");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.tick) => {}
+            }
+        }
+        info!("feeder stopped");
+    }
+
+    /// One round of reconciliation and feeding.
+    pub async fn tick(&self, stale_scan: bool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.producer.check_lost().await? {
+            let n = self.store.forget_dispatched(None).await?;
+            self.stats.redis_losses.fetch_add(1, Ordering::Relaxed);
+            if n > 0 {
+                warn!(jobs = n, "Redis lost its data; re-sending every queued job");
+            }
+        }
+        let expired = self.store.requeue_expired_leases().await?;
+        if expired > 0 {
+            self.stats.expired_leases.fetch_add(expired, Ordering::Relaxed);
+            info!(jobs = expired, "leases expired (workers died?); jobs re-queued");
+        }
+        if stale_scan {
+            let n = self
+                .store
+                .forget_dispatched(Some(self.settings.redeliver_after))
+                .await?;
+            if n > 0 {
+                warn!(jobs = n, "jobs waited in Redis too long; re-sending");
+            }
+        }
+        while let Some(round) = self.store.begin_feed(&self.queue, self.settings.window).await? {
+            let n = round.job_ids.len();
+            self.producer.push(&round.job_ids).await?;
+            round.mark_dispatched().await?;
+            self.stats.pushed.fetch_add(n as u64, Ordering::Relaxed);
+            debug!(jobs = n, "fed jobs into the queue");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! `/v1/batches…`: create a batch, read its status and jobs, retry, cancel.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState, parse_id};
+use crate::spec::{BatchRequest, Limits};
+use crate::store::batches::{BatchView, JobPage, NewBatch};
+
+pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// Reads a request body up to the configured limit.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::TooLarge(format!("body: larger than the limit of {limit} bytes"))
+        } else {
+            ApiError::invalid("body", format!("could not read the body: {e}"))
+        }
+    })
+}
+
+/// Parses JSON, naming the position of a syntax error.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
+        )
+    })
+}
+
+/// `POST /v1/batches` → `201 {"batch_id", "job_ids"}`.
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 200 visible ASCII characters"))?;
+            Some(key.to_owned())
+        }
+    };
+    let bytes = read_body(body, state.limits.max_body_bytes).await?;
+    let request = BatchRequest::from_value(
+        parse_json(&bytes)?,
+        Limits {
+            max_specs: state.limits.max_specs,
+            max_spec_bytes: state.limits.max_spec_bytes,
+        },
+    )?;
+    let request_sha256 = hex::encode(Sha256::digest(&bytes));
+    let created = state
+        .store
+        .create_batch(NewBatch {
+            name: request.name.as_deref(),
+            options: &request.options,
+            specs: &request.specs,
+            idempotency_key: key.as_deref(),
+            request_sha256: &request_sha256,
+        })
+        .await?;
+    state.feeder_wake.notify_one();
+    let mut response = (StatusCode::CREATED, Json(&created)).into_response();
+    if created.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /v1/batches/{id}`.
+pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BatchView>, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    Ok(Json(state.store.batch(id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Largest page of `GET /v1/batches/{id}/jobs`.
+pub const MAX_PAGE: i64 = 1000;
+
+/// `GET /v1/batches/{id}/jobs?state=&limit=&cursor=`.
+pub async fn jobs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<JobsQuery>,
+) -> Result<Json<JobPage>, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    if let Some(s) = &q.state
+        && !JOB_STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::invalid(
+            "state",
+            format!("{s:?} is not one of {}", JOB_STATES.join(", ")),
+        ));
+    }
+    let limit = match &q.limit {
+        None => 100,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", format!("{raw:?} is not a number from 1 to {MAX_PAGE}")))?,
+    };
+    let cursor = match &q.cursor {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i32>()
+                .map_err(|_| ApiError::invalid("cursor", format!("{raw:?} is not a cursor from this API")))?,
+        ),
+    };
+    Ok(Json(
+        state.store.batch_jobs(id, q.state.as_deref(), limit, cursor).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    #[serde(default = "default_retry_states")]
+    states: Vec<String>,
+}
+
+fn default_retry_states() -> Vec<String> {
+    vec!["failed".into()]
+}
+
+/// `POST /v1/batches/{id}/retry` (`{"states": ["failed"]}` by default) →
+/// `202 {"requeued": n}`: each matching job starts a new run.
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let states = if bytes.iter().all(u8::is_ascii_whitespace) {
+        default_retry_states()
+    } else {
+        let body: RetryBody = serde_path_to_error::deserialize(parse_json(&bytes)?).map_err(|e| {
+            let path = e.path().to_string();
+            ApiError::invalid(
+                if path == "." { "body".to_owned() } else { path },
+                e.into_inner().to_string(),
+            )
+        })?;
+        body.states
+    };
+    for (i, s) in states.iter().enumerate() {
+        if !["failed", "cancelled", "succeeded"].contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                format!("states[{i}]"),
+                format!("{s:?} cannot be retried; use failed, cancelled or succeeded"),
+            ));
+        }
+    }
+    let requeued = state.store.retry_batch(id, &states).await?;
+    state.feeder_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+}
+
+/// `POST /v1/batches/{id}/cancel` → `202 {"cancelled": n}`.
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    let cancelled = state.store.cancel_batch(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": cancelled }))))
+}

@@ -1,0 +1,124 @@
+//! `/v1/jobs/{id}…`: status, attempts, artifacts, files, retry, cancel.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ApiError, AppState, parse_id};
+use crate::store::attempts::AttemptView;
+use crate::store::jobs::JobView;
+
+/// `GET /v1/jobs/{id}`.
+pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    Ok(Json(state.store.job(id).await?))
+}
+
+#[derive(Deserialize)]
+pub struct AttemptsQuery {
+    full: Option<bool>,
+}
+
+/// `GET /v1/jobs/{id}/attempts[?full=true]`: every attempt of every run;
+/// with `full`, also the prompt messages and the raw response.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AttemptsQuery>,
+) -> Result<Json<Vec<AttemptView>>, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    Ok(Json(state.store.attempts(id, q.full.unwrap_or(false)).await?))
+}
+
+/// Selects whose files to serve: the job's result by default, or any
+/// attempt with `?run=&attempt=` (to look at what a failed attempt wrote).
+#[derive(Deserialize)]
+pub struct FilesQuery {
+    run: Option<i32>,
+    attempt: Option<i32>,
+}
+
+async fn files_attempt(state: &AppState, job_id: Uuid, q: &FilesQuery) -> Result<Uuid, ApiError> {
+    match (q.run, q.attempt) {
+        (None, None) => match state.store.result_attempt(job_id).await? {
+            Some(id) => Ok(id),
+            None => {
+                let job = state.store.job(job_id).await?;
+                Err(ApiError::NotFound(format!(
+                    "result of job {job_id} (it is {}; pass ?run=&attempt= for an attempt's files)",
+                    job.state
+                )))
+            }
+        },
+        (run, Some(n)) => {
+            let run = match run {
+                Some(r) => r,
+                None => state.store.job(job_id).await?.run,
+            };
+            state
+                .store
+                .attempt(job_id, run, Some(n))
+                .await?
+                .map(|a| a.id)
+                .ok_or_else(|| ApiError::NotFound(format!("attempt {n} of run {run}")))
+        }
+        (Some(_), None) => Err(ApiError::invalid("attempt", "required with `run`")),
+    }
+}
+
+/// `GET /v1/jobs/{id}/artifacts` → the files as `application/gzip` (tar.gz).
+pub async fn artifacts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<FilesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let job_id = parse_id(&id, "job_id")?;
+    let attempt = files_attempt(&state, job_id, &q).await?;
+    let files = state.store.artifacts(attempt).await?;
+    let archive = crate::files::tar_gz(&files).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{job_id}.tar.gz\""),
+            ),
+        ],
+        archive,
+    ))
+}
+
+/// `GET /v1/jobs/{id}/files/{path}` → one file as text.
+pub async fn file(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    Query(q): Query<FilesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let job_id = parse_id(&id, "job_id")?;
+    let attempt = files_attempt(&state, job_id, &q).await?;
+    let content = state.store.artifact(attempt, &path).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound(_) => ApiError::NotFound(format!("file {path:?}")),
+        other => other.into(),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], content))
+}
+
+/// `POST /v1/jobs/{id}/retry` → `202 {"requeued": 1}`: a new run with a
+/// fresh attempt budget; earlier attempts are kept.
+pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    let requeued = state.store.retry_job(id).await?;
+    state.feeder_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+}
+
+/// `POST /v1/jobs/{id}/cancel` → `202 {"cancelled": 0|1}`.
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    let cancelled = state.store.cancel_job(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": cancelled }))))
+}

@@ -1,0 +1,102 @@
+//! Probes and metrics: `/healthz` (the process answers), `/readyz` (Postgres
+//! and Redis reachable), `/metrics` (Prometheus text format).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let postgres = state.store.ping().await.err().map(|e| e.to_string());
+    let redis = state.producer.ping().await.err().map(|e| e.to_string());
+    let ready = postgres.is_none() && redis.is_none();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "postgres": postgres.unwrap_or_else(|| "ok".into()),
+        "redis": redis.unwrap_or_else(|| "ok".into()),
+    });
+    (status, Json(body))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let t = state.store.totals().await?;
+    let mut out = String::new();
+    out.push_str("# HELP kiln_jobs Jobs by state.\n# TYPE kiln_jobs gauge\n");
+    for (s, n) in &t.jobs_by_state {
+        let _ = writeln!(out, "kiln_jobs{{state=\"{s}\"}} {n}");
+    }
+    out.push_str("# HELP kiln_attempts Attempts by state.\n# TYPE kiln_attempts gauge\n");
+    for (s, n) in &t.attempts_by_state {
+        let _ = writeln!(out, "kiln_attempts{{state=\"{s}\"}} {n}");
+    }
+    let stats = &state.feeder_stats;
+    let rows = [
+        (
+            "kiln_tokens_prompt_total",
+            "counter",
+            "Prompt tokens used by all attempts.",
+            t.prompt_tokens,
+        ),
+        (
+            "kiln_tokens_completion_total",
+            "counter",
+            "Completion tokens used by all attempts.",
+            t.completion_tokens,
+        ),
+        (
+            "kiln_llm_faults_total",
+            "counter",
+            "Provider faults retried (they spent no attempt).",
+            t.llm_faults,
+        ),
+        (
+            "kiln_sandbox_faults_total",
+            "counter",
+            "Sandbox faults retried (they spent no attempt).",
+            t.sandbox_faults,
+        ),
+        (
+            "kiln_queue_window_jobs",
+            "gauge",
+            "Jobs waiting in Redis (bounded by KILN_QUEUE_WINDOW).",
+            t.in_window,
+        ),
+        (
+            "kiln_feeder_pushed_total",
+            "counter",
+            "Messages this dispatcher pushed to Redis.",
+            stats.pushed.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "kiln_feeder_redis_losses_total",
+            "counter",
+            "Times this dispatcher found Redis had lost its data.",
+            stats.redis_losses.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "kiln_feeder_expired_leases_total",
+            "counter",
+            "Running jobs re-queued because their lease expired.",
+            stats.expired_leases.load(Ordering::Relaxed) as i64,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

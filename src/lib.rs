@@ -1,0 +1,49 @@
+//! Kiln turns batches of code specs into generated, validated,
+//! sandbox-tested code.
+//!
+//! A client submits a batch of specs over HTTP; the dispatcher stores it in
+//! Postgres (the system of record) and feeds a bounded window of `{job_id}`
+//! messages into Redis; workers claim each job through a fenced lease and
+//! run generate → validate → sandbox-test → repair-and-retry, persisting
+//! every step, so any worker can resume any job after a crash.
+//!
+//! # Layout
+//!
+//! The pipeline, stage by stage:
+//! - [`spec`]: what clients submit, validated with field paths.
+//! - [`prompt`]: system, spec and repair prompts.
+//! - [`llm`]: the model provider client and its fault classes.
+//! - [`parse`]: the model's answer → files.
+//! - [`validate`]: static checks with exact positions.
+//! - [`sandbox`]: running untrusted code and reading an unforgeable verdict.
+//! - [`pipeline`]: one job from claim to outcome, resumable at each step.
+//!
+//! Around it:
+//! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
+//! - [`queue`]: apalis-redis delivery (the only module naming Redis).
+//! - [`feeder`]: the bounded Redis window and reconciliation.
+//! - [`worker`]: the worker process (claims, heartbeats, shutdown).
+//! - [`http`]: the dispatcher's HTTP API v1.
+//! - [`client`]: an API client for the CLI and the demo.
+//! - [`mock_llm`]: the scripted OpenAI-compatible server for tests and demos.
+//! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
+
+pub mod client;
+pub mod config;
+pub mod feeder;
+pub mod files;
+pub mod http;
+pub mod llm;
+pub mod mock_llm;
+pub mod parse;
+pub mod pipeline;
+pub mod prompt;
+pub mod queue;
+pub mod report;
+pub mod sandbox;
+pub mod signals;
+pub mod spec;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+pub mod worker;

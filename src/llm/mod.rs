@@ -1,0 +1,207 @@
+//! Talking to the model provider.
+//!
+//! [`LlmClient`] is the seam the pipeline calls; [`openai::OpenAiClient`]
+//! speaks OpenAI-compatible chat completions over reqwest. Tests point it at a
+//! real local HTTP server (`kiln-mock-llm`), never at a stand-in object.
+//!
+//! Errors are classified here, once, into what the pipeline must do with them
+//! ([`LlmError::disposition`]): provider faults are retried under their own
+//! limit and never spend an attempt (invariant 5); quota, auth and request
+//! errors stop the job at once with a code that says why.
+
+pub mod openai;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::store::attempts::TokenUsage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Message {
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
+    }
+}
+
+/// One chat request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: u32,
+    /// Ask for a JSON object (provider's JSON mode where supported).
+    pub json: bool,
+    /// The attempt this request belongs to, sent as `X-Kiln-Attempt-Id` so
+    /// provider-side logs (and the mock's duplicate counter) can tie requests
+    /// to attempts. Not a secret.
+    pub attempt_id: String,
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub content: String,
+    /// `stop`, `length` (truncated), …, as the provider reports it.
+    pub finish_reason: Option<String>,
+    pub usage: TokenUsage,
+}
+
+impl ChatResponse {
+    /// True when the provider cut the answer off at the token limit.
+    pub fn truncated(&self) -> bool {
+        matches!(self.finish_reason.as_deref(), Some("length" | "max_tokens"))
+    }
+}
+
+/// Why a request produced no usable answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// Connection refused or reset, DNS, TLS: the request may not have arrived.
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// 429 rate limit; `retry_after` from the provider's headers when given.
+    #[error("rate limited (HTTP 429){}", .retry_after.map(|d| format!(", retry after {d:?}")).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// 5xx, 529 overloaded.
+    #[error("provider unavailable (HTTP {status}): {message}")]
+    Unavailable { status: u16, message: String },
+    /// A 2xx whose body is not the protocol's JSON (empty, cut, HTML…).
+    #[error("malformed response body: {0}")]
+    MalformedBody(String),
+    /// Out of credit or quota: retrying cannot help.
+    #[error("quota exhausted (HTTP {status}): {message}")]
+    Quota { status: u16, message: String },
+    /// Bad or missing API key, or no access to the model.
+    #[error("not authorised (HTTP {status}): {message}")]
+    Auth { status: u16, message: String },
+    /// The provider refused the request itself (unknown model, too long…).
+    #[error("request rejected (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+}
+
+/// What the pipeline does with an [`LlmError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Retry after backoff (at least the given delay, if any), counting
+    /// against the provider-fault limit, not the attempt budget.
+    Retry(Option<Duration>),
+    /// Stop the job now with this error code.
+    Fail(&'static str),
+}
+
+impl LlmError {
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            LlmError::Transport(_)
+            | LlmError::Timeout(_)
+            | LlmError::Unavailable { .. }
+            | LlmError::MalformedBody(_) => Disposition::Retry(None),
+            LlmError::RateLimited { retry_after } => Disposition::Retry(*retry_after),
+            LlmError::Quota { .. } => Disposition::Fail("llm_quota"),
+            LlmError::Auth { .. } => Disposition::Fail("llm_auth"),
+            LlmError::Rejected { .. } => Disposition::Fail("llm_rejected"),
+        }
+    }
+}
+
+/// The model provider, as the pipeline sees it.
+pub trait LlmClient: Send + Sync {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+}
+
+/// Keeps a provider's error text short and free of anything that looks like
+/// a credential before it is stored on an attempt or logged.
+pub(crate) fn clip_provider_message(body: &str) -> String {
+    let text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.pointer("/message"))
+                .or_else(|| v.pointer("/error"))
+                .and_then(|m| m.as_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| body.to_owned());
+    let redacted = redact_keys(&text);
+    let mut clipped: String = redacted.chars().take(500).collect();
+    if clipped.len() < redacted.len() {
+        clipped.push('…');
+    }
+    clipped
+}
+
+/// Replaces things shaped like API keys (`sk-…`, long opaque tokens).
+/// Providers sometimes echo a key prefix in their error messages.
+fn redact_keys(text: &str) -> String {
+    static KEY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(sk-[A-Za-z0-9_\-*]{4,}|[A-Za-z0-9_\-]{32,})").expect("valid regex")
+    });
+    KEY.replace_all(text, "[redacted]").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_faults_are_retried_and_caller_faults_fail_with_a_code() {
+        assert_eq!(
+            LlmError::Timeout(Duration::from_secs(1)).disposition(),
+            Disposition::Retry(None)
+        );
+        assert_eq!(
+            LlmError::RateLimited {
+                retry_after: Some(Duration::from_secs(2))
+            }
+            .disposition(),
+            Disposition::Retry(Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            LlmError::Quota {
+                status: 429,
+                message: String::new()
+            }
+            .disposition(),
+            Disposition::Fail("llm_quota")
+        );
+    }
+
+    #[test]
+    fn provider_messages_are_clipped_and_keys_redacted() {
+        let body = r#"{"error": {"message": "Incorrect API key provided: sk-abc123456789. Find your key at ..."}}"#;
+        let m = clip_provider_message(body);
+        assert!(m.starts_with("Incorrect API key provided: [redacted]"), "{m}");
+        assert!(clip_provider_message(&"x ".repeat(1000)).chars().count() <= 501);
+    }
+}

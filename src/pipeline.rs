@@ -1,0 +1,692 @@
+//! One job, from claim to outcome: generate → validate → sandbox-test →
+//! repair-and-retry, each step persisted before the next starts.
+//!
+//! The pipeline is re-entrant: given a claimed job it looks at what Postgres
+//! already holds for the current run and continues from there. An attempt
+//! whose response is stored is never sent to the model again; an attempt
+//! already tested is only judged (invariant 4).
+//!
+//! Faults are classified by [`Step`]: the model's failures (unparseable,
+//! truncated, invalid or failing code) spend an attempt; provider and
+//! sandbox faults are retried with backoff under their own limits and, when
+//! those run out, end the job with a code that says so (invariant 5).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use crate::files::File;
+use crate::llm::{ChatRequest, Disposition, LlmClient, Message};
+use crate::parse::parse_response;
+use crate::prompt::{self, Failure};
+use crate::report::{Diagnostic, TestReport, ValidationReport};
+use crate::sandbox::{Limits, Sandbox, SandboxError, harness};
+use crate::spec::Spec;
+use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Phase};
+use crate::store::jobs::{Claimed, JobOutcome};
+use crate::store::{Lease, Store, StoreError};
+use crate::validate;
+
+/// Knobs of the pipeline (from [`crate::config::Settings`]).
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Model used when the batch names none.
+    pub default_model: Option<String>,
+    pub max_tokens: u32,
+    /// Provider faults tolerated per attempt.
+    pub llm_max_retries: u32,
+    /// Sandbox faults tolerated per attempt.
+    pub sandbox_max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Takeovers from dead workers tolerated per run.
+    pub crash_limit: u32,
+    pub limits: Limits,
+}
+
+/// How a call to [`Pipeline::run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Succeeded,
+    Failed {
+        code: String,
+    },
+    /// Stopped on request (shutdown) before an outcome; the caller releases
+    /// the lease so another worker resumes.
+    Interrupted,
+    /// The lease was taken over, or the job cancelled or retried: stop
+    /// without writing anything more.
+    LeaseLost,
+}
+
+/// Failures of the pipeline itself (not of the job).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything one job needs; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub store: Store,
+    pub llm: Arc<dyn LlmClient>,
+    pub sandbox: Arc<dyn Sandbox>,
+    pub settings: PipelineSettings,
+}
+
+/// Why an attempt stopped before a verdict.
+enum Stop {
+    /// Infrastructure limits ran out or the provider refused: job fails with `code`.
+    Fail {
+        code: &'static str,
+        message: String,
+    },
+    Interrupted,
+    LeaseLost,
+}
+
+/// The verdict on one attempt.
+enum Verdict {
+    Passed,
+    /// The model's code failed; the attempt is spent.
+    Failed,
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        match e {
+            StoreError::LeaseLost => Stop::LeaseLost,
+            other => Stop::Fail {
+                code: "internal",
+                message: format!("storing the attempt failed: {other}"),
+            },
+        }
+    }
+}
+
+impl Pipeline {
+    /// Drives a claimed job until it ends, is interrupted, or the lease is lost.
+    pub async fn run(&self, job: &Claimed, cancel: &CancellationToken) -> Result<JobEnd, PipelineError> {
+        let lease = &job.lease;
+        if job.crashes >= self.settings.crash_limit as i32 {
+            let message = format!(
+                "workers died {} times while running this job (limit {}); it is not run again",
+                job.crashes, self.settings.crash_limit
+            );
+            if let Some(a) = self
+                .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
+                .await?
+                && a.state == "running"
+            {
+                self.end_attempt(lease, &a, AttemptState::Error, Some(("crash_loop", &message)), cancel)
+                    .await?;
+            }
+            return self
+                .end_job(
+                    lease,
+                    JobOutcome::Failed {
+                        code: "crash_loop",
+                        message: &message,
+                    },
+                    cancel,
+                )
+                .await;
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(JobEnd::Interrupted);
+            }
+            let latest = self
+                .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
+                .await?;
+            let attempt = match latest {
+                Some(a) if a.state == "running" => a,
+                Some(a) if a.state == "passed" => {
+                    // Passed but the job was not marked: finish what a dead worker started.
+                    return self
+                        .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
+                        .await;
+                }
+                Some(a) if a.state == "error" => {
+                    let code = a.error_code.clone().unwrap_or_else(|| "internal".into());
+                    let message = a.error_message.clone().unwrap_or_default();
+                    return self
+                        .end_job(
+                            lease,
+                            JobOutcome::Failed {
+                                code: &code,
+                                message: &message,
+                            },
+                            cancel,
+                        )
+                        .await;
+                }
+                Some(a) if a.n >= job.max_attempts => {
+                    let (code, message) = exhausted(&a, job.max_attempts);
+                    return self
+                        .end_job(
+                            lease,
+                            JobOutcome::Failed {
+                                code,
+                                message: &message,
+                            },
+                            cancel,
+                        )
+                        .await;
+                }
+                previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
+                    Ok(a) => a,
+                    Err(stop) => return self.stopped(lease, None, stop, cancel).await,
+                },
+            };
+            let span = tracing::info_span!("attempt", run = job.run, attempt = attempt.n);
+            match self.run_attempt(job, &attempt, cancel).instrument(span).await {
+                Ok(Verdict::Passed) => {
+                    self.end_attempt(lease, &attempt, AttemptState::Passed, None, cancel)
+                        .await?;
+                    info!(job_id = %lease.job_id, attempt = attempt.n, "attempt passed");
+                    return self
+                        .end_job(lease, JobOutcome::Succeeded { attempt_id: attempt.id }, cancel)
+                        .await;
+                }
+                Ok(Verdict::Failed) => {
+                    self.end_attempt(lease, &attempt, AttemptState::Failed, None, cancel)
+                        .await?;
+                    info!(job_id = %lease.job_id, attempt = attempt.n, "attempt failed");
+                }
+                Err(stop) => return self.stopped(lease, Some(&attempt), stop, cancel).await,
+            }
+        }
+    }
+
+    /// Creates the next attempt with its prompt (a repair prompt after a failure).
+    async fn start_attempt(
+        &self,
+        job: &Claimed,
+        previous: Option<&AttemptRecord>,
+        cancel: &CancellationToken,
+    ) -> Result<AttemptRecord, Stop> {
+        let n = previous.map_or(1, |p| p.n + 1);
+        let Some(model) = job
+            .options
+            .model_for_attempt(n as u32)
+            .map(str::to_owned)
+            .or_else(|| self.settings.default_model.clone())
+        else {
+            return Err(Stop::Fail {
+                code: "no_model",
+                message: "the batch names no model (options.model) and KILN_LLM_MODEL is not set".into(),
+            });
+        };
+        let messages = match previous {
+            None => vec![
+                Message::system(prompt::system_prompt(&job.spec)),
+                Message::user(prompt::spec_prompt(&job.spec)),
+            ],
+            Some(p) => {
+                let first: Vec<Message> = serde_json::from_value(p.prompt.clone()).unwrap_or_default();
+                let validation: Option<ValidationReport> =
+                    p.validation.clone().and_then(|v| serde_json::from_value(v).ok());
+                let tests: Option<TestReport> = p.tests.clone().and_then(|v| serde_json::from_value(v).ok());
+                let failure = Failure {
+                    validation: validation.as_ref(),
+                    tests: tests.as_ref(),
+                    other: None,
+                };
+                prompt::repair_messages(
+                    &first,
+                    p.response.as_deref().unwrap_or(""),
+                    &failure,
+                    n as u32,
+                    job.max_attempts as u32,
+                )
+            }
+        };
+        let prompt = serde_json::to_value(&messages).expect("messages serialise");
+        Ok(self
+            .retry_db(cancel, || {
+                self.store.start_attempt(&job.lease, job.run, n, &model, &prompt)
+            })
+            .await?)
+    }
+
+    /// Runs an attempt from its last persisted phase to a verdict.
+    async fn run_attempt(
+        &self,
+        job: &Claimed,
+        attempt: &AttemptRecord,
+        cancel: &CancellationToken,
+    ) -> Result<Verdict, Stop> {
+        let lease = &job.lease;
+        let response = match (attempt.phase, &attempt.response) {
+            (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
+            (_, Some(stored)) => Generated {
+                content: stored.clone(),
+                finish_reason: attempt.finish_reason.clone(),
+            },
+        };
+
+        let (files, validation) = if attempt.phase >= Phase::Validated {
+            let files = self.retry_db(cancel, || self.store.artifacts(attempt.id)).await?;
+            let validation: ValidationReport = attempt
+                .validation
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            (files, validation)
+        } else {
+            let started = Instant::now();
+            let (files, validation) = check_answer(&job.spec, &response);
+            let report = serde_json::to_value(&validation).expect("reports serialise");
+            let ms = started.elapsed().as_millis() as u64;
+            self.retry_db(cancel, || {
+                self.store.record_validation(lease, attempt.id, &files, &report, ms)
+            })
+            .await?;
+            (files, validation)
+        };
+        if !validation.ok {
+            return Ok(Verdict::Failed);
+        }
+
+        let tests: TestReport = if attempt.phase >= Phase::Tested {
+            attempt
+                .tests
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default()
+        } else {
+            let started = Instant::now();
+            let report = self.test(job, attempt, &files, cancel).await?;
+            let value = serde_json::to_value(&report).expect("reports serialise");
+            let ms = started.elapsed().as_millis() as u64;
+            self.retry_db(cancel, || self.store.record_tests(lease, attempt.id, &value, ms))
+                .await?;
+            report
+        };
+        Ok(if tests.all_passed() {
+            Verdict::Passed
+        } else {
+            Verdict::Failed
+        })
+    }
+
+    /// Calls the model, retrying provider faults under their limit, and
+    /// stores the answer the moment it arrives.
+    async fn generate(
+        &self,
+        job: &Claimed,
+        attempt: &AttemptRecord,
+        cancel: &CancellationToken,
+    ) -> Result<Generated, Stop> {
+        let lease = &job.lease;
+        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        let request = ChatRequest {
+            model: attempt.model.clone(),
+            messages,
+            max_tokens: self.settings.max_tokens,
+            json: true,
+            attempt_id: attempt.id.to_string(),
+        };
+        loop {
+            let started = Instant::now();
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Err(Stop::Interrupted),
+                r = self.llm.chat(&request) => r,
+            };
+            match result {
+                Ok(answer) => {
+                    let ms = started.elapsed().as_millis() as u64;
+                    self.retry_db(cancel, || {
+                        self.store.record_generation(
+                            lease,
+                            attempt.id,
+                            &answer.content,
+                            answer.finish_reason.as_deref(),
+                            answer.usage,
+                            ms,
+                        )
+                    })
+                    .await?;
+                    return Ok(Generated {
+                        content: answer.content,
+                        finish_reason: answer.finish_reason,
+                    });
+                }
+                Err(e) => match e.disposition() {
+                    Disposition::Fail(code) => {
+                        return Err(Stop::Fail {
+                            code,
+                            message: e.to_string(),
+                        });
+                    }
+                    Disposition::Retry(after) => {
+                        let message = e.to_string();
+                        let count = self
+                            .retry_db(cancel, || {
+                                self.store.record_fault(lease, attempt.id, FaultKind::Llm, &message)
+                            })
+                            .await?;
+                        warn!(job_id = %lease.job_id, attempt = attempt.n, faults = count, error = %message, "model provider fault");
+                        if count > self.settings.llm_max_retries as i32 {
+                            return Err(Stop::Fail {
+                                code: "llm_unavailable",
+                                message: format!("the model provider failed {count} times in a row; last: {message}"),
+                            });
+                        }
+                        self.sleep(backoff(&self.settings, count as u32, after), cancel).await?;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Runs the tests in the sandbox, retrying sandbox faults under their limit.
+    async fn test(
+        &self,
+        job: &Claimed,
+        attempt: &AttemptRecord,
+        files: &[File],
+        cancel: &CancellationToken,
+    ) -> Result<TestReport, Stop> {
+        let mut limits = self.settings.limits;
+        if let Some(t) = job.options.timeout_s {
+            limits.timeout = Duration::from_secs(u64::from(t));
+        }
+        loop {
+            let result = tokio::select! {
+                () = cancel.cancelled() => return Err(Stop::Interrupted),
+                r = harness::run_tests(self.sandbox.as_ref(), &job.spec, files, &limits) => r,
+            };
+            match result {
+                Ok(report) => return Ok(report),
+                Err(e @ (SandboxError::Unavailable(_) | SandboxError::Harness(_))) => {
+                    let message = e.to_string();
+                    let count = self
+                        .retry_db(cancel, || {
+                            self.store
+                                .record_fault(&job.lease, attempt.id, FaultKind::Sandbox, &message)
+                        })
+                        .await?;
+                    warn!(job_id = %job.lease.job_id, attempt = attempt.n, faults = count, error = %message, "sandbox fault");
+                    if count > self.settings.sandbox_max_retries as i32 {
+                        return Err(Stop::Fail {
+                            code: "sandbox_unavailable",
+                            message: format!("the sandbox failed {count} times in a row; last: {message}"),
+                        });
+                    }
+                    self.sleep(backoff(&self.settings, count as u32, None), cancel).await?;
+                }
+            }
+        }
+    }
+
+    /// Records why the job stopped, as far as the lease allows.
+    async fn stopped(
+        &self,
+        lease: &Lease,
+        attempt: Option<&AttemptRecord>,
+        stop: Stop,
+        cancel: &CancellationToken,
+    ) -> Result<JobEnd, PipelineError> {
+        match stop {
+            Stop::Interrupted => Ok(JobEnd::Interrupted),
+            Stop::LeaseLost => Ok(JobEnd::LeaseLost),
+            Stop::Fail { code, message } => {
+                warn!(job_id = %lease.job_id, code, %message, "job stopped");
+                if let Some(a) = attempt {
+                    match self
+                        .end_attempt(lease, a, AttemptState::Error, Some((code, &message)), cancel)
+                        .await
+                    {
+                        Err(PipelineError::Store(StoreError::LeaseLost)) => return Ok(JobEnd::LeaseLost),
+                        other => other?,
+                    }
+                }
+                self.end_job(
+                    lease,
+                    JobOutcome::Failed {
+                        code,
+                        message: &message,
+                    },
+                    cancel,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn end_attempt(
+        &self,
+        lease: &Lease,
+        attempt: &AttemptRecord,
+        state: AttemptState,
+        error: Option<(&str, &str)>,
+        cancel: &CancellationToken,
+    ) -> Result<(), PipelineError> {
+        Ok(self
+            .retry_db(cancel, || self.store.finish_attempt(lease, attempt.id, state, error))
+            .await?)
+    }
+
+    async fn end_job(
+        &self,
+        lease: &Lease,
+        outcome: JobOutcome<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<JobEnd, PipelineError> {
+        match self.retry_db(cancel, || self.store.finish_job(lease, outcome)).await {
+            Ok(()) => Ok(match outcome {
+                JobOutcome::Succeeded { .. } => JobEnd::Succeeded,
+                JobOutcome::Failed { code, .. } => JobEnd::Failed { code: code.to_owned() },
+            }),
+            Err(StoreError::LeaseLost) => Ok(JobEnd::LeaseLost),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Retries a database call while the database is unreachable (restart,
+    /// failover), so a blink does not fail jobs. Gives up after ~2 minutes
+    /// or when the job is interrupted.
+    async fn retry_db<T, F, Fut>(&self, cancel: &CancellationToken, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match call().await {
+                Err(e) if e.is_transient() && Instant::now() < deadline && !cancel.is_cancelled() => {
+                    warn!(error = %e, "database unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn sleep(&self, duration: Duration, cancel: &CancellationToken) -> Result<(), Stop> {
+        tokio::select! {
+            () = cancel.cancelled() => Err(Stop::Interrupted),
+            () = tokio::time::sleep(duration) => Ok(()),
+        }
+    }
+}
+
+/// The stored or fresh answer of an attempt.
+struct Generated {
+    content: String,
+    finish_reason: Option<String>,
+}
+
+/// Parses and validates an answer. A truncated or unparseable answer is the
+/// model's failure, reported as a diagnostic like any other.
+fn check_answer(spec: &Spec, answer: &Generated) -> (Vec<File>, ValidationReport) {
+    let truncated = matches!(answer.finish_reason.as_deref(), Some("length" | "max_tokens"));
+    match parse_response(&answer.content, spec.kind()) {
+        Ok(files) => {
+            let mut report = validate::validate(spec, &files);
+            if truncated {
+                report.diagnostics.insert(
+                    0,
+                    Diagnostic::error(
+                        "",
+                        0,
+                        0,
+                        "response-truncated",
+                        "the answer was cut off at the token limit; answer more concisely",
+                    ),
+                );
+                report.ok = false;
+            }
+            (files, report)
+        }
+        Err(e) => {
+            let (rule, message) = if truncated {
+                (
+                    "response-truncated",
+                    format!("the answer was cut off at the token limit and cannot be parsed: {e}"),
+                )
+            } else {
+                ("response-format", e.0)
+            };
+            (
+                Vec::new(),
+                ValidationReport::from_diagnostics(vec![Diagnostic::error("", 0, 0, rule, message)]),
+            )
+        }
+    }
+}
+
+/// The job's error once its last attempt failed: a code naming what failed
+/// and a message with the last attempt's first problem.
+fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
+    let validation: Option<ValidationReport> = last.validation.clone().and_then(|v| serde_json::from_value(v).ok());
+    let tests: Option<TestReport> = last.tests.clone().and_then(|v| serde_json::from_value(v).ok());
+    let prefix = format!("all {max} attempts failed; the last one: ");
+    if let Some(v) = validation.filter(|v| !v.ok) {
+        let first = v
+            .errors()
+            .next()
+            .map(|d| format!("{} [{}] {}", d.location(), d.rule, d.message))
+            .unwrap_or_default();
+        let code = if v.errors().any(|d| d.rule.starts_with("response-")) {
+            "invalid_response"
+        } else {
+            "validation_failed"
+        };
+        return (
+            code,
+            format!("{prefix}{} static check errors, first: {first}", v.errors().count()),
+        );
+    }
+    if let Some(t) = tests {
+        let first = t
+            .problem
+            .clone()
+            .or_else(|| {
+                t.cases
+                    .iter()
+                    .find(|c| c.outcome != crate::report::Outcome::Passed)
+                    .map(|c| format!("{}: {}", c.name, c.message))
+            })
+            .unwrap_or_default();
+        return (
+            "tests_failed",
+            format!(
+                "{prefix}{} of {} tests failed, first: {}",
+                t.failed,
+                t.total,
+                prompt::clip(&first, 500)
+            ),
+        );
+    }
+    ("attempts_exhausted", format!("all {max} attempts failed"))
+}
+
+/// Exponential backoff with full jitter, at least what the provider asked for.
+fn backoff(settings: &PipelineSettings, faults: u32, at_least: Option<Duration>) -> Duration {
+    let exp = settings
+        .backoff_base
+        .saturating_mul(1 << faults.saturating_sub(1).min(16));
+    let cap = exp.min(settings.backoff_max);
+    let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
+    jittered
+        .max(at_least.unwrap_or_default())
+        .min(settings.backoff_max.max(at_least.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FunctionSpec, TestCase};
+
+    fn function_spec() -> Spec {
+        Spec::Function(FunctionSpec {
+            task_description: "add".into(),
+            entry_point: Some("add".into()),
+            prompt: None,
+            input_types: None,
+            output_type: None,
+            constraints: vec![],
+            test_cases: vec![TestCase {
+                input: serde_json::json!([1, 2]),
+                expected: serde_json::json!(3),
+            }],
+            test_code: None,
+        })
+    }
+
+    #[test]
+    fn a_truncated_answer_is_a_diagnostic_not_a_crash() {
+        let answer = Generated {
+            content: r#"{"files": [{"path": "solution.py", "content": "def add(a, b):\n    return a +"#.into(),
+            finish_reason: Some("length".into()),
+        };
+        let (files, report) = check_answer(&function_spec(), &answer);
+        assert!(files.is_empty());
+        assert!(!report.ok);
+        assert_eq!(report.diagnostics[0].rule, "response-truncated");
+    }
+
+    #[test]
+    fn an_unparseable_answer_fails_validation_with_what_was_expected() {
+        let answer = Generated {
+            content: "Sorry, I can't.".into(),
+            finish_reason: Some("stop".into()),
+        };
+        let (_, report) = check_answer(&function_spec(), &answer);
+        assert_eq!(report.diagnostics[0].rule, "response-format");
+        assert!(report.diagnostics[0].message.contains("expected a JSON object"));
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_the_providers_wait() {
+        let s = PipelineSettings {
+            default_model: None,
+            max_tokens: 1,
+            llm_max_retries: 1,
+            sandbox_max_retries: 1,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            crash_limit: 3,
+            limits: Limits {
+                timeout: Duration::from_secs(1),
+                memory_mb: 1,
+                pids: 1,
+                tmpfs_mb: 1,
+                output_bytes: 1,
+            },
+        };
+        assert!(backoff(&s, 1, None) <= Duration::from_millis(100));
+        assert!(backoff(&s, 20, None) <= Duration::from_secs(2));
+        assert!(backoff(&s, 1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,405 @@
+//! The prompts: the system prompt with Kiln's production rules per spec kind,
+//! the first user message rendering the spec, and the repair prompt that
+//! feeds an attempt's failures back to the model.
+//!
+//! [`PROMPT_VERSION`] changes whenever the wording changes, because cached
+//! results are keyed by it: a result produced by other instructions is not
+//! the same result.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use crate::llm::Message;
+use crate::report::{Outcome, Severity, TestReport, ValidationReport};
+use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+
+/// Identifies the wording of every prompt below.
+pub const PROMPT_VERSION: &str = "kiln-prompts-1";
+
+/// Python packages (with pinned versions) the sandbox runtime provides, the
+/// only ones generated services may depend on. Mirrors `sandbox/requirements.txt`.
+pub const SANDBOX_PACKAGES: &str = include_str!("../sandbox/requirements.txt");
+
+/// Most characters of feedback in one repair prompt.
+pub const FEEDBACK_CAP: usize = 12_000;
+
+/// Most characters of the previous answer repeated in a repair prompt.
+const PREVIOUS_ANSWER_CAP: usize = 40_000;
+
+const OUTPUT_FORMAT: &str = r#"Answer with one JSON object and nothing else:
+{"files": [{"path": "<relative path>", "content": "<full file content>"}], "notes": "<optional short notes>"}
+Every file is complete: no ellipses, no "rest unchanged"."#;
+
+const FUNCTION_RULES: &str = r"You are Kiln's code generator. You write production-quality Python 3.11 functions.
+
+Rules:
+- Put the implementation in `solution.py`. Define the requested function at module level with exactly the requested name and parameters.
+- Type hints on every parameter and return value; a docstring on every public function.
+- Handle edge cases the task implies (empty inputs, zero, negative numbers, duplicates). Raise ValueError or TypeError with a clear message for invalid input instead of returning a wrong value.
+- No placeholders: never `pass`, `...`, `TODO` or `NotImplementedError` standing in for logic.
+- Standard library only. No network, no subprocesses, no reading or writing files, no `eval`, `exec` or dynamic imports.
+- Deterministic: no randomness or time dependence unless the task asks for it. Do not print; return values.
+- Do not include tests in `solution.py`.";
+
+const SERVICE_RULES: &str = r#"You are Kiln's code generator. You write production-quality FastAPI microservices in Python 3.11.
+
+Deliver these files:
+- `app/__init__.py` and `app/main.py` defining `app = FastAPI(...)`; further modules under `app/` as the design needs (models, schemas, storage, routers).
+- Every endpoint of the spec, with exactly its HTTP method and path (path parameters in braces, e.g. `/items/{item_id}`).
+- `GET /health` answering 200 with `{"status": "ok"}`.
+- `tests/__init__.py` and `tests/test_*.py`: pytest tests using `fastapi.testclient.TestClient`, at least one test per endpoint, covering success and error cases.
+- `requirements.txt` listing only packages from the allowed list below, each pinned with `==` to the version shown.
+- `Dockerfile` starting `FROM python:3.11-slim`, running as a non-root `USER`, with a `HEALTHCHECK` and a `CMD` that starts uvicorn on port 8000.
+- `docker-compose.yml` defining the service.
+
+Rules:
+- Pydantic models for request and response bodies; type hints and docstrings on every function.
+- Validate input and answer errors with the right status codes (400, 404, 409, 422) through `HTTPException`; never leak stack traces.
+- Storage: SQLAlchemy with SQLite. Read the database URL from the `DATABASE_URL` environment variable, defaulting to an in-memory SQLite database (`sqlite://` with `StaticPool`), and create tables at start-up, so the app works with no setup. Tests must be independent of each other.
+- Configuration from environment variables with safe defaults; no secrets in code.
+- External APIs: call them through `httpx` behind a function the tests replace; tests never use the network.
+- No placeholders: never `pass`, `...`, `TODO` or `NotImplementedError` standing in for logic.
+- No `eval`, `exec`, `pickle`, `subprocess` or `os.system`."#;
+
+/// The system message for a spec.
+pub fn system_prompt(spec: &Spec) -> String {
+    match spec {
+        Spec::Function(_) => format!("{FUNCTION_RULES}\n\n{OUTPUT_FORMAT}"),
+        Spec::Service(_) => format!(
+            "{SERVICE_RULES}\n\nAllowed packages (requirements.txt may list only these, with these versions):\n{}\n{OUTPUT_FORMAT}",
+            allowed_packages()
+        ),
+    }
+}
+
+fn allowed_packages() -> String {
+    SANDBOX_PACKAGES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("- {l}\n"))
+        .collect()
+}
+
+/// The first user message: the spec, rendered for the model.
+pub fn spec_prompt(spec: &Spec) -> String {
+    match spec {
+        Spec::Function(f) => function_prompt(f),
+        Spec::Service(s) => service_prompt(s),
+    }
+}
+
+/// Test cases shown to the model as examples; the rest stay unseen, so
+/// passing them means the code works rather than memorises.
+const EXAMPLES_SHOWN: usize = 5;
+
+fn function_prompt(f: &FunctionSpec) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Implement this Python function.\n\n## Task\n{}\n",
+        f.task_description.trim()
+    );
+    if let Some(name) = &f.entry_point {
+        let _ = writeln!(out, "## Function name\n`{name}`\n");
+    }
+    if let Some(prompt) = &f.prompt {
+        let _ = writeln!(
+            out,
+            "## Signature and docstring to complete\n```python\n{}\n```\n",
+            prompt.trim_end()
+        );
+    }
+    if let Some(types) = &f.input_types {
+        out.push_str("## Parameters\n");
+        for (name, ty) in types {
+            let _ = writeln!(out, "- `{name}`: `{ty}`");
+        }
+        out.push('\n');
+    }
+    if let Some(ty) = &f.output_type {
+        let _ = writeln!(out, "## Returns\n`{ty}`\n");
+    }
+    if !f.constraints.is_empty() {
+        out.push_str("## Constraints\n");
+        for c in &f.constraints {
+            let _ = writeln!(out, "- {c}");
+        }
+        out.push('\n');
+    }
+    if !f.test_cases.is_empty() {
+        out.push_str("## Examples\n");
+        for case in f.test_cases.iter().take(EXAMPLES_SHOWN) {
+            let _ = writeln!(
+                out,
+                "- input `{}` → `{}`",
+                serde_json::to_string(&case.input).unwrap_or_default(),
+                serde_json::to_string(&case.expected).unwrap_or_default()
+            );
+        }
+        out.push_str(
+            "\nAn object input means keyword arguments, an array means positional arguments, anything else one argument. \
+             Results are compared as JSON (tuples as lists).\n\n",
+        );
+    }
+    if let Some(code) = &f.test_code {
+        let _ = writeln!(
+            out,
+            "## Tests it must pass (pytest, importing your module as `solution`)\n```python\n{}\n```\n",
+            clip(code.trim_end(), 8000)
+        );
+    }
+    out.push_str("Return `solution.py` in the JSON format described.");
+    out
+}
+
+fn service_prompt(s: &ServiceSpec) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Build this FastAPI service.\n\n## Service\n`{}`: {}\n\n## Endpoints",
+        s.service_name,
+        s.description.trim()
+    );
+    for e in &s.endpoints {
+        let _ = writeln!(out, "- `{} {}`: {}", e.method, e.path, e.description.trim());
+    }
+    if !s.database_tables.is_empty() {
+        out.push_str("\n## Database tables\n");
+        for t in &s.database_tables {
+            let columns: Vec<String> = t
+                .columns
+                .iter()
+                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
+                .collect();
+            let _ = writeln!(out, "- `{}`: {}", t.name, columns.join(", "));
+        }
+    }
+    let extras = [
+        (
+            "External APIs",
+            (!s.external_apis.is_empty()).then(|| serde_json::Value::from(s.external_apis.clone())),
+        ),
+        ("Authentication", s.authentication.clone()),
+        ("Rate limiting", s.rate_limiting.clone()),
+        ("Caching", s.caching.clone()),
+    ];
+    for (title, value) in extras {
+        if let Some(v) = value {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let _ = writeln!(out, "\n## {title}\n{text}");
+        }
+    }
+    out.push_str("\nReturn every file in the JSON format described.");
+    out
+}
+
+/// What went wrong in an attempt, as the repair prompt reports it.
+#[derive(Debug, Clone, Default)]
+pub struct Failure<'a> {
+    pub validation: Option<&'a ValidationReport>,
+    pub tests: Option<&'a TestReport>,
+    /// A failure that is neither (unparseable or truncated answer).
+    pub other: Option<&'a str>,
+}
+
+/// The messages for attempt `n` (≥ 2): the original conversation, the
+/// previous answer, and feedback listing what failed.
+pub fn repair_messages(
+    first: &[crate::llm::Message],
+    previous_answer: &str,
+    failure: &Failure<'_>,
+    n: u32,
+    max: u32,
+) -> Vec<Message> {
+    let mut messages: Vec<Message> = first.iter().take(2).cloned().collect();
+    messages.push(Message::assistant(clip(previous_answer, PREVIOUS_ANSWER_CAP)));
+    messages.push(Message::user(feedback(failure, n, max)));
+    messages
+}
+
+/// The repair feedback: every error diagnostic once (`file:line:col [rule]
+/// message`), then warnings, then failing tests and output, within
+/// [`FEEDBACK_CAP`] characters. Errors come first so that a cut drops the
+/// least useful lines.
+pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
+    let header = format!(
+        "Attempt {n} of {max}. Your previous answer failed the checks below. \
+         Fix every problem and answer again with the complete corrected files in the same JSON format.\n"
+    );
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(other) = failure.other {
+        lines.push(format!("\nProblem with the answer: {other}"));
+    }
+    if let Some(v) = failure.validation {
+        let mut seen = HashSet::new();
+        let mut sorted: Vec<_> = v.diagnostics.iter().filter(|d| d.severity != Severity::Info).collect();
+        sorted.sort_by_key(|d| d.severity);
+        let mut title = false;
+        for d in sorted {
+            let line = format!("- {} [{}] {}", d.location(), d.rule, d.message.trim());
+            if seen.insert(line.clone()) {
+                if !title {
+                    lines.push("\nStatic checks:".into());
+                    title = true;
+                }
+                lines.push(line);
+            }
+        }
+    }
+    if let Some(t) = failure.tests {
+        if let Some(problem) = &t.problem {
+            lines.push(format!("\nTest run problem: {problem}"));
+        }
+        let failing: Vec<_> = t.cases.iter().filter(|c| c.outcome != Outcome::Passed).collect();
+        if !failing.is_empty() {
+            lines.push(format!("\nFailing tests ({} of {}):", t.failed, t.total));
+            for c in failing {
+                let message = clip(c.message.trim(), 1500);
+                lines.push(format!("- {} ({}): {message}", c.name, c.outcome.as_str()));
+            }
+        }
+        if !t.output.trim().is_empty() {
+            lines.push(format!(
+                "\nOutput of the run (last part):\n{}",
+                tail(t.output.trim(), 3000)
+            ));
+        }
+    }
+    let mut out = header;
+    let mut dropped = 0;
+    for line in lines {
+        // Leave room for the "… more" note.
+        if out.len() + line.len() + 1 > FEEDBACK_CAP - 80 {
+            dropped += 1;
+            continue;
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if dropped > 0 {
+        let _ = writeln!(out, "… and {dropped} more findings not shown.");
+    }
+    out
+}
+
+/// The first `max` characters of `s` (on a char boundary), marked when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n… [{} more characters]", &s[..end], s.len() - end)
+}
+
+/// The last `max` characters of `s`, marked when cut.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[{} earlier characters] …\n{}", start, &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Diagnostic, TestCase};
+
+    #[test]
+    fn feedback_lists_each_error_once_with_its_location() {
+        let d = Diagnostic::error("solution.py", 3, 5, "python-syntax", "invalid syntax");
+        let v = ValidationReport::from_diagnostics(vec![
+            d.clone(),
+            d,
+            Diagnostic::warning("solution.py", 1, 0, "docstring", "missing"),
+        ]);
+        let text = feedback(
+            &Failure {
+                validation: Some(&v),
+                ..Failure::default()
+            },
+            2,
+            3,
+        );
+        assert_eq!(
+            text.matches("solution.py:3:5 [python-syntax] invalid syntax").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.starts_with("Attempt 2 of 3."));
+        let error_at = text.find("python-syntax").unwrap();
+        let warning_at = text.find("docstring").unwrap();
+        assert!(error_at < warning_at, "errors come before warnings");
+    }
+
+    #[test]
+    fn feedback_stays_within_the_cap() {
+        let diags = (0..2000)
+            .map(|i| Diagnostic::error("app/main.py", i, 1, "rule", format!("problem number {i}")))
+            .collect();
+        let v = ValidationReport::from_diagnostics(diags);
+        let t = TestReport::from_cases(
+            vec![TestCase {
+                name: "test_x".into(),
+                outcome: Outcome::Failed,
+                message: "assert 1 == 2".into(),
+            }],
+            1,
+            "x".repeat(50_000),
+            None,
+        );
+        let text = feedback(
+            &Failure {
+                validation: Some(&v),
+                tests: Some(&t),
+                other: None,
+            },
+            2,
+            3,
+        );
+        assert!(text.len() <= FEEDBACK_CAP, "{}", text.len());
+        assert!(text.contains("more findings not shown"));
+    }
+
+    #[test]
+    fn failing_tests_are_named_with_their_message() {
+        let t = TestReport::from_cases(
+            vec![
+                TestCase {
+                    name: "case_0".into(),
+                    outcome: Outcome::Passed,
+                    message: String::new(),
+                },
+                TestCase {
+                    name: "case_1".into(),
+                    outcome: Outcome::Failed,
+                    message: "add(2, 2): expected 4, got 5".into(),
+                },
+            ],
+            2,
+            String::new(),
+            None,
+        );
+        let text = feedback(
+            &Failure {
+                tests: Some(&t),
+                ..Failure::default()
+            },
+            2,
+            3,
+        );
+        assert!(text.contains("Failing tests (1 of 2):"), "{text}");
+        assert!(
+            text.contains("- case_1 (failed): add(2, 2): expected 4, got 5"),
+            "{text}"
+        );
+        assert!(!text.contains("case_0"));
+    }
+}

@@ -1,0 +1,178 @@
+//! Per-run control groups for the process backend: a memory limit the kernel
+//! enforces on the whole tree, a pids limit that stops fork bombs, and a
+//! reliable way to kill everything a run started.
+//!
+//! Both hierarchies are supported: cgroup v2 (unified, `cgroup.kill`) and v1
+//! (separate `memory` and `pids` controllers). When neither is writable the
+//! backend falls back to rlimits, which are weaker (see the README).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Where Kiln may create cgroups on this machine.
+#[derive(Debug, Clone)]
+pub enum Cgroups {
+    /// `root` is Kiln's parent group in the unified hierarchy.
+    V2 { root: PathBuf },
+    /// Kiln's parent groups in the v1 `memory` and `pids` hierarchies.
+    V1 { memory: PathBuf, pids: PathBuf },
+}
+
+/// The cgroup(s) of one run; removed (after killing what is left) on drop.
+#[derive(Debug)]
+pub struct RunGroup {
+    dirs: Vec<PathBuf>,
+    version: u8,
+}
+
+const BASE: &str = "/sys/fs/cgroup";
+
+impl Cgroups {
+    /// Finds a writable hierarchy with memory and pids control, creating
+    /// Kiln's parent group in it. `None` when there is none.
+    pub fn detect() -> Option<Cgroups> {
+        let base = Path::new(BASE);
+        if let Ok(controllers) = fs::read_to_string(base.join("cgroup.controllers"))
+            && controllers.split_whitespace().any(|c| c == "memory")
+            && controllers.split_whitespace().any(|c| c == "pids")
+        {
+            let root = base.join("kiln");
+            let enabled = fs::create_dir_all(&root).is_ok()
+                && fs::write(base.join("cgroup.subtree_control"), "+memory +pids").is_ok()
+                && fs::write(root.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+            if enabled {
+                return Some(Cgroups::V2 { root });
+            }
+        }
+        let memory = base.join("memory");
+        let pids = base.join("pids");
+        if memory.join("memory.limit_in_bytes").exists() && pids.join("cgroup.procs").exists() {
+            let memory = memory.join("kiln");
+            let pids = pids.join("kiln");
+            if fs::create_dir_all(&memory).is_ok() && fs::create_dir_all(&pids).is_ok() {
+                return Some(Cgroups::V1 { memory, pids });
+            }
+        }
+        None
+    }
+
+    /// Creates the groups for one run with its limits.
+    pub fn create(&self, name: &str, memory_mb: u64, pids: u64) -> io::Result<RunGroup> {
+        let bytes = (memory_mb * 1024 * 1024).to_string();
+        match self {
+            Cgroups::V2 { root } => {
+                let dir = root.join(name);
+                fs::create_dir(&dir)?;
+                let group = RunGroup {
+                    dirs: vec![dir.clone()],
+                    version: 2,
+                };
+                fs::write(dir.join("memory.max"), &bytes)?;
+                // Swap would let a memory bomb outlive the limit (slowly).
+                let _ = fs::write(dir.join("memory.swap.max"), "0");
+                fs::write(dir.join("pids.max"), pids.to_string())?;
+                Ok(group)
+            }
+            Cgroups::V1 {
+                memory,
+                pids: pids_root,
+            } => {
+                let mem_dir = memory.join(name);
+                let pids_dir = pids_root.join(name);
+                fs::create_dir(&mem_dir)?;
+                let mut group = RunGroup {
+                    dirs: vec![mem_dir.clone()],
+                    version: 1,
+                };
+                fs::create_dir(&pids_dir)?;
+                group.dirs.push(pids_dir.clone());
+                fs::write(mem_dir.join("memory.limit_in_bytes"), &bytes)?;
+                // Present only with swap accounting; where absent there is no swap to limit.
+                let _ = fs::write(mem_dir.join("memory.memsw.limit_in_bytes"), &bytes);
+                fs::write(pids_dir.join("pids.max"), pids.to_string())?;
+                Ok(group)
+            }
+        }
+    }
+}
+
+impl RunGroup {
+    /// The `cgroup.procs` files a process writes its pid into to join.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Whether the kernel killed something for exceeding the memory limit.
+    pub fn oom_killed(&self) -> bool {
+        let dir = &self.dirs[0];
+        let count = |text: String, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse::<u64>().unwrap_or(0)))
+                .unwrap_or(0)
+        };
+        if self.version == 2 {
+            fs::read_to_string(dir.join("memory.events")).is_ok_and(|t| count(t, "oom_kill ") > 0)
+        } else {
+            fs::read_to_string(dir.join("memory.oom_control")).is_ok_and(|t| count(t, "oom_kill ") > 0)
+                || fs::read_to_string(dir.join("memory.failcnt"))
+                    .is_ok_and(|t| t.trim().parse::<u64>().unwrap_or(0) > 0)
+        }
+    }
+
+    /// Kills every process in the run's groups and waits until they are gone.
+    pub fn kill_all(&self) {
+        if self.version == 2 && fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {
+            self.wait_empty();
+            return;
+        }
+        // v1 (or v2 before cgroup.kill): kill what is listed until nothing is;
+        // the pids limit bounds how many can appear between rounds.
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.procs_files()
+            .iter()
+            .filter_map(|f| fs::read_to_string(f).ok())
+            .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+            .collect()
+    }
+
+    fn wait_empty(&self) {
+        for _ in 0..200 {
+            if self.pids().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RunGroup {
+    fn drop(&mut self) {
+        self.kill_all();
+        for dir in &self.dirs {
+            // A group can only be removed once its last process is reaped.
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

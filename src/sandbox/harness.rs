@@ -1,0 +1,361 @@
+//! The harness protocol: what Kiln sends into a sandbox run and how it reads
+//! the verdict back.
+//!
+//! The run executes `sandbox/harness.py` (embedded in this binary) with a
+//! JSON request on stdin. The request carries a fresh random nonce; only a
+//! `KILN-REPORT <nonce> <json>` line is believed, and the harness keeps the
+//! nonce in a non-dumpable process the code under test never runs in. Test
+//! case expectations never enter the sandbox: the harness returns what the
+//! function returned and the comparison happens here.
+//!
+//! Classification: a run that never printed `KILN-READY` did not start (an
+//! infrastructure fault, [`SandboxError`]); a run that started but left no
+//! valid report was broken by the code under test (a failed attempt).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Limits, RunOutput, Sandbox, SandboxError};
+use crate::files::File;
+use crate::report::{Outcome, TestCase, TestReport};
+use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+
+/// The trusted checker, run inside every sandbox.
+pub const HARNESS: &str = include_str!("../../sandbox/harness.py");
+
+/// Most seconds one call of the function under test may take.
+const CALL_TIMEOUT_S: f64 = 10.0;
+
+/// Arguments that start the harness in the sandbox's Python.
+pub fn harness_args() -> Vec<String> {
+    vec!["-I".into(), "-B".into(), "-c".into(), HARNESS.into()]
+}
+
+/// Runs the tests of `spec` against `files` in `sandbox`.
+pub async fn run_tests(
+    sandbox: &dyn Sandbox,
+    spec: &Spec,
+    files: &[File],
+    limits: &Limits,
+) -> Result<TestReport, SandboxError> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut request = json!({
+        "nonce": nonce,
+        "files": files,
+        "timeout_s": limits.timeout.as_secs_f64(),
+        "output_limit": limits.output_bytes,
+    });
+    match spec {
+        Spec::Function(f) => {
+            request["mode"] = "function".into();
+            request["function"] = json!({
+                "entry_point": f.entry_point,
+                "cases": f.test_cases.iter().map(|c| json!({"input": c.input})).collect::<Vec<_>>(),
+                "test_code": f.test_code,
+                "call_timeout_s": CALL_TIMEOUT_S.min(limits.timeout.as_secs_f64()),
+            });
+        }
+        Spec::Service(s) => {
+            request["mode"] = "service".into();
+            request["endpoints"] = s
+                .endpoints
+                .iter()
+                .map(|e| json!({"method": e.method, "path": e.path}))
+                .collect::<Vec<_>>()
+                .into();
+        }
+    }
+    let stdin = serde_json::to_vec(&request).expect("requests serialise");
+    let output = sandbox.run_python(&harness_args(), stdin, limits).await?;
+    let report = read_report(&output, &nonce, limits)?;
+    let report = match report {
+        Err(problem) => TestReport::from_cases(Vec::new(), 1, stderr_tail(&output), Some(problem)),
+        Ok(raw) => match spec {
+            Spec::Function(f) => function_report(f, raw),
+            Spec::Service(s) => service_report(s, raw),
+        },
+    };
+    Ok(report)
+}
+
+/// Finds the authenticated report. `Err(SandboxError)`: the run did not
+/// start; `Ok(Err(problem))`: it started and the code under test broke it.
+fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Result<Value, String>, SandboxError> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    if lines.next() != Some("KILN-READY") {
+        return Err(SandboxError::Unavailable(format!(
+            "the sandbox did not start the harness (exit code {:?}, signal {:?}): {}",
+            output.exit_code,
+            output.signal,
+            String::from_utf8_lossy(&output.stderr)
+                .trim()
+                .chars()
+                .take(1000)
+                .collect::<String>()
+        )));
+    }
+    let prefix = format!("KILN-REPORT {nonce} ");
+    let report = lines.find_map(|l| l.strip_prefix(&prefix));
+    let Some(report) = report else {
+        let why = if output.timed_out {
+            format!(
+                "the run exceeded its {}s time limit and was killed",
+                limits.timeout.as_secs()
+            )
+        } else if output.oom_killed {
+            format!(
+                "the run exceeded its {} MB memory limit and was killed",
+                limits.memory_mb
+            )
+        } else if let Some(signal) = output.signal {
+            format!("the run was killed by signal {signal} before reporting")
+        } else {
+            format!(
+                "the run ended (exit code {:?}) before the harness could report",
+                output.exit_code
+            )
+        };
+        return Ok(Err(why));
+    };
+    let value: Value =
+        serde_json::from_str(report).map_err(|e| SandboxError::Harness(format!("unreadable report: {e}")))?;
+    if let Some(error) = value.get("harness_error").and_then(Value::as_str) {
+        return Err(SandboxError::Harness(error.to_owned()));
+    }
+    Ok(Ok(value))
+}
+
+#[derive(Deserialize)]
+struct RawCase {
+    name: String,
+    #[serde(default)]
+    value: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    outcome: Option<Outcome>,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct RawPytest {
+    collected: Vec<String>,
+    results: Vec<RawPytestResult>,
+}
+
+#[derive(Deserialize)]
+struct RawPytestResult {
+    name: String,
+    outcome: String,
+    message: String,
+    when: String,
+}
+
+#[derive(Deserialize)]
+struct RawReport {
+    #[serde(default)]
+    cases: Vec<RawCase>,
+    #[serde(default)]
+    pytest: Option<RawPytest>,
+    #[serde(default)]
+    problem: Option<String>,
+    #[serde(default)]
+    output: String,
+}
+
+fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
+    let raw: RawReport = match serde_json::from_value(raw) {
+        Ok(r) => r,
+        Err(e) => return TestReport::from_cases(Vec::new(), 1, String::new(), Some(format!("unreadable report: {e}"))),
+    };
+    let name = spec.entry_point.as_deref().unwrap_or("function");
+    let mut cases = Vec::new();
+    for (case, expected) in raw.cases.into_iter().zip(&spec.test_cases) {
+        let call = format!("{name}({})", render_args(&expected.input));
+        let (outcome, message) = match (case.value, case.error) {
+            (_, Some(error)) => (Outcome::Error, format!("{call} raised {error}")),
+            (Some(actual), None) if json_equal(&expected.expected, &actual) => (Outcome::Passed, String::new()),
+            (Some(actual), None) => (
+                Outcome::Failed,
+                format!("{call}: expected {}, got {}", short(&expected.expected), short(&actual)),
+            ),
+            (None, None) => (Outcome::Error, format!("{call}: no result")),
+        };
+        cases.push(TestCase {
+            name: case.name,
+            outcome,
+            message,
+        });
+    }
+    let mut expected_count = spec.test_cases.len();
+    let mut problem = raw.problem;
+    if let Some(pytest) = raw.pytest {
+        // Every collected test must have a call-phase result.
+        let ran = pytest.results.iter().filter(|r| r.when == "call").count();
+        expected_count += pytest.collected.len().max(ran).max(1);
+        if pytest.collected.is_empty() && problem.is_none() {
+            problem = Some("test_code: pytest collected no tests".into());
+        }
+        for r in pytest.results {
+            let outcome = match r.outcome.as_str() {
+                "passed" => Outcome::Passed,
+                "skipped" => Outcome::Skipped,
+                "failed" if r.when == "call" => Outcome::Failed,
+                _ => Outcome::Error,
+            };
+            // Setup/teardown errors of a test that also has a call result
+            // would count it twice; keep them only when the call never ran.
+            cases.push(TestCase {
+                name: r.name,
+                outcome,
+                message: r.message,
+            });
+        }
+    } else if spec.test_code.is_some() && problem.is_none() {
+        problem = Some("test_code: the pytest run produced no results".into());
+    }
+    TestReport::from_cases(dedupe_by_name(cases), expected_count, raw.output, problem)
+}
+
+fn service_report(_spec: &ServiceSpec, raw: Value) -> TestReport {
+    let raw: RawReport = match serde_json::from_value(raw) {
+        Ok(r) => r,
+        Err(e) => return TestReport::from_cases(Vec::new(), 1, String::new(), Some(format!("unreadable report: {e}"))),
+    };
+    let cases: Vec<TestCase> = raw
+        .cases
+        .into_iter()
+        .map(|c| TestCase {
+            name: c.name,
+            outcome: c.outcome.unwrap_or(Outcome::Error),
+            message: c.message,
+        })
+        .collect();
+    let expected = cases.len().max(1);
+    TestReport::from_cases(dedupe_by_name(cases), expected, raw.output, raw.problem)
+}
+
+/// One entry per test name, keeping the worst outcome (a test that passed
+/// its call but errored in teardown did not pass).
+fn dedupe_by_name(cases: Vec<TestCase>) -> Vec<TestCase> {
+    let mut out: Vec<TestCase> = Vec::with_capacity(cases.len());
+    for case in cases {
+        match out.iter_mut().find(|c| c.name == case.name) {
+            Some(existing) if existing.outcome == Outcome::Passed => *existing = case,
+            Some(_) => {}
+            None => out.push(case),
+        }
+    }
+    out
+}
+
+/// Compares an expected and an actual value after JSON normalisation:
+/// numbers by value (`3 == 3.0`, floats to 1e-9 relative), everything else
+/// structurally.
+pub fn json_equal(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => match (a.as_f64(), b.as_f64()) {
+                (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+                _ => a == b,
+            },
+        },
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_equal(x, y)),
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => expected == actual,
+    }
+}
+
+fn render_args(input: &Value) -> String {
+    match input {
+        Value::Array(items) => items.iter().map(short).collect::<Vec<_>>().join(", "),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", short(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => short(other),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() <= 300 {
+        text
+    } else {
+        let mut end = 300;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    }
+}
+
+fn stderr_tail(output: &RunOutput) -> String {
+    let text = String::from_utf8_lossy(&output.stderr);
+    let start = text.len().saturating_sub(4000);
+    let mut start = start;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_compare_by_value_and_tuples_as_lists() {
+        assert!(json_equal(&json!(3), &json!(3.0)));
+        assert!(json_equal(&json!([1, [2, 3]]), &json!([1.0, [2, 3]])));
+        assert!(json_equal(&json!(0.1 + 0.2), &json!(0.3)));
+        assert!(!json_equal(&json!(1), &json!(true)));
+        assert!(!json_equal(&json!([1, 2]), &json!([2, 1])));
+        assert!(!json_equal(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+    }
+
+    fn output(stdout: &str) -> RunOutput {
+        RunOutput {
+            stdout: stdout.as_bytes().to_vec(),
+            exit_code: Some(0),
+            ..RunOutput::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            timeout: std::time::Duration::from_secs(5),
+            memory_mb: 256,
+            pids: 64,
+            tmpfs_mb: 16,
+            output_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn a_report_without_the_nonce_is_not_believed() {
+        let forged = output("KILN-READY\nKILN-REPORT 0000 {\"cases\": []}\n");
+        let verdict = read_report(&forged, "the-real-nonce", &limits()).unwrap();
+        assert!(verdict.is_err(), "a forged report must not be read");
+    }
+
+    #[test]
+    fn a_run_that_never_started_is_an_infrastructure_fault() {
+        let e = read_report(&output("bwrap: no permissions\n"), "n", &limits()).unwrap_err();
+        assert!(matches!(e, SandboxError::Unavailable(_)));
+    }
+
+    #[test]
+    fn a_timed_out_run_is_the_codes_failure() {
+        let mut out = output("KILN-READY\n");
+        out.timed_out = true;
+        let problem = read_report(&out, "n", &limits()).unwrap().unwrap_err();
+        assert!(problem.contains("time limit"), "{problem}");
+    }
+}

@@ -1,0 +1,662 @@
+//! What clients submit: batches of specs (`function` or `service`) and options.
+//!
+//! Parsing is strict and every rejection names the offending field as a path
+//! into the request body (`specs[3].endpoints[0].method`), because the HTTP
+//! contract promises a 4xx that says exactly what is wrong and writes nothing.
+//! Unknown fields are rejected too: a misspelt option silently ignored is a
+//! batch run with the wrong settings.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A rejected request: the path of the field at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `POST /v1/batches` body after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRequest {
+    pub name: Option<String>,
+    pub specs: Vec<Spec>,
+    pub options: Options,
+}
+
+/// One unit of work: a function to implement or a service to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Spec {
+    Function(FunctionSpec),
+    Service(ServiceSpec),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecKind {
+    Function,
+    Service,
+}
+
+impl SpecKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpecKind::Function => "function",
+            SpecKind::Service => "service",
+        }
+    }
+}
+
+impl Spec {
+    pub fn kind(&self) -> SpecKind {
+        match self {
+            Spec::Function(_) => SpecKind::Function,
+            Spec::Service(_) => SpecKind::Service,
+        }
+    }
+
+    /// sha256 of the canonical JSON of the spec (object keys sorted), the
+    /// identity used for result reuse: equal specs hash equal whatever the
+    /// key order or whitespace they were submitted with.
+    pub fn sha256(&self) -> String {
+        let canonical =
+            serde_json::to_vec(&serde_json::to_value(self).expect("specs serialise")).expect("values serialise");
+        hex::encode(Sha256::digest(canonical))
+    }
+
+    /// A short human label for logs and listings.
+    pub fn label(&self) -> &str {
+        match self {
+            Spec::Function(f) => f.entry_point.as_deref().unwrap_or("function"),
+            Spec::Service(s) => &s.service_name,
+        }
+    }
+}
+
+/// `kind: "function"` — one Python function, judged by test cases and/or pytest code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    pub task_description: String,
+    /// Name of the function to implement. Derived from `prompt` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_point: Option<String>,
+    /// Signature and docstring to complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_types: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// `input` as an object → keyword arguments, array → positional, else one
+    /// argument; compared with `expected` after JSON normalisation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_cases: Vec<TestCase>,
+    /// pytest source; the generated module is importable as `solution`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub input: Value,
+    pub expected: Value,
+}
+
+/// `kind: "service"` — a FastAPI microservice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub service_name: String,
+    pub description: String,
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub database_tables: Vec<Table>,
+    /// Free-form descriptions (strings or objects) of APIs the service calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_apis: Vec<Value>,
+    /// Free-form requirement (string, object or boolean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiting: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caching: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    pub name: String,
+    /// Column names, or objects describing them (`{"name", "type", …}`).
+    #[serde(default)]
+    pub columns: Vec<Value>,
+}
+
+/// Batch options, applied to every job of the batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Attempts (generate → validate → test) a job may spend per run.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// One model for every attempt…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// …or a ladder: attempt n uses `models[min(n, len) - 1]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Most prompt + completion tokens the whole batch may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// Reuse a passing result of an identical spec, prompt version and model.
+    #[serde(default)]
+    pub cache: bool,
+    /// Higher runs first (−1000…1000).
+    #[serde(default)]
+    pub priority: i32,
+    /// Wall clock per sandbox run, seconds (1…900).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_attempts: default_max_attempts(),
+            model: None,
+            models: Vec::new(),
+            budget_tokens: None,
+            cache: false,
+            priority: 0,
+            timeout_s: None,
+        }
+    }
+}
+
+/// Most attempts a run may be given; more is almost always a mistake that
+/// multiplies cost.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
+pub const MAX_TIMEOUT_S: u32 = 900;
+
+impl Options {
+    /// The model attempt `n` (1-based) uses, if the batch names one.
+    pub fn model_for_attempt(&self, n: u32) -> Option<&str> {
+        if let Some(model) = &self.model {
+            return Some(model);
+        }
+        if self.models.is_empty() {
+            return None;
+        }
+        let i = (n.max(1) as usize).min(self.models.len()) - 1;
+        Some(&self.models[i])
+    }
+
+    fn check(&self, at: &str) -> Result<(), FieldError> {
+        if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
+            return Err(FieldError::new(
+                format!("{at}.max_attempts"),
+                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+            ));
+        }
+        if self.model.is_some() && !self.models.is_empty() {
+            return Err(FieldError::new(
+                format!("{at}.models"),
+                "give either `model` or `models`, not both",
+            ));
+        }
+        if let Some(model) = &self.model {
+            non_blank(model, &format!("{at}.model"))?;
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            non_blank(model, &format!("{at}.models[{i}]"))?;
+        }
+        if self.budget_tokens == Some(0) {
+            return Err(FieldError::new(
+                format!("{at}.budget_tokens"),
+                "must be greater than zero",
+            ));
+        }
+        if !(-1000..=1000).contains(&self.priority) {
+            return Err(FieldError::new(
+                format!("{at}.priority"),
+                "must be between -1000 and 1000",
+            ));
+        }
+        if let Some(t) = self.timeout_s
+            && (t == 0 || t > MAX_TIMEOUT_S)
+        {
+            return Err(FieldError::new(
+                format!("{at}.timeout_s"),
+                format!("must be between 1 and {MAX_TIMEOUT_S}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Limits applied while parsing a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_specs: usize,
+    pub max_spec_bytes: usize,
+}
+
+const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl BatchRequest {
+    /// Parses and validates a batch body. Every error names its field.
+    pub fn from_value(body: Value, limits: Limits) -> Result<BatchRequest, FieldError> {
+        let Value::Object(mut body) = body else {
+            return Err(FieldError::new("body", "expected a JSON object"));
+        };
+        let name = match body.remove("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= 200 => Some(s),
+            Some(Value::String(_)) => return Err(FieldError::new("name", "longer than 200 characters")),
+            Some(other) => {
+                return Err(FieldError::new(
+                    "name",
+                    format!("expected a string, found {}", type_name(&other)),
+                ));
+            }
+        };
+        let options = match body.remove("options") {
+            None | Some(Value::Null) => Options::default(),
+            Some(v) => typed::<Options>(v, "options")?,
+        };
+        options.check("options")?;
+        let specs = match body.remove("specs") {
+            None => return Err(FieldError::new("specs", "missing field")),
+            Some(Value::Array(specs)) => specs,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "specs",
+                    format!("expected an array, found {}", type_name(&other)),
+                ));
+            }
+        };
+        if let Some(unknown) = body.keys().next() {
+            return Err(FieldError::new(
+                unknown.clone(),
+                "unknown field, expected one of `name`, `specs`, `options`",
+            ));
+        }
+        if specs.is_empty() {
+            return Err(FieldError::new("specs", "a batch needs at least one spec"));
+        }
+        if specs.len() > limits.max_specs {
+            return Err(FieldError::new(
+                "specs",
+                format!("{} specs, more than the limit of {}", specs.len(), limits.max_specs),
+            ));
+        }
+        let specs = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                let at = format!("specs[{i}]");
+                let size = serde_json::to_vec(&raw).map_or(0, |v| v.len());
+                if size > limits.max_spec_bytes {
+                    return Err(FieldError::new(
+                        at,
+                        format!("{size} bytes, more than the limit of {}", limits.max_spec_bytes),
+                    ));
+                }
+                Spec::from_value(raw, &at)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(BatchRequest { name, specs, options })
+    }
+}
+
+impl Spec {
+    /// Parses and validates one spec found at `at` in the request.
+    pub fn from_value(raw: Value, at: &str) -> Result<Spec, FieldError> {
+        let Value::Object(mut map) = raw else {
+            return Err(FieldError::new(
+                at,
+                format!("expected an object, found {}", type_name(&raw)),
+            ));
+        };
+        let kind = match map.remove("kind") {
+            None => return Err(FieldError::new(format!("{at}.kind"), "missing field")),
+            Some(Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(FieldError::new(
+                    format!("{at}.kind"),
+                    format!("expected a string, found {}", type_name(&other)),
+                ));
+            }
+        };
+        let rest = Value::Object(map);
+        let spec = match kind.as_str() {
+            "function" => Spec::Function(typed(rest, at)?),
+            "service" => Spec::Service(typed(rest, at)?),
+            other => {
+                return Err(FieldError::new(
+                    format!("{at}.kind"),
+                    format!("unknown kind {other:?}, expected \"function\" or \"service\""),
+                ));
+            }
+        };
+        spec.check(at)
+    }
+
+    /// Semantic checks serde cannot express; fills in derivable fields.
+    fn check(self, at: &str) -> Result<Spec, FieldError> {
+        match self {
+            Spec::Function(mut f) => {
+                non_blank(&f.task_description, &format!("{at}.task_description"))?;
+                if f.test_cases.is_empty() && f.test_code.as_deref().is_none_or(|c| c.trim().is_empty()) {
+                    return Err(FieldError::new(
+                        format!("{at}.test_cases"),
+                        "a function spec needs `test_cases` or `test_code`",
+                    ));
+                }
+                if f.entry_point.is_none() {
+                    f.entry_point = f.prompt.as_deref().and_then(first_def_name);
+                }
+                match &f.entry_point {
+                    Some(name) if !is_identifier(name) => {
+                        return Err(FieldError::new(
+                            format!("{at}.entry_point"),
+                            format!("{name:?} is not a Python identifier"),
+                        ));
+                    }
+                    None if !f.test_cases.is_empty() => {
+                        return Err(FieldError::new(
+                            format!("{at}.entry_point"),
+                            "required with `test_cases` (the prompt declares no function to call)",
+                        ));
+                    }
+                    _ => {}
+                }
+                for (i, case) in f.test_cases.iter().enumerate() {
+                    if let (Value::Object(args), Some(types)) = (&case.input, &f.input_types)
+                        && let Some(unknown) = args.keys().find(|k| !types.contains_key(*k))
+                    {
+                        return Err(FieldError::new(
+                            format!("{at}.test_cases[{i}].input.{unknown}"),
+                            "not one of the declared `input_types`",
+                        ));
+                    }
+                }
+                Ok(Spec::Function(f))
+            }
+            Spec::Service(s) => {
+                non_blank(&s.service_name, &format!("{at}.service_name"))?;
+                if !s
+                    .service_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(FieldError::new(
+                        format!("{at}.service_name"),
+                        "use letters, digits, `-` and `_` only",
+                    ));
+                }
+                non_blank(&s.description, &format!("{at}.description"))?;
+                if s.endpoints.is_empty() {
+                    return Err(FieldError::new(
+                        format!("{at}.endpoints"),
+                        "a service needs at least one endpoint",
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (i, e) in s.endpoints.iter().enumerate() {
+                    if !HTTP_METHODS.contains(&e.method.as_str()) {
+                        return Err(FieldError::new(
+                            format!("{at}.endpoints[{i}].method"),
+                            format!("{:?} is not one of {}", e.method, HTTP_METHODS.join(", ")),
+                        ));
+                    }
+                    if !e.path.starts_with('/') || e.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        return Err(FieldError::new(
+                            format!("{at}.endpoints[{i}].path"),
+                            format!("{:?} must start with `/` and contain no spaces", e.path),
+                        ));
+                    }
+                    if !seen.insert((e.method.as_str(), e.path.as_str())) {
+                        return Err(FieldError::new(
+                            format!("{at}.endpoints[{i}]"),
+                            format!("{} {} is listed twice", e.method, e.path),
+                        ));
+                    }
+                }
+                for (i, t) in s.database_tables.iter().enumerate() {
+                    non_blank(&t.name, &format!("{at}.database_tables[{i}].name"))?;
+                }
+                Ok(Spec::Service(s))
+            }
+        }
+    }
+}
+
+/// Deserialises `value` as `T`, reporting errors with their path under `at`.
+fn typed<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let mut message = e.into_inner().to_string();
+        // serde reports an unknown field inside the message, against the
+        // parent path; move it into the path so the caller sees which one.
+        let mut field = if inner == "." {
+            at.to_owned()
+        } else {
+            format!("{at}.{inner}")
+        };
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some((name, expected)) = rest.split_once('`')
+        {
+            field = format!("{field}.{name}");
+            message = format!("unknown field{expected}");
+        } else if let Some(rest) = message.strip_prefix("missing field `")
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            field = format!("{field}.{name}");
+            message = "missing field".to_owned();
+        }
+        FieldError::new(field.trim_start_matches('.'), message)
+    })
+}
+
+fn non_blank(value: &str, field: &str) -> Result<(), FieldError> {
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// True for a valid (ASCII) Python identifier that is not a keyword.
+pub fn is_identifier(name: &str) -> bool {
+    const KEYWORDS: [&str; 35] = [
+        "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del",
+        "elif", "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda", "nonlocal",
+        "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
+    ];
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && !KEYWORDS.contains(&name)
+}
+
+/// The name of the first top-level `def` in a prompt, if any.
+fn first_def_name(prompt: &str) -> Option<String> {
+    prompt.lines().find_map(|line| {
+        let rest = line.strip_prefix("def ").or_else(|| line.strip_prefix("async def "))?;
+        let name: String = rest
+            .chars()
+            .take_while(|c| *c == '_' || c.is_ascii_alphanumeric())
+            .collect();
+        is_identifier(&name).then_some(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        max_specs: 10,
+        max_spec_bytes: 4096,
+    };
+
+    fn parse(v: Value) -> Result<BatchRequest, FieldError> {
+        BatchRequest::from_value(v, LIMITS)
+    }
+
+    fn function() -> Value {
+        json!({"kind": "function", "task_description": "add", "entry_point": "add",
+               "test_cases": [{"input": [1, 2], "expected": 3}]})
+    }
+
+    fn service() -> Value {
+        json!({"kind": "service", "service_name": "notes", "description": "notes",
+               "endpoints": [{"method": "GET", "path": "/notes", "description": "list"}]})
+    }
+
+    fn err_field(v: Value) -> String {
+        parse(v).unwrap_err().field
+    }
+
+    #[test]
+    fn a_valid_batch_parses_with_default_options() {
+        let b = parse(json!({"name": "x", "specs": [function(), service()]})).unwrap();
+        assert_eq!(b.specs.len(), 2);
+        assert_eq!(b.options.max_attempts, 3);
+        assert_eq!(b.specs[1].kind(), SpecKind::Service);
+    }
+
+    #[test]
+    fn errors_name_the_offending_field() {
+        let mut bad = service();
+        bad["endpoints"][0]["method"] = json!("FETCH");
+        assert_eq!(
+            err_field(json!({"specs": [function(), function(), function(), bad]})),
+            "specs[3].endpoints[0].method"
+        );
+
+        let mut bad = service();
+        bad["endpoints"][0]["method"] = json!(7);
+        assert_eq!(err_field(json!({"specs": [bad]})), "specs[0].endpoints[0].method");
+
+        let mut bad = function();
+        bad.as_object_mut().unwrap().remove("task_description");
+        assert_eq!(err_field(json!({"specs": [bad]})), "specs[0].task_description");
+
+        let mut bad = function();
+        bad["tset_cases"] = json!([]);
+        assert_eq!(err_field(json!({"specs": [bad]})), "specs[0].tset_cases");
+
+        assert_eq!(err_field(json!({"specs": [{"kind": "lambda"}]})), "specs[0].kind");
+        assert_eq!(
+            err_field(json!({"specs": [{"task_description": "x"}]})),
+            "specs[0].kind"
+        );
+        assert_eq!(err_field(json!({"specs": []})), "specs");
+        assert_eq!(err_field(json!({"specs": {}})), "specs");
+        assert_eq!(err_field(json!({})), "specs");
+        assert_eq!(
+            err_field(json!({"specs": [function()], "options": {"max_attempts": 0}})),
+            "options.max_attempts"
+        );
+        assert_eq!(
+            err_field(json!({"specs": [function()], "options": {"max_attempts": "3"}})),
+            "options.max_attempts"
+        );
+        assert_eq!(err_field(json!({"specs": [function()], "optoins": {}})), "optoins");
+    }
+
+    #[test]
+    fn a_function_needs_tests_and_a_callable_entry_point() {
+        let mut f = function();
+        f.as_object_mut().unwrap().remove("test_cases");
+        assert_eq!(err_field(json!({"specs": [f]})), "specs[0].test_cases");
+
+        let mut f = function();
+        f.as_object_mut().unwrap().remove("entry_point");
+        assert_eq!(err_field(json!({"specs": [f.clone()]})), "specs[0].entry_point");
+        f["prompt"] = json!("def add(a: int, b: int) -> int:\n    \"\"\"Add.\"\"\"\n");
+        let b = parse(json!({"specs": [f]})).unwrap();
+        let Spec::Function(f) = &b.specs[0] else { panic!() };
+        assert_eq!(f.entry_point.as_deref(), Some("add"));
+    }
+
+    #[test]
+    fn too_many_or_too_large_specs_are_refused() {
+        let specs: Vec<Value> = (0..11).map(|_| function()).collect();
+        assert_eq!(err_field(json!({ "specs": specs })), "specs");
+        let mut big = function();
+        big["task_description"] = json!("x".repeat(5000));
+        assert_eq!(err_field(json!({"specs": [big]})), "specs[0]");
+    }
+
+    #[test]
+    fn the_spec_hash_ignores_key_order() {
+        let a = Spec::from_value(
+            json!({"kind": "function", "task_description": "t", "entry_point": "f", "test_code": "x"}),
+            "s",
+        )
+        .unwrap();
+        let b = Spec::from_value(
+            json!({"test_code": "x", "entry_point": "f", "task_description": "t", "kind": "function"}),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(a.sha256(), b.sha256());
+    }
+
+    #[test]
+    fn the_model_ladder_escalates_and_then_stays_on_the_last_model() {
+        let o = Options {
+            models: vec!["cheap".into(), "strong".into()],
+            ..Options::default()
+        };
+        assert_eq!(o.model_for_attempt(1), Some("cheap"));
+        assert_eq!(o.model_for_attempt(2), Some("strong"));
+        assert_eq!(o.model_for_attempt(5), Some("strong"));
+    }
+}

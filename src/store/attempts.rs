@@ -1,0 +1,456 @@
+//! Attempts and their artifacts, persisted phase by phase.
+//!
+//! An attempt row is created (`prompted`) before the model is called, gets the
+//! raw response and token usage (`generated`) the moment it arrives, then the
+//! parsed files and diagnostics (`validated`), then the sandbox's report
+//! (`tested`). A worker that takes the job over reads the row back and
+//! continues after the last persisted phase, so a stored response is never
+//! paid for twice (invariant 4). Rows are unique per (job, run, n): a
+//! duplicate writer cannot create a second attempt 2 (invariant 3).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Lease, Store, StoreError};
+use crate::files::File;
+
+/// The last step of an attempt that was persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Prompted,
+    Generated,
+    Validated,
+    Tested,
+}
+
+impl Phase {
+    fn parse(s: &str) -> Phase {
+        match s {
+            "generated" => Phase::Generated,
+            "validated" => Phase::Validated,
+            "tested" => Phase::Tested,
+            _ => Phase::Prompted,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptState {
+    /// The code passed: the job succeeds with this attempt's files.
+    Passed,
+    /// The model's output failed parsing, validation or tests; spends the attempt.
+    Failed,
+    /// Ended by something other than the model (provider or sandbox
+    /// unavailable, crashes, budget); `error_code` says what.
+    Error,
+}
+
+impl AttemptState {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Passed => "passed",
+            AttemptState::Failed => "failed",
+            AttemptState::Error => "error",
+        }
+    }
+}
+
+/// An attempt as the worker reads it back to resume or to build a repair prompt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub id: Uuid,
+    pub run: i32,
+    pub n: i32,
+    pub phase: Phase,
+    /// `running`, `passed`, `failed` or `error`.
+    pub state: String,
+    pub model: String,
+    pub prompt: Value,
+    pub response: Option<String>,
+    pub finish_reason: Option<String>,
+    pub validation: Option<Value>,
+    pub tests: Option<Value>,
+    pub llm_faults: i32,
+    pub sandbox_faults: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Which limit a fault counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Llm,
+    Sandbox,
+}
+
+impl FaultKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Llm => "llm",
+            FaultKind::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// Tokens the provider billed for one response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// One entry of `GET /v1/jobs/{id}/attempts`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub run: i32,
+    pub n: i32,
+    pub state: String,
+    pub phase: String,
+    pub model: String,
+    pub usage: TokenUsage,
+    pub validation: Option<Value>,
+    pub tests: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::jobs::JobErrorView>,
+    pub finish_reason: Option<String>,
+    /// Provider faults retried during this attempt (they did not spend it).
+    pub llm_faults: i32,
+    /// Sandbox faults retried during this attempt.
+    pub sandbox_faults: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fault: Option<String>,
+    pub timings_ms: Value,
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The messages sent to the model (with `?full=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Value>,
+    /// The model's raw answer (with `?full=true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// Row shape of [`AttemptRecord`] as sqlx reads it.
+struct AttemptRow {
+    id: Uuid,
+    run: i32,
+    n: i32,
+    phase: String,
+    state: String,
+    model: String,
+    prompt: Value,
+    response: Option<String>,
+    finish_reason: Option<String>,
+    validation: Option<Value>,
+    tests: Option<Value>,
+    llm_faults: i32,
+    sandbox_faults: i32,
+    error_code: Option<String>,
+    error_message: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptRecord {
+    fn from(r: AttemptRow) -> AttemptRecord {
+        AttemptRecord {
+            id: r.id,
+            run: r.run,
+            n: r.n,
+            phase: Phase::parse(&r.phase),
+            state: r.state,
+            model: r.model,
+            prompt: r.prompt,
+            response: r.response,
+            finish_reason: r.finish_reason,
+            validation: r.validation,
+            tests: r.tests,
+            llm_faults: r.llm_faults,
+            sandbox_faults: r.sandbox_faults,
+            error_code: r.error_code,
+            error_message: r.error_message,
+        }
+    }
+}
+
+impl Store {
+    /// Attempt `n` of a run, or with `None` its highest-numbered attempt.
+    pub async fn attempt(&self, job_id: Uuid, run: i32, n: Option<i32>) -> Result<Option<AttemptRecord>, StoreError> {
+        let row = sqlx::query_as!(
+            AttemptRow,
+            r#"SELECT id, run, n, phase, state, model, prompt, response, finish_reason, validation, tests,
+                      llm_faults, sandbox_faults, error_code, error_message
+               FROM attempts
+               WHERE job_id = $1 AND run = $2
+                 AND n = coalesce($3, (SELECT max(n) FROM attempts WHERE job_id = $1 AND run = $2))"#,
+            job_id,
+            run,
+            n
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(AttemptRecord::from))
+    }
+
+    /// Creates attempt `n` of `run` with the prompt about to be sent. If a
+    /// row for (job, run, n) already exists it is returned unchanged: the
+    /// caller resumes it instead of starting over.
+    pub async fn start_attempt(
+        &self,
+        lease: &Lease,
+        run: i32,
+        n: i32,
+        model: &str,
+        prompt: &Value,
+    ) -> Result<AttemptRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, worker_id, lease_epoch)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (job_id, run, n) DO NOTHING"#,
+            Uuid::now_v7(),
+            lease.job_id,
+            run,
+            n,
+            model,
+            prompt,
+            lease.owner,
+            lease.epoch,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.attempt(lease.job_id, run, Some(n))
+            .await?
+            .ok_or(StoreError::NotFound("attempt"))
+    }
+
+    /// Stores the model's answer as soon as it arrives: from here on, a
+    /// worker resuming this attempt does not call the model again.
+    pub async fn record_generation(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        response: &str,
+        finish_reason: Option<&str>,
+        usage: TokenUsage,
+        llm_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"UPDATE attempts
+               SET phase = 'generated', response = $2, finish_reason = $3, prompt_tokens = $4,
+                   completion_tokens = $5, generated_at = now(),
+                   timings_ms = timings_ms || jsonb_build_object('llm', $6::int8)
+               WHERE id = $1 AND phase = 'prompted'"#,
+            attempt_id,
+            response,
+            finish_reason,
+            usage.prompt_tokens as i32,
+            usage.completion_tokens as i32,
+            llm_ms as i64,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the files parsed from the response and the static diagnostics.
+    pub async fn record_validation(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        files: &[File],
+        validation: &Value,
+        validate_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        let contents: Vec<Vec<u8>> = files.iter().map(|f| f.content.as_bytes().to_vec()).collect();
+        let hashes: Vec<String> = files.iter().map(File::sha256).collect();
+        let sizes: Vec<i32> = files.iter().map(|f| f.content.len() as i32).collect();
+        sqlx::query!(
+            r#"INSERT INTO artifacts (attempt_id, path, content, sha256, size)
+               SELECT $1, t.path, t.content, t.sha, t.size
+               FROM UNNEST($2::text[], $3::bytea[], $4::text[], $5::int4[]) AS t(path, content, sha, size)
+               ON CONFLICT (attempt_id, path) DO NOTHING"#,
+            attempt_id,
+            &paths,
+            &contents,
+            &hashes,
+            &sizes,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            r#"UPDATE attempts
+               SET phase = 'validated', validation = $2,
+                   timings_ms = timings_ms || jsonb_build_object('validate', $3::int8)
+               WHERE id = $1"#,
+            attempt_id,
+            validation,
+            validate_ms as i64,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores the sandbox's test report.
+    pub async fn record_tests(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        tests: &Value,
+        sandbox_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"UPDATE attempts
+               SET phase = 'tested', tests = $2,
+                   timings_ms = timings_ms || jsonb_build_object('sandbox', $3::int8)
+               WHERE id = $1"#,
+            attempt_id,
+            tests,
+            sandbox_ms as i64,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Counts a provider or sandbox fault against the attempt's limit for
+    /// that kind and returns the new count. Persisted, so the limit holds
+    /// across crashes and takeovers.
+    pub async fn record_fault(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        kind: FaultKind,
+        error: &str,
+    ) -> Result<i32, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        let count = sqlx::query_scalar!(
+            r#"UPDATE attempts
+               SET llm_faults = llm_faults + CASE WHEN $2 = 'llm' THEN 1 ELSE 0 END,
+                   sandbox_faults = sandbox_faults + CASE WHEN $2 = 'sandbox' THEN 1 ELSE 0 END,
+                   last_fault = $3
+               WHERE id = $1
+               RETURNING CASE WHEN $2 = 'llm' THEN llm_faults ELSE sandbox_faults END AS "count!""#,
+            attempt_id,
+            kind.as_str(),
+            error,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Ends an attempt.
+    pub async fn finish_attempt(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        state: AttemptState,
+        error: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"UPDATE attempts
+               SET state = $2, error_code = $3, error_message = $4, finished_at = now(),
+                   timings_ms = timings_ms || jsonb_build_object(
+                       'total', (extract(epoch FROM now() - started_at) * 1000)::int8)
+               WHERE id = $1"#,
+            attempt_id,
+            state.as_str(),
+            error.map(|e| e.0),
+            error.map(|e| e.1),
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every attempt of every run of a job, oldest first.
+    pub async fn attempts(&self, job_id: Uuid, full: bool) -> Result<Vec<AttemptView>, StoreError> {
+        self.job(job_id).await?;
+        let rows = sqlx::query!(
+            r#"SELECT run, n, state, phase, model, prompt_tokens, completion_tokens, validation, tests,
+                      error_code, error_message, finish_reason, llm_faults, sandbox_faults, last_fault,
+                      timings_ms, worker_id, started_at, finished_at, prompt, response
+               FROM attempts WHERE job_id = $1 ORDER BY run, n"#,
+            job_id
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AttemptView {
+                run: r.run,
+                n: r.n,
+                state: r.state,
+                phase: r.phase,
+                model: r.model,
+                usage: TokenUsage {
+                    prompt_tokens: i64::from(r.prompt_tokens),
+                    completion_tokens: i64::from(r.completion_tokens),
+                },
+                validation: r.validation,
+                tests: r.tests,
+                error: super::jobs::JobErrorView::from_columns(r.error_code, r.error_message),
+                finish_reason: r.finish_reason,
+                llm_faults: r.llm_faults,
+                sandbox_faults: r.sandbox_faults,
+                last_fault: r.last_fault,
+                timings_ms: r.timings_ms,
+                worker_id: r.worker_id,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                prompt: full.then_some(r.prompt),
+                response: if full { r.response } else { None },
+            })
+            .collect())
+    }
+
+    /// The files an attempt produced, by path.
+    pub async fn artifacts(&self, attempt_id: Uuid) -> Result<Vec<File>, StoreError> {
+        let rows = sqlx::query!(
+            "SELECT path, content FROM artifacts WHERE attempt_id = $1 ORDER BY path",
+            attempt_id
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| File {
+                path: r.path,
+                content: String::from_utf8_lossy(&r.content).into_owned(),
+            })
+            .collect())
+    }
+
+    /// One file of an attempt.
+    pub async fn artifact(&self, attempt_id: Uuid, path: &str) -> Result<Vec<u8>, StoreError> {
+        sqlx::query_scalar!(
+            "SELECT content FROM artifacts WHERE attempt_id = $1 AND path = $2",
+            attempt_id,
+            path
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("file"))
+    }
+}

@@ -1,0 +1,290 @@
+//! Batches: created in one transaction with all their jobs, read back as
+//! status with counts and token usage.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::spec::{Options, Spec};
+
+/// A batch to create.
+#[derive(Debug)]
+pub struct NewBatch<'a> {
+    pub name: Option<&'a str>,
+    pub options: &'a Options,
+    pub specs: &'a [Spec],
+    pub idempotency_key: Option<&'a str>,
+    /// sha256 of the request body, compared when an idempotency key is reused.
+    pub request_sha256: &'a str,
+}
+
+/// The result of creating (or replaying) a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedBatch {
+    pub batch_id: Uuid,
+    /// In the order of the submitted specs.
+    pub job_ids: Vec<Uuid>,
+    /// True when the idempotency key matched an earlier identical request.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub queued: i64,
+    pub running: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+/// `GET /v1/batches/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchView {
+    pub batch_id: Uuid,
+    pub name: Option<String>,
+    /// `queued` (nothing started), `running`, or once every job is terminal:
+    /// `failed` if any failed, else `cancelled` if any was cancelled, else `succeeded`.
+    pub state: &'static str,
+    pub total: i64,
+    pub counts: Counts,
+    pub usage: Usage,
+    pub options: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One row of `GET /v1/batches/{id}/jobs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub job_id: Uuid,
+    pub position: i32,
+    pub kind: String,
+    pub label: String,
+    pub state: String,
+    pub run: i32,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::jobs::JobErrorView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl Store {
+    /// Inserts a batch and all its jobs in one transaction: one statement for
+    /// the batch, one bulk statement for every job. With an idempotency key
+    /// already used for the same body, returns the earlier batch instead.
+    pub async fn create_batch(&self, new: NewBatch<'_>) -> Result<CreatedBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let batch_id = Uuid::now_v7();
+        let options = serde_json::to_value(new.options).expect("options serialise");
+        let inserted = sqlx::query_scalar!(
+            r#"INSERT INTO batches (id, name, options, idempotency_key, request_sha256)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (idempotency_key) DO NOTHING
+               RETURNING id"#,
+            batch_id,
+            new.name,
+            options,
+            new.idempotency_key,
+            new.request_sha256,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        if inserted.is_none() {
+            // The key was used before (ON CONFLICT waited for that transaction
+            // to commit, so the row is visible now).
+            let key = new.idempotency_key.expect("only keyed inserts conflict");
+            let earlier = sqlx::query!("SELECT id, request_sha256 FROM batches WHERE idempotency_key = $1", key)
+                .fetch_one(&mut *tx)
+                .await?;
+            if earlier.request_sha256.as_deref() != Some(new.request_sha256) {
+                return Err(StoreError::Conflict(format!(
+                    "Idempotency-Key {key:?} was already used with a different request body"
+                )));
+            }
+            let job_ids = sqlx::query_scalar!("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY position", earlier.id)
+                .fetch_all(&mut *tx)
+                .await?;
+            return Ok(CreatedBatch {
+                batch_id: earlier.id,
+                job_ids,
+                replayed: true,
+            });
+        }
+
+        let n = new.specs.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        let mut kinds = Vec::with_capacity(n);
+        let mut specs = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        for (i, spec) in new.specs.iter().enumerate() {
+            ids.push(Uuid::now_v7());
+            positions.push(i as i32);
+            kinds.push(spec.kind().as_str().to_owned());
+            specs.push(serde_json::to_value(spec).expect("specs serialise"));
+            hashes.push(spec.sha256());
+        }
+        sqlx::query!(
+            r#"INSERT INTO jobs (id, batch_id, position, kind, spec, spec_sha256, max_attempts, priority)
+               SELECT t.id, $6, t.position, t.kind, t.spec, t.sha, $7, $8
+               FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::jsonb[], $5::text[])
+                    AS t(id, position, kind, spec, sha)"#,
+            &ids,
+            &positions,
+            &kinds,
+            &specs,
+            &hashes,
+            batch_id,
+            new.options.max_attempts as i32,
+            new.options.priority,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreatedBatch {
+            batch_id,
+            job_ids: ids,
+            replayed: false,
+        })
+    }
+
+    /// The options a batch was submitted with.
+    pub async fn batch_options(&self, batch_id: Uuid) -> Result<Options, StoreError> {
+        let raw = sqlx::query_scalar!("SELECT options FROM batches WHERE id = $1", batch_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("batch"))?;
+        Ok(serde_json::from_value(raw).unwrap_or_default())
+    }
+
+    pub async fn batch(&self, batch_id: Uuid) -> Result<BatchView, StoreError> {
+        let batch = sqlx::query!("SELECT name, options, created_at FROM batches WHERE id = $1", batch_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound("batch"))?;
+        let c = sqlx::query!(
+            r#"SELECT count(*) FILTER (WHERE state = 'queued') AS "queued!",
+                      count(*) FILTER (WHERE state = 'running') AS "running!",
+                      count(*) FILTER (WHERE state = 'succeeded') AS "succeeded!",
+                      count(*) FILTER (WHERE state = 'failed') AS "failed!",
+                      count(*) FILTER (WHERE state = 'cancelled') AS "cancelled!",
+                      count(*) FILTER (WHERE run > 1 OR state <> 'queued') AS "started!",
+                      max(finished_at) AS finished_at
+               FROM jobs WHERE batch_id = $1"#,
+            batch_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let usage = self.batch_usage(batch_id).await?;
+        let counts = Counts {
+            queued: c.queued,
+            running: c.running,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        };
+        let total = counts.queued + counts.running + counts.succeeded + counts.failed + counts.cancelled;
+        let done = counts.queued == 0 && counts.running == 0;
+        let state = match (done, c.started > 0) {
+            (false, false) => "queued",
+            (false, true) => "running",
+            (true, _) if counts.failed > 0 => "failed",
+            (true, _) if counts.cancelled > 0 => "cancelled",
+            (true, _) => "succeeded",
+        };
+        Ok(BatchView {
+            batch_id,
+            name: batch.name,
+            state,
+            total,
+            counts,
+            usage,
+            options: batch.options,
+            created_at: batch.created_at,
+            finished_at: if done { c.finished_at } else { None },
+        })
+    }
+
+    /// Tokens used by every attempt of every job of the batch, all runs.
+    pub async fn batch_usage(&self, batch_id: Uuid) -> Result<Usage, StoreError> {
+        let u = sqlx::query!(
+            r#"SELECT coalesce(sum(a.prompt_tokens), 0)::int8 AS "prompt!",
+                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!"
+               FROM attempts a JOIN jobs j ON j.id = a.job_id
+               WHERE j.batch_id = $1"#,
+            batch_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Usage {
+            prompt_tokens: u.prompt,
+            completion_tokens: u.completion,
+        })
+    }
+
+    /// A page of a batch's jobs in submission order, optionally of one state.
+    /// The cursor is the position of the last job of the previous page.
+    pub async fn batch_jobs(
+        &self,
+        batch_id: Uuid,
+        state: Option<&str>,
+        limit: i64,
+        cursor: Option<i32>,
+    ) -> Result<JobPage, StoreError> {
+        if sqlx::query_scalar!("SELECT 1 AS \"x!\" FROM batches WHERE id = $1", batch_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound("batch"));
+        }
+        let rows = sqlx::query!(
+            r#"SELECT j.id, j.position, j.kind, j.state, j.run, j.error_code, j.error_message,
+                      coalesce(j.spec->>'entry_point', j.spec->>'service_name', j.kind) AS "label!",
+                      (SELECT count(*) FROM attempts a WHERE a.job_id = j.id AND a.run = j.run) AS "attempts!"
+               FROM jobs j
+               WHERE j.batch_id = $1 AND ($2::text IS NULL OR j.state = $2) AND j.position > $3
+               ORDER BY j.position
+               LIMIT $4"#,
+            batch_id,
+            state,
+            cursor.unwrap_or(-1),
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let next_cursor = (rows.len() as i64 == limit)
+            .then(|| rows.last().map(|r| r.position.to_string()))
+            .flatten();
+        let jobs = rows
+            .into_iter()
+            .map(|r| JobSummary {
+                job_id: r.id,
+                position: r.position,
+                kind: r.kind,
+                label: r.label,
+                state: r.state,
+                run: r.run,
+                attempts: r.attempts,
+                error: super::jobs::JobErrorView::from_columns(r.error_code, r.error_message),
+            })
+            .collect();
+        Ok(JobPage { jobs, next_cursor })
+    }
+}

@@ -1,0 +1,153 @@
+//! Postgres, the system of record (architecture invariant 1).
+//!
+//! Every fact Kiln knows is written here before it is acted on: batches and
+//! their jobs, the lease that says which worker owns a job, every attempt's
+//! phases, and the files each attempt produced. Redis only carries `{job_id}`
+//! messages, so losing Redis loses nothing.
+//!
+//! # Fencing
+//!
+//! A worker owns a job only through its [`Lease`] (owner, epoch). Every write a
+//! worker makes goes through [`Lease::fence`], which locks the job row and
+//! checks that the epoch is still the current one and the job still running.
+//! A takeover, a cancel or a retry bumps the epoch, so a worker that lost its
+//! lease gets [`StoreError::LeaseLost`] instead of writing (invariant 2).
+//!
+//! # Layout
+//! - [`batches`]: creating batches (one bulk insert) and reading their status.
+//! - [`jobs`]: claiming, heartbeating, finishing, cancelling and retrying jobs.
+//! - [`attempts`]: the phases of each attempt and their artifacts.
+//! - [`feed`]: what the dispatcher's feeder and reconciler read and mark.
+
+pub mod attempts;
+pub mod batches;
+pub mod feed;
+pub mod jobs;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// The embedded migrations, applied at start-up by every process.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The caller's lease was taken over, cancelled or retried: it must stop
+    /// working on the job without writing anything more.
+    #[error("lease lost: the job was taken over, cancelled or retried")]
+    LeaseLost,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request conflicts with the stored state (message says how).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl StoreError {
+    /// True when the same call may succeed later: the database blinked
+    /// (restart, failover, network) rather than refusing the statement.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // 08: connection exception; 57P0x: server shutting down or
+                    // starting; 40001/40P01: serialisation failure, deadlock.
+                    code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+                }),
+                _ => false,
+            },
+            StoreError::Migrate(_) | StoreError::LeaseLost | StoreError::NotFound(_) | StoreError::Conflict(_) => false,
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects, creating the database if it does not exist, and applies the
+    /// migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        if !Postgres::database_exists(url).await? {
+            // Two processes may race to create it; losing the race is fine.
+            if let Err(e) = Postgres::create_database(url).await
+                && !Postgres::database_exists(url).await?
+            {
+                return Err(e.into());
+            }
+        }
+        let options = PgConnectOptions::from_str(url)?.application_name("kiln");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool (migrations are the caller's business).
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// `SELECT 1`, for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query_scalar!("SELECT 1 AS \"one!\"")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A worker's claim on a job. Every write made on the job's behalf is fenced
+/// by it (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: Uuid,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+impl Lease {
+    /// Locks the job row for the rest of `tx` if this lease is still current
+    /// and the job still running; otherwise [`StoreError::LeaseLost`].
+    ///
+    /// The row lock is what makes fencing airtight: a takeover or cancel that
+    /// races with this write waits for `tx` to end, and a write that comes
+    /// after them sees the new epoch and is refused.
+    pub async fn fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        let held = sqlx::query_scalar!(
+            "SELECT 1 AS \"held!\" FROM jobs WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running' FOR UPDATE",
+            self.job_id,
+            self.epoch,
+            self.owner,
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        held.map(|_| ()).ok_or(StoreError::LeaseLost)
+    }
+}

@@ -1,0 +1,39 @@
+//! Logging set-up shared by the binaries, and error formatting for logs.
+//!
+//! Spans carry `batch_id`, `job_id` and `attempt`; the filter is `KILN_LOG`
+//! (or `RUST_LOG`, default `info`); `KILN_LOG_FORMAT=json` switches to one
+//! JSON object per line. Nothing secret and no full prompt is logged at
+//! `info`: prompts and responses live in Postgres, not in logs.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber (once per process).
+pub fn init(format: LogFormat) {
+    let filter = std::env::var("KILN_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_span_events(FmtSpan::NONE)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
+
+/// `error: cause: cause…` on one line, for logs and stored messages.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

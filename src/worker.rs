@@ -1,0 +1,313 @@
+//! The worker process: takes `{job_id}` messages off the queue, claims each
+//! job's lease, heartbeats it, and runs the [`Pipeline`] on it, many jobs at
+//! once (model calls are I/O-bound).
+//!
+//! A message is acknowledged only after the job's outcome is persisted (or
+//! the claim was refused because someone else owns or finished the job).
+//! On shutdown the worker stops taking messages, lets in-flight jobs run for
+//! the grace period, then interrupts them and releases their leases so other
+//! workers resume them at once from their last persisted phase.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::config::{LlmProvider, SandboxKind, Settings};
+use crate::llm::LlmClient;
+use crate::llm::openai::OpenAiClient;
+use crate::pipeline::{JobEnd, Pipeline, PipelineSettings};
+use crate::queue::{self, Handler};
+use crate::sandbox::process::ProcessSandbox;
+use crate::sandbox::{Limits, Sandbox};
+use crate::store::{Store, StoreError};
+
+/// Errors that stop a worker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("model client: {0}")]
+    Llm(#[from] crate::llm::LlmError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Most time between lease heartbeats. Short, because a missed heartbeat is
+/// also how a running job learns it was cancelled.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A worker process's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pipeline: Pipeline,
+    /// Unique per process (apalis-redis misbehaves when names repeat).
+    id: String,
+    redis_url: String,
+    queue: String,
+    concurrency: usize,
+    lease_ttl: Duration,
+    grace: Duration,
+    /// Jobs in flight, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// Parent of every job's cancel token: cancelled when the grace period
+    /// ends, interrupting what is still running.
+    interrupt: CancellationToken,
+    /// Set once shutdown starts: new messages are handed back, not claimed.
+    draining: AtomicBool,
+}
+
+impl Worker {
+    /// Builds a worker from configuration: connects to Postgres, the model
+    /// provider and the sandbox.
+    pub async fn build(settings: &Settings) -> Result<Worker, WorkerError> {
+        let store = Store::connect(
+            &settings.database_url,
+            (settings.worker.concurrency as u32 * 2 + 4).min(64),
+        )
+        .await?;
+        let llm: Arc<dyn LlmClient> = match settings.llm.provider {
+            LlmProvider::OpenAi => Arc::new(OpenAiClient::new(
+                &settings.llm.base_url,
+                settings.llm.api_key.as_ref(),
+                settings.llm.request_timeout,
+            )?),
+            LlmProvider::Anthropic => {
+                return Err(WorkerError::Config(
+                    "KILN_LLM_PROVIDER=anthropic: the Anthropic Messages client is not built yet; use an OpenAI-compatible endpoint".into(),
+                ));
+            }
+        };
+        let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
+            SandboxKind::Process => Arc::new(ProcessSandbox::new(&settings.sandbox.runtime)?),
+            SandboxKind::Docker => {
+                return Err(WorkerError::Config(
+                    "KILN_SANDBOX=docker: the Docker backend is not built yet; use the process backend".into(),
+                ));
+            }
+        };
+        Ok(Worker::from_parts(settings, store, llm, sandbox))
+    }
+
+    /// Assembles a worker from its parts; the seam tests use to run a worker
+    /// in-process against real services.
+    pub fn from_parts(settings: &Settings, store: Store, llm: Arc<dyn LlmClient>, sandbox: Arc<dyn Sandbox>) -> Worker {
+        let id = settings.worker.worker_id.clone().unwrap_or_else(default_worker_id);
+        let pipeline = Pipeline {
+            store,
+            llm,
+            sandbox,
+            settings: PipelineSettings {
+                default_model: settings.llm.model.clone(),
+                max_tokens: settings.llm.max_tokens,
+                llm_max_retries: settings.llm.max_retries,
+                sandbox_max_retries: settings.worker.sandbox_max_retries,
+                backoff_base: settings.llm.backoff_base,
+                backoff_max: settings.llm.backoff_max,
+                crash_limit: settings.worker.crash_limit,
+                limits: Limits::from_settings(&settings.sandbox),
+            },
+        };
+        Worker {
+            inner: Arc::new(Inner {
+                pipeline,
+                id,
+                redis_url: settings.redis_url.clone(),
+                queue: settings.queue.clone(),
+                concurrency: settings.worker.concurrency,
+                lease_ttl: settings.worker.lease_ttl,
+                grace: settings.worker.shutdown_grace,
+                tracker: TaskTracker::new(),
+                interrupt: CancellationToken::new(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Consumes the queue until `shutdown` is cancelled, then drains: waits
+    /// up to the grace period for in-flight jobs, interrupts the rest and
+    /// releases their leases.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        info!(worker_id = %self.inner.id, concurrency = self.inner.concurrency, "worker started");
+        let stop_consuming = CancellationToken::new();
+        let consumer = tokio::spawn(self.clone().consume(stop_consuming.clone()));
+        shutdown.cancelled().await;
+
+        info!(in_flight = self.inner.tracker.len(), grace = ?self.inner.grace, "shutting down: no new jobs");
+        self.inner.draining.store(true, Ordering::SeqCst);
+        stop_consuming.cancel();
+        self.inner.tracker.close();
+        if tokio::time::timeout(self.inner.grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = self.inner.tracker.len(),
+                "grace period over: interrupting jobs and releasing their leases"
+            );
+            self.inner.interrupt.cancel();
+            self.inner.tracker.wait().await;
+        }
+        // In-flight handlers have returned; the consumer winds down on its own.
+        let _ = tokio::time::timeout(Duration::from_secs(5), consumer).await;
+        info!("worker stopped");
+    }
+
+    /// Runs apalis consumers one after another: if one stops by itself (for
+    /// example because Redis lost its registration), a new one starts under a
+    /// new name.
+    async fn consume(self, stop: CancellationToken) {
+        let handler: Handler = {
+            let worker = self.clone();
+            Handler::new(move |job_id| {
+                let worker = worker.clone();
+                Box::pin(async move { worker.deliver(job_id).await })
+            })
+        };
+        let mut generation = 0u32;
+        while !stop.is_cancelled() {
+            generation += 1;
+            let name = format!("{}-{generation}", self.inner.id);
+            let result = queue::consume(
+                &self.inner.redis_url,
+                &self.inner.queue,
+                &name,
+                self.inner.concurrency,
+                handler.clone(),
+                stop.clone(),
+            )
+            .await;
+            if let Err(e) = result {
+                error!(error = %e, "queue consumer stopped; restarting");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// Handles one message; returns false to hand it back to the queue
+    /// (the worker is draining).
+    async fn deliver(&self, job_id: Uuid) -> bool {
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let worker = self.clone();
+        let span = tracing::info_span!("job", %job_id, worker_id = %self.inner.id);
+        // Spawned, not awaited inline: if apalis drops this handler (its
+        // worker stopping), the job still runs to an outcome.
+        let task = self
+            .inner
+            .tracker
+            .spawn(async move { worker.process(job_id).await }.instrument(span));
+        match task.await {
+            Ok(handled) => handled,
+            Err(e) => {
+                // A panic: the lease stays until it expires; the reconciler
+                // re-delivers and the next claim counts it as a crash.
+                error!(%job_id, error = %e, "job task panicked");
+                true
+            }
+        }
+    }
+
+    /// Claims and runs one job. Public so tests can drive a worker without Redis.
+    pub async fn process(&self, job_id: Uuid) -> bool {
+        let inner = &self.inner;
+        let store = &inner.pipeline.store;
+        let claimed = loop {
+            match store.claim(job_id, &inner.id, inner.lease_ttl).await {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() && !inner.draining.load(Ordering::SeqCst) => {
+                    warn!(error = %e, "database unavailable while claiming; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "claiming the job failed");
+                    return false;
+                }
+            }
+        };
+        let Some(job) = claimed else {
+            debug!("claim refused: the job is finished or leased by a live worker");
+            return true;
+        };
+        info!(batch_id = %job.batch_id, run = job.run, epoch = job.lease.epoch, kind = job.spec.kind().as_str(), "claimed");
+
+        let cancel = inner.interrupt.child_token();
+        let lease_lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            store.clone(),
+            job.lease.clone(),
+            inner.lease_ttl,
+            cancel.clone(),
+            lease_lost.clone(),
+        ));
+        let end = inner.pipeline.run(&job, &cancel).await;
+        heartbeat.abort();
+
+        match end {
+            Ok(JobEnd::Succeeded) => info!("job succeeded"),
+            Ok(JobEnd::Failed { code }) => info!(%code, "job failed"),
+            Ok(JobEnd::LeaseLost) => info!("lease lost (cancelled, retried or taken over); stopped"),
+            Ok(JobEnd::Interrupted) if lease_lost.load(Ordering::SeqCst) => {
+                info!("lease lost (cancelled, retried or taken over); stopped");
+            }
+            Ok(JobEnd::Interrupted) => match store.release(&job.lease, None).await {
+                Ok(()) => info!("interrupted; lease released for another worker"),
+                Err(e) => warn!(error = %e, "interrupted; releasing the lease failed (it will expire)"),
+            },
+            Err(e) => {
+                error!(error = %e, "job aborted by a storage error; its lease will expire and it will be re-delivered")
+            }
+        }
+        true
+    }
+}
+
+/// Renews the lease until aborted. On loss (takeover, cancel, retry) it
+/// cancels the job so it stops within one heartbeat.
+async fn heartbeat(
+    store: Store,
+    lease: crate::store::Lease,
+    ttl: Duration,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let every = (ttl / 3).min(MAX_HEARTBEAT);
+    loop {
+        tokio::time::sleep(every).await;
+        match store.heartbeat(&lease, ttl).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost) => {
+                lost.store(true, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
+            Err(e) => warn!(error = %e, "heartbeat failed; retrying"),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into());
+    let suffix = &Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
