@@ -67,7 +67,10 @@ pub fn parse_response(content: &str, kind: SpecKind) -> Result<Vec<File>, ParseE
 
 /// Where JSON may be: the whole answer, a ```json fence, or the outermost braces.
 fn json_candidates(text: &str) -> Vec<&str> {
-    let mut out = vec![text];
+    let mut out = Vec::new();
+    if text.starts_with('{') {
+        out.push(text);
+    }
     for block in fenced_ranges(text) {
         let body = text[block.0..block.1].trim();
         if body.starts_with('{') {

@@ -479,13 +479,17 @@ fn typed<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, FieldError> {
         if let Some(rest) = message.strip_prefix("unknown field `")
             && let Some((name, expected)) = rest.split_once('`')
         {
-            field = format!("{field}.{name}");
+            if !field.ends_with(name) {
+                field = format!("{field}.{name}");
+            }
             message = format!("unknown field{expected}");
         } else if let Some(rest) = message.strip_prefix("missing field `")
             && let Some((name, _)) = rest.split_once('`')
         {
-            field = format!("{field}.{name}");
-            message = "missing field".to_owned();
+            if !field.ends_with(name) {
+                field = format!("{field}.{name}");
+            }
+            message = "missing field".into();
         }
         FieldError::new(field.trim_start_matches('.'), message)
     })

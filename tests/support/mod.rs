@@ -1,0 +1,299 @@
+//! Shared set-up for integration tests: every test gets its own Postgres
+//! database and its own queue namespace on the real local servers, a real
+//! mock-LLM HTTP server, and real dispatchers and workers (in-process or as
+//! processes of the built binaries).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::client::Client;
+use kiln::config::Settings;
+use kiln::http::Application;
+use kiln::mock_llm::{MockServer, ScriptFile};
+use kiln::store::Store;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub fn postgres_base() -> String {
+    std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("KILN_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn sandbox_runtime() -> String {
+    std::env::var("KILN_SANDBOX_RUNTIME").unwrap_or_else(|_| "/opt/kiln/sandbox".into())
+}
+
+/// An isolated database and queue namespace, removed when dropped.
+pub struct TestEnv {
+    pub db_name: String,
+    pub db_url: String,
+    pub queue: String,
+    pub store: Store,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("kiln_test_{}", &id[..12]);
+        let db_url = format!("{}/{db_name}", postgres_base());
+        let store = Store::connect(&db_url, 8).await.expect("test database");
+        TestEnv {
+            db_name,
+            db_url,
+            queue: format!("kiln-test-{}", &id[..12]),
+            store,
+        }
+    }
+
+    /// The `KILN_…` variables of a process in this environment.
+    pub fn vars(&self, llm_base_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = [
+            ("KILN_DATABASE_URL", self.db_url.as_str()),
+            ("KILN_REDIS_URL", &redis_url()),
+            ("KILN_QUEUE", &self.queue),
+            ("KILN_HTTP_ADDR", "127.0.0.1:0"),
+            ("KILN_LLM_BASE_URL", llm_base_url),
+            ("KILN_LLM_MODEL", "mock-model"),
+            ("KILN_SANDBOX_RUNTIME", &sandbox_runtime()),
+            ("KILN_LEASE_TTL_S", "10"),
+            ("KILN_FEEDER_TICK_MS", "100"),
+            ("KILN_LLM_BACKOFF_MS", "50"),
+            ("KILN_LLM_BACKOFF_MAX_MS", "500"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        vars
+    }
+
+    pub fn settings(&self, llm_base_url: &str, extra: &[(&str, &str)]) -> Settings {
+        Settings::from_vars(self.vars(llm_base_url, extra)).expect("test settings")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        // Table names come from the tests themselves, not from input.
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let db_name = self.db_name.clone();
+        let queue = self.queue.clone();
+        let pool = self.store.pool().clone();
+        // Drop runs outside the async context the test used; clean up on a
+        // private runtime so a failing test still leaves nothing behind.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{queue}:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A mock LLM serving scripts given as YAML (a list of scripts).
+pub async fn mock(yaml: &str) -> MockServer {
+    let scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(yaml).expect("test scripts parse");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    MockServer::start(listener, scripts).expect("mock starts")
+}
+
+/// A dispatcher running in this process on a free port.
+pub struct Dispatcher {
+    pub url: String,
+    pub client: Client,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Dispatcher {
+    pub async fn start(settings: &Settings) -> Dispatcher {
+        let app = Application::build(settings).await.expect("dispatcher builds");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(stop).await.expect("dispatcher runs");
+        });
+        Dispatcher {
+            client: Client::new(&url),
+            url,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A worker running in this process (real Postgres, Redis, sandbox, HTTP LLM).
+pub struct InProcessWorker {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessWorker {
+    pub async fn start(settings: &Settings) -> InProcessWorker {
+        let worker = kiln::worker::Worker::build(settings).await.expect("worker builds");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        InProcessWorker { shutdown, handle }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A built binary of this workspace (`cargo build --workspace --bins` first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn spawn(name: &str, vars: &[(String, String)]) -> Proc {
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let log = std::fs::File::create(log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()))).unwrap();
+        let child = Command::new(bin(name))
+            .envs(vars.iter().cloned())
+            .env("KILN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.0.wait().unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls a batch until no job is queued or running.
+pub async fn wait_for_batch(client: &Client, batch_id: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let batch = client.batch(batch_id).await.expect("batch status");
+        if batch["finished_at"].is_string() {
+            return batch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch did not finish in {timeout:?}: {batch}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until `check` holds.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn shared<T>(value: T) -> Arc<T> {
+    Arc::new(value)
+}
+
+/// A function spec `add_{i}(a, b)` with test cases, answered by the
+/// `add` mock script below.
+pub fn add_spec(i: usize) -> Value {
+    serde_json::json!({
+        "kind": "function",
+        "task_description": format!("Return the sum of a and b (variant {i})."),
+        "entry_point": format!("add_{i}"),
+        "test_cases": [
+            {"input": [1, 2], "expected": 3},
+            {"input": [-5, 5], "expected": 0},
+            {"input": {"a": 10, "b": 32}, "expected": 42}
+        ]
+    })
+}
+
+/// Answers every `add_N` spec correctly on the first attempt.
+pub const ADD_SCRIPT: &str = r#"
+- name: add
+  match: "`(?P<name>add_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n"
+"#;
