@@ -55,8 +55,13 @@ enum Command {
     },
     /// Show one job.
     Job { job_id: String },
-    /// Show every attempt of a job: diagnostics, tests, errors.
-    Attempts { job_id: String },
+    /// Show every attempt of a job: why each failed, or that it passed.
+    Attempts {
+        job_id: String,
+        /// Print the API's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Retry a batch's failed jobs (or `--job ID` for one job).
     Retry {
         batch_id: Option<String>,
@@ -95,6 +100,60 @@ fn summary(batch: &Value) -> String {
         batch["usage"]["prompt_tokens"],
         batch["usage"]["completion_tokens"],
     )
+}
+
+/// One line (plus details) saying how an attempt ended and why.
+fn describe_attempt(a: &Value) -> String {
+    let mut out = format!(
+        "run {} attempt {} {} (model {}, {} + {} tokens)",
+        a["run"],
+        a["n"],
+        a["state"].as_str().unwrap_or("?"),
+        a["model"].as_str().unwrap_or("?"),
+        a["usage"]["prompt_tokens"],
+        a["usage"]["completion_tokens"],
+    );
+    if let Some(e) = a["error"]["code"].as_str() {
+        out.push_str(&format!(
+            "\n    error {e}: {}",
+            a["error"]["message"].as_str().unwrap_or("")
+        ));
+    }
+    for d in a["validation"]["diagnostics"].as_array().into_iter().flatten().take(5) {
+        out.push_str(&format!(
+            "\n    {}:{}:{} [{}] {}",
+            d["file"].as_str().unwrap_or(""),
+            d["line"],
+            d["col"],
+            d["rule"].as_str().unwrap_or(""),
+            d["message"].as_str().unwrap_or("")
+        ));
+    }
+    let tests = &a["tests"];
+    if tests.is_object() {
+        out.push_str(&format!(
+            "\n    tests: {} of {} passed",
+            tests["passed"], tests["total"]
+        ));
+        if let Some(p) = tests["problem"].as_str() {
+            out.push_str(&format!("; {p}"));
+        }
+        for c in tests["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["outcome"] != "passed")
+            .take(5)
+        {
+            let message = c["message"].as_str().unwrap_or("").lines().next().unwrap_or("");
+            out.push_str(&format!(
+                "\n    {} {}: {message}",
+                c["outcome"].as_str().unwrap_or(""),
+                c["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    out
 }
 
 /// Prints progress until the batch has no queued or running job.
@@ -186,7 +245,16 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Job { job_id } => print(&client.job(&job_id).await?),
-        Command::Attempts { job_id } => print(&client.attempts(&job_id).await?),
+        Command::Attempts { job_id, json } => {
+            let attempts = client.attempts(&job_id).await?;
+            if json {
+                print(&attempts);
+            } else {
+                for a in attempts.as_array().into_iter().flatten() {
+                    println!("{}", describe_attempt(a));
+                }
+            }
+        }
         Command::Retry { batch_id, job, states } => match (batch_id, job) {
             (_, Some(job)) => print(&client.retry_job(&job).await?),
             (Some(batch), None) => print(&client.retry_batch(&batch, &states).await?),

@@ -93,16 +93,15 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let db_name = self.db_name.clone();
         let queue = self.queue.clone();
-        let pool = self.store.pool().clone();
-        // Drop runs outside the async context the test used; clean up on a
-        // private runtime so a failing test still leaves nothing behind.
+        // Clean up on a private runtime (the test's may be blocked in this
+        // drop), so a failing test still leaves nothing behind. The test's
+        // own pool is not touched: FORCE ends its connections server-side.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                pool.close().await;
                 if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
                         .execute(&admin)
