@@ -28,7 +28,7 @@ impl Client {
     pub fn new(base: &str) -> Client {
         Client {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
+                .timeout(Duration::from_mins(2))
                 .build()
                 .expect("a default HTTP client builds"),
             base: base.trim_end_matches('/').to_owned(),

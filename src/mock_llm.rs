@@ -277,8 +277,7 @@ async fn chat(State(state): State<MockState>, headers: axum::http::HeaderMap, Js
         model: model.clone(),
         at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
+            .map_or(0, |d| d.as_millis()),
     };
     state.log.lock().expect("log lock").requests.push(record);
 
@@ -317,7 +316,7 @@ async fn chat(State(state): State<MockState>, headers: axum::http::HeaderMap, Js
     let body = json!({
         "id": format!("chatcmpl-mock-{}", uuid::Uuid::new_v4().simple()),
         "object": "chat.completion",
-        "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": usage,

@@ -498,7 +498,7 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         let mut delay = Duration::from_millis(100);
         loop {
             match call().await {

@@ -73,12 +73,15 @@ pub fn system_prompt(spec: &Spec) -> String {
 }
 
 fn allowed_packages() -> String {
-    SANDBOX_PACKAGES
+    let mut out = String::new();
+    for line in SANDBOX_PACKAGES
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| format!("- {l}\n"))
-        .collect()
+    {
+        let _ = writeln!(out, "- {line}");
+    }
+    out
 }
 
 /// The first user message: the spec, rendered for the model.

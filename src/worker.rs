@@ -273,7 +273,7 @@ impl Worker {
                 Err(e) => warn!(error = %e, "interrupted; releasing the lease failed (it will expire)"),
             },
             Err(e) => {
-                error!(error = %e, "job aborted by a storage error; its lease will expire and it will be re-delivered")
+                error!(error = %e, "job aborted by a storage error; its lease will expire and it will be re-delivered");
             }
         }
         true
@@ -305,9 +305,8 @@ async fn heartbeat(
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "worker".into());
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "worker".into(), |h| h.trim().to_owned());
     let suffix = &Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{suffix}", std::process::id())
 }

@@ -1,6 +1,7 @@
 //! `kiln`: the command-line client of the HTTP API. All logic lives in
 //! `kiln::client`; this parses arguments and prints.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,39 +105,40 @@ fn summary(batch: &Value) -> String {
 
 /// One line (plus details) saying how an attempt ended and why.
 fn describe_attempt(a: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let mut out = format!(
         "run {} attempt {} {} (model {}, {} + {} tokens)",
         a["run"],
         a["n"],
-        a["state"].as_str().unwrap_or("?"),
-        a["model"].as_str().unwrap_or("?"),
+        text(&a["state"]),
+        text(&a["model"]),
         a["usage"]["prompt_tokens"],
         a["usage"]["completion_tokens"],
     );
-    if let Some(e) = a["error"]["code"].as_str() {
-        out.push_str(&format!(
-            "\n    error {e}: {}",
-            a["error"]["message"].as_str().unwrap_or("")
-        ));
+    if a["error"]["code"].is_string() {
+        let _ = write!(
+            out,
+            "\n    error {}: {}",
+            text(&a["error"]["code"]),
+            text(&a["error"]["message"])
+        );
     }
     for d in a["validation"]["diagnostics"].as_array().into_iter().flatten().take(5) {
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             "\n    {}:{}:{} [{}] {}",
-            d["file"].as_str().unwrap_or(""),
+            text(&d["file"]),
             d["line"],
             d["col"],
-            d["rule"].as_str().unwrap_or(""),
-            d["message"].as_str().unwrap_or("")
-        ));
+            text(&d["rule"]),
+            text(&d["message"])
+        );
     }
     let tests = &a["tests"];
     if tests.is_object() {
-        out.push_str(&format!(
-            "\n    tests: {} of {} passed",
-            tests["passed"], tests["total"]
-        ));
-        if let Some(p) = tests["problem"].as_str() {
-            out.push_str(&format!("; {p}"));
+        let _ = write!(out, "\n    tests: {} of {} passed", tests["passed"], tests["total"]);
+        if tests["problem"].is_string() {
+            let _ = write!(out, "; {}", text(&tests["problem"]));
         }
         for c in tests["cases"]
             .as_array()
@@ -145,12 +147,9 @@ fn describe_attempt(a: &Value) -> String {
             .filter(|c| c["outcome"] != "passed")
             .take(5)
         {
-            let message = c["message"].as_str().unwrap_or("").lines().next().unwrap_or("");
-            out.push_str(&format!(
-                "\n    {} {}: {message}",
-                c["outcome"].as_str().unwrap_or(""),
-                c["name"].as_str().unwrap_or("")
-            ));
+            let message = text(&c["message"]);
+            let first = message.lines().next().unwrap_or("");
+            let _ = write!(out, "\n    {} {}: {first}", text(&c["outcome"]), text(&c["name"]));
         }
     }
     out

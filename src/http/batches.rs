@@ -18,7 +18,8 @@ pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "fai
 /// Reads a request body up to the configured limit.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>)
             || e.to_string().contains("length limit");
         if too_large {
             ApiError::TooLarge(format!("body: larger than the limit of {limit} bytes"))

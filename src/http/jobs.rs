@@ -44,16 +44,16 @@ pub struct FilesQuery {
 
 async fn files_attempt(state: &AppState, job_id: Uuid, q: &FilesQuery) -> Result<Uuid, ApiError> {
     match (q.run, q.attempt) {
-        (None, None) => match state.store.result_attempt(job_id).await? {
-            Some(id) => Ok(id),
-            None => {
-                let job = state.store.job(job_id).await?;
-                Err(ApiError::NotFound(format!(
-                    "result of job {job_id} (it is {}; pass ?run=&attempt= for an attempt's files)",
-                    job.state
-                )))
+        (None, None) => {
+            if let Some(id) = state.store.result_attempt(job_id).await? {
+                return Ok(id);
             }
-        },
+            let job = state.store.job(job_id).await?;
+            Err(ApiError::NotFound(format!(
+                "result of job {job_id} (it is {}; pass ?run=&attempt= for an attempt's files)",
+                job.state
+            )))
+        }
         (run, Some(n)) => {
             let run = match run {
                 Some(r) => r,

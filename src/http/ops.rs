@@ -44,7 +44,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     for (s, n) in &t.attempts_by_state {
         let _ = writeln!(out, "kiln_attempts{{state=\"{s}\"}} {n}");
     }
-    let stats = &state.feeder_stats;
+    let feeder = &state.feeder_stats;
     let rows = [
         (
             "kiln_tokens_prompt_total",
@@ -80,19 +80,19 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             "kiln_feeder_pushed_total",
             "counter",
             "Messages this dispatcher pushed to Redis.",
-            stats.pushed.load(Ordering::Relaxed) as i64,
+            feeder.pushed.load(Ordering::Relaxed) as i64,
         ),
         (
             "kiln_feeder_redis_losses_total",
             "counter",
             "Times this dispatcher found Redis had lost its data.",
-            stats.redis_losses.load(Ordering::Relaxed) as i64,
+            feeder.redis_losses.load(Ordering::Relaxed) as i64,
         ),
         (
             "kiln_feeder_expired_leases_total",
             "counter",
             "Running jobs re-queued because their lease expired.",
-            stats.expired_leases.load(Ordering::Relaxed) as i64,
+            feeder.expired_leases.load(Ordering::Relaxed) as i64,
         ),
     ];
     for (name, kind, help, value) in rows {

@@ -151,12 +151,11 @@ pub(crate) fn classify_status(status: StatusCode, headers: &HeaderMap, body: &st
         || lower.contains("exceeded your current quota");
     match code {
         402 => LlmError::Quota { status: code, message },
-        429 if billing => LlmError::Quota { status: code, message },
+        400 | 429 if billing => LlmError::Quota { status: code, message },
         429 => LlmError::RateLimited {
             retry_after: retry_after(headers),
         },
         401 | 403 => LlmError::Auth { status: code, message },
-        400 if billing => LlmError::Quota { status: code, message },
         408 => LlmError::Timeout(Duration::ZERO),
         409 | 425 | 500..=599 => LlmError::Unavailable { status: code, message },
         _ => LlmError::Rejected { status: code, message },
@@ -247,7 +246,7 @@ mod tests {
                 ("x-ratelimit-reset-requests", "6m0s"),
                 ("x-ratelimit-reset-tokens", "20ms")
             ])),
-            Some(Duration::from_secs(360))
+            Some(Duration::from_mins(6))
         );
         assert_eq!(retry_after(&headers(&[])), None);
     }

@@ -259,7 +259,7 @@ pub fn json_equal(expected: &Value, actual: &Value) -> bool {
         (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
             (Some(x), Some(y)) => x == y,
             _ => match (a.as_f64(), b.as_f64()) {
-                (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
                 _ => a == b,
             },
         },

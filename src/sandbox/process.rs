@@ -12,6 +12,7 @@
 //! that even the host sees the sandbox as an unprivileged user.
 
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,7 +201,6 @@ impl ProcessSandbox {
             "C.UTF-8",
         ]);
         push(&["--setenv", "TMPDIR", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1"]);
-        drop(push);
         let etc = self.etc.as_os_str();
         a.extend([OsString::from("--ro-bind"), etc.into(), "/etc".into()]);
         let runtime = self.runtime.as_os_str();
@@ -229,10 +229,10 @@ impl ProcessSandbox {
                 )
             }
         };
-        let argv = self.command_line(args, limits, group.as_ref());
-        let mut command = Command::new(&argv[0]);
+        let command_line = self.command_line(args, limits, group.as_ref());
+        let mut command = Command::new(&command_line[0]);
         command
-            .args(&argv[1..])
+            .args(&command_line[1..])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
@@ -255,14 +255,13 @@ impl ProcessSandbox {
         let out_reader = tokio::spawn(read_capped(stdout, limits.output_bytes));
         let err_reader = tokio::spawn(read_capped(stderr, limits.output_bytes));
 
-        let (status, timed_out) = match tokio::time::timeout(limits.timeout, child.wait()).await {
-            Ok(status) => (status.ok(), false),
-            Err(_) => {
-                // Killing bubblewrap tears down its pid namespace; the cgroup
-                // kill below catches anything that slipped out of it.
-                let _ = child.start_kill();
-                (child.wait().await.ok(), true)
-            }
+        let (status, timed_out) = if let Ok(status) = tokio::time::timeout(limits.timeout, child.wait()).await {
+            (status.ok(), false)
+        } else {
+            // Killing bubblewrap tears down its pid namespace; the cgroup
+            // kill below catches anything that slipped out of it.
+            let _ = child.start_kill();
+            (child.wait().await.ok(), true)
         };
         writer.abort();
         let oom_killed = group.as_ref().is_some_and(RunGroup::oom_killed);
@@ -273,7 +272,6 @@ impl ProcessSandbox {
         let (stdout, out_truncated) = join_reader(out_reader).await;
         let (stderr, err_truncated) = join_reader(err_reader).await;
 
-        use std::os::unix::process::ExitStatusExt;
         let exit_code = status.and_then(|s| s.code());
         if exit_code == Some(JOIN_FAILED) && stdout.is_empty() {
             return Err(SandboxError::Unavailable(format!(
