@@ -68,7 +68,13 @@ impl ProcessSandbox {
         } else {
             vec![base_prefix]
         };
-        let etc = std::env::temp_dir().join(format!("kiln-sandbox-etc-{}", std::process::id()));
+        // One per instance: several sandboxes may live in one process (tests),
+        // and each removes its own on drop.
+        let etc = std::env::temp_dir().join(format!(
+            "kiln-sandbox-etc-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&etc)
             .map_err(|e| SandboxError::Unavailable(format!("creating {}: {e}", etc.display())))?;
         for (name, content) in [
