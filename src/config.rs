@@ -35,6 +35,9 @@ pub enum LlmProvider {
     /// OpenAI chat completions, and every server that speaks it (vLLM,
     /// Ollama, llama.cpp, LM Studio, LiteLLM, `kiln-mock-llm`).
     OpenAi,
+    /// Azure OpenAI: deployments (the model name is the deployment), an
+    /// `api-version` query parameter and an `api-key` header.
+    Azure,
     /// Anthropic Messages.
     Anthropic,
 }
@@ -44,9 +47,38 @@ impl LlmProvider {
     pub fn default_base_url(self) -> &'static str {
         match self {
             LlmProvider::OpenAi => "https://api.openai.com/v1",
+            // Azure has no public default: every resource has its own host.
+            LlmProvider::Azure => "",
             LlmProvider::Anthropic => "https://api.anthropic.com/v1",
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmProvider::OpenAi => "openai",
+            LlmProvider::Azure => "azure",
+            LlmProvider::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// How the model is asked for JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonMode {
+    /// `response_format: json_object` (OpenAI-compatible), a forced tool
+    /// (Anthropic).
+    Object,
+    /// `response_format: json_schema` with Kiln's files schema, strict.
+    Schema,
+    /// Prompt only, for servers that reject `response_format`.
+    Off,
+}
+
+/// Price of a model's tokens, US dollars per million.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub prompt_per_mtok: f64,
+    pub completion_per_mtok: f64,
 }
 
 /// Which sandbox backend runs untrusted code.
@@ -113,6 +145,27 @@ pub struct LlmSettings {
     /// with jitter, up to `KILN_LLM_BACKOFF_MAX_MS` (default 30000).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// `KILN_LLM_JSON_MODE` (`json_object`, `json_schema` or `off`; default
+    /// `json_object`).
+    pub json_mode: JsonMode,
+    /// `KILN_LLM_API_VERSION` (Azure only; default `2024-10-21`).
+    pub api_version: String,
+    /// `KILN_LLM_RPM` (default 0 = no limit): requests per minute per
+    /// provider and model, shared by every worker through Redis.
+    pub rpm: u32,
+    /// `KILN_LLM_TPM` (default 0 = no limit): tokens per minute per provider
+    /// and model (prompt estimate + `max_tokens`, as providers count them).
+    pub tpm: u32,
+    /// `KILN_LLM_BREAKER_FAILURES` (default 5): consecutive provider faults,
+    /// across all workers, that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// `KILN_LLM_BREAKER_COOLDOWN_S` (default 30): how long an open breaker
+    /// keeps jobs waiting before the provider is tried again (doubles while
+    /// it keeps failing, up to ten times this).
+    pub breaker_cooldown: Duration,
+    /// `KILN_LLM_PRICES`: `model=prompt/completion` US dollars per million
+    /// tokens, comma-separated (`gpt-4o-mini=0.15/0.60,gpt-4o=2.5/10`).
+    pub prices: std::collections::BTreeMap<String, Price>,
 }
 
 /// How a worker process runs jobs.
@@ -209,13 +262,38 @@ impl Settings {
 
         let provider = match src.get("KILN_LLM_PROVIDER").as_deref() {
             None | Some("openai") => LlmProvider::OpenAi,
+            Some("azure") => LlmProvider::Azure,
             Some("anthropic") => LlmProvider::Anthropic,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     var: "KILN_LLM_PROVIDER",
-                    message: format!("unknown provider {other:?}, expected \"openai\" or \"anthropic\""),
+                    message: format!("unknown provider {other:?}, expected \"openai\", \"azure\" or \"anthropic\""),
                 });
             }
+        };
+        if provider == LlmProvider::Azure && src.get("KILN_LLM_BASE_URL").is_none() {
+            return Err(ConfigError::Invalid {
+                var: "KILN_LLM_BASE_URL",
+                message: "required with KILN_LLM_PROVIDER=azure (https://RESOURCE.openai.azure.com)".into(),
+            });
+        }
+        let json_mode = match src.get("KILN_LLM_JSON_MODE").as_deref() {
+            None | Some("json_object") => JsonMode::Object,
+            Some("json_schema") => JsonMode::Schema,
+            Some("off") => JsonMode::Off,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "KILN_LLM_JSON_MODE",
+                    message: format!("unknown mode {other:?}, expected \"json_object\", \"json_schema\" or \"off\""),
+                });
+            }
+        };
+        let prices = match src.get("KILN_LLM_PRICES") {
+            None => std::collections::BTreeMap::new(),
+            Some(raw) => parse_prices(&raw).map_err(|message| ConfigError::Invalid {
+                var: "KILN_LLM_PRICES",
+                message,
+            })?,
         };
         let api_key = match (src.get("KILN_LLM_API_KEY"), src.get("KILN_LLM_API_KEY_FILE")) {
             (Some(key), _) => Some(SecretString::from(key)),
@@ -257,6 +335,13 @@ impl Settings {
                 max_retries: src.parse("KILN_LLM_MAX_RETRIES", 8)?,
                 backoff_base: src.millis("KILN_LLM_BACKOFF_MS", 500)?,
                 backoff_max: src.millis("KILN_LLM_BACKOFF_MAX_MS", 30_000)?,
+                json_mode,
+                api_version: src.string("KILN_LLM_API_VERSION", "2024-10-21"),
+                rpm: src.parse("KILN_LLM_RPM", 0)?,
+                tpm: src.parse("KILN_LLM_TPM", 0)?,
+                breaker_failures: src.positive("KILN_LLM_BREAKER_FAILURES", 5)?,
+                breaker_cooldown: src.secs("KILN_LLM_BREAKER_COOLDOWN_S", 30)?,
+                prices,
             },
             worker: WorkerSettings {
                 concurrency: src.positive("KILN_WORKER_CONCURRENCY", 16)?,
@@ -297,6 +382,34 @@ impl Settings {
             },
         })
     }
+}
+
+/// Parses `model=prompt/completion,…` (US dollars per million tokens).
+fn parse_prices(raw: &str) -> Result<std::collections::BTreeMap<String, Price>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (model, price) = entry
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected model=prompt/completion"))?;
+        let (prompt, completion) = price
+            .split_once('/')
+            .ok_or_else(|| format!("{entry:?}: expected model=prompt/completion"))?;
+        let number = |s: &str| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("{entry:?}: {s:?} is not a price"))
+        };
+        out.insert(
+            model.trim().to_owned(),
+            Price {
+                prompt_per_mtok: number(prompt)?,
+                completion_per_mtok: number(completion)?,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Reads a TOML config file into `KILN_…` variables.
@@ -437,6 +550,20 @@ mod tests {
         assert_eq!(s.queue, "from-env");
         assert_eq!(s.worker.concurrency, 4);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn prices_are_read_per_model() {
+        let s = Settings::from_vars(vars(&[("KILN_LLM_PRICES", "gpt-4o-mini=0.15/0.60, claude-x=3/15")])).unwrap();
+        assert!((s.llm.prices["claude-x"].completion_per_mtok - 15.0).abs() < 1e-12);
+        let err = Settings::from_vars(vars(&[("KILN_LLM_PRICES", "gpt=cheap")])).unwrap_err();
+        assert!(err.to_string().starts_with("KILN_LLM_PRICES:"), "{err}");
+    }
+
+    #[test]
+    fn azure_needs_its_resource_url() {
+        let err = Settings::from_vars(vars(&[("KILN_LLM_PROVIDER", "azure")])).unwrap_err();
+        assert!(err.to_string().starts_with("KILN_LLM_BASE_URL:"), "{err}");
     }
 
     #[test]

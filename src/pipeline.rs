@@ -6,7 +6,7 @@
 //! whose response is stored is never sent to the model again; an attempt
 //! already tested is only judged (invariant 4).
 //!
-//! Faults are classified by [`Step`]: the model's failures (unparseable,
+//! Faults are classified as they happen: the model's failures (unparseable,
 //! truncated, invalid or failing code) spend an attempt; provider and
 //! sandbox faults are retried with backoff under their own limits and, when
 //! those run out, end the job with a code that says so (invariant 5).
@@ -19,14 +19,16 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use crate::config::Price;
 use crate::files::File;
+use crate::llm::guard::{Guard, estimate_tokens};
 use crate::llm::{ChatRequest, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
 use crate::sandbox::{Limits, Sandbox, SandboxError, harness};
 use crate::spec::Spec;
-use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Phase};
+use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
 use crate::store::jobs::{Claimed, JobOutcome};
 use crate::store::{Lease, Store, StoreError};
 use crate::validate;
@@ -46,6 +48,8 @@ pub struct PipelineSettings {
     /// Takeovers from dead workers tolerated per run.
     pub crash_limit: u32,
     pub limits: Limits,
+    /// US dollars per million tokens, by model.
+    pub prices: std::collections::BTreeMap<String, Price>,
 }
 
 /// How a call to [`Pipeline::run`] ended.
@@ -58,6 +62,9 @@ pub enum JobEnd {
     /// Stopped on request (shutdown) before an outcome; the caller releases
     /// the lease so another worker resumes.
     Interrupted,
+    /// The provider's circuit breaker is open: the caller hands the job back
+    /// to the queue, not to be sent again before this long. Nothing is spent.
+    Deferred(Duration),
     /// The lease was taken over, or the job cancelled or retried: stop
     /// without writing anything more.
     LeaseLost,
@@ -75,6 +82,8 @@ pub enum PipelineError {
 pub struct Pipeline {
     pub store: Store,
     pub llm: Arc<dyn LlmClient>,
+    /// Shared rate limits and circuit breaker of the provider.
+    pub guard: Guard,
     pub sandbox: Arc<dyn Sandbox>,
     pub settings: PipelineSettings,
 }
@@ -87,7 +96,11 @@ enum Stop {
         message: String,
     },
     Interrupted,
+    Defer(Duration),
     LeaseLost,
+    /// The database failed for longer than retries cover: leave the job to
+    /// its lease (it will be re-delivered), rather than fail it wrongly.
+    Store(StoreError),
 }
 
 /// The verdict on one attempt.
@@ -101,10 +114,7 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Stop {
         match e {
             StoreError::LeaseLost => Stop::LeaseLost,
-            other => Stop::Fail {
-                code: "internal",
-                message: format!("storing the attempt failed: {other}"),
-            },
+            other => Stop::Store(other),
         }
     }
 }
@@ -180,6 +190,12 @@ impl Pipeline {
                         .await;
                 }
                 previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
+                    Ok(a) if a.state == "passed" => {
+                        info!(job_id = %lease.job_id, "reused a cached passing result");
+                        return self
+                            .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
+                            .await;
+                    }
                     Ok(a) => a,
                     Err(stop) => return self.stopped(lease, None, stop, cancel).await,
                 },
@@ -248,6 +264,16 @@ impl Pipeline {
             }
         };
         let prompt = serde_json::to_value(&messages).expect("messages serialise");
+        if job.options.cache
+            && previous.is_none()
+            && let Some(cached) = self
+                .retry_db(cancel, || {
+                    self.store.reuse_cached(&job.lease, job.run, n, &model, &prompt)
+                })
+                .await?
+        {
+            return Ok(cached);
+        }
         Ok(self
             .retry_db(cancel, || {
                 self.store.start_attempt(&job.lease, job.run, n, &model, &prompt)
@@ -333,26 +359,53 @@ impl Pipeline {
             json: true,
             attempt_id: attempt.id.to_string(),
         };
+        let tokens = estimate_tokens(&request.messages, request.max_tokens);
         loop {
+            let closed_in = self.guard.breaker_wait().await;
+            if !closed_in.is_zero() {
+                return Err(Stop::Defer(closed_in));
+            }
+            let within_budget = self
+                .retry_db(cancel, || {
+                    self.store
+                        .reserve_budget(lease, attempt.id, job.batch_id, tokens as i64)
+                })
+                .await?;
+            if !within_budget {
+                return Err(Stop::Fail {
+                    code: "budget_exhausted",
+                    message: format!(
+                        "the batch's budget_tokens would be exceeded: this request may use {tokens} tokens \
+                         (prompt estimate + max_tokens); raise the budget (PATCH /v1/batches/{}) and retry the batch",
+                        job.batch_id
+                    ),
+                });
+            }
+            self.sleep(self.guard.pace(&request.model, tokens).await, cancel)
+                .await?;
             let started = Instant::now();
             let result = tokio::select! {
                 () = cancel.cancelled() => return Err(Stop::Interrupted),
                 r = self.llm.chat(&request) => r,
             };
+            self.guard.record(&request.model, result.as_ref().map(|_| ())).await;
             match result {
                 Ok(answer) => {
                     let ms = started.elapsed().as_millis() as u64;
-                    self.retry_db(cancel, || {
-                        self.store.record_generation(
-                            lease,
-                            attempt.id,
-                            &answer.content,
-                            answer.finish_reason.as_deref(),
-                            answer.usage,
-                            ms,
-                        )
-                    })
-                    .await?;
+                    let cost = self.settings.prices.get(&request.model).map(|p| {
+                        (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
+                            + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
+                            / 1_000_000.0
+                    });
+                    let generation = Generation {
+                        response: &answer.content,
+                        finish_reason: answer.finish_reason.as_deref(),
+                        usage: answer.usage,
+                        cost_usd: cost,
+                        llm_ms: ms,
+                    };
+                    self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
+                        .await?;
                     return Ok(Generated {
                         content: answer.content,
                         finish_reason: answer.finish_reason,
@@ -369,7 +422,8 @@ impl Pipeline {
                         let message = e.to_string();
                         let count = self
                             .retry_db(cancel, || {
-                                self.store.record_fault(lease, attempt.id, FaultKind::Llm, &message)
+                                self.store
+                                    .record_fault(lease, attempt.id, FaultKind::Llm, e.class(), &message)
                             })
                             .await?;
                         warn!(job_id = %lease.job_id, attempt = attempt.n, faults = count, error = %message, "model provider fault");
@@ -407,10 +461,14 @@ impl Pipeline {
                 Ok(report) => return Ok(report),
                 Err(e @ (SandboxError::Unavailable(_) | SandboxError::Harness(_))) => {
                     let message = e.to_string();
+                    let class = match &e {
+                        SandboxError::Unavailable(_) => "unavailable",
+                        SandboxError::Harness(_) => "harness",
+                    };
                     let count = self
                         .retry_db(cancel, || {
                             self.store
-                                .record_fault(&job.lease, attempt.id, FaultKind::Sandbox, &message)
+                                .record_fault(&job.lease, attempt.id, FaultKind::Sandbox, class, &message)
                         })
                         .await?;
                     warn!(job_id = %job.lease.job_id, attempt = attempt.n, faults = count, error = %message, "sandbox fault");
@@ -436,7 +494,9 @@ impl Pipeline {
     ) -> Result<JobEnd, PipelineError> {
         match stop {
             Stop::Interrupted => Ok(JobEnd::Interrupted),
+            Stop::Defer(wait) => Ok(JobEnd::Deferred(wait)),
             Stop::LeaseLost => Ok(JobEnd::LeaseLost),
+            Stop::Store(e) => Err(e.into()),
             Stop::Fail { code, message } => {
                 warn!(job_id = %lease.job_id, code, %message, "job stopped");
                 if let Some(a) = attempt {
@@ -677,6 +737,7 @@ mod tests {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             crash_limit: 3,
+            prices: std::collections::BTreeMap::new(),
             limits: Limits {
                 timeout: Duration::from_secs(1),
                 memory_mb: 1,

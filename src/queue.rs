@@ -1,5 +1,6 @@
-//! Delivery of job messages over Redis with apalis-redis 1.0; the only module
-//! that names apalis or Redis.
+//! Delivery of job messages over Redis with apalis-redis 1.0, and (in
+//! [`coordination`]) the other state workers share through Redis; the only
+//! module that names apalis or Redis.
 //!
 //! Redis only delivers. A message is `{job_id}` and nothing else: the job's
 //! spec, state and history are read from Postgres, and an undecodable
@@ -16,6 +17,8 @@
 //! - Kiln's retry and crash accounting live in Postgres; the handler acks
 //!   (returns `Ok`) once Kiln has persisted the job's outcome, and never asks
 //!   apalis to retry (its counter ignores `max_attempts`).
+
+pub mod coordination;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,10 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::config::{LlmProvider, SandboxKind, Settings};
+use crate::config::{SandboxKind, Settings};
 use crate::llm::LlmClient;
-use crate::llm::openai::OpenAiClient;
+use crate::llm::guard::Guard;
 use crate::pipeline::{JobEnd, Pipeline, PipelineSettings};
+use crate::queue::coordination::Coordination;
 use crate::queue::{self, Handler};
 use crate::sandbox::process::ProcessSandbox;
 use crate::sandbox::{Limits, Sandbox};
@@ -35,6 +36,8 @@ pub enum WorkerError {
     Llm(#[from] crate::llm::LlmError),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
     #[error("{0}")]
     Config(String),
 }
@@ -76,18 +79,8 @@ impl Worker {
             (settings.worker.concurrency as u32 * 2 + 4).min(64),
         )
         .await?;
-        let llm: Arc<dyn LlmClient> = match settings.llm.provider {
-            LlmProvider::OpenAi => Arc::new(OpenAiClient::new(
-                &settings.llm.base_url,
-                settings.llm.api_key.as_ref(),
-                settings.llm.request_timeout,
-            )?),
-            LlmProvider::Anthropic => {
-                return Err(WorkerError::Config(
-                    "KILN_LLM_PROVIDER=anthropic: the Anthropic Messages client is not built yet; use an OpenAI-compatible endpoint".into(),
-                ));
-            }
-        };
+        let llm = crate::llm::build(&settings.llm)?;
+        let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
             SandboxKind::Process => Arc::new(ProcessSandbox::new(&settings.sandbox.runtime)?),
             SandboxKind::Docker => {
@@ -96,16 +89,29 @@ impl Worker {
                 ));
             }
         };
-        Ok(Worker::from_parts(settings, store, llm, sandbox))
+        Ok(Worker::from_parts(
+            settings,
+            store,
+            llm,
+            Guard::new(shared, &settings.llm),
+            sandbox,
+        ))
     }
 
     /// Assembles a worker from its parts; the seam tests use to run a worker
     /// in-process against real services.
-    pub fn from_parts(settings: &Settings, store: Store, llm: Arc<dyn LlmClient>, sandbox: Arc<dyn Sandbox>) -> Worker {
+    pub fn from_parts(
+        settings: &Settings,
+        store: Store,
+        llm: Arc<dyn LlmClient>,
+        guard: Guard,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Worker {
         let id = settings.worker.worker_id.clone().unwrap_or_else(default_worker_id);
         let pipeline = Pipeline {
             store,
             llm,
+            guard,
             sandbox,
             settings: PipelineSettings {
                 default_model: settings.llm.model.clone(),
@@ -116,6 +122,7 @@ impl Worker {
                 backoff_max: settings.llm.backoff_max,
                 crash_limit: settings.worker.crash_limit,
                 limits: Limits::from_settings(&settings.sandbox),
+                prices: settings.llm.prices.clone(),
             },
         };
         Worker {
@@ -268,6 +275,13 @@ impl Worker {
             Ok(JobEnd::Interrupted) if lease_lost.load(Ordering::SeqCst) => {
                 info!("lease lost (cancelled, retried or taken over); stopped");
             }
+            Ok(JobEnd::Deferred(wait)) => match store.release(&job.lease, Some(wait)).await {
+                Ok(()) => info!(
+                    ?wait,
+                    "provider's circuit breaker is open; job handed back to the queue"
+                ),
+                Err(e) => warn!(error = %e, "deferring the job failed (its lease will expire)"),
+            },
             Ok(JobEnd::Interrupted) => match store.release(&job.lease, None).await {
                 Ok(()) => info!("interrupted; lease released for another worker"),
                 Err(e) => warn!(error = %e, "interrupted; releasing the lease failed (it will expire)"),

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use kiln::spec::{BatchRequest, Limits};
-use kiln::store::attempts::TokenUsage;
+use kiln::store::attempts::{Generation, TokenUsage};
 use kiln::store::batches::NewBatch;
 use kiln::store::jobs::JobOutcome;
 use kiln::store::{Store, StoreError};
@@ -15,6 +15,16 @@ use support::{TestEnv, add_spec};
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(30);
+
+fn generation(response: &str) -> Generation<'_> {
+    Generation {
+        response,
+        finish_reason: Some("stop"),
+        usage: TokenUsage::default(),
+        cost_usd: None,
+        llm_ms: 1,
+    }
+}
 
 async fn one_job(store: &Store) -> Uuid {
     let request = BatchRequest::from_value(
@@ -67,7 +77,7 @@ async fn a_live_workers_lease_is_not_taken_over() {
     // The holder can still write.
     let attempt = env.store.start_attempt(&a.lease, 1, 1, "m", &json!([])).await.unwrap();
     env.store
-        .record_generation(&a.lease, attempt.id, "answer", Some("stop"), TokenUsage::default(), 1)
+        .record_generation(&a.lease, attempt.id, &generation("answer"))
         .await
         .unwrap();
 }
@@ -98,7 +108,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     ));
     let write = env
         .store
-        .record_generation(&a.lease, attempt.id, "stale", None, TokenUsage::default(), 1)
+        .record_generation(&a.lease, attempt.id, &generation("stale"))
         .await;
     assert!(matches!(write, Err(StoreError::LeaseLost)), "{write:?}");
     let finish = env

@@ -16,6 +16,9 @@ struct Args {
     /// Listen address (port 0 picks a free port).
     #[arg(long, env = "KILN_MOCK_ADDR", default_value = "127.0.0.1:8090")]
     addr: std::net::SocketAddr,
+    /// Answer 429 above this many requests a minute (0: no limit).
+    #[arg(long, env = "KILN_MOCK_RATE_LIMIT_RPM", default_value_t = 0)]
+    rate_limit_rpm: u32,
 }
 
 #[tokio::main]
@@ -26,7 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
-    let server = kiln::mock_llm::MockServer::start(listener, scripts).context("starting the mock")?;
+    let options = kiln::mock_llm::MockOptions {
+        rate_limit_rpm: args.rate_limit_rpm,
+    };
+    let server = kiln::mock_llm::MockServer::start_with(listener, scripts, options).context("starting the mock")?;
     println!("listening on {}", server.base_url());
     kiln::signals::shutdown_token().cancelled().await;
     Ok(())

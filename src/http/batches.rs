@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, parse_id};
 use crate::spec::{BatchRequest, Limits};
-use crate::store::batches::{BatchView, JobPage, NewBatch};
+use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
 
 pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -179,6 +179,64 @@ pub async fn retry(
     let requeued = state.store.retry_batch(id, &states).await?;
     state.feeder_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    options: PatchOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchOptions {
+    /// A number sets the budget, `null` removes it, absent keeps it.
+    #[serde(default)]
+    budget_tokens: Option<Value>,
+    #[serde(default)]
+    priority: Option<i32>,
+}
+
+/// `PATCH /v1/batches/{id}` with `{"options": {"budget_tokens"?, "priority"?}}`
+/// → the batch's new options. Raising `budget_tokens` and then retrying the
+/// batch resumes the jobs that stopped with `budget_exhausted`.
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    let bytes = read_body(body, 64 * 1024).await?;
+    let patch: PatchBody = serde_path_to_error::deserialize(parse_json(&bytes)?).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(
+            if path == "." { "body".to_owned() } else { path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    let budget = match patch.options.budget_tokens {
+        None => BudgetChange::Keep,
+        Some(Value::Null) => BudgetChange::Remove,
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => BudgetChange::Set(n),
+            _ => {
+                return Err(ApiError::invalid(
+                    "options.budget_tokens",
+                    format!("{v} is not a positive number of tokens (or null to remove the budget)"),
+                ));
+            }
+        },
+    };
+    if let Some(p) = patch.options.priority
+        && !(-1000..=1000).contains(&p)
+    {
+        return Err(ApiError::invalid("options.priority", "must be between -1000 and 1000"));
+    }
+    let options = state
+        .store
+        .update_batch_options(id, budget, patch.options.priority)
+        .await?;
+    Ok(Json(json!({ "batch_id": id, "options": options })))
 }
 
 /// `POST /v1/batches/{id}/cancel` → `202 {"cancelled": n}`.

@@ -121,7 +121,7 @@ impl Application {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/batches", post(batches::create))
-        .route("/v1/batches/{id}", get(batches::status))
+        .route("/v1/batches/{id}", get(batches::status).patch(batches::update))
         .route("/v1/batches/{id}/jobs", get(batches::jobs))
         .route("/v1/batches/{id}/retry", post(batches::retry))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))

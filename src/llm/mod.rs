@@ -9,6 +9,8 @@
 //! limit and never spend an attempt (invariant 5); quota, auth and request
 //! errors stop the job at once with a code that says why.
 
+pub mod anthropic;
+pub mod guard;
 pub mod openai;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{LlmProvider, LlmSettings};
 use crate::store::attempts::TokenUsage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +142,86 @@ impl LlmError {
 /// The model provider, as the pipeline sees it.
 pub trait LlmClient: Send + Sync {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+}
+
+/// The client for the configured provider.
+pub fn build(settings: &LlmSettings) -> Result<std::sync::Arc<dyn LlmClient>, LlmError> {
+    Ok(match settings.provider {
+        LlmProvider::OpenAi | LlmProvider::Azure => std::sync::Arc::new(openai::OpenAiClient::new(settings)?),
+        LlmProvider::Anthropic => std::sync::Arc::new(anthropic::AnthropicClient::new(settings)?),
+    })
+}
+
+/// The JSON schema of Kiln's answer format (`{"files": [{"path", "content"}], "notes"}`),
+/// for providers that can enforce one. Strict mode needs every property
+/// required, so `notes` is required (an empty string is fine).
+pub fn files_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "files": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+                    "required": ["path", "content"],
+                    "additionalProperties": false
+                }
+            },
+            "notes": {"type": "string"}
+        },
+        "required": ["files", "notes"],
+        "additionalProperties": false
+    })
+}
+
+/// An HTTP client with the provider's fixed headers (the secret ones marked
+/// sensitive, so debug output hides them) and timeouts.
+pub(crate) fn http_client(
+    headers: &[(&'static str, String, bool)],
+    timeout: Duration,
+) -> Result<reqwest::Client, LlmError> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value, secret) in headers {
+        let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| LlmError::Rejected {
+            status: 0,
+            message: format!("the {name} header value contains characters not allowed in HTTP headers"),
+        })?;
+        value.set_sensitive(*secret);
+        map.insert(*name, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(map)
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| LlmError::Transport(e.to_string()))
+}
+
+/// Maps a reqwest error to its fault class.
+pub(crate) fn transport_error(e: &reqwest::Error, timeout: Duration) -> LlmError {
+    if e.is_timeout() {
+        LlmError::Timeout(timeout)
+    } else {
+        LlmError::Transport(crate::telemetry::error_chain(e))
+    }
+}
+
+impl LlmError {
+    /// A short stable name of the fault class, stored with each fault.
+    pub fn class(&self) -> &'static str {
+        match self {
+            LlmError::Transport(_) => "transport",
+            LlmError::Timeout(_) => "timeout",
+            LlmError::RateLimited { .. } => "rate_limited",
+            LlmError::Unavailable { .. } => "unavailable",
+            LlmError::MalformedBody(_) => "malformed_body",
+            LlmError::Quota { .. } => "quota",
+            LlmError::Auth { .. } => "auth",
+            LlmError::Rejected { .. } => "rejected",
+        }
+    }
 }
 
 /// Keeps a provider's error text short and free of anything that looks like

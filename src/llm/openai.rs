@@ -1,4 +1,6 @@
-//! OpenAI-compatible chat completions (`POST {base}/chat/completions`).
+//! OpenAI-compatible chat completions (`POST {base}/chat/completions`), and
+//! Azure OpenAI deployments, which speak the same body with a different URL
+//! and key header.
 //!
 //! The same wire protocol serves OpenAI, vLLM, Ollama, llama.cpp's server,
 //! LM Studio, LiteLLM and `kiln-mock-llm`; `KILN_LLM_BASE_URL` picks one.
@@ -7,49 +9,54 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use secrecy::{ExposeSecret, SecretString};
+use reqwest::header::HeaderMap;
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, clip_provider_message};
+use super::{
+    ChatRequest, ChatResponse, LlmClient, LlmError, clip_provider_message, files_schema, http_client, transport_error,
+};
+use crate::config::{JsonMode, LlmProvider, LlmSettings};
 use crate::store::attempts::TokenUsage;
 
-/// A client for one OpenAI-compatible endpoint.
+/// A client for one OpenAI-compatible (or Azure OpenAI) endpoint.
 #[derive(Debug, Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
-    url: String,
+    base: String,
+    azure_api_version: Option<String>,
+    json_mode: JsonMode,
     timeout: Duration,
 }
 
 impl OpenAiClient {
-    /// `base_url` ends before `/chat/completions` (e.g. `https://api.openai.com/v1`).
-    pub fn new(base_url: &str, api_key: Option<&SecretString>, timeout: Duration) -> Result<OpenAiClient, LlmError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = api_key {
-            // Marked sensitive so reqwest's and hyper's debug output hide it;
-            // this is the only place the key is exposed (invariant 7).
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.expose_secret())).map_err(|_| LlmError::Rejected {
-                    status: 0,
-                    message: "the API key contains characters not allowed in an HTTP header".into(),
-                })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+    pub fn new(settings: &LlmSettings) -> Result<OpenAiClient, LlmError> {
+        let mut headers = Vec::new();
+        if let Some(key) = &settings.api_key {
+            // The only place the key is exposed (invariant 7).
+            match settings.provider {
+                LlmProvider::Azure => headers.push(("api-key", key.expose_secret().to_owned(), true)),
+                _ => headers.push(("authorization", format!("Bearer {}", key.expose_secret()), true)),
+            }
         }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| LlmError::Transport(e.to_string()))?;
         Ok(OpenAiClient {
-            http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            timeout,
+            http: http_client(&headers, settings.request_timeout)?,
+            base: settings.base_url.trim_end_matches('/').to_owned(),
+            azure_api_version: (settings.provider == LlmProvider::Azure).then(|| settings.api_version.clone()),
+            json_mode: settings.json_mode,
+            timeout: settings.request_timeout,
         })
+    }
+
+    fn url(&self, model: &str) -> String {
+        match &self.azure_api_version {
+            Some(version) => format!(
+                "{}/openai/deployments/{model}/chat/completions?api-version={version}",
+                self.base
+            ),
+            None => format!("{}/chat/completions", self.base),
+        }
     }
 }
 
@@ -71,6 +78,9 @@ struct Choice {
 struct ChoiceMessage {
     #[serde(default)]
     content: Option<String>,
+    /// Set (with empty content) when a model refuses under structured outputs.
+    #[serde(default)]
+    refusal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,18 +95,29 @@ impl LlmClient for OpenAiClient {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let mut body = json!({
-                "model": request.model,
                 "messages": request.messages,
                 "max_tokens": request.max_tokens,
                 "temperature": 0.2,
             });
+            if self.azure_api_version.is_none() {
+                body["model"] = request.model.clone().into();
+            }
             if request.json {
-                body["response_format"] = json!({"type": "json_object"});
+                match self.json_mode {
+                    JsonMode::Object => body["response_format"] = json!({"type": "json_object"}),
+                    JsonMode::Schema => {
+                        body["response_format"] = json!({
+                            "type": "json_schema",
+                            "json_schema": {"name": "kiln_files", "strict": true, "schema": files_schema()},
+                        });
+                    }
+                    JsonMode::Off => {}
+                }
             }
             let response = self
                 .http
-                .post(&self.url)
-                .header("X-Kiln-Attempt-Id", &request.attempt_id)
+                .post(self.url(&request.model))
+                .header("x-kiln-attempt-id", &request.attempt_id)
                 .json(&body)
                 .send()
                 .await
@@ -107,37 +128,40 @@ impl LlmClient for OpenAiClient {
             if !status.is_success() {
                 return Err(classify_status(status, &headers, &text));
             }
-            let completion: Completion = serde_json::from_str(&text).map_err(|e| {
-                LlmError::MalformedBody(format!(
-                    "{e}; body starts {:?}",
-                    text.chars().take(120).collect::<String>()
-                ))
-            })?;
-            let choice = completion
-                .choices
-                .into_iter()
-                .next()
-                .ok_or_else(|| LlmError::MalformedBody("no choices in the response".into()))?;
-            let usage = completion.usage.map_or_else(TokenUsage::default, |u| TokenUsage {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-            });
-            Ok(ChatResponse {
-                content: choice.message.content.unwrap_or_default(),
-                finish_reason: choice.finish_reason,
-                usage,
-            })
+            parse_completion(&text)
         })
     }
 }
 
-fn transport_error(e: &reqwest::Error, timeout: Duration) -> LlmError {
-    if e.is_timeout() {
-        LlmError::Timeout(timeout)
-    } else {
-        // Without the URL: it is configuration, not news, and keeps logs short.
-        LlmError::Transport(crate::telemetry::error_chain(e))
-    }
+/// Reads a chat-completions response body.
+pub(crate) fn parse_completion(text: &str) -> Result<ChatResponse, LlmError> {
+    let completion: Completion = serde_json::from_str(text).map_err(|e| {
+        LlmError::MalformedBody(format!(
+            "{e}; body starts {:?}",
+            text.chars().take(120).collect::<String>()
+        ))
+    })?;
+    let choice = completion
+        .choices
+        .into_iter()
+        .next()
+        .ok_or_else(|| LlmError::MalformedBody("no choices in the response".into()))?;
+    let usage = completion.usage.map_or_else(TokenUsage::default, |u| TokenUsage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+    });
+    // A refusal is the model's answer (it spends the attempt, and the
+    // refusal text reaches the repair prompt as a format diagnostic).
+    let content = match (choice.message.content, choice.message.refusal) {
+        (Some(c), _) if !c.is_empty() => c,
+        (_, Some(refusal)) => refusal,
+        (c, None) => c.unwrap_or_default(),
+    };
+    Ok(ChatResponse {
+        content,
+        finish_reason: choice.finish_reason,
+        usage,
+    })
 }
 
 /// Maps a non-2xx answer to its fault class.
@@ -222,6 +246,7 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

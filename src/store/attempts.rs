@@ -79,6 +79,16 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
 }
 
+/// A model answer as stored on its attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Generation<'a> {
+    pub response: &'a str,
+    pub finish_reason: Option<&'a str>,
+    pub usage: TokenUsage,
+    pub cost_usd: Option<f64>,
+    pub llm_ms: u64,
+}
+
 /// Which limit a fault counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
@@ -122,6 +132,14 @@ pub struct AttemptView {
     pub sandbox_faults: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fault: Option<String>,
+    /// Every fault met: `[{"kind", "class", "message", "at"}]`.
+    pub faults: Value,
+    /// Price of the tokens (when the model is in `KILN_LLM_PRICES`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    /// Set when this attempt reused a passing result (`options.cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<Uuid>,
     pub timings_ms: Value,
     pub worker_id: String,
     pub started_at: DateTime<Utc>,
@@ -208,8 +226,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
-            r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, worker_id, lease_epoch)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, prompt_version, worker_id, lease_epoch)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (job_id, run, n) DO NOTHING"#,
             Uuid::now_v7(),
             lease.job_id,
@@ -217,6 +235,7 @@ impl Store {
             n,
             model,
             prompt,
+            crate::prompt::PROMPT_VERSION,
             lease.owner,
             lease.epoch,
         )
@@ -234,25 +253,23 @@ impl Store {
         &self,
         lease: &Lease,
         attempt_id: Uuid,
-        response: &str,
-        finish_reason: Option<&str>,
-        usage: TokenUsage,
-        llm_ms: u64,
+        g: &Generation<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET phase = 'generated', response = $2, finish_reason = $3, prompt_tokens = $4,
-                   completion_tokens = $5, generated_at = now(),
-                   timings_ms = timings_ms || jsonb_build_object('llm', $6::int8)
+                   completion_tokens = $5, cost_usd = $6, reserved_tokens = 0, generated_at = now(),
+                   timings_ms = timings_ms || jsonb_build_object('llm', $7::int8)
                WHERE id = $1 AND phase = 'prompted'"#,
             attempt_id,
-            response,
-            finish_reason,
-            usage.prompt_tokens as i32,
-            usage.completion_tokens as i32,
-            llm_ms as i64,
+            g.response,
+            g.finish_reason,
+            g.usage.prompt_tokens as i32,
+            g.usage.completion_tokens as i32,
+            g.cost_usd,
+            g.llm_ms as i64,
         )
         .execute(&mut *tx)
         .await?;
@@ -329,14 +346,16 @@ impl Store {
     }
 
     /// Counts a provider or sandbox fault against the attempt's limit for
-    /// that kind and returns the new count. Persisted, so the limit holds
-    /// across crashes and takeovers.
+    /// its kind, appends it to the attempt's fault log (the first 50), and
+    /// returns the new count. Persisted, so the limit holds across crashes
+    /// and takeovers.
     pub async fn record_fault(
         &self,
         lease: &Lease,
         attempt_id: Uuid,
         kind: FaultKind,
-        error: &str,
+        class: &str,
+        message: &str,
     ) -> Result<i32, StoreError> {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
@@ -344,17 +363,140 @@ impl Store {
             r#"UPDATE attempts
                SET llm_faults = llm_faults + CASE WHEN $2 = 'llm' THEN 1 ELSE 0 END,
                    sandbox_faults = sandbox_faults + CASE WHEN $2 = 'sandbox' THEN 1 ELSE 0 END,
-                   last_fault = $3
+                   last_fault = $4,
+                   faults = CASE WHEN jsonb_array_length(faults) < 50
+                            THEN faults || jsonb_build_array(jsonb_build_object(
+                                'kind', $2::text, 'class', $3::text, 'message', $4::text, 'at', now()))
+                            ELSE faults END
                WHERE id = $1
                RETURNING CASE WHEN $2 = 'llm' THEN llm_faults ELSE sandbox_faults END AS "count!""#,
             attempt_id,
             kind.as_str(),
-            error,
+            class,
+            message,
         )
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(count)
+    }
+
+    /// Sets aside `tokens` of the batch's budget for this attempt's request.
+    /// False when the batch's tokens used plus those set aside by its other
+    /// in-flight requests plus these would exceed `options.budget_tokens`.
+    /// Checks of one batch are serialised on its row, so concurrent workers
+    /// cannot overrun the budget together.
+    pub async fn reserve_budget(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        batch_id: Uuid,
+        tokens: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        let budget = sqlx::query_scalar!(
+            r#"SELECT (options->>'budget_tokens')::int8 AS budget FROM batches WHERE id = $1 FOR UPDATE"#,
+            batch_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(budget) = budget {
+            let committed = sqlx::query_scalar!(
+                r#"SELECT coalesce(sum(a.prompt_tokens + a.completion_tokens)
+                                   + sum(a.reserved_tokens) FILTER (WHERE a.id <> $2), 0)::int8 AS "n!"
+                   FROM attempts a JOIN jobs j ON j.id = a.job_id
+                   WHERE j.batch_id = $1"#,
+                batch_id,
+                attempt_id,
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if committed + tokens > budget {
+                return Ok(false);
+            }
+        }
+        sqlx::query!(
+            "UPDATE attempts SET reserved_tokens = $2 WHERE id = $1",
+            attempt_id,
+            tokens as i32
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// With `options.cache`: starts attempt `n` as a copy of a passing
+    /// attempt of an identical spec (same kind and canonical spec hash),
+    /// prompt version and model, if one exists. The copy is marked with
+    /// `cached_from`, costs no tokens and is already passed.
+    pub async fn reuse_cached(
+        &self,
+        lease: &Lease,
+        run: i32,
+        n: i32,
+        model: &str,
+        prompt: &Value,
+    ) -> Result<Option<AttemptRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        let source = sqlx::query!(
+            r#"SELECT a.id, a.response, a.finish_reason, a.validation, a.tests
+               FROM jobs me
+               JOIN jobs j ON j.spec_sha256 = me.spec_sha256 AND j.kind = me.kind
+               JOIN attempts a ON a.job_id = j.id
+               WHERE me.id = $1 AND a.state = 'passed' AND a.model = $2 AND a.prompt_version = $3
+                 AND a.cached_from IS NULL
+               ORDER BY a.finished_at DESC
+               LIMIT 1"#,
+            lease.job_id,
+            model,
+            crate::prompt::PROMPT_VERSION,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(source) = source else { return Ok(None) };
+        let id = Uuid::now_v7();
+        let inserted = sqlx::query!(
+            r#"INSERT INTO attempts (id, job_id, run, n, phase, state, model, prompt, prompt_version, response,
+                                     finish_reason, validation, tests, worker_id, lease_epoch, cached_from,
+                                     generated_at, finished_at, timings_ms)
+               VALUES ($1, $2, $3, $4, 'tested', 'passed', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                       now(), now(), '{"total": 0}'::jsonb)
+               ON CONFLICT (job_id, run, n) DO NOTHING"#,
+            id,
+            lease.job_id,
+            run,
+            n,
+            model,
+            prompt,
+            crate::prompt::PROMPT_VERSION,
+            source.response,
+            source.finish_reason,
+            source.validation,
+            source.tests,
+            lease.owner,
+            lease.epoch,
+            source.id,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // The attempt exists already (a resumed job): not a cache hit.
+            return Ok(None);
+        }
+        sqlx::query!(
+            r#"INSERT INTO artifacts (attempt_id, path, content, sha256, size)
+               SELECT $1, path, content, sha256, size FROM artifacts WHERE attempt_id = $2"#,
+            id,
+            source.id,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.attempt(lease.job_id, run, Some(n)).await
     }
 
     /// Ends an attempt.
@@ -369,7 +511,7 @@ impl Store {
         lease.fence(&mut tx).await?;
         sqlx::query!(
             r#"UPDATE attempts
-               SET state = $2, error_code = $3, error_message = $4, finished_at = now(),
+               SET state = $2, error_code = $3, error_message = $4, finished_at = now(), reserved_tokens = 0,
                    timings_ms = timings_ms || jsonb_build_object(
                        'total', (extract(epoch FROM now() - started_at) * 1000)::int8)
                WHERE id = $1"#,
@@ -390,7 +532,7 @@ impl Store {
         let rows = sqlx::query!(
             r#"SELECT run, n, state, phase, model, prompt_tokens, completion_tokens, validation, tests,
                       error_code, error_message, finish_reason, llm_faults, sandbox_faults, last_fault,
-                      timings_ms, worker_id, started_at, finished_at, prompt, response
+                      faults, cost_usd, cached_from, timings_ms, worker_id, started_at, finished_at, prompt, response
                FROM attempts WHERE job_id = $1 ORDER BY run, n"#,
             job_id
         )
@@ -415,6 +557,9 @@ impl Store {
                 llm_faults: r.llm_faults,
                 sandbox_faults: r.sandbox_faults,
                 last_fault: r.last_fault,
+                faults: r.faults,
+                cost_usd: r.cost_usd,
+                cached_from: r.cached_from,
                 timings_ms: r.timings_ms,
                 worker_id: r.worker_id,
                 started_at: r.started_at,

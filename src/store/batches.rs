@@ -43,6 +43,10 @@ pub struct Counts {
 pub struct Usage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    /// Sum of the priced attempts' costs; absent when no attempt's model
+    /// has a price in `KILN_LLM_PRICES`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// `GET /v1/batches/{id}`.
@@ -59,6 +63,14 @@ pub struct BatchView {
     pub options: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What `PATCH /v1/batches/{id}` does to `budget_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetChange {
+    Keep,
+    Remove,
+    Set(u64),
 }
 
 /// One row of `GET /v1/batches/{id}/jobs`.
@@ -225,7 +237,8 @@ impl Store {
     pub async fn batch_usage(&self, batch_id: Uuid) -> Result<Usage, StoreError> {
         let u = sqlx::query!(
             r#"SELECT coalesce(sum(a.prompt_tokens), 0)::int8 AS "prompt!",
-                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!"
+                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!",
+                      sum(a.cost_usd) AS cost
                FROM attempts a JOIN jobs j ON j.id = a.job_id
                WHERE j.batch_id = $1"#,
             batch_id
@@ -235,7 +248,42 @@ impl Store {
         Ok(Usage {
             prompt_tokens: u.prompt,
             completion_tokens: u.completion,
+            cost_usd: u.cost,
         })
+    }
+
+    /// Changes the options that may change under a running batch:
+    /// `budget_tokens` (raise it, then retry the jobs that stopped with
+    /// `budget_exhausted`) and `priority`. Returns the new options.
+    pub async fn update_batch_options(
+        &self,
+        batch_id: Uuid,
+        budget: BudgetChange,
+        priority: Option<i32>,
+    ) -> Result<Options, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let raw = sqlx::query_scalar!("SELECT options FROM batches WHERE id = $1 FOR UPDATE", batch_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound("batch"))?;
+        let mut options: Options = serde_json::from_value(raw).unwrap_or_default();
+        match budget {
+            BudgetChange::Keep => {}
+            BudgetChange::Remove => options.budget_tokens = None,
+            BudgetChange::Set(n) => options.budget_tokens = Some(n),
+        }
+        if let Some(priority) = priority {
+            options.priority = priority;
+            sqlx::query!("UPDATE jobs SET priority = $2 WHERE batch_id = $1", batch_id, priority)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let value = serde_json::to_value(&options).expect("options serialise");
+        sqlx::query!("UPDATE batches SET options = $2 WHERE id = $1", batch_id, value)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(options)
     }
 
     /// A page of a batch's jobs in submission order, optionally of one state.

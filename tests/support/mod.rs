@@ -196,22 +196,23 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A child process killed when dropped.
-pub struct Proc(pub Child);
+/// A child process killed when dropped; its stderr goes to `log`.
+pub struct Proc(pub Child, pub PathBuf);
 
 impl Proc {
     pub fn spawn(name: &str, vars: &[(String, String)]) -> Proc {
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let log = std::fs::File::create(log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()))).unwrap();
+        let log_path = log_dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(bin(name))
-            .envs(vars.iter().cloned())
             .env("KILN_LOG", "info")
+            .envs(vars.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        Proc(child)
+        Proc(child, log_path)
     }
 
     pub fn pid(&self) -> i32 {

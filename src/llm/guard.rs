@@ -1,0 +1,159 @@
+//! What stands between the pipeline and the provider: the shared rate
+//! limiter and the circuit breaker, both backed by Redis so that every
+//! worker process obeys one limit and one verdict.
+//!
+//! - Rate: requests and tokens per minute per provider and model
+//!   (`KILN_LLM_RPM`, `KILN_LLM_TPM`). Requests are paced evenly across all
+//!   workers. After a 429 the rate drops by 30% (shared, for ten minutes);
+//!   every success wins 2% back (additive increase, multiplicative decrease).
+//! - Breaker: `KILN_LLM_BREAKER_FAILURES` consecutive provider faults (5xx,
+//!   529, timeouts, resets, malformed bodies; not 429s) open it for
+//!   `KILN_LLM_BREAKER_COOLDOWN_S`, doubling while it keeps failing. While
+//!   open, workers hand jobs back to the queue without spending anything;
+//!   after the cooldown one probe request at a time tests the provider, and
+//!   the first success closes it.
+//!
+//! Redis trouble never blocks a request: the guard fails open.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::LlmError;
+use crate::config::LlmSettings;
+use crate::queue::coordination::Coordination;
+
+/// Longest a half-open breaker waits for its probe before letting another try.
+const PROBE_TTL: Duration = Duration::from_secs(30);
+/// A rate cut after a 429 is remembered this long.
+const RATE_MEMORY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Guard {
+    shared: Coordination,
+    provider: &'static str,
+    rpm: u32,
+    tpm: u32,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
+}
+
+impl Guard {
+    pub fn new(shared: Coordination, settings: &LlmSettings) -> Guard {
+        Guard {
+            shared,
+            provider: settings.provider.as_str(),
+            rpm: settings.rpm,
+            tpm: settings.tpm,
+            breaker_failures: settings.breaker_failures,
+            breaker_cooldown: settings.breaker_cooldown,
+        }
+    }
+
+    /// How long the provider's breaker keeps jobs waiting (zero: closed).
+    pub async fn breaker_wait(&self) -> Duration {
+        self.shared
+            .breaker_wait(self.provider, PROBE_TTL)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "breaker state unreadable; proceeding");
+                Duration::ZERO
+            })
+    }
+
+    /// Reserves a slot for one request of `tokens` (estimated) on `model`
+    /// and returns how long to wait before sending it.
+    pub async fn pace(&self, model: &str, tokens: u64) -> Duration {
+        let mut wait = Duration::ZERO;
+        if self.rpm > 0 {
+            // A burst of 1: evenly spaced requests never trip a provider
+            // whose own bucket is small.
+            match self
+                .shared
+                .reserve(&self.limit_name(model, "rpm"), 1, f64::from(self.rpm), 1.0)
+                .await
+            {
+                Ok(r) => wait = wait.max(r.wait),
+                Err(e) => warn!(error = %e, "rate limiter unreachable; proceeding"),
+            }
+        }
+        if self.tpm > 0 {
+            let burst = (f64::from(self.tpm) / 60.0).max(tokens as f64);
+            match self
+                .shared
+                .reserve(&self.limit_name(model, "tpm"), tokens, f64::from(self.tpm), burst)
+                .await
+            {
+                Ok(r) => wait = wait.max(r.wait),
+                Err(e) => warn!(error = %e, "rate limiter unreachable; proceeding"),
+            }
+        }
+        wait
+    }
+
+    /// Feeds a request's outcome back into the limiter and the breaker.
+    pub async fn record(&self, model: &str, outcome: Result<(), &LlmError>) {
+        match outcome {
+            Ok(()) => {
+                if self.rpm > 0 || self.tpm > 0 {
+                    for kind in ["rpm", "tpm"] {
+                        let _ = self
+                            .shared
+                            .adjust_rate(&self.limit_name(model, kind), 1.0, 0.02, 0.1, RATE_MEMORY)
+                            .await;
+                    }
+                }
+                if let Err(e) = self.shared.breaker_success(self.provider).await {
+                    warn!(error = %e, "breaker state not updated");
+                }
+            }
+            Err(LlmError::RateLimited { .. }) => {
+                for kind in ["rpm", "tpm"] {
+                    match self
+                        .shared
+                        .adjust_rate(&self.limit_name(model, kind), 0.7, 0.0, 0.1, RATE_MEMORY)
+                        .await
+                    {
+                        Ok(factor) if kind == "rpm" => {
+                            info!(model, factor, "rate limited by the provider; slowing down")
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "rate factor not updated"),
+                    }
+                }
+            }
+            Err(
+                LlmError::Transport(_)
+                | LlmError::Timeout(_)
+                | LlmError::Unavailable { .. }
+                | LlmError::MalformedBody(_),
+            ) => match self
+                .shared
+                .breaker_failure(
+                    self.provider,
+                    self.breaker_failures,
+                    self.breaker_cooldown,
+                    self.breaker_cooldown * 10,
+                )
+                .await
+            {
+                Ok(open) if !open.is_zero() => warn!(provider = self.provider, ?open, "circuit breaker opened"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "breaker state not updated"),
+            },
+            // The provider answered, just not with what we wanted.
+            Err(LlmError::Quota { .. } | LlmError::Auth { .. } | LlmError::Rejected { .. }) => {}
+        }
+    }
+
+    fn limit_name(&self, model: &str, kind: &str) -> String {
+        format!("{}:{model}:{kind}", self.provider)
+    }
+}
+
+/// Tokens a request may use, as providers count them for limits: the
+/// prompt (about four characters a token) plus the completion cap.
+pub fn estimate_tokens(messages: &[super::Message], max_tokens: u32) -> u64 {
+    let chars: usize = messages.iter().map(|m| m.content.len()).sum();
+    (chars as u64).div_ceil(4) + u64::from(max_tokens)
+}
