@@ -50,16 +50,19 @@ pub enum QueueError {
 /// How often an idle consumer polls Redis.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// apalis' own heartbeat. Kiln's leases (in Postgres) are what decide job
-/// ownership; this only keeps apalis from re-queuing a live worker's messages.
-const APALIS_HEARTBEAT: Duration = Duration::from_secs(10);
+/// apalis' own heartbeat. Kiln's leases (in Postgres) decide job ownership;
+/// this heartbeat only tells apalis which messages are orphans: a message a
+/// dead worker had fetched but not yet claimed is re-queued by a live
+/// worker after `APALIS_HEARTBEAT × MISSED_HEARTBEATS`.
+const APALIS_HEARTBEAT: Duration = Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 3;
 
 fn apalis_config(queue: &str) -> Config {
     Config::default()
         .queue(format!("{queue}:jobs"))
         .batch_size(1)
         .heartbeat_interval(APALIS_HEARTBEAT)
-        .missed_heartbeats(6)
+        .missed_heartbeats(MISSED_HEARTBEATS)
 }
 
 /// Sends job messages; used by the dispatcher's feeder.

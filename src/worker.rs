@@ -154,23 +154,33 @@ impl Worker {
         let consumer = tokio::spawn(self.clone().consume(stop_consuming.clone()));
         shutdown.cancelled().await;
 
+        let deadline = tokio::time::Instant::now() + self.inner.grace;
         info!(in_flight = self.inner.tracker.len(), grace = ?self.inner.grace, "shutting down: no new jobs");
         self.inner.draining.store(true, Ordering::SeqCst);
         stop_consuming.cancel();
         self.inner.tracker.close();
-        if tokio::time::timeout(self.inner.grace, self.inner.tracker.wait())
+        // Jobs may finish until shortly before the deadline; the rest of the
+        // grace period is for checkpointing: interrupting them (their last
+        // persisted phase is what the next worker resumes from) and
+        // releasing their leases so others take them at once.
+        let checkpoint = (self.inner.grace / 4).min(Duration::from_secs(2));
+        if tokio::time::timeout_at(deadline - checkpoint, self.inner.tracker.wait())
             .await
             .is_err()
         {
             warn!(
                 in_flight = self.inner.tracker.len(),
-                "grace period over: interrupting jobs and releasing their leases"
+                "grace period ending: interrupting jobs and releasing their leases"
             );
             self.inner.interrupt.cancel();
             self.inner.tracker.wait().await;
         }
         // In-flight handlers have returned; the consumer winds down on its own.
-        let _ = tokio::time::timeout(Duration::from_secs(5), consumer).await;
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_millis(200)),
+            consumer,
+        )
+        .await;
         info!("worker stopped");
     }
 
