@@ -393,6 +393,17 @@ impl Store {
         batch_id: Uuid,
         tokens: i64,
     ) -> Result<bool, StoreError> {
+        // Most batches have no budget: answer those without the row lock,
+        // which would otherwise serialise every request of the batch.
+        let budgeted = sqlx::query_scalar!(
+            r#"SELECT options ? 'budget_tokens' AS "budgeted!" FROM batches WHERE id = $1"#,
+            batch_id
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !budgeted {
+            return Ok(true);
+        }
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         let budget = sqlx::query_scalar!(
@@ -403,8 +414,8 @@ impl Store {
         .await?;
         if let Some(budget) = budget {
             let committed = sqlx::query_scalar!(
-                r#"SELECT coalesce(sum(a.prompt_tokens + a.completion_tokens)
-                                   + sum(a.reserved_tokens) FILTER (WHERE a.id <> $2), 0)::int8 AS "n!"
+                r#"SELECT (coalesce(sum(a.prompt_tokens + a.completion_tokens), 0)
+                           + coalesce(sum(a.reserved_tokens) FILTER (WHERE a.id <> $2), 0))::int8 AS "n!"
                    FROM attempts a JOIN jobs j ON j.id = a.job_id
                    WHERE j.batch_id = $1"#,
                 batch_id,
