@@ -14,7 +14,7 @@ use crate::report::{Outcome, Severity, TestReport, ValidationReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
 
 /// Identifies the wording of every prompt below.
-pub const PROMPT_VERSION: &str = "kiln-prompts-1";
+pub const PROMPT_VERSION: &str = "kiln-prompts-2";
 
 /// Python packages (with pinned versions) the sandbox runtime provides, the
 /// only ones generated services may depend on. Mirrors `sandbox/requirements.txt`.
@@ -224,8 +224,14 @@ pub fn repair_messages(
 /// The repair feedback: every error diagnostic once (`file:line:col [rule]
 /// message`), then warnings, then failing tests and output, within
 /// [`FEEDBACK_CAP`] characters. Errors come first so that a cut drops the
-/// least useful lines.
+/// least useful lines. Identical findings (same rule and message) share one
+/// line listing each place, so a mistake repeated across files costs the
+/// cap once.
 pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
+    /// Most places listed on one line before the rest are counted.
+    const PLACES_SHOWN: usize = 12;
+    /// Longest message kept whole.
+    const MESSAGE_CAP: usize = 1500;
     let header = format!(
         "Attempt {n} of {max}. Your previous answer failed the checks below. \
          Fix every problem and answer again with the complete corrected files in the same JSON format.\n"
@@ -235,19 +241,43 @@ pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
         lines.push(format!("\nProblem with the answer: {other}"));
     }
     if let Some(v) = failure.validation {
-        let mut seen = HashSet::new();
         let mut sorted: Vec<_> = v.diagnostics.iter().filter(|d| d.severity != Severity::Info).collect();
         sorted.sort_by_key(|d| d.severity);
-        let mut title = false;
+        // (severity, rule, message) → places, in order of first appearance.
+        let mut groups: Vec<(Severity, &str, &str, Vec<String>)> = Vec::new();
+        let mut index: std::collections::HashMap<(Severity, &str, &str), usize> = std::collections::HashMap::new();
+        let mut seen = HashSet::new();
         for d in sorted {
-            let line = format!("- {} [{}] {}", d.location(), d.rule, d.message.trim());
-            if seen.insert(line.clone()) {
-                if !title {
-                    lines.push("\nStatic checks:".into());
-                    title = true;
-                }
-                lines.push(line);
+            let key = (d.severity, d.rule.as_str(), d.message.trim());
+            let place = d.location();
+            if !seen.insert((key, place.clone())) {
+                continue;
             }
+            if let Some(&i) = index.get(&key) {
+                groups[i].3.push(place);
+            } else {
+                index.insert(key, groups.len());
+                groups.push((key.0, key.1, key.2, vec![place]));
+            }
+        }
+        let mut title = None;
+        for (severity, rule, message, places) in groups {
+            if title != Some(severity) {
+                lines.push(
+                    if severity == Severity::Error {
+                        "\nStatic checks:"
+                    } else {
+                        "\nWarnings (they do not fail the attempt, but fix them too):"
+                    }
+                    .into(),
+                );
+                title = Some(severity);
+            }
+            let mut shown = places.iter().take(PLACES_SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if places.len() > PLACES_SHOWN {
+                let _ = write!(shown, " and {} more places", places.len() - PLACES_SHOWN);
+            }
+            lines.push(format!("- {shown} [{rule}] {}", clip(message, MESSAGE_CAP)));
         }
     }
     if let Some(t) = failure.tests {
@@ -340,6 +370,31 @@ mod tests {
         let error_at = text.find("python-syntax").unwrap();
         let warning_at = text.find("docstring").unwrap();
         assert!(error_at < warning_at, "errors come before warnings");
+    }
+
+    #[test]
+    fn identical_findings_in_many_places_share_one_line() {
+        let message = "`requests` is not provided by the sandbox runtime";
+        let v = ValidationReport::from_diagnostics(vec![
+            Diagnostic::error("app/a.py", 1, 8, "import-not-allowed", message),
+            Diagnostic::error("app/b.py", 3, 8, "import-not-allowed", message),
+            Diagnostic::error("app/a.py", 1, 8, "import-not-allowed", message),
+            Diagnostic::warning("app/c.py", 2, 1, "import-transitive", "list `anyio`"),
+        ]);
+        let text = feedback(
+            &Failure {
+                validation: Some(&v),
+                ..Failure::default()
+            },
+            2,
+            3,
+        );
+        assert_eq!(text.matches(message).count(), 1, "{text}");
+        assert!(
+            text.contains(&format!("- app/a.py:1:8, app/b.py:3:8 [import-not-allowed] {message}")),
+            "{text}"
+        );
+        assert!(text.contains("Warnings (they do not fail the attempt"), "{text}");
     }
 
     #[test]

@@ -29,6 +29,22 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// A finding of any severity; [`Diagnostic::error`] and
+    /// [`Diagnostic::warning`] are the common cases.
+    pub fn new(
+        severity: Severity,
+        file: impl Into<String>,
+        line: u32,
+        col: u32,
+        rule: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic {
+            severity,
+            ..Diagnostic::error(file, line, col, rule, message)
+        }
+    }
+
     pub fn error(file: impl Into<String>, line: u32, col: u32, rule: &str, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             file: file.into(),

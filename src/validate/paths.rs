@@ -1,6 +1,11 @@
 //! File names and sizes. A generated path ends up on users' disks (artifacts
 //! are downloaded and unpacked) and inside the sandbox, so it must be
-//! relative, normalised and unsurprising.
+//! relative, normalised and unsurprising: no `..`, `.` or empty components,
+//! no absolute or drive paths, no control characters or backslashes, no
+//! `.git` directory (unpacking into a checkout would plant hooks), no names
+//! Windows cannot create, no two paths that are one file on a
+//! case-insensitive file system, and no path that is both a file and a
+//! directory. Findings are about whole files, so their line is 0.
 
 use std::collections::HashMap;
 
@@ -15,10 +20,23 @@ pub const MAX_FILE_BYTES: usize = 512 * 1024;
 pub const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Extensions (and exact names) a generated project may contain.
-const ALLOWED_EXTENSIONS: [&str; 14] = [
-    "py", "txt", "md", "toml", "cfg", "ini", "yml", "yaml", "json", "sql", "env", "example", "sh", "pyi",
+/// Text a service plausibly ships: code, configuration, templates (an
+/// Alembic `script.py.mako`, HTML pages) and data.
+const ALLOWED_EXTENSIONS: [&str; 18] = [
+    "py", "txt", "md", "toml", "cfg", "ini", "yml", "yaml", "json", "sql", "env", "example", "sh", "pyi", "html",
+    "css", "csv", "mako",
 ];
-const ALLOWED_NAMES: [&str; 5] = ["Dockerfile", "Makefile", ".dockerignore", ".gitignore", "py.typed"];
+const ALLOWED_NAMES: [&str; 9] = [
+    "Dockerfile",
+    "Makefile",
+    ".dockerignore",
+    ".gitignore",
+    "py.typed",
+    "LICENSE",
+    ".flake8",
+    ".editorconfig",
+    ".python-version",
+];
 
 pub fn check(files: &[File]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -42,6 +60,14 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
         ));
     }
     let mut seen: HashMap<String, &str> = HashMap::new();
+    let mut directories: HashMap<String, String> = HashMap::new();
+    for file in files.iter().filter(|f| path_problem(&f.path).is_none()) {
+        let parts: Vec<&str> = file.path.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            directories.entry(dir.to_lowercase()).or_insert(dir);
+        }
+    }
     for file in files {
         if let Some(problem) = path_problem(&file.path) {
             out.push(Diagnostic::error(display(&file.path), 0, 0, "path-invalid", problem));
@@ -72,6 +98,31 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
                     ALLOWED_EXTENSIONS.join(", ."),
                     ALLOWED_NAMES.join(", ")
                 ),
+            ));
+        }
+        let parts: Vec<&str> = file.path.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if let Some(other) = directories.get(&dir.to_lowercase())
+                && *other != dir
+            {
+                out.push(Diagnostic::error(
+                    &file.path,
+                    0,
+                    0,
+                    "path-duplicate",
+                    format!("directory `{dir}/` collides with `{other}/` on case-insensitive file systems"),
+                ));
+                break;
+            }
+        }
+        if let Some(dir) = directories.get(&file.path.to_lowercase()) {
+            out.push(Diagnostic::error(
+                &file.path,
+                0,
+                0,
+                "path-conflict",
+                format!("`{}` is a file, but other paths use `{dir}/` as a directory", file.path),
             ));
         }
         if let Some(earlier) = seen.insert(file.path.to_lowercase(), &file.path) {
@@ -109,11 +160,37 @@ fn path_problem(path: &str) -> Option<String> {
             "" => return Some("empty path component (`//` or trailing `/`)".into()),
             "." => return Some("`.` component; write the path normalised".into()),
             ".." => return Some("`..` component escapes the project".into()),
+            _ if part.eq_ignore_ascii_case(".git") => {
+                return Some("`.git` component; generated files must not write into a repository's metadata".into());
+            }
             _ if part.starts_with('-') => return Some(format!("component `{part}` starts with `-`")),
+            _ if part.ends_with('.') || part.ends_with(' ') => {
+                return Some(format!(
+                    "component `{part}` ends with `.` or a space, which Windows drops"
+                ));
+            }
+            _ if part.contains([':', '*', '?', '"', '<', '>', '|']) => {
+                return Some(format!(
+                    "component `{part}` contains a character Windows forbids (`:*?\"<>|`)"
+                ));
+            }
+            _ if is_reserved_on_windows(part) => {
+                return Some(format!("`{part}` is a reserved device name on Windows"));
+            }
             _ => {}
         }
     }
     None
+}
+
+/// `CON`, `NUL`, `COM1`, … with or without an extension.
+fn is_reserved_on_windows(part: &str) -> bool {
+    let stem = part.split('.').next().unwrap_or(part).to_ascii_uppercase();
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit()
+            && stem.as_bytes()[3] != b'0')
 }
 
 fn display(path: &str) -> String {
@@ -163,5 +240,51 @@ mod tests {
     fn unknown_extensions_and_case_collisions_are_refused() {
         assert_eq!(rules(&["app/lib.so"]), ["path-extension"]);
         assert_eq!(rules(&["App.py", "app.py"]), ["path-duplicate"]);
+        assert_eq!(rules(&["app.py", "app.py"]), ["path-duplicate"]);
+    }
+
+    #[test]
+    fn directories_that_differ_only_in_case_collide() {
+        assert_eq!(rules(&["App/main.py", "app/db.py"]), ["path-duplicate"]);
+        assert!(rules(&["app/main.py", "app/db.py", "tests/test_app.py"]).is_empty());
+    }
+
+    #[test]
+    fn a_path_cannot_be_both_a_file_and_a_directory() {
+        assert_eq!(rules(&["app", "app/main.py"]), ["path-extension", "path-conflict"]);
+        assert_eq!(rules(&["app.py", "app.py/x.py"]), ["path-conflict"]);
+    }
+
+    #[test]
+    fn windows_hostile_and_repository_paths_are_refused() {
+        for bad in [
+            ".git/hooks/pre-commit.sh",
+            "app/.GIT/x.py",
+            "nul.txt",
+            "app/COM1.py",
+            "a./b.py",
+            "a:b.py",
+            "x?.py",
+        ] {
+            assert_eq!(rules(&[bad]), ["path-invalid"], "{bad:?}");
+        }
+        assert!(rules(&["app/console.py", "COM0.txt", ".gitignore"]).is_empty());
+    }
+
+    #[test]
+    fn count_and_size_limits_are_enforced() {
+        let many: Vec<String> = (0..=MAX_FILES).map(|i| format!("m{i}.py")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(rules(&refs), ["path-count"]);
+        let big = File::new("big.txt", "x".repeat(MAX_FILE_BYTES + 1));
+        let d = check(&[big]);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].rule.as_str(), d[0].file.as_str()), ("path-size", "big.txt"));
+        let files: Vec<File> = (0..9)
+            .map(|i| File::new(format!("f{i}.txt"), "x".repeat(MAX_FILE_BYTES)))
+            .collect();
+        let d = check(&files);
+        assert_eq!(d.iter().map(|d| d.rule.as_str()).collect::<Vec<_>>(), ["path-size"]);
+        assert_eq!(d[0].file, "");
     }
 }

@@ -1,14 +1,17 @@
 //! Python sources: parsed once with Ruff's parser (error-recovering, so every
 //! syntax error of a file is reported, each with its line and column), then
 //! shared by the rules that read the syntax tree.
+//!
+//! Positions are 1-based lines and 1-based columns counted in characters, the
+//! way editors and the model count them.
 
-use ruff_python_ast::{ModModule, PythonVersion, Stmt, StmtFunctionDef};
+use ruff_python_ast::{Expr, ModModule, PythonVersion, Stmt};
 use ruff_python_parser::{Mode, ParseOptions, Parsed};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextSize};
 
 use crate::files::File;
-use crate::report::Diagnostic;
+use crate::report::{Diagnostic, Severity};
 
 /// The Python the sandbox runs; syntax newer than this is an error.
 pub const TARGET: PythonVersion = PythonVersion::PY311;
@@ -41,6 +44,31 @@ impl<'a> Module<'a> {
         &self.file.content
     }
 
+    /// The dotted name Python imports this file as (`app/routers/notes.py` →
+    /// `app.routers.notes`, `app/__init__.py` → `app`).
+    pub fn name(&self) -> String {
+        module_name(self.path())
+    }
+
+    /// The package relative imports start from: the module itself for an
+    /// `__init__.py`, its parent otherwise.
+    pub fn package(&self) -> String {
+        let name = self.name();
+        if self.path().ends_with("__init__.py") {
+            name
+        } else {
+            name.rsplit_once('.')
+                .map(|(parent, _)| parent.to_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    /// True for pytest files: test code runs only in the sandbox and never
+    /// ships, so some rules judge it more leniently.
+    pub fn is_test(&self) -> bool {
+        is_test_path(self.path())
+    }
+
     /// The module's top-level statements (with error recovery, possibly partial).
     pub fn body(&self) -> &[Stmt] {
         &self.parsed.syntax().body
@@ -56,10 +84,15 @@ impl<'a> Module<'a> {
         (lc.line.get() as u32, lc.column.get() as u32)
     }
 
-    /// An error diagnostic at a node.
-    pub fn error_at(&self, node: &impl Ranged, rule: &str, message: impl Into<String>) -> Diagnostic {
+    /// A diagnostic at the start of a node.
+    pub fn at(&self, node: &impl Ranged, severity: Severity, rule: &str, message: impl Into<String>) -> Diagnostic {
         let (line, col) = self.position(node.start());
-        Diagnostic::error(self.path(), line, col, rule, message)
+        Diagnostic::new(severity, self.path(), line, col, rule, message)
+    }
+
+    /// An error diagnostic at the start of a node.
+    pub fn error_at(&self, node: &impl Ranged, rule: &str, message: impl Into<String>) -> Diagnostic {
+        self.at(node, Severity::Error, rule, message)
     }
 
     /// Every syntax error, and syntax the target Python does not support.
@@ -80,18 +113,10 @@ impl<'a> Module<'a> {
         out
     }
 
-    /// A top-level function by name.
-    pub fn function(&self, name: &str) -> Option<&StmtFunctionDef> {
-        self.body().iter().find_map(|s| match s {
-            Stmt::FunctionDef(f) if f.name.as_str() == name => Some(f),
-            _ => None,
-        })
-    }
-
     /// True when `name` is bound at module level by anything (def, class,
     /// assignment, import).
     pub fn binds(&self, name: &str) -> bool {
-        self.body().iter().any(|s| match s {
+        module_level(self.body()).into_iter().any(|s| match s {
             Stmt::FunctionDef(f) => f.name.as_str() == name,
             Stmt::ClassDef(c) => c.name.as_str() == name,
             Stmt::Assign(a) => a
@@ -112,35 +137,91 @@ impl<'a> Module<'a> {
             _ => false,
         })
     }
+}
 
-    /// The entry point must be defined at module level.
-    pub fn check_entry_point(&self, name: &str) -> Vec<Diagnostic> {
-        if !self.has_valid_syntax() || self.binds(name) {
-            return Vec::new();
+/// Statements that run at module level: the body, and the bodies of
+/// top-level `if`, `try`, `with`, `for` and `while` blocks (a definition under
+/// `if sys.version_info >= …:` still binds a module-level name), except
+/// `if __name__ == "__main__":`, which never runs on import.
+pub fn module_level(body: &[Stmt]) -> Vec<&Stmt> {
+    fn walk<'s>(body: &'s [Stmt], out: &mut Vec<&'s Stmt>) {
+        for stmt in body {
+            out.push(stmt);
+            match stmt {
+                Stmt::If(s) if !is_main_guard(&s.test) => {
+                    walk(&s.body, out);
+                    for clause in &s.elif_else_clauses {
+                        walk(&clause.body, out);
+                    }
+                }
+                Stmt::Try(s) => {
+                    walk(&s.body, out);
+                    for handler in &s.handlers {
+                        let ruff_python_ast::ExceptHandler::ExceptHandler(h) = handler;
+                        walk(&h.body, out);
+                    }
+                    walk(&s.orelse, out);
+                    walk(&s.finalbody, out);
+                }
+                Stmt::With(s) => walk(&s.body, out),
+                Stmt::For(s) => {
+                    walk(&s.body, out);
+                    walk(&s.orelse, out);
+                }
+                Stmt::While(s) => {
+                    walk(&s.body, out);
+                    walk(&s.orelse, out);
+                }
+                _ => {}
+            }
         }
-        let defined: Vec<&str> = self
-            .body()
-            .iter()
-            .filter_map(|s| match s {
-                Stmt::FunctionDef(f) => Some(f.name.as_str()),
-                _ => None,
-            })
-            .collect();
-        let found = if defined.is_empty() {
-            "no functions".to_owned()
-        } else {
-            defined.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
-        };
-        vec![Diagnostic::error(
-            self.path(),
-            0,
-            0,
-            "entry-point",
-            format!(
-                "{} does not define `{name}` at module level (it defines {found})",
-                self.path()
-            ),
-        )]
+    }
+    let mut out = Vec::new();
+    walk(body, &mut out);
+    out
+}
+
+/// `__name__ == "__main__"` (either way round).
+fn is_main_guard(test: &Expr) -> bool {
+    let Expr::Compare(c) = test else { return false };
+    let mut sides = std::iter::once(&*c.left).chain(c.comparators.iter());
+    let names = sides
+        .clone()
+        .any(|e| e.as_name_expr().is_some_and(|n| n.id.as_str() == "__name__"));
+    names && sides.any(|e| string_value(e) == Some("__main__"))
+}
+
+/// The dotted module name of a `.py` path.
+pub fn module_name(path: &str) -> String {
+    let stem = path.strip_suffix(".py").unwrap_or(path);
+    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
+    stem.replace('/', ".")
+}
+
+/// True for files pytest collects or configures: anything under `tests/`,
+/// `test_*.py`, `*_test.py` and `conftest.py`.
+pub fn is_test_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    path.starts_with("tests/")
+        || path.contains("/tests/")
+        || name == "conftest.py"
+        || (name.starts_with("test_") && name.ends_with(".py"))
+        || name.ends_with("_test.py")
+}
+
+/// The text of a plain string literal (implicit concatenation included).
+pub fn string_value(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::StringLiteral(s) => Some(s.value.to_str()),
+        _ => None,
+    }
+}
+
+/// The first statement's string, if the body starts with a docstring.
+pub fn docstring(body: &[Stmt]) -> Option<&str> {
+    match body.first() {
+        Some(Stmt::Expr(e)) => string_value(&e.value),
+        _ => None,
     }
 }
 
@@ -174,15 +255,31 @@ mod tests {
     }
 
     #[test]
-    fn the_entry_point_must_be_bound_at_module_level() {
-        let file = File::new(
-            "solution.py",
-            "def helper():\n    def add(a, b):\n        return a + b\n",
-        );
-        let d = Module::parse(&file).check_entry_point("add");
-        assert_eq!(d.len(), 1);
-        assert!(d[0].message.contains("it defines `helper`"), "{}", d[0].message);
-        let file = File::new("solution.py", "from operator import add as add\n");
-        assert!(Module::parse(&file).check_entry_point("add").is_empty());
+    fn module_names_follow_pythons_import_rules() {
+        assert_eq!(module_name("app/routers/notes.py"), "app.routers.notes");
+        assert_eq!(module_name("app/__init__.py"), "app");
+        assert_eq!(module_name("solution.py"), "solution");
+        let init = File::new("app/routers/__init__.py", "");
+        assert_eq!(Module::parse(&init).package(), "app.routers");
+        let plain = File::new("app/routers/notes.py", "");
+        assert_eq!(Module::parse(&plain).package(), "app.routers");
+        let top = File::new("solution.py", "");
+        assert_eq!(Module::parse(&top).package(), "");
+    }
+
+    #[test]
+    fn test_files_are_recognised_by_pytests_conventions() {
+        for path in [
+            "tests/test_a.py",
+            "tests/helpers.py",
+            "conftest.py",
+            "test_x.py",
+            "pkg/x_test.py",
+        ] {
+            assert!(is_test_path(path), "{path}");
+        }
+        for path in ["app/main.py", "solution.py", "app/testing_utils.py"] {
+            assert!(!is_test_path(path), "{path}");
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! The structure a generated FastAPI service must have before it is worth
-//! sandbox time.
+//! sandbox time — its files, its `app`, its tests — and the service-only
+//! rules that need the whole answer: routes against the spec, and the
+//! container files (whose health rule is also met by a `GET /health` route).
 
 use crate::files::File;
 use crate::report::Diagnostic;
 use crate::spec::ServiceSpec;
 
 use super::python::Module;
+use super::{compose, dockerfile, is_compose, is_dockerfile, routes};
 
 /// Files every service answer must contain.
 const REQUIRED: [(&str, &str); 4] = [
@@ -15,7 +18,7 @@ const REQUIRED: [(&str, &str); 4] = [
     ("docker-compose.yml", "the compose file"),
 ];
 
-pub fn check(_spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<Diagnostic> {
+pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (path, what) in REQUIRED {
         if !files.iter().any(|f| f.path == path) {
@@ -68,6 +71,15 @@ pub fn check(_spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec
             "missing-tests",
             "no tests: add pytest files named tests/test_*.py with at least one test per endpoint",
         ));
+    }
+    let analysis = routes::analyse(modules);
+    out.extend(routes::check(spec, &analysis));
+    for file in files {
+        if is_dockerfile(&file.path) {
+            out.extend(dockerfile::check(file, analysis.may_serve_health()));
+        } else if is_compose(&file.path) {
+            out.extend(compose::check(file));
+        }
     }
     out
 }
