@@ -115,7 +115,7 @@ impl Guard {
                         .await
                     {
                         Ok(factor) if kind == "rpm" => {
-                            info!(model, factor, "rate limited by the provider; slowing down")
+                            info!(model, factor, "rate limited by the provider; slowing down");
                         }
                         Ok(_) => {}
                         Err(e) => warn!(error = %e, "rate factor not updated"),

@@ -1,0 +1,179 @@
+//! Throughput of the whole system on a large batch: a dispatcher, worker
+//! processes of the release build, a zero-latency mock model and a trivial
+//! function spec per job (one test case, run in the real sandbox). Prints
+//! the wall time, jobs per second, and the most messages seen waiting in
+//! Redis (bounded by the window).
+//!
+//! `cargo bench --bench throughput` (release binaries are built by cargo
+//! bench's profile; run `cargo build --release --bins` first). Needs the
+//! local Postgres and Redis and the sandbox runtime (`scripts/ensure-services`).
+//! Knobs: `KILN_BENCH_JOBS` (20000), `KILN_BENCH_WORKERS` (2),
+//! `KILN_BENCH_CONCURRENCY` (32).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::config::Settings;
+use kiln::http::Application;
+use kiln::mock_llm::{MockServer, ScriptFile};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const SCRIPT: &str = r#"
+- name: add
+  match: "`(?P<name>add_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n"
+"#;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let jobs = knob("KILN_BENCH_JOBS", 20_000);
+    let workers = knob("KILN_BENCH_WORKERS", 2);
+    let concurrency = knob("KILN_BENCH_CONCURRENCY", 32);
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let postgres = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db = format!("kiln_bench_{id}");
+    let queue = format!("kiln-bench-{id}");
+
+    let scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(SCRIPT).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = MockServer::start(listener, scripts).unwrap();
+    let runtime_dir = std::env::var("KILN_SANDBOX_RUNTIME").unwrap_or_else(|_| "/opt/kiln/sandbox".into());
+    let vars: Vec<(String, String)> = [
+        ("KILN_DATABASE_URL", format!("{postgres}/{db}")),
+        ("KILN_REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
+        ("KILN_QUEUE", queue.clone()),
+        ("KILN_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("KILN_LLM_BASE_URL", llm.base_url()),
+        ("KILN_LLM_MODEL", "mock-model".to_owned()),
+        ("KILN_SANDBOX_RUNTIME", runtime_dir),
+        ("KILN_WORKER_CONCURRENCY", concurrency.to_string()),
+        ("KILN_LOG", "warn".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::from_vars(vars.clone()).unwrap();
+    let app = Application::build(&settings)
+        .await
+        .expect("dispatcher (is Postgres up?)");
+    let api = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let bin: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("kiln-worker");
+    assert!(bin.exists(), "{} missing: cargo build --release --bins", bin.display());
+    let _workers: Vec<Killed> = (0..workers)
+        .map(|_| {
+            Killed(
+                Command::new(&bin)
+                    .envs(vars.iter().cloned())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+
+    let client = kiln::client::Client::new(&api);
+    let specs: Vec<_> = (0..jobs)
+        .map(|i| {
+            json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),
+                   "test_cases": [{"input": [1, 2], "expected": 3}]})
+        })
+        .collect();
+    let submitted = Instant::now();
+    let created = client
+        .submit(&json!({"name": "throughput", "specs": specs}), None)
+        .await
+        .unwrap();
+    let accepted = submitted.elapsed();
+    let batch_id = created["batch_id"].as_str().unwrap().to_owned();
+
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut most_waiting = 0i64;
+    let mut last_report = Instant::now();
+    let batch = loop {
+        let waiting: (i64, i64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(format!("{queue}:jobs:active"))
+            .cmd("ZCARD")
+            .arg(format!("{queue}:jobs:scheduled"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        most_waiting = most_waiting.max(waiting.0 + waiting.1);
+        let batch = client.batch(&batch_id).await.unwrap();
+        if batch["finished_at"].is_string() {
+            break batch;
+        }
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            eprintln!(
+                "… {} succeeded after {:.0?}",
+                batch["counts"]["succeeded"],
+                submitted.elapsed()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let wall = submitted.elapsed();
+    let succeeded = batch["counts"]["succeeded"].as_u64().unwrap();
+    println!("throughput: {jobs} jobs, {workers} workers × {concurrency} concurrency, process sandbox");
+    println!("  batch accepted (one bulk insert) in {accepted:.2?}");
+    println!(
+        "  all terminal in {wall:.1?}: {succeeded} succeeded, {} failed",
+        batch["counts"]["failed"]
+    );
+    println!("  {:.1} jobs/s", succeeded as f64 / wall.as_secs_f64());
+    println!("  most messages waiting in Redis: {most_waiting} (window 1000)");
+
+    shutdown.cancel();
+    let _ = server.await;
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{postgres}/postgres")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+    }
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{queue}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
