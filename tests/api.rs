@@ -220,12 +220,7 @@ async fn readiness_reports_postgres_and_redis() {
     assert_eq!(body["redis"], "ok");
     let (status, _) = get(&format!("{}/healthz", d.url)).await;
     assert_eq!(status, 200);
-    let metrics = reqwest::get(format!("{}/metrics", d.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(metrics.contains("kiln_queue_window_jobs 0"), "{metrics}");
     d.stop().await;
 }

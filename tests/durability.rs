@@ -6,8 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kiln::spec::{BatchRequest, Limits};
-use kiln::store::batches::NewBatch;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Dispatcher, Proc, TestEnv, add_spec, eventually, mock, wait_for_batch};
 
@@ -246,12 +244,7 @@ async fn redis_losing_its_data_loses_no_work() {
 
     let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(120)).await;
     assert_eq!(batch["counts"]["succeeded"], 40, "{batch}");
-    let metrics = reqwest::get(format!("{}/metrics", d.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     let losses: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("kiln_feeder_redis_losses_total "))
@@ -309,27 +302,11 @@ async fn the_redis_window_never_holds_more_than_its_bound_while_a_large_batch_co
 #[tokio::test]
 async fn the_feeder_sends_higher_priority_first_and_round_robins_across_batches() {
     let env = TestEnv::new().await;
-    let limits = Limits {
-        max_specs: 1000,
-        max_spec_bytes: 100_000,
-    };
     let mut batches = Vec::new();
     for (n, priority) in [(30, 0), (3, 0), (2, 5)] {
         let specs: Vec<Value> = (0..n).map(add_spec).collect();
-        let request =
-            BatchRequest::from_value(json!({"specs": specs, "options": {"priority": priority}}), limits).unwrap();
-        let created = env
-            .store
-            .create_batch(NewBatch {
-                name: None,
-                options: &request.options,
-                specs: &request.specs,
-                idempotency_key: None,
-                request_sha256: "x",
-            })
-            .await
-            .unwrap();
-        batches.push(created);
+        batches
+            .push(support::store_batch(&env.store, json!({"specs": specs, "options": {"priority": priority}})).await);
     }
     let round = env.store.begin_feed(&env.queue, 9).await.unwrap().unwrap();
     let owner = |id: &uuid::Uuid| batches.iter().position(|b| b.job_ids.contains(id)).unwrap();

@@ -5,9 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use kiln::spec::{BatchRequest, Limits};
 use kiln::store::attempts::{Generation, TokenUsage};
-use kiln::store::batches::NewBatch;
 use kiln::store::jobs::JobOutcome;
 use kiln::store::{Store, StoreError};
 use serde_json::json;
@@ -27,25 +25,9 @@ fn generation(response: &str) -> Generation<'_> {
 }
 
 async fn one_job(store: &Store) -> Uuid {
-    let request = BatchRequest::from_value(
-        json!({"specs": [add_spec(1)]}),
-        Limits {
-            max_specs: 10,
-            max_spec_bytes: 100_000,
-        },
-    )
-    .unwrap();
-    let created = store
-        .create_batch(NewBatch {
-            name: None,
-            options: &request.options,
-            specs: &request.specs,
-            idempotency_key: None,
-            request_sha256: "x",
-        })
+    support::store_batch(store, json!({"specs": [add_spec(1)]}))
         .await
-        .unwrap();
-    created.job_ids[0]
+        .job_ids[0]
 }
 
 async fn expire_lease(store: &Store, job_id: Uuid) {

@@ -22,15 +22,6 @@ fn good_add(name: &str) -> String {
     )
 }
 
-async fn attempts(d: &Dispatcher, job_id: &str) -> Vec<Value> {
-    reqwest::get(format!("{}/v1/jobs/{job_id}/attempts", d.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Runs one batch to its end with an in-process dispatcher and worker.
 async fn run_batch(env: &TestEnv, settings: &Settings, batch: Value) -> (Dispatcher, Value, Vec<String>) {
     let d = Dispatcher::start(settings).await;
@@ -84,7 +75,7 @@ async fn every_provider_fault_is_retried_without_spending_an_attempt() {
     );
     let (d, batch, ids) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
     assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
-    let a = attempts(&d, &ids[0]).await;
+    let a = d.attempts(&ids[0], false).await;
     assert_eq!(a.len(), 1, "faults spent no attempt: {a:#?}");
     assert_eq!(a[0]["llm_faults"], 9);
     let classes: Vec<&str> = a[0]["faults"]
@@ -130,7 +121,7 @@ async fn a_quota_error_fails_the_job_at_once_with_llm_quota() {
     let job = d.client.job(&ids[0]).await.unwrap();
     assert_eq!(job["error"]["code"], "llm_quota", "{job}");
     assert_eq!(llm.requests().len(), 1, "no retry of a quota error");
-    let a = attempts(&d, &ids[0]).await;
+    let a = d.attempts(&ids[0], false).await;
     assert_eq!(
         a[0]["state"], "error",
         "the attempt ended by the provider, not spent by the model"
@@ -158,7 +149,7 @@ async fn when_provider_faults_outlast_their_limit_the_job_fails_with_llm_unavail
     let job = d.client.job(&ids[0]).await.unwrap();
     assert_eq!(job["error"]["code"], "llm_unavailable", "{job}");
     assert!(job["error"]["message"].as_str().unwrap().contains("HTTP 503"), "{job}");
-    let a = attempts(&d, &ids[0]).await;
+    let a = d.attempts(&ids[0], false).await;
     assert_eq!((a.len(), a[0]["llm_faults"].as_i64()), (1, Some(4)));
     assert_eq!(a[0]["state"], "error");
     assert_eq!(llm.requests().len(), 4);
@@ -183,7 +174,7 @@ async fn truncated_and_malformed_answers_become_diagnostics_on_the_attempt() {
     let settings = env.settings(&llm.base_url(), &[]);
     let (d, batch, ids) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
     assert_eq!(batch["counts"]["succeeded"], 1);
-    let a = attempts(&d, &ids[0]).await;
+    let a = d.attempts(&ids[0], false).await;
     let first_rule = |i: usize| {
         a[i]["validation"]["diagnostics"][0]["rule"]
             .as_str()
@@ -235,7 +226,7 @@ async fn the_circuit_breaker_holds_jobs_while_the_provider_is_down_and_resumes_a
     let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(60)).await;
     assert_eq!(batch["counts"]["succeeded"], 4, "{batch}");
     for id in created["job_ids"].as_array().unwrap() {
-        let a = attempts(&d, id.as_str().unwrap()).await;
+        let a = d.attempts(id.as_str().unwrap(), false).await;
         assert_eq!(a.len(), 1, "no attempt spent by the outage");
     }
     w.stop().await;
@@ -320,7 +311,7 @@ async fn resubmitting_a_finished_batch_with_cache_makes_no_model_requests() {
     );
     assert_eq!(second["usage"]["prompt_tokens"], 0);
     for id in &ids {
-        let a = attempts(&d, id).await;
+        let a = d.attempts(id, false).await;
         assert!(a[0]["cached_from"].is_string(), "{a:#?}");
         let job = d.client.job(id).await.unwrap();
         assert_eq!(job["result"]["files"][0]["path"], "solution.py");
@@ -346,7 +337,7 @@ async fn the_model_ladder_escalates_on_later_attempts_and_prices_each_attempt() 
         json!({"specs": [add_spec(0)], "options": {"models": ["cheap", "strong"]}}),
     )
     .await;
-    let a = attempts(&d, &ids[0]).await;
+    let a = d.attempts(&ids[0], false).await;
     assert_eq!(
         (a[0]["model"].as_str(), a[1]["model"].as_str()),
         (Some("cheap"), Some("strong"))

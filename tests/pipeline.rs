@@ -42,11 +42,6 @@ fn clamp_spec() -> Value {
                           {"input": {"x": -3, "lo": 0, "hi": 10}, "expected": 0}]})
 }
 
-async fn attempts(d: &Dispatcher, job_id: &str, full: bool) -> Vec<Value> {
-    let url = format!("{}/v1/jobs/{job_id}/attempts?full={full}", d.url);
-    reqwest::get(url).await.unwrap().json::<Vec<Value>>().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_failing_first_answer_is_repaired_and_the_attempts_show_why() {
     let env = TestEnv::new().await;
@@ -66,7 +61,7 @@ async fn a_failing_first_answer_is_repaired_and_the_attempts_show_why() {
     assert!(batch["usage"]["prompt_tokens"].as_i64().unwrap() > 0);
 
     let job_id = created["job_ids"][0].as_str().unwrap();
-    let a = attempts(&d, job_id, true).await;
+    let a = d.attempts(job_id, true).await;
     assert_eq!(a.len(), 2, "{a:#?}");
     assert_eq!((a[0]["n"].as_i64(), a[0]["state"].as_str()), (Some(1), Some("failed")));
     assert_eq!(a[0]["validation"]["ok"], true);
@@ -112,7 +107,7 @@ async fn an_answer_with_a_syntax_error_fails_validation_with_its_position_before
         Duration::from_secs(60),
     )
     .await;
-    let a = attempts(&d, created["job_ids"][0].as_str().unwrap(), false).await;
+    let a = d.attempts(created["job_ids"][0].as_str().unwrap(), false).await;
     assert_eq!(a[0]["state"], "failed");
     assert_eq!(a[0]["validation"]["ok"], false);
     let d0 = &a[0]["validation"]["diagnostics"][0];
@@ -191,7 +186,7 @@ async fn retrying_a_failed_job_starts_run_2_with_a_fresh_budget_and_keeps_run_1(
     assert!(job["error"].is_null());
     wait_for_batch(&d.client, batch_id, Duration::from_secs(60)).await;
 
-    let a = attempts(&d, job_id, false).await;
+    let a = d.attempts(job_id, false).await;
     let runs: Vec<(i64, i64, &str)> = a
         .iter()
         .map(|x| {
@@ -240,7 +235,7 @@ async fn a_service_job_passes_on_routes_health_and_its_own_tests_and_its_files_d
     assert_eq!(status["counts"]["succeeded"], 2, "{status}");
 
     let notes = created["job_ids"][0].as_str().unwrap();
-    let a = attempts(&d, notes, false).await;
+    let a = d.attempts(notes, false).await;
     let names: Vec<&str> = a[0]["tests"]["cases"]
         .as_array()
         .unwrap()
@@ -262,7 +257,7 @@ async fn a_service_job_passes_on_routes_health_and_its_own_tests_and_its_files_d
 
     // The link shortener's first answer had a syntax error at a known place.
     let links = created["job_ids"][1].as_str().unwrap();
-    let a = attempts(&d, links, false).await;
+    let a = d.attempts(links, false).await;
     assert_eq!(a[0]["validation"]["diagnostics"][0]["file"], "app/main.py");
     assert_eq!(a[1]["state"], "passed");
 

@@ -39,6 +39,15 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
+/// Parses a small JSON body as `T`, naming the field at fault.
+fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(parse_json(bytes)?).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::invalid(field, e.into_inner().to_string())
+    })
+}
+
 /// `POST /v1/batches` → `201 {"batch_id", "job_ids"}`.
 pub async fn create(
     State(state): State<AppState>,
@@ -159,13 +168,7 @@ pub async fn retry(
     let states = if bytes.iter().all(u8::is_ascii_whitespace) {
         default_retry_states()
     } else {
-        let body: RetryBody = serde_path_to_error::deserialize(parse_json(&bytes)?).map_err(|e| {
-            let path = e.path().to_string();
-            ApiError::invalid(
-                if path == "." { "body".to_owned() } else { path },
-                e.into_inner().to_string(),
-            )
-        })?;
+        let body: RetryBody = typed_body(&bytes)?;
         body.states
     };
     for (i, s) in states.iter().enumerate() {
@@ -207,13 +210,7 @@ pub async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     let bytes = read_body(body, 64 * 1024).await?;
-    let patch: PatchBody = serde_path_to_error::deserialize(parse_json(&bytes)?).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::invalid(
-            if path == "." { "body".to_owned() } else { path },
-            e.into_inner().to_string(),
-        )
-    })?;
+    let patch: PatchBody = typed_body(&bytes)?;
     let budget = match patch.options.budget_tokens {
         None => BudgetChange::Keep,
         Some(Value::Null) => BudgetChange::Remove,

@@ -12,8 +12,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai::classify_status;
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, files_schema, http_client, transport_error};
+use super::wire::{parse_body, post_json};
+use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, files_schema, http_client};
 use crate::config::{JsonMode, LlmSettings};
 use crate::store::attempts::TokenUsage;
 
@@ -112,20 +112,7 @@ impl LlmClient for AnthropicClient {
                 }]);
                 body["tool_choice"] = json!({"type": "tool", "name": TOOL});
             }
-            let response = self
-                .http
-                .post(&self.url)
-                .header("x-kiln-attempt-id", &request.attempt_id)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| transport_error(&e, self.timeout))?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let text = response.text().await.map_err(|e| transport_error(&e, self.timeout))?;
-            if !status.is_success() {
-                return Err(classify_status(status, &headers, &text));
-            }
+            let text = post_json(&self.http, &self.url, &request.attempt_id, &body, self.timeout).await?;
             parse_message(&text)
         })
     }
@@ -134,12 +121,7 @@ impl LlmClient for AnthropicClient {
 /// Reads a Messages response body: the forced tool call's input as JSON
 /// text, or else the text blocks.
 pub(crate) fn parse_message(text: &str) -> Result<ChatResponse, LlmError> {
-    let message: MessageResponse = serde_json::from_str(text).map_err(|e| {
-        LlmError::MalformedBody(format!(
-            "{e}; body starts {:?}",
-            text.chars().take(120).collect::<String>()
-        ))
-    })?;
+    let message: MessageResponse = parse_body(text)?;
     let mut content = String::new();
     for block in &message.content {
         match block {

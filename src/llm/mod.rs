@@ -12,6 +12,7 @@
 pub mod anthropic;
 pub mod guard;
 pub mod openai;
+pub(crate) mod wire;
 
 use std::time::Duration;
 
@@ -197,15 +198,6 @@ pub(crate) fn http_client(
         .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| LlmError::Transport(e.to_string()))
-}
-
-/// Maps a reqwest error to its fault class.
-pub(crate) fn transport_error(e: &reqwest::Error, timeout: Duration) -> LlmError {
-    if e.is_timeout() {
-        LlmError::Timeout(timeout)
-    } else {
-        LlmError::Transport(crate::telemetry::error_chain(e))
-    }
 }
 
 impl LlmError {

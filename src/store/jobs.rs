@@ -257,32 +257,29 @@ impl Store {
     /// Cancels a job that has not ended. Bumping the epoch fences out a worker
     /// running it; its heartbeat sees the loss and stops the run.
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<u64, StoreError> {
-        let n = sqlx::query!(
-            r#"UPDATE jobs
-               SET state = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by request',
-                   lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
-                   finished_at = now(), updated_at = now()
-               WHERE id = $1 AND state IN ('queued', 'running')"#,
-            job_id
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let n = self.cancel(None, Some(job_id)).await?;
         if n == 0 {
             self.job_exists(job_id).await?;
         }
         Ok(n)
     }
 
+    /// Cancels every job of the batch that has not ended.
     pub async fn cancel_batch(&self, batch_id: Uuid) -> Result<u64, StoreError> {
         self.batch_exists(batch_id).await?;
+        self.cancel(Some(batch_id), None).await
+    }
+
+    async fn cancel(&self, batch_id: Option<Uuid>, job_id: Option<Uuid>) -> Result<u64, StoreError> {
         Ok(sqlx::query!(
             r#"UPDATE jobs
                SET state = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by request',
                    lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
                    finished_at = now(), updated_at = now()
-               WHERE batch_id = $1 AND state IN ('queued', 'running')"#,
-            batch_id
+               WHERE ($1::uuid IS NULL OR batch_id = $1) AND ($2::uuid IS NULL OR id = $2)
+                 AND state IN ('queued', 'running')"#,
+            batch_id,
+            job_id,
         )
         .execute(&self.pool)
         .await?

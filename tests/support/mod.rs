@@ -161,6 +161,41 @@ impl Dispatcher {
         self.shutdown.cancel();
         let _ = self.handle.await;
     }
+
+    /// `GET /v1/jobs/{id}/attempts[?full=true]`.
+    pub async fn attempts(&self, job_id: &str, full: bool) -> Vec<Value> {
+        let url = format!("{}/v1/jobs/{job_id}/attempts?full={full}", self.url);
+        reqwest::get(url).await.unwrap().json().await.unwrap()
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Creates a batch straight in the store (no dispatcher), from a request body.
+pub async fn store_batch(store: &Store, body: Value) -> kiln::store::batches::CreatedBatch {
+    let limits = kiln::spec::Limits {
+        max_specs: 100_000,
+        max_spec_bytes: 1_000_000,
+    };
+    let request = kiln::spec::BatchRequest::from_value(body, limits).unwrap();
+    store
+        .create_batch(kiln::store::batches::NewBatch {
+            name: request.name.as_deref(),
+            options: &request.options,
+            specs: &request.specs,
+            idempotency_key: None,
+            request_sha256: "test",
+        })
+        .await
+        .unwrap()
 }
 
 /// A worker running in this process (real Postgres, Redis, sandbox, HTTP LLM).
