@@ -83,11 +83,14 @@ impl Worker {
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
             SandboxKind::Process => Arc::new(ProcessSandbox::new(&settings.sandbox.runtime)?),
-            SandboxKind::Docker => {
-                return Err(WorkerError::Config(
-                    "KILN_SANDBOX=docker: the Docker backend is not built yet; use the process backend".into(),
-                ));
-            }
+            SandboxKind::Docker => Arc::new(
+                crate::sandbox::docker::DockerSandbox::connect(
+                    &settings.sandbox.image,
+                    &Limits::from_settings(&settings.sandbox),
+                    settings.worker.concurrency.min(8),
+                )
+                .await?,
+            ),
         };
         Ok(Worker::from_parts(
             settings,

@@ -5,6 +5,12 @@
 //! Both hierarchies are supported: cgroup v2 (unified, `cgroup.kill`) and v1
 //! (separate `memory` and `pids` controllers). When neither is writable the
 //! backend falls back to rlimits, which are weaker (see the README).
+//!
+//! Groups are named `run-<worker pid>-<n>` under Kiln's parent group; those
+//! of a worker that died are removed by the next [`Cgroups::detect`].
+//! Moving a process into a group is slow on v1 (the kernel waits for an RCU
+//! grace period, often 5–30 ms), which is why the process backend does it
+//! ahead of the run.
 
 use std::fs;
 use std::io;
@@ -46,6 +52,7 @@ impl Cgroups {
                 && fs::write(base.join("cgroup.subtree_control"), "+memory +pids").is_ok()
                 && fs::write(root.join("cgroup.subtree_control"), "+memory +pids").is_ok();
             if enabled {
+                remove_orphans(&root);
                 return Some(Cgroups::V2 { root });
             }
         }
@@ -55,56 +62,88 @@ impl Cgroups {
             let memory = memory.join("kiln");
             let pids = pids.join("kiln");
             if fs::create_dir_all(&memory).is_ok() && fs::create_dir_all(&pids).is_ok() {
+                remove_orphans(&memory);
+                remove_orphans(&pids);
                 return Some(Cgroups::V1 { memory, pids });
             }
         }
         None
     }
 
-    /// Creates the groups for one run with its limits.
-    pub fn create(&self, name: &str, memory_mb: u64, pids: u64) -> io::Result<RunGroup> {
-        let bytes = (memory_mb * 1024 * 1024).to_string();
-        match self {
-            Cgroups::V2 { root } => {
-                let dir = root.join(name);
-                fs::create_dir(&dir)?;
-                let group = RunGroup {
-                    dirs: vec![dir.clone()],
-                    version: 2,
-                };
-                fs::write(dir.join("memory.max"), &bytes)?;
-                // Swap would let a memory bomb outlive the limit (slowly).
-                let _ = fs::write(dir.join("memory.swap.max"), "0");
-                fs::write(dir.join("pids.max"), pids.to_string())?;
-                Ok(group)
-            }
-            Cgroups::V1 {
-                memory,
-                pids: pids_root,
-            } => {
-                let mem_dir = memory.join(name);
-                let pids_dir = pids_root.join(name);
-                fs::create_dir(&mem_dir)?;
-                let mut group = RunGroup {
-                    dirs: vec![mem_dir.clone()],
-                    version: 1,
-                };
-                fs::create_dir(&pids_dir)?;
-                group.dirs.push(pids_dir.clone());
-                fs::write(mem_dir.join("memory.limit_in_bytes"), &bytes)?;
-                // Present only with swap accounting; where absent there is no swap to limit.
-                let _ = fs::write(mem_dir.join("memory.memsw.limit_in_bytes"), &bytes);
-                fs::write(pids_dir.join("pids.max"), pids.to_string())?;
-                Ok(group)
-            }
+    /// Creates the (not yet limited) groups for one run.
+    pub fn create(&self, name: &str) -> io::Result<RunGroup> {
+        let (dirs, version) = match self {
+            Cgroups::V2 { root } => (vec![root.join(name)], 2),
+            Cgroups::V1 { memory, pids } => (vec![memory.join(name), pids.join(name)], 1),
+        };
+        let mut group = RunGroup {
+            dirs: Vec::new(),
+            version,
+        };
+        for dir in dirs {
+            fs::create_dir(&dir)?;
+            group.dirs.push(dir);
+        }
+        Ok(group)
+    }
+}
+
+/// Removes the empty run groups of workers that are gone.
+fn remove_orphans(parent: &Path) {
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            // Fails (harmlessly) while something still runs in it.
+            let _ = fs::remove_dir(entry.path());
         }
     }
 }
 
 impl RunGroup {
-    /// The `cgroup.procs` files a process writes its pid into to join.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    /// The `cgroup.procs` files a process's pid is written into to join.
+    fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Sets the run's memory limit (swap included, where the kernel
+    /// accounts it) and process limit.
+    pub fn set_limits(&self, memory_mb: u64, pids: u64) -> io::Result<()> {
+        let bytes = (memory_mb * 1024 * 1024).to_string();
+        if self.version == 2 {
+            let dir = &self.dirs[0];
+            fs::write(dir.join("memory.max"), &bytes)?;
+            // Swap would let a memory bomb outlive the limit (slowly).
+            let _ = fs::write(dir.join("memory.swap.max"), "0");
+            fs::write(dir.join("pids.max"), pids.to_string())
+        } else {
+            let (mem_dir, pids_dir) = (&self.dirs[0], &self.dirs[1]);
+            // memsw must never be below the memory limit: lower it last when
+            // shrinking, raise it first when growing; one of the two orders
+            // fails, so try both. Present only with swap accounting; where
+            // absent there is no swap to limit.
+            let memsw = mem_dir.join("memory.memsw.limit_in_bytes");
+            let _ = fs::write(&memsw, &bytes);
+            fs::write(mem_dir.join("memory.limit_in_bytes"), &bytes)?;
+            let _ = fs::write(&memsw, &bytes);
+            fs::write(pids_dir.join("pids.max"), pids.to_string())
+        }
+    }
+
+    /// Moves process `pid` into the run's groups. Its children follow it;
+    /// so it must not have started any yet.
+    pub fn join(&self, pid: u32) -> io::Result<()> {
+        for file in self.procs_files() {
+            fs::write(file, pid.to_string())?;
+        }
+        Ok(())
     }
 
     /// Whether the kernel killed something for exceeding the memory limit.

@@ -10,7 +10,11 @@
 //!
 //! Classification: a run that never printed `KILN-READY` did not start (an
 //! infrastructure fault, [`SandboxError`]); a run that started but left no
-//! valid report was broken by the code under test (a failed attempt).
+//! valid report was broken by the code under test (a failed attempt), and
+//! so is one whose report is unreadable: once the code under test has run,
+//! every doubt counts against it. The report is the last line of stdout;
+//! when the code flooded the stream past the kept head, it is found in the
+//! kept tail ([`RunOutput::stdout_tail`]).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,10 +43,14 @@ pub async fn run_tests(
     limits: &Limits,
 ) -> Result<TestReport, SandboxError> {
     let nonce = uuid::Uuid::new_v4().simple().to_string();
+    // The harness stops the code under test a little before the wall clock
+    // so that it can still report why (a timeout of one call, say) rather
+    // than being killed mid-run.
+    let harness_timeout = limits.timeout.as_secs_f64() - (limits.timeout.as_secs_f64() / 10.0).min(1.5);
     let mut request = json!({
         "nonce": nonce,
         "files": files,
-        "timeout_s": limits.timeout.as_secs_f64(),
+        "timeout_s": harness_timeout,
         "output_limit": limits.output_bytes,
     });
     match spec {
@@ -52,7 +60,7 @@ pub async fn run_tests(
                 "entry_point": f.entry_point,
                 "cases": f.test_cases.iter().map(|c| json!({"input": c.input})).collect::<Vec<_>>(),
                 "test_code": f.test_code,
-                "call_timeout_s": CALL_TIMEOUT_S.min(limits.timeout.as_secs_f64()),
+                "call_timeout_s": CALL_TIMEOUT_S.min(harness_timeout),
             });
         }
         Spec::Service(s) => {
@@ -81,9 +89,7 @@ pub async fn run_tests(
 /// Finds the authenticated report. `Err(SandboxError)`: the run did not
 /// start; `Ok(Err(problem))`: it started and the code under test broke it.
 fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Result<Value, String>, SandboxError> {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let mut lines = stdout.lines();
-    if lines.next() != Some("KILN-READY") {
+    if output.stdout.split(|b| *b == b'\n').next() != Some(b"KILN-READY") {
         return Err(SandboxError::Unavailable(format!(
             "the sandbox did not start the harness (exit code {:?}, signal {:?}): {}",
             output.exit_code,
@@ -96,7 +102,16 @@ fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Resul
         )));
     }
     let prefix = format!("KILN-REPORT {nonce} ");
-    let report = lines.find_map(|l| l.strip_prefix(&prefix));
+    // The report is the last line. A tail shorter than the cap continues the
+    // head without a gap; a full one may start mid-line after a gap, which a
+    // newline keeps from joining what it cut.
+    let mut stream = output.stdout.clone();
+    if output.stdout_tail.len() >= limits.output_bytes {
+        stream.push(b'\n');
+    }
+    stream.extend_from_slice(&output.stdout_tail);
+    let stream = String::from_utf8_lossy(&stream);
+    let report = stream.lines().rev().find_map(|l| l.strip_prefix(&prefix));
     let Some(report) = report else {
         let why = if output.timed_out {
             format!(
@@ -118,8 +133,10 @@ fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Resul
         };
         return Ok(Err(why));
     };
-    let value: Value =
-        serde_json::from_str(report).map_err(|e| SandboxError::Harness(format!("unreadable report: {e}")))?;
+    let value: Value = match serde_json::from_str(report) {
+        Ok(value) => value,
+        Err(e) => return Ok(Err(format!("the harness's report was unreadable: {e}"))),
+    };
     if let Some(error) = value.get("harness_error").and_then(Value::as_str) {
         return Err(SandboxError::Harness(error.to_owned()));
     }

@@ -6,15 +6,31 @@
 //! [`harness`] decides what runs (the trusted checker in `sandbox/harness.py`)
 //! and turns its authenticated report into a [`crate::report::TestReport`].
 //!
+//! Both backends give the same guarantees, which the hostile-input suite
+//! (`tests/sandbox_hostile.rs`) checks against each: no network, a read-only
+//! system and runtime, a size-limited writable `/work` and `/tmp`, no
+//! capabilities and no way to gain any, an unprivileged user (65534), an
+//! environment that holds nothing of the worker's, limits on memory,
+//! processes, file size and open files, a wall clock after which every
+//! process of the run is killed, and output kept only up to a cap. Nothing
+//! of a run outlives it: its processes are gone when `run_python` returns
+//! (moments after, when its future is dropped), and its cgroups or its
+//! container (with the container's mounts) are removed right after, in the
+//! background.
+//!
 //! # Layout
 //! - [`process`]: bubblewrap, one process tree per run (the default).
 //! - [`cgroup`]: per-run cgroups for the process backend (memory, pids).
+//! - [`docker`]: a container per run through the Docker Engine API, taken
+//!   from a small pool of started, never-used containers.
 //! - [`harness`]: the request, the report, and comparing test-case results.
 
 pub mod cgroup;
+pub mod docker;
 pub mod harness;
 pub mod process;
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -48,7 +64,13 @@ impl Limits {
 /// What came out of a run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
+    /// The first `output_bytes` of stdout.
     pub stdout: Vec<u8>,
+    /// When stdout was longer: its last `output_bytes` (after those in
+    /// `stdout`), where the harness's report is even if the code under test
+    /// flooded the stream first.
+    pub stdout_tail: Vec<u8>,
+    /// The first `output_bytes` of stderr.
     pub stderr: Vec<u8>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -83,4 +105,101 @@ pub trait Sandbox: Send + Sync {
         stdin: Vec<u8>,
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>>;
+}
+
+/// Keeps the head of a stream and, optionally, its tail: the first `cap`
+/// bytes and the last `cap` bytes after them; everything between is counted
+/// and dropped, so memory stays bounded however much a run prints.
+#[derive(Debug)]
+pub(crate) struct OutputCapture {
+    cap: usize,
+    keep_tail: bool,
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    dropped: u64,
+}
+
+impl OutputCapture {
+    pub(crate) fn new(cap: usize, keep_tail: bool) -> OutputCapture {
+        OutputCapture {
+            cap,
+            keep_tail,
+            head: Vec::new(),
+            tail: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        let room = self.cap.saturating_sub(self.head.len());
+        let (into_head, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(into_head);
+        bytes = rest;
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.keep_tail {
+            self.dropped += bytes.len() as u64;
+            return;
+        }
+        if bytes.len() >= self.cap {
+            self.dropped += (self.tail.len() + bytes.len() - self.cap) as u64;
+            self.tail.clear();
+            bytes = &bytes[bytes.len() - self.cap..];
+        }
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.cap);
+        self.tail.drain(..overflow);
+        self.dropped += overflow as u64;
+        self.tail.extend(bytes);
+    }
+
+    /// More came than was kept (in the head, or in head and tail).
+    pub(crate) fn truncated(&self) -> bool {
+        self.dropped > 0 || !self.tail.is_empty()
+    }
+
+    /// `(head, tail, truncated)`.
+    pub(crate) fn finish(self) -> (Vec<u8>, Vec<u8>, bool) {
+        let truncated = self.truncated();
+        (self.head, self.tail.into(), truncated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutputCapture;
+
+    #[test]
+    fn a_capture_keeps_the_head_and_the_tail_of_a_flood() {
+        let mut c = OutputCapture::new(4, true);
+        c.push(b"KILN");
+        for _ in 0..1000 {
+            c.push(b"noise noise ");
+        }
+        c.push(b"RE");
+        c.push(b"PORT");
+        let (head, tail, truncated) = c.finish();
+        assert_eq!(
+            (head.as_slice(), tail.as_slice(), truncated),
+            (&b"KILN"[..], &b"PORT"[..], true)
+        );
+    }
+
+    #[test]
+    fn a_capture_without_a_tail_drops_what_is_over_the_cap() {
+        let mut c = OutputCapture::new(3, false);
+        c.push(b"ab");
+        assert!(!c.truncated());
+        c.push(b"cdef");
+        let (head, tail, truncated) = c.finish();
+        assert_eq!((head.as_slice(), tail.len(), truncated), (&b"abc"[..], 0, true));
+    }
+
+    #[test]
+    fn output_that_fits_is_kept_whole() {
+        let mut c = OutputCapture::new(8, true);
+        c.push(b"12345678");
+        let (head, tail, truncated) = c.finish();
+        assert_eq!((head.as_slice(), tail.len(), truncated), (&b"12345678"[..], 0, false));
+    }
 }

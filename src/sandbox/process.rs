@@ -1,38 +1,80 @@
 //! The process backend: one bubblewrap sandbox per run.
 //!
-//! Each run gets new user, pid, network, ipc, uts and cgroup namespaces; the
-//! system (`/usr`) and the Python runtime read-only; a synthetic `/etc`; a
-//! size-limited tmpfs as `/work` and `/tmp`; a cleared environment; no
-//! capabilities; `--die-with-parent` so a dying worker takes its sandboxes
-//! with it. Limits: a per-run cgroup (memory, pids) where one can be made,
-//! rlimits always (open files, file size, CPU seconds, core dumps), and a
-//! wall clock after which the whole tree is killed.
+//! Each run gets new user, pid, network, ipc, uts and cgroup namespaces, and
+//! may create no further user namespace (`--disable-userns`: no nested
+//! `unshare`); the system (`/usr`) and the Python runtime read-only; a
+//! synthetic `/etc`; size-limited tmpfs as `/work`, `/tmp` and `/dev/shm`;
+//! everything else read-only, the sandbox's root included (bubblewrap's root
+//! is a tmpfs that would otherwise be writable without a size limit); a
+//! cleared environment; no capabilities; `--die-with-parent` so a dying
+//! worker takes its sandboxes with it. Limits: a per-run cgroup (memory,
+//! pids) where one can be made, rlimits always (open files, file size, CPU
+//! seconds, core dumps), and a wall clock after which the whole tree is
+//! killed.
 //!
-//! When the worker runs as root, bubblewrap is started as `nobody` (65534) so
-//! that even the host sees the sandbox as an unprivileged user.
+//! When the worker runs as root, the run is started as `nobody` (65534,
+//! supplementary groups cleared) so that even the host sees the sandbox as
+//! an unprivileged user. A run starts as one shell that waits for a go line
+//! on stdin: the worker first moves it into the run's cgroups, so nothing it
+//! starts is ever outside them. Because that move is slow on cgroup v1, a
+//! few such shells are kept ready ([`Zygote`]); each serves one run.
+//!
+//! Nothing of a run outlives `run_python`: after a normal exit the pid
+//! namespace is empty; after the wall clock, an error or a dropped future
+//! the run is killed, reaped and its cgroups killed and removed. Cgroups
+//! and `/etc` directories left by a worker that died are removed by the
+//! next one.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{Cgroups, RunGroup};
-use super::{Limits, RunOutput, Sandbox, SandboxError};
+use super::{Limits, OutputCapture, RunOutput, Sandbox, SandboxError};
 
-/// The unprivileged uid/gid bubblewrap runs as when Kiln runs as root.
+/// The unprivileged uid/gid a run starts as when Kiln runs as root.
 const NOBODY: u32 = 65534;
 
-/// Exit code of the cgroup-joining shell when it cannot join.
-const JOIN_FAILED: i32 = 111;
+/// Exit code of the run's shell when it gets no go line or cannot set the
+/// rlimits.
+const PREPARE_FAILED: i32 = 111;
+
+/// Runs prepared ahead (see [`Zygote`]) when the worker does not say.
+const DEFAULT_POOL: usize = 4;
+
+/// Numbers the runs of this process, for their cgroups' names: one counter
+/// for every sandbox in the process, so that their groups never collide.
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// The part of a run's shell that waits for the go line and applies the
+/// limits it carries: file size (in dash's 512-byte blocks), CPU seconds,
+/// and, without cgroups, address space (KiB) and processes (`-` for none).
+/// Hard and soft limits are both set, so the run cannot raise them.
+/// Builtins only: the shell costs one exec.
+const PREPARE: &str = r#"read -r fsize cpu vmem nproc || exit 111
+ulimit -n 512 && ulimit -c 0 && ulimit -f "$fsize" && ulimit -t "$cpu" || exit 111
+if [ "$vmem" != - ]; then ulimit -v "$vmem" && ulimit -p "$nproc" || exit 111; fi
+exec "$@""#;
 
 #[derive(Debug)]
 pub struct ProcessSandbox {
+    inner: Arc<Inner>,
+    /// Cancelled on drop: the pool task stops and discards what it holds.
+    stop: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Inner {
     /// The Python virtual environment mounted read-only into every run.
     runtime: PathBuf,
     /// Host directories the runtime's interpreter needs besides `/usr`
@@ -41,15 +83,50 @@ pub struct ProcessSandbox {
     /// The synthetic `/etc` (passwd, group, hosts) mounted read-only.
     etc: PathBuf,
     cgroups: Option<Cgroups>,
-    /// Start bubblewrap as `nobody` (we are root).
+    /// Start runs as `nobody` (we are root).
     drop_to_nobody: bool,
-    runs: AtomicU64,
+    pool_size: usize,
+    pool: Mutex<Pool>,
+    /// Wakes the pool task after a run took a zygote.
+    refill: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    /// What the ready zygotes were started for.
+    key: Option<Key>,
+    ready: Vec<Zygote>,
+}
+
+/// What a zygote's command line depends on: the interpreter's arguments and
+/// the tmpfs size bubblewrap mounts. Everything else of a run's limits is
+/// applied when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    args: Vec<String>,
+    tmpfs_mb: u64,
+}
+
+/// A run prepared ahead: its shell started (as nobody) and already moved
+/// into its own fresh cgroups, waiting for the go line. Moving a process
+/// between cgroups is the slow part of starting a run on cgroup v1, so it
+/// happens here, off the run's path. A zygote serves exactly one run.
+#[derive(Debug)]
+struct Zygote {
+    child: Child,
+    group: Option<RunGroup>,
 }
 
 impl ProcessSandbox {
     /// Checks that bubblewrap and the runtime are usable and prepares what
-    /// every run shares.
+    /// every run shares. Inside a tokio runtime it also starts keeping a few
+    /// runs prepared ahead.
     pub fn new(runtime: &Path) -> Result<ProcessSandbox, SandboxError> {
+        ProcessSandbox::with_pool(runtime, DEFAULT_POOL)
+    }
+
+    /// [`ProcessSandbox::new`] keeping `pool_size` runs prepared ahead.
+    pub fn with_pool(runtime: &Path, pool_size: usize) -> Result<ProcessSandbox, SandboxError> {
         let python = runtime.join("bin/python3");
         if !python.exists() {
             return Err(SandboxError::Unavailable(format!(
@@ -68,15 +145,15 @@ impl ProcessSandbox {
         } else {
             vec![base_prefix]
         };
-        // One per instance: several sandboxes may live in one process (tests),
-        // and each removes its own on drop.
+        remove_stale_etcs();
+        // One per instance (an instance removes its own on drop), and fresh:
+        // `create_dir` refuses a directory someone prepared in /tmp.
         let etc = std::env::temp_dir().join(format!(
             "kiln-sandbox-etc-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir_all(&etc)
-            .map_err(|e| SandboxError::Unavailable(format!("creating {}: {e}", etc.display())))?;
+        std::fs::create_dir(&etc).map_err(|e| SandboxError::Unavailable(format!("creating {}: {e}", etc.display())))?;
         for (name, content) in [
             (
                 "passwd",
@@ -89,83 +166,271 @@ impl ProcessSandbox {
             std::fs::write(etc.join(name), content)
                 .map_err(|e| SandboxError::Unavailable(format!("writing the sandbox /etc: {e}")))?;
         }
-        let drop_to_nobody = nix::unistd::geteuid().is_root();
-        if drop_to_nobody {
-            which("setpriv")
-                .ok_or_else(|| SandboxError::Unavailable("setpriv (util-linux) is not installed".into()))?;
-        }
-        Ok(ProcessSandbox {
+        let inner = Arc::new(Inner {
             runtime: runtime.to_owned(),
             extra_ro,
             etc,
             cgroups: Cgroups::detect(),
-            drop_to_nobody,
-            runs: AtomicU64::new(0),
-        })
+            drop_to_nobody: nix::unistd::geteuid().is_root(),
+            pool_size,
+            pool: Mutex::new(Pool::default()),
+            refill: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        if pool_size > 0
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(Arc::clone(&inner).keep_pool(stop.clone()));
+        }
+        Ok(ProcessSandbox { inner, stop })
     }
 
     /// Whether runs are limited by cgroups (else by rlimits only).
     pub fn has_cgroups(&self) -> bool {
-        self.cgroups.is_some()
+        self.inner.cgroups.is_some()
     }
 
-    /// The full command line of one run, from the cgroup-joining shell to
-    /// the interpreter.
-    fn command_line(&self, args: &[String], limits: &Limits, group: Option<&RunGroup>) -> Vec<OsString> {
-        let mut cmd: Vec<OsString> = Vec::new();
-        if let Some(group) = group {
-            // Join the run's cgroups first, then exec the rest: nothing the
-            // run starts can escape the groups, and there is no race.
-            cmd.extend(["/bin/sh", "-c"].map(OsString::from));
-            cmd.push(
-                format!(
-                    r#"while [ "$1" != -- ]; do echo $$ > "$1" || exit {JOIN_FAILED}; shift; done; shift; exec "$@""#
-                )
-                .into(),
-            );
-            cmd.push("kiln-sandbox".into());
-            cmd.extend(group.procs_files().into_iter().map(OsString::from));
-            cmd.push("--".into());
+    /// Discards the runs prepared ahead and waits until they are gone.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let ready = std::mem::take(&mut self.inner.pool.lock().expect("pool lock").ready);
+        for zygote in ready {
+            zygote.discard().await;
         }
-        let tmpfs_bytes = limits.tmpfs_mb * 1024 * 1024;
-        cmd.push("prlimit".into());
-        cmd.push(format!("--nofile={}", 512).into());
-        cmd.push(format!("--fsize={tmpfs_bytes}").into());
-        cmd.push("--core=0".into());
-        cmd.push(format!("--cpu={}", limits.timeout.as_secs() + 5).into());
-        if group.is_none() {
+    }
+
+    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
+        let started = Instant::now();
+        let key = Key {
+            args: args.to_vec(),
+            tmpfs_mb: limits.tmpfs_mb,
+        };
+        // Dropping this future at any await below drops the zygote, which
+        // kills and reaps the run and removes its groups.
+        let mut zygote = match self.inner.take(&key) {
+            Some(zygote) => zygote,
+            None => self.inner.spawn_zygote(&key).await?,
+        };
+        let limited = zygote
+            .group
+            .as_ref()
+            .map_or(Ok(()), |g| g.set_limits(limits.memory_mb, limits.pids));
+        if let Err(e) = limited {
+            zygote.discard().await;
+            return Err(SandboxError::Unavailable(format!("limiting the run's cgroup: {e}")));
+        }
+        let go = if zygote.group.is_some() {
+            format!("{} {} - -\n", limits.tmpfs_mb * 1024 * 2, limits.timeout.as_secs() + 5)
+        } else {
             // Without a cgroup: address space bounds memory (coarsely) and
             // RLIMIT_NPROC bounds processes (per uid, so only as nobody).
-            cmd.push(format!("--as={}", limits.memory_mb * 1024 * 1024).into());
-            cmd.push(format!("--nproc={}", limits.pids).into());
+            format!(
+                "{} {} {} {}\n",
+                limits.tmpfs_mb * 1024 * 2,
+                limits.timeout.as_secs() + 5,
+                limits.memory_mb * 1024,
+                limits.pids
+            )
+        };
+
+        let child = &mut zygote.child;
+        let mut input = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let writer = tokio::spawn(async move {
+            // The go line, then the run's own input. The sandbox may exit
+            // without reading; that is its business.
+            let _ = input.write_all(go.as_bytes()).await;
+            let _ = input.write_all(&stdin).await;
+            let _ = input.shutdown().await;
+        });
+        let out_reader = tokio::spawn(read_capped(stdout, OutputCapture::new(limits.output_bytes, true)));
+        let err_reader = tokio::spawn(read_capped(stderr, OutputCapture::new(limits.output_bytes, false)));
+
+        let remaining = limits.timeout.saturating_sub(started.elapsed());
+        let (status, timed_out) = if let Ok(status) = tokio::time::timeout(remaining, child.wait()).await {
+            (status.ok(), false)
+        } else {
+            // Killing bubblewrap tears down its pid namespace; the cgroup
+            // kill below catches anything that slipped out of it.
+            let _ = child.start_kill();
+            (child.wait().await.ok(), true)
+        };
+        writer.abort();
+        let oom_killed = zygote.group.as_ref().is_some_and(RunGroup::oom_killed);
+        if let Some(group) = zygote.group.take() {
+            // Teardown polls the kernel; keep it off the async threads. After
+            // a normal exit the pid namespace is already empty (its init
+            // reaps everything before bubblewrap returns), so removing the
+            // groups is bookkeeping and need not delay the result; after a
+            // kill, the group kill is what guarantees nothing is left.
+            let teardown = tokio::task::spawn_blocking(move || drop(group));
+            if timed_out {
+                let _ = teardown.await;
+            }
         }
-        cmd.push("--".into());
-        if self.drop_to_nobody {
-            cmd.extend(
-                [
-                    "setpriv",
-                    &format!("--reuid={NOBODY}"),
-                    &format!("--regid={NOBODY}"),
-                    "--clear-groups",
-                    "--",
-                ]
-                .map(OsString::from),
-            );
+        let (stdout, stdout_tail, out_truncated) = join_reader(out_reader).await;
+        let (stderr, _, err_truncated) = join_reader(err_reader).await;
+
+        let exit_code = status.and_then(|s| s.code());
+        if exit_code == Some(PREPARE_FAILED) && stdout.is_empty() {
+            return Err(SandboxError::Unavailable(format!(
+                "could not set the run's limits: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            )));
         }
-        cmd.extend(self.bwrap_args(limits));
-        cmd.push(self.runtime.join("bin/python3").into());
-        cmd.extend(args.iter().map(OsString::from));
-        cmd
+        Ok(RunOutput {
+            stdout,
+            stdout_tail,
+            stderr,
+            exit_code,
+            signal: status.and_then(|s| s.signal()),
+            timed_out,
+            oom_killed,
+            truncated: out_truncated || err_truncated,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+impl Inner {
+    /// A zygote started for `key`, if one is ready; asks for a refill.
+    fn take(&self, key: &Key) -> Option<Zygote> {
+        let (zygote, stale) = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            let stale = if pool.key.as_ref() == Some(key) {
+                Vec::new()
+            } else {
+                pool.key = Some(key.clone());
+                std::mem::take(&mut pool.ready)
+            };
+            (pool.ready.pop(), stale)
+        };
+        if !stale.is_empty() {
+            tokio::spawn(async move {
+                for zygote in stale {
+                    zygote.discard().await;
+                }
+            });
+        }
+        self.refill.notify_one();
+        zygote
     }
 
-    fn bwrap_args(&self, limits: &Limits) -> Vec<OsString> {
-        let tmpfs_bytes = (limits.tmpfs_mb * 1024 * 1024).to_string();
+    /// Keeps the pool full for the last key asked for, until `stop`.
+    async fn keep_pool(self: Arc<Inner>, stop: CancellationToken) {
+        loop {
+            let wanted = {
+                let pool = self.pool.lock().expect("pool lock");
+                pool.key.clone().filter(|_| pool.ready.len() < self.pool_size)
+            };
+            let Some(key) = wanted else {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = self.refill.notified() => continue,
+                }
+            };
+            let made = tokio::select! {
+                () = stop.cancelled() => break,
+                made = self.spawn_zygote(&key) => made,
+            };
+            match made {
+                Ok(zygote) => {
+                    let surplus = {
+                        let mut pool = self.pool.lock().expect("pool lock");
+                        if pool.key.as_ref() == Some(&key) && pool.ready.len() < self.pool_size {
+                            pool.ready.push(zygote);
+                            None
+                        } else {
+                            Some(zygote)
+                        }
+                    };
+                    if let Some(zygote) = surplus {
+                        zygote.discard().await;
+                    }
+                }
+                Err(e) => {
+                    // Runs still start their own; retry gently.
+                    tracing::warn!(error = %e, "could not prepare a sandbox run");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        let ready = std::mem::take(&mut self.pool.lock().expect("pool lock").ready);
+        for zygote in ready {
+            zygote.discard().await;
+        }
+    }
+
+    /// Starts a run's shell and moves it into fresh cgroups.
+    async fn spawn_zygote(&self, key: &Key) -> Result<Zygote, SandboxError> {
+        let group = match &self.cgroups {
+            None => None,
+            Some(cgroups) => {
+                let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+                Some(
+                    cgroups
+                        .create(&name)
+                        .map_err(|e| SandboxError::Unavailable(format!("creating the run's cgroup: {e}")))?,
+                )
+            }
+        };
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", PREPARE, "kiln-sandbox"])
+            .args(self.bwrap_args(key.tmpfs_mb))
+            .arg(self.runtime.join("bin/python3"))
+            .args(&key.args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if self.drop_to_nobody {
+            // std clears the supplementary groups when it drops from root.
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| SandboxError::Unavailable(format!("starting a sandbox shell: {e}")))?;
+        let mut zygote = Zygote { child, group: None };
+        let Some(group) = group else {
+            return Ok(zygote);
+        };
+        let Some(pid) = zygote.child.id() else {
+            return Err(SandboxError::Unavailable("the sandbox shell died at once".into()));
+        };
+        // The shell waits for the go line, so it has started nothing yet:
+        // everything the run starts will be inside the groups. The write
+        // blocks for an RCU grace period; keep it off the async threads.
+        let joined = tokio::task::spawn_blocking(move || group.join(pid).map(|()| group)).await;
+        match joined {
+            Ok(Ok(group)) => {
+                zygote.group = Some(group);
+                Ok(zygote)
+            }
+            Ok(Err(e)) => {
+                zygote.discard().await;
+                Err(SandboxError::Unavailable(format!("moving a run into its cgroup: {e}")))
+            }
+            Err(e) => Err(SandboxError::Unavailable(format!("moving a run into its cgroup: {e}"))),
+        }
+    }
+
+    fn bwrap_args(&self, tmpfs_mb: u64) -> Vec<OsString> {
+        let tmpfs_bytes = (tmpfs_mb * 1024 * 1024).to_string();
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
         push(&[
             "bwrap",
             "--unshare-all",
             "--unshare-user",
+            "--disable-userns",
             "--die-with-parent",
             "--new-session",
         ]);
@@ -192,6 +457,7 @@ impl ProcessSandbox {
         ]);
         push(&["--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64"]);
         push(&["--proc", "/proc", "--dev", "/dev"]);
+        push(&["--perms", "1777", "--size", &tmpfs_bytes, "--tmpfs", "/dev/shm"]);
         push(&["--perms", "1777", "--size", &tmpfs_bytes, "--tmpfs", "/work"]);
         push(&["--perms", "1777", "--size", &tmpfs_bytes, "--tmpfs", "/tmp"]);
         push(&["--chdir", "/work", "--clearenv"]);
@@ -214,87 +480,39 @@ impl ProcessSandbox {
         for dir in &self.extra_ro {
             a.extend([OsString::from("--ro-bind"), dir.into(), dir.into()]);
         }
-        a.push("--".into());
+        // Last, once every mount point exists: the root and /dev are tmpfs
+        // that would otherwise be writable, and without a size limit.
+        a.extend(["--remount-ro", "/dev", "--remount-ro", "/", "--"].map(OsString::from));
         a
     }
+}
 
-    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
-        let started = Instant::now();
-        let group = match &self.cgroups {
-            None => None,
-            Some(cgroups) => {
-                let name = format!(
-                    "run-{}-{}",
-                    std::process::id(),
-                    self.runs.fetch_add(1, Ordering::Relaxed)
-                );
-                Some(
-                    cgroups
-                        .create(&name, limits.memory_mb, limits.pids)
-                        .map_err(|e| SandboxError::Unavailable(format!("creating the run's cgroup: {e}")))?,
-                )
-            }
-        };
-        let command_line = self.command_line(args, limits, group.as_ref());
-        let mut command = Command::new(&command_line[0]);
-        command
-            .args(&command_line[1..])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| SandboxError::Unavailable(format!("starting bubblewrap: {e}")))?;
-
-        let mut input = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let writer = tokio::spawn(async move {
-            // The sandbox may exit without reading; that is its business.
-            let _ = input.write_all(&stdin).await;
-            let _ = input.shutdown().await;
-        });
-        let out_reader = tokio::spawn(read_capped(stdout, limits.output_bytes));
-        let err_reader = tokio::spawn(read_capped(stderr, limits.output_bytes));
-
-        let (status, timed_out) = if let Ok(status) = tokio::time::timeout(limits.timeout, child.wait()).await {
-            (status.ok(), false)
-        } else {
-            // Killing bubblewrap tears down its pid namespace; the cgroup
-            // kill below catches anything that slipped out of it.
-            let _ = child.start_kill();
-            (child.wait().await.ok(), true)
-        };
-        writer.abort();
-        let oom_killed = group.as_ref().is_some_and(RunGroup::oom_killed);
-        if let Some(group) = group {
-            // Teardown polls the kernel; keep it off the async threads.
+impl Zygote {
+    /// Kills the shell (or the run it became), reaps it, then removes its
+    /// groups (which the kernel refuses while it is unreaped).
+    async fn discard(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some(group) = self.group.take() {
             let _ = tokio::task::spawn_blocking(move || drop(group)).await;
         }
-        let (stdout, out_truncated) = join_reader(out_reader).await;
-        let (stderr, err_truncated) = join_reader(err_reader).await;
+    }
+}
 
-        let exit_code = status.and_then(|s| s.code());
-        if exit_code == Some(JOIN_FAILED) && stdout.is_empty() {
-            return Err(SandboxError::Unavailable(format!(
-                "could not join the run's cgroup: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            )));
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // Dropped while its process may still run (a cancelled run, the
+        // sandbox gone outside a runtime): kill and reap it here, so that
+        // dropping the groups next can kill the rest and remove them.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.start_kill();
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        Ok(RunOutput {
-            stdout,
-            stderr,
-            exit_code,
-            signal: status.and_then(|s| s.signal()),
-            timed_out,
-            oom_killed,
-            truncated: out_truncated || err_truncated,
-            duration: started.elapsed(),
-        })
     }
 }
 
@@ -315,34 +533,53 @@ impl Sandbox for ProcessSandbox {
 
 impl Drop for ProcessSandbox {
     fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.etc);
     }
 }
 
-/// Reads a stream to its end, keeping the first `cap` bytes. Draining the
-/// rest keeps the writer from blocking on a full pipe.
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut truncated = false;
+/// Reads a stream to its end into `capture`. Draining what is not kept
+/// keeps the writer from blocking on a full pipe.
+async fn read_capped(mut stream: impl AsyncRead + Unpin, mut capture: OutputCapture) -> (Vec<u8>, Vec<u8>, bool) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return (kept, truncated),
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
+            Ok(0) | Err(_) => return capture.finish(),
+            Ok(n) => capture.push(&buf[..n]),
         }
     }
 }
 
-async fn join_reader(handle: tokio::task::JoinHandle<(Vec<u8>, bool)>) -> (Vec<u8>, bool) {
+async fn join_reader(handle: tokio::task::JoinHandle<(Vec<u8>, Vec<u8>, bool)>) -> (Vec<u8>, Vec<u8>, bool) {
     // The streams close when the last process holding them is gone, which
     // the kill above guarantees; the timeout is a guard, not a path.
     match tokio::time::timeout(Duration::from_secs(5), handle).await {
         Ok(Ok(result)) => result,
-        _ => (Vec::new(), true),
+        _ => (Vec::new(), Vec::new(), true),
+    }
+}
+
+/// Removes the `/etc` directories of sandboxes whose process is gone (one
+/// that exited without dropping its sandbox, or was killed).
+fn remove_stale_etcs() {
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kiln-sandbox-etc-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
