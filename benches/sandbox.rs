@@ -15,22 +15,7 @@ mod sandbox_support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kiln::sandbox::Limits;
-use sandbox_support::{Backend, TestSandbox, humaneval};
-
-/// HumanEval jobs in flight at once (the machine's cores, doubled: a job
-/// waits on process start-up part of the time).
-const PARALLEL: usize = 4;
-
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(60),
-        memory_mb: 512,
-        pids: 128,
-        tmpfs_mb: 64,
-        output_bytes: 256 * 1024,
-    }
-}
+use sandbox_support::{Backend, HUMANEVAL_PARALLEL, TestSandbox, humaneval, humaneval_limits};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -61,7 +46,7 @@ fn bare_once() -> Duration {
 }
 
 async fn sandboxed_once(sandbox: &TestSandbox) -> Duration {
-    let limits = limits();
+    let limits = humaneval_limits();
     let args = ARGS.map(String::from);
     let started = Instant::now();
     let out = sandbox
@@ -93,7 +78,7 @@ async fn measure(sandbox: &TestSandbox, runs: usize, pause: Option<Duration>) ->
 }
 
 async fn humaneval_wall_time(sandbox: &TestSandbox) -> Duration {
-    let limits = limits();
+    let limits = humaneval_limits();
     let problems = humaneval();
     let started = Instant::now();
     let passed = futures::stream::iter(&problems)
@@ -101,7 +86,7 @@ async fn humaneval_wall_time(sandbox: &TestSandbox) -> Duration {
             let limits = &limits;
             async move { sandbox.function_job(&p.job(false), limits).await.all_passed() }
         })
-        .buffer_unordered(PARALLEL)
+        .buffer_unordered(HUMANEVAL_PARALLEL)
         .filter(|ok| std::future::ready(*ok))
         .count()
         .await;
@@ -126,7 +111,7 @@ async fn main() {
         {
             // Nothing prepared ahead: what a run costs when the pool is
             // empty (a burst) or has none.
-            let unpooled = TestSandbox::new(backend, &limits(), 0).await;
+            let unpooled = TestSandbox::new(backend, &humaneval_limits(), 0).await;
             let (bare, sandboxed) = measure(&unpooled, runs.div_ceil(2), Some(Duration::from_millis(300))).await;
             let (bare, run) = (median(bare), median(sandboxed.clone()));
             println!(
@@ -139,7 +124,7 @@ async fn main() {
             let left = unpooled.shutdown_and_find_leftovers("no-marker-here").await;
             assert!(left.is_empty(), "left on the host: {left:#?}");
         }
-        let sandbox = TestSandbox::new(backend, &limits(), PARALLEL).await;
+        let sandbox = TestSandbox::new(backend, &humaneval_limits(), HUMANEVAL_PARALLEL).await;
         // Warm-up: the first runs pay for caches and the pool's first fill.
         measure(&sandbox, 3, Some(Duration::from_millis(500))).await;
         for (label, pause) in [
@@ -159,7 +144,7 @@ async fn main() {
         }
         let took = humaneval_wall_time(&sandbox).await;
         println!(
-            "{name}: all 164 HumanEval canonical solutions, {PARALLEL} at a time: {:.1} s ({} per problem)",
+            "{name}: all 164 HumanEval canonical solutions, {HUMANEVAL_PARALLEL} at a time: {:.1} s ({} per problem)",
             took.as_secs_f64(),
             ms(took / 164)
         );

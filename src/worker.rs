@@ -184,6 +184,8 @@ impl Worker {
             consumer,
         )
         .await;
+        // Containers or processes prepared for runs that will not come.
+        self.inner.pipeline.sandbox.shutdown().await;
         info!("worker stopped");
     }
 

@@ -7,33 +7,18 @@
 #[path = "support/sandbox.rs"]
 mod sandbox_support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use kiln::report::TestReport;
-use kiln::sandbox::Limits;
-use sandbox_support::{Backend, TestSandbox, exclusive, humaneval};
-
-/// Jobs in flight at once: enough to keep two cores busy while one job
-/// waits on process start-up.
-const PARALLEL: usize = 4;
-
-fn limits() -> Limits {
-    Limits {
-        timeout: Duration::from_secs(60),
-        memory_mb: 512,
-        pids: 128,
-        tmpfs_mb: 64,
-        output_bytes: 256 * 1024,
-    }
-}
+use sandbox_support::{Backend, HUMANEVAL_PARALLEL, TestSandbox, exclusive, humaneval, humaneval_limits};
 
 async fn canonical_solutions_pass_and_wrong_variants_fail(backend: Backend) {
     let _lock = exclusive().await;
     let problems = humaneval();
     assert_eq!(problems.len(), 164, "HumanEval has 164 problems");
-    let limits = limits();
-    let sandbox = TestSandbox::new(backend, &limits, PARALLEL).await;
+    let limits = humaneval_limits();
+    let sandbox = TestSandbox::new(backend, &limits, HUMANEVAL_PARALLEL).await;
     let started = Instant::now();
     let jobs = problems.iter().flat_map(|p| [(p, false), (p, true)]);
     let results: Vec<(String, bool, TestReport)> = futures::stream::iter(jobs)
@@ -45,7 +30,7 @@ async fn canonical_solutions_pass_and_wrong_variants_fail(backend: Backend) {
                 (problem.task_id.clone(), wrong, report)
             }
         })
-        .buffer_unordered(PARALLEL)
+        .buffer_unordered(HUMANEVAL_PARALLEL)
         .collect()
         .await;
     let took = started.elapsed();

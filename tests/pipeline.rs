@@ -275,3 +275,66 @@ async fn a_service_job_passes_on_routes_health_and_its_own_tests_and_its_files_d
     w.stop().await;
     d.stop().await;
 }
+
+/// The other sandbox backend, wired as operators configure it
+/// (`KILN_SANDBOX=docker`): the demo's whole batch — services, functions and
+/// the answers that need a repair — passes in containers, and a stopped
+/// worker leaves none of its containers behind.
+#[tokio::test]
+async fn a_worker_on_the_docker_sandbox_runs_the_demo_batch_to_success_and_leaves_no_containers() {
+    let env = TestEnv::new().await;
+    let scripts = kiln::mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = kiln::mock_llm::MockServer::start(listener, scripts).unwrap();
+    let settings = env.settings(
+        &llm.base_url(),
+        &[("KILN_SANDBOX", "docker"), ("KILN_WORKER_CONCURRENCY", "4")],
+    );
+    let d = Dispatcher::start(&settings).await;
+    let w = InProcessWorker::start(&settings).await;
+    let batch = kiln::client::load_batch(std::path::Path::new("examples/specs")).unwrap();
+    let created = d.client.submit(&batch, None).await.unwrap();
+    let status = wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(240),
+    )
+    .await;
+    assert_eq!(status["counts"]["succeeded"], status["total"], "{status}");
+    let mut repaired = 0;
+    for job in created["job_ids"].as_array().unwrap() {
+        let a = d.attempts(job.as_str().unwrap(), false).await;
+        if a.len() == 2 {
+            assert_eq!(
+                (a[0]["state"].as_str(), a[1]["state"].as_str()),
+                (Some("failed"), Some("passed"))
+            );
+            repaired += 1;
+        }
+    }
+    assert!(repaired >= 2, "the demo's repairs did not happen: {repaired}");
+    w.stop().await;
+    d.stop().await;
+
+    let docker = bollard::Docker::connect_with_socket_defaults().unwrap();
+    let filters = std::collections::HashMap::from([("label".to_owned(), vec!["org.kiln.sandbox.owner".to_owned()])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let ours = format!(":{}:", std::process::id());
+    let left: Vec<String> = docker
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get("org.kiln.sandbox.owner"))
+                .is_some_and(|owner| owner.contains(&ours))
+        })
+        .filter_map(|c| c.id)
+        .collect();
+    assert!(left.is_empty(), "the stopped worker left containers: {left:?}");
+}

@@ -91,16 +91,7 @@ impl Cgroups {
 /// Removes the empty run groups of workers that are gone.
 fn remove_orphans(parent: &Path) {
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("run-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if super::left_by_dead_process(&entry.file_name(), "run-") {
             // Fails (harmlessly) while something still runs in it.
             let _ = fs::remove_dir(entry.path());
         }

@@ -33,7 +33,7 @@
 //!   running sandbox once a minute, remove those whose owner is gone, which
 //!   is what cleans up after a worker that was killed outright (its pooled
 //!   containers exit when their stdin closes; a running one would otherwise
-//!   run until its harness ends). [`DockerSandbox::shutdown`] removes the
+//!   run until its harness ends). [`Sandbox::shutdown`] removes the
 //!   pool and waits for every removal.
 //! - A run's wall clock starts when the run asks for a container; when it
 //!   ends the container is removed whatever it is doing.
@@ -254,14 +254,6 @@ impl DockerSandbox {
     /// (`org.kiln.sandbox.instance`), for tests that check nothing is left.
     pub fn instance(&self) -> &str {
         &self.inner.instance
-    }
-
-    /// Removes the pooled containers and waits until every container this
-    /// instance created is gone. Runs after this fail as unavailable.
-    pub async fn shutdown(&self) {
-        self.stop.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
     }
 
     async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
@@ -626,6 +618,16 @@ impl Sandbox for DockerSandbox {
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(self.run(args, stdin, limits))
+    }
+
+    /// Removes the pooled containers and waits until every container this
+    /// instance created is gone. Runs after this fail as unavailable.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            self.inner.tasks.close();
+            self.inner.tasks.wait().await;
+        })
     }
 }
 

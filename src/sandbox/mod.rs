@@ -105,6 +105,23 @@ pub trait Sandbox: Send + Sync {
         stdin: Vec<u8>,
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>>;
+
+    /// Discards what the backend prepared ahead (ready processes or
+    /// containers) and waits until it is gone, so a stopping worker leaves
+    /// nothing behind. Runs started after this fail as unavailable or start
+    /// unprepared, depending on the backend.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Whether `name` (of a cgroup, a directory) is `<prefix><pid>-…` and
+/// process `pid` is gone: how the process backend recognises what a worker
+/// that died left behind.
+pub(crate) fn left_by_dead_process(name: &std::ffi::OsStr, prefix: &str) -> bool {
+    name.to_str()
+        .and_then(|n| n.strip_prefix(prefix))
+        .and_then(|n| n.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Keeps the head of a stream and, optionally, its tail: the first `cap`

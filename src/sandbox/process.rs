@@ -190,15 +190,6 @@ impl ProcessSandbox {
         self.inner.cgroups.is_some()
     }
 
-    /// Discards the runs prepared ahead and waits until they are gone.
-    pub async fn shutdown(&self) {
-        self.stop.cancel();
-        let ready = std::mem::take(&mut self.inner.pool.lock().expect("pool lock").ready);
-        for zygote in ready {
-            zygote.discard().await;
-        }
-    }
-
     async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
         let started = Instant::now();
         let key = Key {
@@ -529,6 +520,18 @@ impl Sandbox for ProcessSandbox {
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(self.run(args, stdin, limits))
     }
+
+    /// Discards the runs prepared ahead and waits until they are gone;
+    /// later runs start their own.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let ready = std::mem::take(&mut self.inner.pool.lock().expect("pool lock").ready);
+            for zygote in ready {
+                zygote.discard().await;
+            }
+        })
+    }
 }
 
 impl Drop for ProcessSandbox {
@@ -568,16 +571,7 @@ async fn join_reader(handle: tokio::task::JoinHandle<(Vec<u8>, Vec<u8>, bool)>) 
 /// that exited without dropping its sandbox, or was killed).
 fn remove_stale_etcs() {
     for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("kiln-sandbox-etc-"))
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if super::left_by_dead_process(&entry.file_name(), "kiln-sandbox-etc-") {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

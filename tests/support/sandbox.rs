@@ -390,6 +390,21 @@ pub struct HumanEval {
     pub entry_point: String,
 }
 
+/// HumanEval jobs in flight at once (the machine's two cores, doubled: a
+/// job waits on process start-up part of the time).
+pub const HUMANEVAL_PARALLEL: usize = 4;
+
+/// Limits of a HumanEval run: roomy, so only a wrong answer fails one.
+pub fn humaneval_limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(60),
+        memory_mb: 512,
+        pids: 128,
+        tmpfs_mb: 64,
+        output_bytes: 256 * 1024,
+    }
+}
+
 pub fn humaneval() -> Vec<HumanEval> {
     let path = std::env::var("KILN_HUMANEVAL")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/HumanEval.jsonl").into());
