@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln::queue::Producer;
 use serde_json::{Value, json};
-use support::{Dispatcher, InProcessWorker, TestEnv, add_spec, mock, wait_for_batch};
+use support::{Dispatcher, InProcessWorker, TestEnv, add_spec, demo_mock, mock, wait_for_batch};
 
 const REPAIR_SCRIPT: &str = r#"
 - name: clamp
@@ -218,9 +218,7 @@ async fn retrying_a_failed_job_starts_run_2_with_a_fresh_budget_and_keeps_run_1(
 #[tokio::test]
 async fn a_service_job_passes_on_routes_health_and_its_own_tests_and_its_files_download() {
     let env = TestEnv::new().await;
-    let scripts = kiln::mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = kiln::mock_llm::MockServer::start(listener, scripts).unwrap();
+    let llm = demo_mock().await;
     let settings = env.settings(&llm.base_url(), &[]);
     let d = Dispatcher::start(&settings).await;
     let w = InProcessWorker::start(&settings).await;
@@ -283,9 +281,7 @@ async fn a_service_job_passes_on_routes_health_and_its_own_tests_and_its_files_d
 #[tokio::test]
 async fn a_worker_on_the_docker_sandbox_runs_the_demo_batch_to_success_and_leaves_no_containers() {
     let env = TestEnv::new().await;
-    let scripts = kiln::mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let llm = kiln::mock_llm::MockServer::start(listener, scripts).unwrap();
+    let llm = demo_mock().await;
     let settings = env.settings(
         &llm.base_url(),
         &[("KILN_SANDBOX", "docker"), ("KILN_WORKER_CONCURRENCY", "4")],

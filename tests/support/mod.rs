@@ -132,6 +132,13 @@ pub async fn mock(yaml: &str) -> MockServer {
     MockServer::start(listener, scripts).expect("mock starts")
 }
 
+/// A mock LLM serving the demo's scripted answers (`examples/mock-llm`).
+pub async fn demo_mock() -> MockServer {
+    let scripts = kiln::mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).expect("demo scripts load");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    MockServer::start(listener, scripts).expect("mock starts")
+}
+
 /// A dispatcher running in this process on a free port.
 pub struct Dispatcher {
     pub url: String,
