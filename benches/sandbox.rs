@@ -77,6 +77,18 @@ async fn measure(sandbox: &TestSandbox, runs: usize, pause: Option<Duration>) ->
     (bare, sandboxed)
 }
 
+fn print_overhead(backend: &str, label: &str, bare: Vec<Duration>, sandboxed: Vec<Duration>) {
+    let (bare, run, run_p90) = (median(bare), median(sandboxed.clone()), p90(sandboxed));
+    println!(
+        "{backend} ({label}): python3 {} bare {} median, sandboxed {} median (p90 {}): overhead {}",
+        ARGS.join(" "),
+        ms(bare),
+        ms(run),
+        ms(run_p90),
+        ms(run.saturating_sub(bare)),
+    );
+}
+
 async fn humaneval_wall_time(sandbox: &TestSandbox) -> Duration {
     let limits = humaneval_limits();
     let problems = humaneval();
@@ -113,14 +125,7 @@ async fn main() {
             // empty (a burst) or has none.
             let unpooled = TestSandbox::new(backend, &humaneval_limits(), 0).await;
             let (bare, sandboxed) = measure(&unpooled, runs.div_ceil(2), Some(Duration::from_millis(300))).await;
-            let (bare, run) = (median(bare), median(sandboxed.clone()));
-            println!(
-                "{name} (nothing prepared ahead): bare {} median, sandboxed {} median (p90 {}): overhead {}",
-                ms(bare),
-                ms(run),
-                ms(p90(sandboxed)),
-                ms(run.saturating_sub(bare)),
-            );
+            print_overhead(name, "nothing prepared ahead", bare, sandboxed);
             let left = unpooled.shutdown_and_find_leftovers("no-marker-here").await;
             assert!(left.is_empty(), "left on the host: {left:#?}");
         }
@@ -132,15 +137,7 @@ async fn main() {
             ("back to back", None),
         ] {
             let (bare, sandboxed) = measure(&sandbox, runs, pause).await;
-            let (bare, run) = (median(bare), median(sandboxed.clone()));
-            println!(
-                "{name} ({label}): python3 {} bare {} median, sandboxed {} median (p90 {}): overhead {}",
-                ARGS.join(" "),
-                ms(bare),
-                ms(run),
-                ms(p90(sandboxed)),
-                ms(run.saturating_sub(bare)),
-            );
+            print_overhead(name, label, bare, sandboxed);
         }
         let took = humaneval_wall_time(&sandbox).await;
         println!(
