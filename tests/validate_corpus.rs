@@ -987,23 +987,9 @@ fn the_quality_report_follows_test_paths_built_from_constants() {
     assert_eq!(quality["docstrings"]["ratio"], 1.0, "{quality}");
 }
 
-#[derive(serde::Deserialize)]
-struct HumanEvalTask {
-    task_id: String,
-    prompt: String,
-    canonical_solution: String,
-    test: String,
-    entry_point: String,
-}
-
-fn humaneval() -> Vec<HumanEvalTask> {
-    let path = std::env::var("KILN_HUMANEVAL").unwrap_or_else(|_| "/work/shared/data/HumanEval.jsonl".into());
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("HumanEval lines are JSON"))
-        .collect()
-}
+#[path = "support/humaneval.rs"]
+mod humaneval_data;
+use humaneval_data::humaneval;
 
 #[test]
 fn humaneval_canonical_solutions_produce_no_errors() {

@@ -379,16 +379,11 @@ pub fn marker() -> String {
     format!("kh{}", &uuid::Uuid::new_v4().simple().to_string()[..13])
 }
 
-/// One HumanEval problem (`/work/shared/data/HumanEval.jsonl`, or
-/// `KILN_HUMANEVAL`).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct HumanEval {
-    pub task_id: String,
-    pub prompt: String,
-    pub canonical_solution: String,
-    pub test: String,
-    pub entry_point: String,
-}
+#[path = "humaneval.rs"]
+mod humaneval_data;
+// Not every binary that includes this file reads HumanEval.
+#[allow(unused_imports)]
+pub use humaneval_data::{HumanEval, humaneval};
 
 /// HumanEval jobs in flight at once (the machine's two cores, doubled: a
 /// job waits on process start-up part of the time).
@@ -403,16 +398,6 @@ pub fn humaneval_limits() -> Limits {
         tmpfs_mb: 64,
         output_bytes: 256 * 1024,
     }
-}
-
-pub fn humaneval() -> Vec<HumanEval> {
-    let path = std::env::var("KILN_HUMANEVAL")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/HumanEval.jsonl").into());
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .collect()
 }
 
 /// Wraps the entry point so that every result it returns is changed
