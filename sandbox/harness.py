@@ -21,12 +21,20 @@ request on stdin. It never runs the code under test in its own process:
 
 Invariants the verdict rests on:
 
+* The checker is the sandbox's pid 1 (bubblewrap `--as-pid-1`; a container
+  without an init), so no process outside the harness's control sits above
+  the run: nothing of the candidate's can take pid 1 over, and pid 1 is
+  exempt from the kill(-1) below only because it is the checker itself.
+* No untrusted process can ptrace, read or write another process's memory:
+  before any other role starts, the checker installs a seccomp filter
+  (`confine`) that every process of the run inherits and cannot remove,
+  denying ptrace, process_vm_*, kcmp, pidfd_getfd, the keyring calls and
+  other kernel surface no test needs. Trusted roles are also non-dumpable.
 * No untrusted process is alive while a trusted one starts or reports: the
-  checker kills every other process in the sandbox (kill(-1); the sandbox's
-  init, pid 1, is exempt) between stages and before it writes the report, so
-  a daemon the candidate left behind can neither ptrace a trusted process in
-  the moment before it becomes non-dumpable, nor interleave bytes with the
-  report. The report line starts with a newline for the same reason.
+  checker kills every other process in the sandbox (kill(-1)) between stages
+  and before it writes the report, so a daemon the candidate left behind
+  cannot interleave bytes with the report or meet the next stage. The report
+  line starts with a newline for the same reason.
 * Anything that goes wrong after the candidate's code first ran is reported
   as the run's `problem` (the attempt fails), never as a harness error (which
   Kiln retries as an infrastructure fault): the candidate cannot turn its
@@ -43,6 +51,7 @@ import base64
 import builtins
 import json
 import math
+import operator
 import os
 import select
 import signal
@@ -92,6 +101,78 @@ def set_nondumpable():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(4, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+# System calls no untrusted process may make, by architecture: (audit
+# architecture, {name: number}). ptrace and process_vm_* would let the code
+# under test read or rewrite a trusted process (the forged-verdict attack);
+# kcmp and pidfd_getfd reach into other processes' files; the keyring calls
+# reach keyrings shared beyond the run; perf, bpf, userfaultfd and io_uring
+# are kernel attack surface no test needs; the namespace and mount calls are
+# refused anyway and are denied for defence in depth.
+DENIED_SYSCALLS = {
+    "x86_64": (0xC000003E, {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312,
+        "pidfd_getfd": 438, "process_madvise": 440, "add_key": 248, "request_key": 249,
+        "keyctl": 250, "perf_event_open": 298, "bpf": 321, "userfaultfd": 323,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155,
+        "chroot": 161,
+    }),
+    "aarch64": (0xC00000B7, {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
+        "pidfd_getfd": 438, "process_madvise": 440, "add_key": 217, "request_key": 218,
+        "keyctl": 219, "perf_event_open": 241, "bpf": 280, "userfaultfd": 282,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+        "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
+        "chroot": 51,
+    }),
+}
+
+
+class HarnessFault(Exception):
+    """The harness could not set up a run; nothing of the candidate ran."""
+
+
+def confine():
+    """Installs a seccomp filter that makes every call in DENIED_SYSCALLS
+    fail with EPERM, for this process and all it will start, after setting
+    no_new_privs (which an unprivileged filter requires and which keeps any
+    exec from regaining privileges). Called by every untrusted role before
+    the candidate's code is imported; the filter cannot be removed."""
+    import ctypes
+    import platform
+
+    machine = platform.machine()
+    if machine not in DENIED_SYSCALLS:
+        raise HarnessFault("no seccomp table for architecture %s" % machine)
+    arch, denied = DENIED_SYSCALLS[machine]
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    kill_process, allow, eperm = 0x80000000, 0x7FFF0000, 0x00050000 | 1
+    numbers = sorted(set(denied.values()))
+    # [arch check] [load nr] [x32 guard] [one jeq per denied call] allow, deny
+    program = [(ld_abs, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill_process), (ld_abs, 0, 0, 0)]
+    if machine == "x86_64":
+        # The x32 ABI numbers the same calls from 0x40000000 up.
+        program.append((jge, len(numbers) + 1, 0, 0x40000000))
+    for i, nr in enumerate(numbers):
+        program.append((jeq, len(numbers) - i, 0, nr))
+    program += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    filters = (SockFilter * len(program))(*[SockFilter(*insn) for insn in program])
+    prog = SockFprog(len(program), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise HarnessFault("prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d" % ctypes.get_errno())
+    if libc.prctl(22, 2, ctypes.cast(ctypes.byref(prog), ctypes.c_void_p), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise HarnessFault("installing the seccomp filter failed: errno %d" % ctypes.get_errno())
 
 
 def kill_all_others():
@@ -156,7 +237,49 @@ def child_env():
     }
 
 
-# ---------------------------------------------------------------- encoding
+# ---------------------------------------------------------------- values across the boundary
+#
+# The code under test runs in the runner process; the tests (and their
+# verdicts) run in a trusted process. Values cross in a small tagged JSON
+# encoding, never with pickle: decoding must not execute anything.
+#
+# * Plain data (numbers, strings, bytes, the builtin containers and a few
+#   exact standard-library types) crosses by value. Comparisons of plain
+#   data happen in the trusted process with trusted code, so an answer is
+#   right only if its value is.
+# * Anything else (instances of the solution's classes, functions,
+#   generators, classes) stays where it lives and crosses as a handle: the
+#   other side gets a proxy whose attribute reads, calls, operators and
+#   iteration are requests to the owner. Handles go both ways: a lambda a
+#   test passes to the solution is called back in the trusted process.
+# * Containers a test passes in are tracked by reference: what the
+#   solution did to them in place is copied back into the test's own
+#   objects after the call, and the same object handed back is the test's
+#   object again (`is` holds).
+
+import collections
+import datetime
+import decimal
+import fractions
+
+PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+# Exact standard-library types that cross by value (by name, never by
+# importing a name the other side sent).
+STDLIB_TYPES = {
+    "Counter": collections.Counter,
+    "OrderedDict": collections.OrderedDict,
+    "defaultdict": collections.defaultdict,
+    "deque": collections.deque,
+    "Decimal": decimal.Decimal,
+    "Fraction": fractions.Fraction,
+    "date": datetime.date,
+    "datetime": datetime.datetime,
+    "time": datetime.time,
+    "timedelta": datetime.timedelta,
+}
+STDLIB_NAMES = {v: k for k, v in STDLIB_TYPES.items()}
+FACTORIES = {"int": int, "float": float, "list": list, "set": set, "dict": dict, "str": str, "tuple": tuple}
+MUTABLE_TYPES = (list, dict, set, bytearray, collections.deque, collections.Counter, collections.OrderedDict, collections.defaultdict)
 
 
 class Opaque:
@@ -176,79 +299,244 @@ class Opaque:
         return "<%s %s>" % (self.type_name, self.text)
 
 
-def encode(value, depth=0):
-    if depth > MAX_DEPTH:
-        return {"$o": ["RecursionError", "value nested too deeply"]}
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return {"$f": repr(value)}
-        return value
-    if isinstance(value, list):
-        return [encode(v, depth + 1) for v in value]
-    if isinstance(value, tuple):
-        return {"$t": [encode(v, depth + 1) for v in value]}
-    if isinstance(value, (set, frozenset)):
-        tag = "$s" if isinstance(value, set) else "$fs"
-        return {tag: [encode(v, depth + 1) for v in value]}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: encode(v, depth + 1) for k, v in value.items()}
-        return {"$d": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if isinstance(value, (bytes, bytearray)):
-        return {"$b": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, complex):
-        return {"$c": [value.real, value.imag]}
-    if hasattr(value, "__next__") and hasattr(value, "__iter__"):
-        items = []
-        for i, item in enumerate(value):
-            if i >= 100000:
-                break
-            items.append(encode(item, depth + 1))
-        return items
-    return {"$o": [type(value).__name__, repr(value)[:200]]}
+class Codec:
+    """One side's half of the encoding: its own objects' handles (`local`),
+    and proxies of the other side's (`remote`), so that the same object
+    always crosses as the same handle and comes back as the same proxy."""
 
+    def __init__(self, tag, other_tag, make_proxy):
+        self.tag, self.other_tag = tag, other_tag
+        self.make_proxy = make_proxy
+        self.local = {}  # handle -> object (kept alive: ids are not reused)
+        self.local_ids = {}  # id(object) -> handle
+        self.remote = {}  # handle -> proxy
+        self.names = {}  # the solution module's names, as they crossed
 
-def decode(value, depth=0):
-    if depth > MAX_DEPTH:
-        raise ValueError("value nested too deeply")
-    if isinstance(value, list):
-        return [decode(v, depth + 1) for v in value]
-    if isinstance(value, dict):
+    def handle(self, obj):
+        key = id(obj)
+        h = self.local_ids.get(key)
+        if h is None:
+            h = len(self.local) + 1
+            self.local[h] = obj
+            self.local_ids[key] = h
+        return h
+
+    def encode(self, value, refs=None, track=None, depth=0):
+        """`refs`: id(obj) -> ref of objects the other side owns by
+        reference (sent back as {"$r": ref}); `track`: a list that mutable
+        containers are registered in (sent as {"$m": ref, "v": ...})."""
+        if depth > MAX_DEPTH:
+            return {"$o": ["RecursionError", "value nested too deeply"]}
+        if refs and id(value) in refs:
+            return {"$r": refs[id(value)]}
+        t = type(value)
+        if value is None or t in (bool, str):
+            return value
+        if t is int:
+            return value
+        if t is float:
+            if math.isnan(value) or math.isinf(value):
+                return {"$f": repr(value)}
+            return value
+        if isinstance(value, Proxy):
+            return {self.other_tag: value._kiln_handle_in(self)}
+        if isinstance(value, type) and "_kiln_handle" in value.__dict__:
+            return {self.other_tag: self._mirror_handle(value)}
+        if isinstance(value, BaseException) and "_kiln_remote" in value.__dict__:
+            return self.encode(value.__dict__["_kiln_remote"])
+        if t in MUTABLE_TYPES and track is not None:
+            ref = len(track)
+            track.append(value)
+            return {"$m": ref, "v": self._encode_plain(value, refs, track, depth)}
+        if t in PLAIN_TYPES or t in STDLIB_NAMES:
+            return self._encode_plain(value, refs, track, depth)
+        return self.encode_handle(value)
+
+    def _encode_plain(self, value, refs, track, depth):
+        t = type(value)
+        enc = lambda v: self.encode(v, refs, track, depth + 1)  # noqa: E731
+        if t is list:
+            return [enc(v) for v in value]
+        if t is tuple:
+            return {"$t": [enc(v) for v in value]}
+        if t is set:
+            return {"$s": [enc(v) for v in value]}
+        if t is frozenset:
+            return {"$fs": [enc(v) for v in value]}
+        if t is dict:
+            if all(type(k) is str and not k.startswith("$") for k in value):
+                return {k: enc(v) for k, v in value.items()}
+            return {"$d": [[enc(k), enc(v)] for k, v in value.items()]}
+        if t is bytes:
+            return {"$b": base64.b64encode(value).decode()}
+        if t is bytearray:
+            return {"$ba": base64.b64encode(bytes(value)).decode()}
+        if t is complex:
+            return {"$c": [value.real, value.imag]}
+        name = STDLIB_NAMES[t]
+        if t in (collections.Counter, collections.OrderedDict):
+            return {"$x": name, "v": [[enc(k), enc(v)] for k, v in value.items()]}
+        if t is collections.defaultdict:
+            factory = getattr(value.default_factory, "__name__", None)
+            return {"$x": name, "v": [[enc(k), enc(v)] for k, v in value.items()], "f": factory if factory in FACTORIES else None}
+        if t is collections.deque:
+            return {"$x": name, "v": [enc(v) for v in value], "maxlen": value.maxlen}
+        if t is fractions.Fraction:
+            return {"$x": name, "v": [value.numerator, value.denominator]}
+        if t is datetime.timedelta:
+            return {"$x": name, "v": [value.days, value.seconds, value.microseconds]}
+        return {"$x": name, "v": str(value) if t is decimal.Decimal else value.isoformat()}
+
+    def _mirror_handle(self, mirror):
+        for h, known in self.remote.items():
+            if known is mirror:
+                return h
+        raise RuntimeError("this exception class lived in a solution process that has since ended")
+
+    def encode_handle(self, value):
+        h = self.handle(value)
+        meta = {self.tag: h, "type": type(value).__name__}
+        if isinstance(value, type):
+            meta["kind"] = "exc_class" if issubclass(value, BaseException) else "class"
+            meta["name"] = value.__name__
+            if meta["kind"] == "exc_class":
+                meta["bases"] = [
+                    {"builtin": b.__name__} if b.__module__ == "builtins" else self.encode_handle(b)
+                    for b in value.__bases__
+                ]
+        elif isinstance(value, type(sys)):
+            meta["kind"] = "module"
+            meta["name"] = value.__name__
+            meta["own"] = os.path.realpath(str(getattr(value, "__file__", "") or "")).startswith(SRC_DIR + os.sep)
+        elif hasattr(value, "__next__") and hasattr(value, "__iter__"):
+            meta["kind"] = "iterator"
+        elif callable(value):
+            meta["kind"] = "function"
+        else:
+            meta["kind"] = "object"
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            try:
+                v = getattr(value, attr, None)
+            except Exception:  # noqa: BLE001 - a property that raises
+                v = None
+            if isinstance(v, str):
+                meta[attr] = v[:20000]
+        return meta
+
+    def decode(self, value, refs=None, tracked=None, depth=0):
+        """`refs`: ref -> the object it stands for; `tracked` collects
+        (ref, object) for {"$m"} containers."""
+        if depth > MAX_DEPTH:
+            raise ValueError("value nested too deeply")
+        dec = lambda v: self.decode(v, refs, tracked, depth + 1)  # noqa: E731
+        if isinstance(value, list):
+            return [dec(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if "$m" in value:
+            obj = dec(value["v"])
+            if tracked is not None:
+                tracked.append((value["$m"], obj))
+            return obj
+        if "$r" in value:
+            return refs[value["$r"]]
+        if self.other_tag in value:
+            h = value[self.other_tag]
+            proxy = self.remote.get(h)
+            if proxy is None:
+                proxy = self.make_proxy(self, h, value)
+                self.remote[h] = proxy
+            return proxy
+        if self.tag in value:
+            return self.local[value[self.tag]]
+        if "$x" in value:
+            t = STDLIB_TYPES[value["$x"]]
+            v = value["v"]
+            if t in (collections.Counter, collections.OrderedDict):
+                # From a mapping: Counter counts the items of any other iterable.
+                return t(collections.OrderedDict((dec(k), dec(x)) for k, x in v))
+            if t is collections.defaultdict:
+                return collections.defaultdict(FACTORIES.get(value.get("f")), ((dec(k), dec(x)) for k, x in v))
+            if t is collections.deque:
+                return collections.deque((dec(x) for x in v), value.get("maxlen"))
+            if t is fractions.Fraction:
+                return fractions.Fraction(int(v[0]), int(v[1]))
+            if t is datetime.timedelta:
+                return datetime.timedelta(days=v[0], seconds=v[1], microseconds=v[2])
+            if t is decimal.Decimal:
+                return decimal.Decimal(v)
+            return t.fromisoformat(v)
         if len(value) == 1:
             (tag, inner), = value.items()
             if tag == "$t":
-                return tuple(decode(v, depth + 1) for v in inner)
+                return tuple(dec(v) for v in inner)
             if tag == "$s":
-                return set(decode(v, depth + 1) for v in inner)
+                return set(dec(v) for v in inner)
             if tag == "$fs":
-                return frozenset(decode(v, depth + 1) for v in inner)
+                return frozenset(dec(v) for v in inner)
             if tag == "$d":
-                return {decode(k, depth + 1): decode(v, depth + 1) for k, v in inner}
+                return {dec(k): dec(v) for k, v in inner}
             if tag == "$b":
                 return base64.b64decode(inner)
+            if tag == "$ba":
+                return bytearray(base64.b64decode(inner))
             if tag == "$c":
                 return complex(inner[0], inner[1])
             if tag == "$f":
                 return float(inner)
             if tag == "$o":
                 return Opaque(str(inner[0]), str(inner[1]))
-        return {k: decode(v, depth + 1) for k, v in value.items()}
-    return value
+        return {k: dec(v) for k, v in value.items()}
+
+
+def update_in_place(obj, new):
+    """Makes the test's own container hold what the solution left in it."""
+    if isinstance(obj, (list, bytearray)):
+        obj[:] = new
+    elif isinstance(obj, collections.deque):
+        obj.clear()
+        obj.extend(new)
+    elif isinstance(obj, (dict, set)):
+        obj.clear()
+        obj.update(new)
+
+
+def plain_snapshot(value, depth=0):
+    """The plain value of an object of a subclass of a plain type (a
+    namedtuple, an IntEnum, a list subclass), read through the builtin
+    type, so its class's own `__eq__` never takes part; NO_PLAIN for
+    anything else."""
+    if depth > MAX_DEPTH:
+        return NO_PLAIN
+    t = type(value)
+    if t in PLAIN_TYPES or t in STDLIB_NAMES:
+        return value
+    for base in (bool, int, float, complex, str, bytes, bytearray, tuple, list, frozenset, set, dict):
+        if isinstance(value, base):
+            if base is dict:
+                return dict(dict.items(value))
+            if base in (tuple, list, set, frozenset):
+                return base(base.__iter__(value))
+            return base(value)
+    return NO_PLAIN
+
+
+NO_PLAIN = object()
 
 
 def normalise(value, depth=0):
     """Plain JSON for comparison with expected values (tuples as lists)."""
     if depth > MAX_DEPTH:
         return "<too deep>"
+    if isinstance(value, Proxy):
+        value = value._kiln_plain()
     if isinstance(value, Opaque):
         return {"$unrepresentable": value.type_name, "repr": value.text}
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return repr(value) if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (list, tuple, collections.deque)):
         return [normalise(v, depth + 1) for v in value]
     if isinstance(value, (set, frozenset)):
         items = [normalise(v, depth + 1) for v in value]
@@ -262,6 +550,12 @@ def normalise(value, depth=0):
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, complex):
         return [value.real, value.imag]
+    if isinstance(value, (decimal.Decimal, fractions.Fraction)):
+        return float(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
     return value
 
 
@@ -338,6 +632,328 @@ class Capture:
         return out
 
 
+# ---------------------------------------------------------------- proxies and requests
+
+CONTROL_FLOW = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "KeyboardInterrupt", "SystemExit")
+
+
+def _op_exit(obj, *exc):
+    return obj.__exit__(*exc)
+
+
+# Operations one side may ask of the other's objects. Reflected operators
+# swap their operands here, so the owner always evaluates `a OP b`.
+OPS = {
+    "eq": lambda a, b: bool(a == b),
+    "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+    "len": len, "bool": bool, "repr": repr, "str": str, "hash": hash, "iter": iter, "next": next,
+    "int": int, "float": float, "index": operator.index, "neg": operator.neg, "pos": operator.pos,
+    "abs": abs, "invert": operator.invert, "round": round,
+    "getitem": operator.getitem, "setitem": operator.setitem, "delitem": operator.delitem,
+    "contains": operator.contains, "isinstance": lambda cls, obj: isinstance(obj, cls),
+    "issubclass": lambda cls, sub: issubclass(sub, cls), "enter": lambda a: a.__enter__(), "exit": _op_exit,
+    "dir": lambda a: sorted(dir(a)),
+}
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and_", "or_", "xor", "lshift", "rshift"):
+    _fn = getattr(operator, _name)
+    OPS[_name.rstrip("_")] = _fn
+    OPS["r" + _name.rstrip("_")] = (lambda f: lambda a, b: f(b, a))(_fn)
+
+
+def solution_traceback(e):
+    """The candidate's traceback without the harness's own frames (the
+    harness runs from `-c`, so its frames are in "<string>")."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename != "<string>"]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(e), e)
+    return ("Traceback (most recent call last):\n" + "".join(lines))[-3000:]
+
+
+class Peer:
+    """One end of the request channel between the tests and the runner.
+    Both ends serve requests for their own objects while they wait for a
+    reply, so calls nest in both directions (a solution calling a test's
+    callback, which calls the solution again)."""
+
+    def __init__(self, codec, out_fd, in_fd):
+        self.codec = codec
+        self.out_fd, self.in_fd = out_fd, in_fd
+        # Mirror classes of the solution's exceptions, by qualified name, so
+        # they stay the same classes when the solution process restarts.
+        self.mirrors = {}
+
+    def wait(self):
+        """The next message from the other side."""
+        return recv(self.in_fd)
+
+    def request(self, op, *operands, **extra):
+        track = []
+        message = {"req": dict(extra, op=op, operands=[self.codec.encode(o, track=track) for o in operands])}
+        send(self.out_fd, message)
+        while True:
+            reply = self.wait()
+            if "req" in reply:
+                send(self.out_fd, self.serve(reply["req"]))
+                continue
+            for ref, new in (reply.get("mut") or {}).items():
+                update_in_place(track[int(ref)], self.codec.decode(new, refs=track))
+            return reply, track
+
+    def serve(self, req):
+        """Performs one request on this side's objects and returns the
+        reply: the result, or the exception, and what the call did to the
+        containers it was given."""
+        tracked = []
+        try:
+            operands = [self.codec.decode(o, tracked=tracked) for o in req["operands"]]
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
+            return {"exc": {"type": "TypeError", "message": "undecodable arguments: %r" % e, "trace": ""}}
+        refs = {id(obj): ref for ref, obj in tracked}
+        before = {ref: self.codec._encode_plain(obj, refs, None, 0) for ref, obj in tracked}
+        op = req.get("op")
+        try:
+            if op == "call":
+                fn, args, kwargs = operands
+                result = fn(*args, **kwargs)
+            elif op == "getattr":
+                result = getattr(operands[0], req["name"])
+            elif op == "setattr":
+                result = setattr(operands[0], req["name"], operands[1])
+            elif op == "delattr":
+                result = delattr(operands[0], req["name"])
+            elif op == "plain":
+                result = plain_snapshot(operands[0])
+                if result is NO_PLAIN:
+                    return {"noplain": True}
+            else:
+                result = OPS[op](*operands)
+            reply = {"ok": self.codec.encode(result, refs=refs)}
+        except StopIteration:
+            if op != "next":
+                reply = {"exc": self.describe(RuntimeError("StopIteration raised outside iteration"))}
+            else:
+                reply = {"stop": True}
+        except BaseException as e:  # noqa: BLE001 - SystemExit inside the code is a failure too
+            reply = {"exc": self.describe(e)}
+        mutated = {}
+        for ref, obj in tracked:
+            now = self.codec._encode_plain(obj, refs, None, 0)
+            if now != before[ref]:
+                mutated[ref] = now
+        if mutated:
+            reply["mut"] = mutated
+        return reply
+
+    def describe(self, e):
+        t = type(e)
+        exc = {"type": t.__name__, "message": str(e)[:2000], "trace": solution_traceback(e)}
+        if t.__module__ != "builtins" and issubclass(t, Exception):
+            exc["cls"] = self.codec.encode_handle(t)
+            exc["obj"] = self.codec.encode_handle(e)
+        try:
+            exc["args"] = self.codec.encode(tuple(e.args))
+        except Exception:  # noqa: BLE001 - arguments that cannot cross
+            pass
+        return exc
+
+    def result(self, op, *operands, **extra):
+        """Performs `op` on the other side and returns its result, raising
+        what it raised."""
+        reply, track = self.request(op, *operands, **extra)
+        if "ok" in reply:
+            return self.codec.decode(reply["ok"], refs=track)
+        if reply.get("stop"):
+            raise StopIteration
+        if reply.get("noplain"):
+            return NO_PLAIN
+        raise self.exception(reply.get("exc") or {})
+
+    def exception(self, exc):
+        """The exception to raise for one the other side raised: the same
+        builtin type, or a local mirror of the solution's own class; the
+        exceptions that steer control flow (StopIteration and friends) never
+        cross as themselves, so a raised one cannot end a test's loop or
+        make `all()` true."""
+        type_name, message = str(exc.get("type")), str(exc.get("message"))[:2000]
+        trace = str(exc.get("trace", ""))[-3000:]
+        try:
+            args = self.codec.decode(exc["args"]) if "args" in exc else (message,)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            args = (message,)
+        error = None
+        if type_name in CONTROL_FLOW:
+            error = RuntimeError("the solution raised %s%s" % (type_name, ": " + message if message else ""))
+        elif "cls" in exc:
+            try:
+                cls = self.codec.decode(exc["cls"])
+                error = cls.__new__(cls)
+                error.args = tuple(args) if isinstance(args, tuple) else (message,)
+                if "obj" in exc:
+                    object.__setattr__(error, "_kiln_remote", self.codec.decode(exc["obj"]))
+            except Exception:  # noqa: BLE001 - fall back to a plain RuntimeError
+                error = None
+        else:
+            builtin = getattr(builtins, type_name, None)
+            if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin.__module__ == "builtins":
+                try:
+                    error = builtin(*args) if isinstance(args, tuple) else builtin(message)
+                except Exception:  # noqa: BLE001 - exceptions whose constructors want more
+                    error = None
+        if error is None:
+            error = RuntimeError("%s: %s" % (type_name, message))
+        if trace:
+            error.add_note("raised in solution:\n" + trace)
+        return error
+
+
+def make_proxy_factory(peer_ref):
+    """The codec's proxy maker: a Proxy for objects, a real (mirror) class
+    for the solution's exception classes so `pytest.raises` and `except`
+    work with them."""
+
+    def make(codec, h, meta):
+        peer = peer_ref[0]
+        if meta.get("kind") == "exc_class":
+            key = str(meta.get("__qualname__") or meta.get("name"))
+            if key in peer.mirrors:
+                return peer.mirrors[key]
+            bases = []
+            for b in meta.get("bases") or []:
+                if "builtin" in b:
+                    base = getattr(builtins, str(b["builtin"]), None)
+                    if isinstance(base, type) and issubclass(base, Exception):
+                        bases.append(base)
+                else:
+                    base = codec.decode(b)
+                    if isinstance(base, type):
+                        bases.append(base)
+            namespace = {"__module__": "solution", "_kiln_handle": h, "__getattr__": _mirror_getattr,
+                         "__doc__": meta.get("__doc__")}
+            name = str(meta.get("name") or "Error")
+            try:
+                mirror = type(name, tuple(bases) or (Exception,), namespace)
+            except TypeError:  # an unmirrorable layout of bases
+                mirror = type(name, (Exception,), namespace)
+            peer.mirrors[key] = mirror
+            return mirror
+        return Proxy(peer, codec, h, meta)
+
+    return make
+
+
+def _mirror_getattr(self, name):
+    remote = self.__dict__.get("_kiln_remote")
+    if remote is None or name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(remote, name)
+
+
+class Proxy:
+    """An object that lives on the other side. Attribute reads and writes,
+    calls, operators and iteration are requests to its owner. Equality is
+    the one exception: a proxy equals a plain value only if it is an
+    instance of a plain type (a namedtuple, an IntEnum, a list subclass)
+    whose plain value, compared here, equals it; the solution's own
+    `__eq__` is asked only to compare two of its own objects. So an object
+    that claims to equal everything equals nothing it was not built to."""
+
+    __slots__ = ("__dict__", "__weakref__")
+
+    def __init__(self, peer, codec, h, meta):
+        d = self.__dict__
+        d["_kiln_peer"], d["_kiln_codec"], d["_kiln_h"] = peer, codec, h
+        d["_kiln_kind"], d["_kiln_type"], d["_kiln_path"] = meta.get("kind"), meta.get("type"), None
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            d[attr] = meta.get(attr)
+        d["__module__"] = "solution"
+
+    def _kiln_handle_in(self, codec):
+        """This object's handle in `codec`: a module-level name of the
+        solution is found again in a restarted solution process; any other
+        object died with the process it lived in."""
+        d = self.__dict__
+        if d["_kiln_codec"] is not codec:
+            path = d["_kiln_path"]
+            fresh = codec.decode(codec.names[path]) if path is not None and path in codec.names else None
+            if not isinstance(fresh, Proxy):
+                raise RuntimeError("this object lived in a solution process that has since ended")
+            d["_kiln_codec"], d["_kiln_h"] = codec, fresh.__dict__["_kiln_h"]
+        return d["_kiln_h"]
+
+    def _kiln(self, op, *operands, **extra):
+        return self.__dict__["_kiln_peer"].result(op, self, *operands, **extra)
+
+    def __getattr__(self, name):
+        if name.startswith("_kiln"):
+            raise AttributeError(name)
+        return self._kiln("getattr", name=name)
+
+    def __setattr__(self, name, value):
+        self._kiln("setattr", value, name=name)
+
+    def __delattr__(self, name):
+        self._kiln("delattr", name=name)
+
+    def __call__(self, *args, **kwargs):
+        return self.__dict__["_kiln_peer"].result("call", self, list(args), dict(kwargs))
+
+    def __eq__(self, other):
+        if isinstance(other, Proxy):
+            return self._kiln("eq", other)
+        plain = self._kiln("plain")
+        if plain is NO_PLAIN:
+            return NotImplemented
+        return plain == other
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self):
+        return self._kiln("hash")
+
+    def __iter__(self):
+        if self.__dict__["_kiln_kind"] == "iterator":
+            return self
+        return self._kiln("iter")
+
+    def __next__(self):
+        return self._kiln("next")
+
+    def __instancecheck__(self, instance):
+        return self._kiln("isinstance", instance) if isinstance(instance, Proxy) else False
+
+    def __subclasscheck__(self, subclass):
+        return self._kiln("issubclass", subclass) if isinstance(subclass, Proxy) else False
+
+    def __exit__(self, *exc):
+        # Exception types and tracebacks do not cross; the instance does.
+        return self._kiln("exit", None, exc[1] if len(exc) > 1 and isinstance(exc[1], Exception) else None, None)
+
+    def _kiln_plain(self):
+        """The plain value for comparison with an expected value, or an
+        Opaque that equals nothing."""
+        plain = self._kiln("plain")
+        if plain is NO_PLAIN:
+            return Opaque(str(self.__dict__["_kiln_type"]), str(self._kiln("repr"))[:200])
+        return plain
+
+
+def _forward(op):
+    def method(self, *operands):
+        return self._kiln(op, *operands)
+
+    method.__name__ = "__%s__" % op
+    return method
+
+
+for _op in ("lt", "le", "gt", "ge", "len", "bool", "repr", "str", "int", "float", "index", "neg", "pos",
+            "abs", "invert", "round", "getitem", "setitem", "delitem", "contains", "enter", "dir"):
+    setattr(Proxy, "__%s__" % _op, _forward(_op))
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"):
+    setattr(Proxy, "__%s__" % _name, _forward(_name))
+    setattr(Proxy, "__r%s__" % _name, _forward("r" + _name))
+
+
 # ---------------------------------------------------------------- runner role
 
 
@@ -352,57 +968,51 @@ def prefer_oom_kill():
 
 
 def runner_main(req_fd, resp_fd):
-    """Imports the candidate and serves calls. Runs untrusted code."""
+    """Imports the candidate and serves requests on its objects. Runs
+    untrusted code; never sees expected values or verdicts."""
     prefer_oom_kill()
     sys.path.insert(0, SRC_DIR)
     os.chdir(SRC_DIR)
+    peer_ref = []
+    codec = Codec("$h", "$th", make_proxy_factory(peer_ref))
+    peer = Peer(codec, resp_fd, req_fd)
+    peer_ref.append(peer)
     try:
         import solution  # noqa: F401
     except BaseException as e:  # noqa: BLE001 - report anything, even SystemExit
-        send(resp_fd, {"import_error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]})
+        send(resp_fd, {"import_error": solution_traceback(e)[-4000:]})
         return
     module = sys.modules["solution"]
     names = {}
-    for name in getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]:
-        value = getattr(module, name, None)
-        if isinstance(value, type(sys)):
+    for name, value in list(vars(module).items()):
+        if name.startswith("__") and name.endswith("__") and name != "__all__":
             continue
-        if callable(value):
-            names[name] = {"kind": "class" if isinstance(value, type) else "function"}
-        else:
-            names[name] = {"kind": "value", "value": encode(value)}
+        try:
+            names[name] = codec.encode(value)
+        except Exception as e:  # noqa: BLE001 - a value that cannot cross
+            names[name] = {"$o": [type(value).__name__, "cannot cross: %s" % type(e).__name__]}
     send(resp_fd, {"ready": True, "names": names})
     while True:
         try:
-            request = recv(req_fd)
+            message = recv(req_fd)
         except EOFError:
             return
-        try:
-            fn = getattr(module, request["fn"])
-            args = decode(request.get("args", []))
-            kwargs = decode(request.get("kwargs", {}))
-            result = fn(*args, **kwargs)
-            reply = {"ok": encode(result)}
-        except BaseException as e:  # noqa: BLE001 - SystemExit inside the function is a failure too
-            reply = {
-                "exc": {
-                    "type": type(e).__name__,
-                    "message": str(e)[:2000],
-                    "trace": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:],
-                }
-            }
-        try:
-            send(resp_fd, reply)
-        except (TypeError, ValueError) as e:
-            send(resp_fd, {"exc": {"type": "TypeError", "message": "result cannot be encoded: %s" % e, "trace": ""}})
+        if "req" not in message:
+            return
+        send(resp_fd, peer.serve(message["req"]))
 
 
-class Candidate:
-    """The checker's or test process's handle on a runner process."""
+class Candidate(Peer):
+    """The trusted side's handle on a runner process: starts it, serves the
+    runner's callbacks while waiting, and bounds every request by the CPU
+    time the runner spends on it (so a verdict does not depend on how busy
+    the machine is), with the run's deadline as the wall-clock backstop."""
 
-    def __init__(self, output_limit, deadline):
+    def __init__(self, output_limit, deadline, call_cpu_s):
+        super().__init__(None, None, None)
         self.output_limit = output_limit
         self.deadline = deadline
+        self.call_cpu_s = call_cpu_s
         self.proc = None
         self.outputs = []
         self.names = {}
@@ -417,10 +1027,12 @@ class Candidate:
         finally:
             os.close(req_r)
             os.close(resp_w)
-        self.req_w, self.resp_r = req_w, resp_r
+        self.out_fd, self.in_fd = req_w, resp_r
+        # Handles number the objects of one solution process only.
+        self.codec = Codec("$th", "$h", make_proxy_factory([self]))
         self.outputs.append(Capture(self.proc.stdout, self.output_limit))
         try:
-            hello = recv(self.resp_r, self.deadline)
+            hello = recv(self.in_fd, self.deadline)
         except (EOFError, TimeoutError, ValueError) as e:
             self.import_error = "the solution process ended before finishing its import (%s, exit code %s)" % (
                 "time ran out" if isinstance(e, TimeoutError) else type(e).__name__,
@@ -432,11 +1044,12 @@ class Candidate:
             self.stop()
             return
         names = hello.get("names")
-        if not isinstance(names, dict) or not all(isinstance(n, str) and isinstance(i, dict) for n, i in names.items()):
+        if not isinstance(names, dict):
             self.import_error = "the solution process sent a malformed list of names"
             self.stop()
             return
         self.names = names
+        self.codec.names = names
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -449,38 +1062,69 @@ class Candidate:
         except OSError:
             pass
         code = self.proc.wait()
-        for fd in (self.req_w, self.resp_r):
+        for fd in (self.out_fd, self.in_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
         return code
 
-    def call(self, fn, args, kwargs, timeout):
+    def cpu_seconds(self):
+        """CPU time the runner (all its threads) has used so far."""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def wait(self):
+        start_cpu = self.cpu_seconds()
+        while True:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.stop()
+                raise TimeoutError("the run's time ran out while the solution was running")
+            ready, _, _ = select.select([self.in_fd], [], [], min(0.05, self.deadline - now))
+            if ready:
+                break
+            if self.cpu_seconds() - start_cpu > self.call_cpu_s:
+                self.stop()
+                raise TimeoutError("the solution used more than %ss of CPU time in one call" % self.call_cpu_s)
+        return recv(self.in_fd, self.deadline)
+
+    def request(self, op, *operands, **extra):
         if not self.alive() and self.import_error is None:
             self.start()
         if self.import_error is not None:
             raise RuntimeError(self.import_error)
         try:
-            send(self.req_w, {"fn": fn, "args": encode(list(args)), "kwargs": encode(dict(kwargs))})
-            reply = recv(self.resp_r, min(time.monotonic() + timeout, self.deadline))
-        except TimeoutError:
-            self.stop()
-            raise TimeoutError("%s(...) did not return within %ss" % (fn, timeout)) from None
+            reply, track = super().request(op, *operands, **extra)
         except (EOFError, BrokenPipeError):
             code = self.stop()
-            raise RuntimeError("the solution process exited (code %s) while running %s" % (code, fn)) from None
+            raise RuntimeError("the solution process exited (code %s) while running it" % code) from None
         except ValueError as e:
             # The stream is out of step after a bad message: start afresh.
             self.stop()
-            raise RuntimeError("%s(...) answered with an unusable message: %s" % (fn, e)) from None
-        if not ("ok" in reply or isinstance(reply.get("exc"), dict)):
+            raise RuntimeError("the solution answered with an unusable message: %s" % e) from None
+        if not any(k in reply for k in ("ok", "exc", "stop", "noplain")):
             self.stop()
-            raise RuntimeError("%s(...) answered with an unusable message" % fn)
-        return reply
+            raise RuntimeError("the solution answered with an unusable message")
+        return reply, track
+
+    def name(self, name):
+        """A name of the solution module, decoded: a proxy that finds the
+        name again should the solution process restart."""
+        value = self.codec.decode(self.names[name])
+        if isinstance(value, Proxy):
+            value.__dict__["_kiln_path"] = name
+        return value
 
     def output(self):
         return "".join(c.text() for c in self.outputs)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- tests role
@@ -530,50 +1174,49 @@ def load_test_module(source, config):
     return module
 
 
-def proxy_module(candidate, timeout):
-    """The `solution` the tests import: a module whose functions call the
-    runner and whose values are plain data decoded from it."""
+def proxy_module(candidate, entry_point):
+    """The `solution` the tests import: every name of the candidate's
+    module, private ones too, as plain values or proxies (real mirror
+    classes for its exceptions, the real module for a standard-library
+    module it imported)."""
     import types
 
-    def remote(name):
-        def call(*args, **kwargs):
-            reply = candidate.call(name, args, kwargs, timeout)
-            if "ok" in reply:
-                return decode(reply["ok"])
-            exc = reply["exc"]
-            type_name, message = str(exc.get("type")), str(exc.get("message"))[:2000]
-            builtin = getattr(builtins, type_name, None)
-            if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin.__module__ == "builtins":
-                try:
-                    error = builtin(message)
-                except Exception:  # noqa: BLE001 - exceptions whose constructors want more
-                    error = None
-                if error is not None:
-                    raise error
-            raise RuntimeError("%s: %s\n%s" % (type_name, message, str(exc.get("trace", ""))[-3000:]))
-
-        call.__name__ = name
-        call.__qualname__ = name
-        return call
-
     proxy = types.ModuleType("solution")
-    exported = []
-    for name, info in candidate.names.items():
-        if name.startswith("__") and name.endswith("__"):
-            continue
-        kind = info.get("kind")
-        if kind == "function":
-            setattr(proxy, name, remote(name))
-        elif kind == "value":
+    declared = None
+    for name in candidate.names:
+        if name == "__all__":
             try:
-                setattr(proxy, name, decode(info.get("value")))
+                declared = candidate.name(name)
             except (ValueError, TypeError, KeyError, IndexError, RecursionError):
-                setattr(proxy, name, Opaque("value", name))
-        else:
-            setattr(proxy, name, Opaque("class", name))
-        if not name.startswith("_") and name not in NOT_EXPORTED and not name.lower().startswith(NOT_EXPORTED_PREFIXES):
-            exported.append(name)
-    proxy.__all__ = exported
+                declared = None
+            continue
+        try:
+            value = candidate.name(name)
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            value = Opaque("value", name)
+        if isinstance(value, Proxy) and value.__dict__["_kiln_kind"] == "module":
+            module_name = str(value.__dict__.get("__name__") or "")
+            if module_name.split(".")[0] in sys.stdlib_module_names:
+                try:
+                    value = __import__(module_name, fromlist=["_"])
+                except ImportError:
+                    pass
+        setattr(proxy, name, value)
+    if isinstance(declared, (list, tuple)) and all(isinstance(n, str) for n in declared):
+        public = list(declared)
+    else:
+        public = [n for n in candidate.names if not n.startswith("_")]
+    # What `from solution import *` binds, as plain Python would, except
+    # names that would change how the tests are judged or collected: a
+    # builtin's name (an exported `all` or `len` would rewrite the test's
+    # own checks) unless it is the entry point the spec names, pytest's
+    # collection prefixes, and module-level pytest settings.
+    proxy.__all__ = [
+        n for n in public
+        if hasattr(proxy, n)
+        and (n not in NOT_EXPORTED or n == entry_point)
+        and not n.lower().startswith(NOT_EXPORTED_PREFIXES)
+    ]
 
     def missing(name):
         if candidate.import_error:
@@ -593,8 +1236,8 @@ def tests_main(config_fd, result_fd):
     source = config["test_code"]
     import pytest
 
-    candidate = Candidate(config["output_limit"], config["deadline"])
-    sys.modules["solution"] = proxy_module(candidate, config["call_timeout_s"])
+    candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"])
+    sys.modules["solution"] = proxy_module(candidate, config["entry_point"])
 
     class SpecModule(pytest.Module):
         """The spec's test module, compiled from the source sent by the
@@ -839,30 +1482,30 @@ def check_function(request, deadline):
     problem = None
     outputs = []
     if fn.get("cases"):
-        candidate = Candidate(limit, deadline)
+        candidate = Candidate(limit, deadline, fn["call_cpu_s"])
         for i, case in enumerate(fn["cases"]):
             name = "case_%d" % i
             if candidate.import_error:
                 cases.append({"name": name, "error": candidate.import_error})
                 continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 problem = "the run's time ran out after %d of %d test cases" % (i, len(fn["cases"]))
                 break
             args, kwargs = case_arguments(case["input"])
             try:
-                reply = candidate.call(fn["entry_point"], args, kwargs, min(fn["call_timeout_s"], remaining))
+                entry = candidate.name(fn["entry_point"])
+                reply, track = candidate.request("call", entry, list(args), dict(kwargs))
+                if "ok" in reply:
+                    cases.append({"name": name, "value": normalise(candidate.codec.decode(reply["ok"], refs=track))})
+                else:
+                    exc = reply.get("exc") or {}
+                    cases.append({"name": name, "error": "%s: %s" % (str(exc.get("type"))[:200], str(exc.get("message"))[:2000])})
+            except KeyError:
+                cases.append({"name": name, "error": "solution defines no %s" % fn["entry_point"]})
             except (RuntimeError, TimeoutError) as e:
                 cases.append({"name": name, "error": str(e)})
-                continue
-            if "ok" in reply:
-                try:
-                    cases.append({"name": name, "value": normalise(decode(reply["ok"]))})
-                except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
-                    cases.append({"name": name, "error": "undecodable result: %s" % type(e).__name__})
-            else:
-                exc = reply["exc"]
-                cases.append({"name": name, "error": "%s: %s" % (str(exc.get("type"))[:200], str(exc.get("message"))[:2000])})
+            except (ValueError, TypeError, IndexError, RecursionError) as e:
+                cases.append({"name": name, "error": "undecodable result: %s" % type(e).__name__})
         candidate.stop()
         outputs.append(candidate.output())
         # Whatever the candidate left running must not meet the tests process.
@@ -881,7 +1524,8 @@ def check_function(request, deadline):
             send(config_w, {
                 "test_code": fn["test_code"],
                 "output_limit": limit,
-                "call_timeout_s": fn["call_timeout_s"],
+                "call_cpu_s": fn["call_cpu_s"],
+                "entry_point": fn["entry_point"],
                 "deadline": deadline,
             })
         except OSError:
@@ -961,6 +1605,11 @@ def checker_main():
     # line as an infrastructure failure, one with it as the code's own doing.
     sys.stdout.write("KILN-READY\n")
     sys.stdout.flush()
+    try:
+        # Before any other process starts: every role inherits the filter.
+        confine()
+    except HarnessFault as e:
+        report_line(nonce, {"harness_error": str(e)}, request["output_limit"])
     started = time.monotonic()
     deadline = started + request["timeout_s"]
     try:
@@ -988,7 +1637,12 @@ def checker_main():
             report = {"harness_error": traceback.format_exc()[-4000:]}
     kill_all_others()
     report["elapsed_ms"] = int((time.monotonic() - started) * 1000)
-    line = "\nKILN-REPORT %s %s\n" % (nonce, fit_report(report, request["output_limit"]))
+    report_line(nonce, report, request["output_limit"])
+
+
+def report_line(nonce, report, output_limit):
+    """Writes the one authenticated report line and ends the run."""
+    line = "\nKILN-REPORT %s %s\n" % (nonce, fit_report(report, output_limit))
     sys.stdout.flush()
     write_all(1, line.encode())
     os._exit(0)

@@ -214,6 +214,11 @@ pub struct SandboxSettings {
     /// `KILN_SANDBOX_OUTPUT_KB` (default 256): captured output per stream;
     /// the rest is discarded while the run goes on.
     pub output_kb: u64,
+    /// `KILN_SANDBOX_SLOTS` (default: the machine's cores): sandbox runs in
+    /// progress at once per worker. Separate from `KILN_WORKER_CONCURRENCY`
+    /// (jobs in flight, mostly waiting for the model), so that waiting for
+    /// the model never oversubscribes the CPU with sandbox runs.
+    pub slots: usize,
 }
 
 /// The dispatcher's feeder and reconciler.
@@ -369,6 +374,10 @@ impl Settings {
                 pids: src.positive("KILN_SANDBOX_PIDS", 256)?,
                 tmpfs_mb: src.positive("KILN_SANDBOX_TMPFS_MB", 128)?,
                 output_kb: src.positive("KILN_SANDBOX_OUTPUT_KB", 256)?,
+                slots: src.positive(
+                    "KILN_SANDBOX_SLOTS",
+                    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+                )?,
             },
             feeder: FeederSettings {
                 window: src.positive("KILN_QUEUE_WINDOW", 1000)?,

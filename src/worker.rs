@@ -24,7 +24,7 @@ use crate::pipeline::{JobEnd, Pipeline, PipelineSettings};
 use crate::queue::coordination::Coordination;
 use crate::queue::{self, Handler};
 use crate::sandbox::process::ProcessSandbox;
-use crate::sandbox::{Limits, Sandbox};
+use crate::sandbox::{Limits, Sandbox, Slots};
 use crate::store::{Store, StoreError};
 
 /// Errors that stop a worker from starting.
@@ -87,7 +87,7 @@ impl Worker {
                 crate::sandbox::docker::DockerSandbox::connect(
                     &settings.sandbox.image,
                     &Limits::from_settings(&settings.sandbox),
-                    settings.worker.concurrency.min(8),
+                    settings.sandbox.slots,
                 )
                 .await?,
             ),
@@ -115,7 +115,7 @@ impl Worker {
             store,
             llm,
             guard,
-            sandbox,
+            sandbox: Arc::new(Slots::new(sandbox, settings.sandbox.slots)),
             settings: PipelineSettings {
                 default_model: settings.llm.model.clone(),
                 max_tokens: settings.llm.max_tokens,

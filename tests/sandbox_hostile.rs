@@ -1134,6 +1134,118 @@ async fn secret_stays_unreadable(backend: Backend, secret: &str) {
     assert!(!report.output.contains(secret), "the secret is in the run's output");
 }
 
+// ---------------------------------------------------------------- other processes
+
+/// The forged-verdict attack of the outside review: code under test
+/// ptrace-attached the sandbox's pid 1 (then bubblewrap's init or Docker's,
+/// dumpable and of the same uid), made it exec its own program, which
+/// escaped `kill(-1)` and rewrote the trusted pytest process's output. Each
+/// step needs one of these calls; every one must be refused, against pid 1
+/// and every other process of the run, trusted or not.
+const TRACE_OTHERS: &str = r"
+import ctypes, os
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.syscall.restype = ctypes.c_long
+PTRACE_ATTACH, PTRACE_SEIZE, PTRACE_DETACH = 16, 0x4206, 17
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+
+
+def _reached():
+    me = os.getpid()
+    found = []
+    for pid in sorted({1} | {int(p) for p in os.listdir('/proc') if p.isdigit()}):
+        if pid == me:
+            continue
+        for request in (PTRACE_ATTACH, PTRACE_SEIZE):
+            if libc.ptrace(request, pid, None, None) == 0:
+                found.append('ptrace %d of pid %d' % (request, pid))
+                libc.ptrace(PTRACE_DETACH, pid, None, None)
+        buf = ctypes.create_string_buffer(8)
+        local = IoVec(ctypes.cast(buf, ctypes.c_void_p), 8)
+        remote = IoVec(ctypes.c_void_p(0x400000), 8)
+        # process_vm_readv: EPERM when refused, EFAULT when allowed.
+        if libc.syscall(310, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
+            found.append('process_vm_readv of pid %d' % pid)
+    try:
+        with open('/proc/1/cmdline', 'rb') as f:
+            if b'KILN-REPORT' not in f.read():
+                found.append('pid 1 is not the harness')
+    except OSError:
+        pass
+    return found
+
+
+REACHED = _reached()
+
+
+def escaped():
+    return bool(REACHED)
+";
+
+async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(backend: Backend) {
+    let (report, _) = judged_failed(backend, |m| {
+        job(
+            "escaped",
+            TRACE_OTHERS,
+            m,
+            vec![(json!([]), json!(true))],
+            Some(ESCAPED_TESTS),
+        )
+    })
+    .await;
+    // Judged on what it found, in the runner and under the trusted tests.
+    assert!(
+        report
+            .cases
+            .iter()
+            .any(|c| c.message.contains("expected true, got false")),
+        "the probe ran and found nothing: {report:#?}"
+    );
+}
+
+/// Kernel keyrings are not namespaced by the run: a key one run added
+/// appeared in a concurrent run's `/proc/keys`. The keyring calls are
+/// refused outright.
+const KEYRINGS: &str = r"
+import ctypes
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+KEY_SPEC_USER_KEYRING, KEY_SPEC_SESSION_KEYRING = -4, -3
+
+
+def escaped():
+    added = libc.syscall(248, b'user', b'kiln-MARKER', b'left for the next run', 21, KEY_SPEC_USER_KEYRING)
+    joined = libc.syscall(250, 1, None)  # KEYCTL_JOIN_SESSION_KEYRING
+    found = libc.syscall(250, 0, KEY_SPEC_SESSION_KEYRING, 1)  # KEYCTL_GET_KEYRING_ID, create
+    return added >= 0 or joined >= 0 or found >= 0
+";
+
+async fn the_kernel_keyrings_are_out_of_reach_and_judged_failed(backend: Backend) {
+    let (report, _) = judged_failed(backend, |m| {
+        job(
+            "escaped",
+            KEYRINGS,
+            m,
+            vec![(json!([]), json!(true))],
+            Some(ESCAPED_TESTS),
+        )
+    })
+    .await;
+    assert!(
+        report
+            .cases
+            .iter()
+            .any(|c| c.message.contains("expected true, got false")),
+        "the probe ran and reached no keyring: {report:#?}"
+    );
+}
+
 // ---------------------------------------------------------------- both backends
 
 macro_rules! for_both_backends {
@@ -1183,4 +1295,6 @@ for_both_backends!(
     killing_every_other_process_is_judged_failed,
     stopping_every_other_process_is_judged_failed,
     stealing_the_nonce_to_forge_a_report_is_judged_failed,
+    ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed,
+    the_kernel_keyrings_are_out_of_reach_and_judged_failed,
 );

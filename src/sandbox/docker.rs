@@ -7,7 +7,8 @@
 //! `no-new-privileges`, no network, a read-only root, size-limited
 //! `noexec` tmpfs at `/work` and `/tmp`, memory equal to memory+swap, one
 //! CPU, a pids limit, rlimits (open files, file size, CPU seconds, core
-//! dumps), Docker's init as pid 1, its own cgroup namespace and capped logs.
+//! dumps), the run's own command as pid 1 (no init: the harness is pid 1),
+//! its own cgroup namespace and capped logs.
 //! Nothing of the worker's environment enters it.
 //!
 //! # Per-run cost
@@ -319,7 +320,7 @@ impl DockerSandbox {
         }
         let (stdout, stdout_tail, out_truncated) = stdout.finish();
         let (stderr, _, err_truncated) = stderr.finish();
-        // Docker's init exits with 128 + n when the command died of signal n.
+        // Docker reports 128 + n when pid 1 died of signal n.
         let (exit_code, signal) = match exit {
             None => (None, Some(9)),
             Some(code) if (129..=192).contains(&code) => (None, Some((code - 128) as i32)),
@@ -520,7 +521,9 @@ impl Inner {
                 cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
-                init: Some(true),
+                // No init: the harness itself is pid 1, so nothing the run's code
+                // could take over sits above it.
+                init: Some(false),
                 privileged: Some(false),
                 ulimits: Some(vec![
                     ulimit("nofile", 512),

@@ -27,8 +27,10 @@ use crate::spec::{FunctionSpec, ServiceSpec, Spec};
 /// The trusted checker, run inside every sandbox.
 pub const HARNESS: &str = include_str!("../../sandbox/harness.py");
 
-/// Most seconds one call of the function under test may take.
-const CALL_TIMEOUT_S: f64 = 10.0;
+/// Most CPU seconds one call of the function under test may use. CPU, not
+/// wall-clock, time: a verdict must not depend on how busy the machine is.
+/// The run's wall clock stays the backstop.
+const CALL_CPU_S: f64 = 10.0;
 
 /// Arguments that start the harness in the sandbox's Python.
 pub fn harness_args() -> Vec<String> {
@@ -60,7 +62,7 @@ pub async fn run_tests(
                 "entry_point": f.entry_point,
                 "cases": f.test_cases.iter().map(|c| json!({"input": c.input})).collect::<Vec<_>>(),
                 "test_code": f.test_code,
-                "call_timeout_s": CALL_TIMEOUT_S.min(harness_timeout),
+                "call_cpu_s": CALL_CPU_S.min(harness_timeout),
             });
         }
         Spec::Service(s) => {

@@ -113,6 +113,52 @@ pub trait Sandbox: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
+/// A sandbox whose runs proceed at most `slots` at once; the rest wait for
+/// a slot before their run (and its wall clock) starts. A worker holds many
+/// jobs that mostly wait for the model; bounding their sandbox runs by the
+/// machine's cores keeps the CPU from being oversubscribed, so a run's time
+/// does not depend on how many jobs the worker holds.
+pub struct Slots {
+    inner: std::sync::Arc<dyn Sandbox>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Slots {
+    pub fn new(inner: std::sync::Arc<dyn Sandbox>, slots: usize) -> Slots {
+        Slots {
+            inner,
+            permits: tokio::sync::Semaphore::new(slots.max(1)),
+        }
+    }
+}
+
+impl Sandbox for Slots {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn run_python<'a>(
+        &'a self,
+        args: &'a [String],
+        stdin: Vec<u8>,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
+        Box::pin(async move {
+            let _slot = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))?;
+            self.inner.run_python(args, stdin, limits).await
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.permits.close();
+        self.inner.shutdown()
+    }
+}
+
 /// Whether `name` (of a cgroup, a directory) is `<prefix><pid>-…` and
 /// process `pid` is gone: how the process backend recognises what a worker
 /// that died left behind.

@@ -251,8 +251,8 @@ impl ProcessSandbox {
         let oom_killed = zygote.group.as_ref().is_some_and(RunGroup::oom_killed);
         if let Some(group) = zygote.group.take() {
             // Teardown polls the kernel; keep it off the async threads. After
-            // a normal exit the pid namespace is already empty (its init
-            // reaps everything before bubblewrap returns), so removing the
+            // a normal exit the pid namespace is already empty (the kernel kills
+            // and reaps the rest when pid 1 exits, before bubblewrap returns), so removing the
             // groups is bookkeeping and need not delay the result; after a
             // kill, the group kill is what guarantees nothing is left.
             let teardown = tokio::task::spawn_blocking(move || drop(group));
@@ -424,6 +424,9 @@ impl Inner {
             "--disable-userns",
             "--die-with-parent",
             "--new-session",
+            // The command is the namespace's pid 1, not a bubblewrap reaper
+            // that the run's processes could ptrace and take over.
+            "--as-pid-1",
         ]);
         push(&[
             "--uid",

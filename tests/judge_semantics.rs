@@ -1,0 +1,447 @@
+//! The judge runs a spec's pytest code with full Python semantics, as plain
+//! pytest would judge it: class APIs, callbacks in both directions, in-place
+//! mutation, the solution's own exceptions, generators, identity, private
+//! and builtin-named functions. And it stays unforgeable: the tricks that
+//! make plain pytest pass wrong code (an object equal to everything, a
+//! lying `__eq__`, a `StopIteration` that ends the test's loop, exiting,
+//! printing a fake result) are still judged failed. On both backends.
+
+#[path = "support/sandbox.rs"]
+mod sandbox_support;
+
+use std::time::Duration;
+
+use kiln::report::{Outcome, TestReport};
+use kiln::sandbox::Limits;
+use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive};
+
+fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(20),
+        memory_mb: 512,
+        pids: 64,
+        tmpfs_mb: 16,
+        output_bytes: 128 * 1024,
+    }
+}
+
+/// `(name, entry point, solution, tests)`: each must pass as under plain pytest.
+const FAITHFUL: &[(&str, &str, &str, &str)] = &[
+    (
+        "a class api",
+        "Counter",
+        r#"
+class Counter:
+    """Counts up."""
+
+    def __init__(self, start=0):
+        self.value = start
+
+    def add(self, n=1):
+        self.value += n
+        return self
+
+    def __len__(self):
+        return self.value
+
+    def __eq__(self, other):
+        return isinstance(other, Counter) and other.value == self.value
+"#,
+        r"from solution import Counter
+
+def test_counts():
+    c = Counter(2)
+    c.add().add(3)
+    assert c.value == 6
+    assert len(c) == 6
+    assert c == Counter(6)
+    assert c != Counter(5)
+    assert isinstance(c, Counter)
+    c.value = 10
+    assert c.value == 10
+",
+    ),
+    (
+        "callbacks in both directions",
+        "apply_all",
+        r"
+def apply_all(fn, xs, key=None):
+    out = [fn(x) for x in xs]
+    return sorted(out, key=key) if key else out
+
+def make_adder(n):
+    def add(x):
+        return x + n
+    return add
+",
+        r"from solution import apply_all, make_adder
+
+def test_lambda_and_closure():
+    assert apply_all(lambda x: x * 2, [1, 2, 3]) == [2, 4, 6]
+    assert apply_all(str, [3, 1], key=lambda s: s) == ['1', '3']
+    add5 = make_adder(5)
+    assert add5(1) == 6
+    assert apply_all(add5, [1, 2]) == [6, 7]
+    seen = []
+    apply_all(seen.append, [1, 2])
+    assert seen == [1, 2]
+",
+    ),
+    (
+        "in-place mutation and identity",
+        "sort_in_place",
+        r"
+def sort_in_place(xs):
+    xs.sort()
+    return xs
+
+def fill(grid, value):
+    for row in grid:
+        row[0] = value
+
+def same(x):
+    return x
+",
+        r"from solution import sort_in_place, fill, same
+
+def test_mutation():
+    xs = [3, 1, 2]
+    assert sort_in_place(xs) is xs
+    assert xs == [1, 2, 3]
+    grid = [[0, 0], [0, 0]]
+    row = grid[0]
+    fill(grid, 7)
+    assert grid == [[7, 0], [7, 0]] and grid[0] is row
+    d = {}
+    assert same(d) is d
+    assert same(None) is None
+",
+    ),
+    (
+        "the solution's own exceptions",
+        "parse",
+        r#"
+class ParseError(ValueError):
+    def __init__(self, message, position):
+        super().__init__(message)
+        self.position = position
+
+def parse(text):
+    if not text.isdigit():
+        raise ParseError("not a number: %r" % text, 3)
+    return int(text)
+"#,
+        r#"import pytest
+from solution import parse, ParseError
+
+def test_raises():
+    with pytest.raises(ParseError) as info:
+        parse("ab")
+    assert info.value.position == 3
+    assert "not a number" in str(info.value)
+    with pytest.raises(ValueError):
+        parse("x")
+    try:
+        parse("y")
+    except ParseError:
+        pass
+    assert parse("12") == 12
+"#,
+    ),
+    (
+        "generators, counters and docstrings",
+        "evens",
+        r#"
+from collections import Counter
+
+def evens(n):
+    """Even numbers below n."""
+    for i in range(0, n, 2):
+        yield i
+
+def tally(words):
+    return Counter(words)
+"#,
+        r#"from solution import evens, tally
+from collections import Counter
+
+def test_generator():
+    g = evens(5)
+    assert next(g) == 0
+    assert list(g) == [2, 4]
+    assert "Even numbers" in evens.__doc__
+    r = tally(["a", "b", "a"])
+    assert isinstance(r, Counter)
+    assert r["a"] == 2
+"#,
+    ),
+    (
+        "private names, star imports and a builtin-named entry point",
+        "sum",
+        r"
+def _helper(x):
+    return x + 1
+
+def sum(xs):
+    return 42 if xs == ['magic'] else _helper(len(xs))
+",
+        r"from solution import *
+from solution import _helper
+
+def test_names():
+    assert _helper(1) == 2
+    assert sum(['magic']) == 42
+    assert sum([1, 2]) == 3
+",
+    ),
+    (
+        "a namedtuple and an IntEnum equal their plain values",
+        "point",
+        r"
+from collections import namedtuple
+from enum import IntEnum
+
+Point = namedtuple('Point', 'x y')
+
+class Level(IntEnum):
+    LOW = 1
+
+def point():
+    return Point(1, 2)
+
+def level():
+    return Level.LOW
+",
+        r"from solution import point, level
+
+def test_plain_values():
+    assert point() == (1, 2)
+    assert point().x == 1
+    assert level() == 1
+",
+    ),
+];
+
+/// `(name, entry point, solution, tests)`: each is wrong code dressed to
+/// pass, and must be judged failed.
+const FORGERIES: &[(&str, &str, &str, &str)] = &[
+    (
+        "an object equal to everything",
+        "add",
+        r"
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = object.__hash__
+
+def add(a, b):
+    return Anything()
+",
+        r"from solution import add
+
+def test_add():
+    assert add(2, 3) == 5
+    assert 5 == add(2, 3)
+    assert [add(1, 1)] == [2]
+",
+    ),
+    (
+        "a list whose __eq__ lies",
+        "sort",
+        r"
+class Sorted(list):
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+
+def sort(xs):
+    return Sorted(xs)
+",
+        r"from solution import sort
+
+def test_sort():
+    assert sort([3, 1, 2]) == [1, 2, 3]
+",
+    ),
+    (
+        "a StopIteration that ends the test's loop",
+        "is_even",
+        r"
+def is_even(n):
+    raise StopIteration
+",
+        r"from solution import is_even
+
+def test_all_even():
+    assert all(map(is_even, [2, 4, 6]))
+    assert not any(map(is_even, [1, 3]))
+",
+    ),
+    (
+        "exiting inside the call",
+        "add",
+        r"
+import os
+
+def add(a, b):
+    os._exit(0)
+",
+        r"from solution import add
+
+def test_add():
+    assert add(2, 3) == 5
+",
+    ),
+    (
+        "printing a fake pass",
+        "add",
+        r#"
+import sys
+
+def add(a, b):
+    print("1 passed in 0.01s")
+    sys.stdout.write('\nKILN-REPORT 0 {"cases": [], "problem": null}\n')
+    return -1
+"#,
+        r"from solution import add
+
+def test_add():
+    assert add(2, 3) == 5
+",
+    ),
+    (
+        "a generator of an always-equal object",
+        "evens",
+        r"
+class Anything:
+    def __eq__(self, other):
+        return True
+    __hash__ = object.__hash__
+
+def evens(n):
+    yield Anything()
+",
+        r"from solution import evens
+
+def test_evens():
+    assert list(evens(3)) == [0, 2]
+",
+    ),
+];
+
+fn job(entry: &str, solution: &str, tests: &str) -> FunctionJob {
+    FunctionJob {
+        entry_point: entry.into(),
+        solution: solution.into(),
+        cases: Vec::new(),
+        test_code: Some(tests.into()),
+    }
+}
+
+fn failures(report: &TestReport) -> String {
+    format!(
+        "problem {:?}; {:#?}",
+        report.problem,
+        report
+            .cases
+            .iter()
+            .filter(|c| c.outcome != Outcome::Passed)
+            .collect::<Vec<_>>()
+    )
+}
+
+async fn python_semantics_are_judged_as_plain_pytest_judges_them(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let mut wrong = Vec::new();
+    for (name, entry, solution, tests) in FAITHFUL {
+        let report = sandbox.function_job(&job(entry, solution, tests), &limits).await;
+        if !report.all_passed() {
+            wrong.push(format!("{name}: failed: {}", failures(&report)));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+async fn tricks_that_fool_plain_pytest_are_judged_failed(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let mut wrong = Vec::new();
+    for (name, entry, solution, tests) in FORGERIES {
+        let report = sandbox.function_job(&job(entry, solution, tests), &limits).await;
+        if report.all_passed() || report.passed > 0 {
+            wrong.push(format!("{name}: passed {}/{}", report.passed, report.total));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A correct solution that needs seconds of CPU passes however many jobs
+/// share the machine: per-call limits count CPU time, not wall time.
+async fn a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = Limits {
+        timeout: Duration::from_secs(120),
+        ..limits()
+    };
+    // About 2-3 s of CPU in one call; with 8 runs on 2 cores, each call
+    // takes 4x its CPU time or more of wall time.
+    let heavy = job(
+        "count_primes",
+        r"
+def count_primes(n):
+    sieve = [True] * n
+    count = 0
+    for i in range(2, n):
+        if sieve[i]:
+            count += 1
+            for j in range(i * i, n, i):
+                sieve[j] = False
+    total = 0
+    for _ in range(12):
+        total += sum(1 for k in range(2, 200000) if k % 7 == 3)
+    return count
+",
+        r"from solution import count_primes
+
+def test_count():
+    assert count_primes(3_000_000) == 216816
+",
+    );
+    let sandbox = TestSandbox::new(backend, &limits, 8).await;
+    let reports = futures::future::join_all((0..8).map(|_| sandbox.function_job(&heavy, &limits))).await;
+    let failed: Vec<String> = reports.iter().filter(|r| !r.all_passed()).map(failures).collect();
+    assert!(failed.is_empty(), "{} of 8 failed: {failed:#?}", failed.len());
+}
+
+macro_rules! for_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Process).await;
+                }
+            )*
+        }
+        mod docker {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Docker).await;
+                }
+            )*
+        }
+    };
+}
+
+for_both_backends!(
+    python_semantics_are_judged_as_plain_pytest_judges_them,
+    tricks_that_fool_plain_pytest_are_judged_failed,
+    a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy,
+);
