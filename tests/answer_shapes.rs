@@ -1,8 +1,8 @@
 //! The answer-shape corpus: every HumanEval problem's canonical solution
 //! (prompt + canonical solution) written in each shape a careful reader
 //! would accept as an answer — JSON bare, fenced, among prose with braces of
-//! its own, with raw newlines, with trailing commas and single quotes, the
-//! seed's function format, markdown blocks labelled in several ways, an
+//! its own or after reasoning, with raw newlines, with trailing commas and
+//! single quotes, the seed's function format, markdown blocks labelled in several ways, an
 //! "example usage" block beside (or before) the solution, a first sketch
 //! replaced by a full version, extra typing imports, the entry point as a
 //! method with a module-level alias — parsed through the entry the pipeline
@@ -29,10 +29,14 @@ struct Rendered {
 
 type Shape = fn(&HumanEval) -> Rendered;
 
-const SHAPES: [(&str, Shape); 18] = [
+const SHAPES: [(&str, Shape); 19] = [
     ("bare files JSON", bare_json),
     ("files JSON in a json fence with notes and prose", fenced_json),
     ("files JSON with braces in the prose before and after", braces_in_prose),
+    (
+        "reasoning with braces and a draft block, then bare JSON",
+        reasoning_first,
+    ),
     ("files JSON with raw newlines and tabs in strings", raw_newlines),
     (
         "files JSON with trailing commas and single quotes",
@@ -86,6 +90,18 @@ fn braces_in_prose(p: &HumanEval) -> Rendered {
     Rendered {
         answer: format!(
             "The answer is an object of the form {{\"files\": [...]}} as requested; a set {{1, 2}} or a dict {{k: v}} :}} would not do. It starts with {{\"files\": and lists each file:\n\n{}\n\nIf you want notes, add {{\"notes\": \"...\"}}; I kept `{{}}` out. Cheers {{",
+            files_json(&solution)
+        ),
+        solution,
+    }
+}
+
+fn reasoning_first(p: &HumanEval) -> Rendered {
+    let solution = code(p);
+    Rendered {
+        answer: format!(
+            "<think>\nThe user wants {{\"files\": [...]}}. A draft:\n```python\ndef {}(*args):\n    return {{}}\n```\nNo, a dict {{}} is wrong; {{\"path\": \"solution.py\"}} with the full code.\n</think>\n{}",
+            p.entry_point,
             files_json(&solution)
         ),
         solution,
