@@ -487,17 +487,24 @@ enum Rejected {
 fn accepted(value: Value) -> Result<Vec<File>, Rejected> {
     if let Some(files) = value.get("files") {
         // `{"files": {"app/main.py": "…"}}` is a common drift.
-        if files.is_object() {
+        let files: Vec<File> = if files.is_object() {
             let by_path: BTreeMap<String, String> = serde_path_to_error::deserialize(files)
                 .map_err(|e| Rejected::Shape(format!("{} at `files.{}`; {EXPECTED}", e.inner(), e.path())))?;
-            return Ok(by_path
+            by_path
                 .into_iter()
                 .map(|(path, content)| File::new(path, content))
-                .collect());
+                .collect()
+        } else {
+            let answer: FilesAnswer = serde_path_to_error::deserialize(value)
+                .map_err(|e| Rejected::Shape(format!("{} at `{}`; {EXPECTED}", e.inner(), e.path())))?;
+            answer.files.into_iter().map(|f| File::new(f.path, f.content)).collect()
+        };
+        // An empty list is more likely the format quoted in prose than the
+        // answer, so the search goes on.
+        if files.is_empty() {
+            return Err(Rejected::Shape(format!("the answer lists no files; {EXPECTED}")));
         }
-        let answer: FilesAnswer = serde_path_to_error::deserialize(value)
-            .map_err(|e| Rejected::Shape(format!("{} at `{}`; {EXPECTED}", e.inner(), e.path())))?;
-        return Ok(answer.files.into_iter().map(|f| File::new(f.path, f.content)).collect());
+        return Ok(files);
     }
     if value.get("source_code").is_some() {
         let answer: SeedFunctionAnswer = serde_path_to_error::deserialize(value)
@@ -799,6 +806,8 @@ mod tests {
         assert!(e.0.contains("missing field `content`"), "{e}");
         let e = parse_response(r#"{"files": [{"path": "a.py", "content": "x"#, FUNCTION).unwrap_err();
         assert!(e.0.contains("invalid JSON"), "{e}");
+        let e = parse_response(r#"{"files": []}"#, FUNCTION).unwrap_err();
+        assert!(e.0.contains("lists no files"), "{e}");
         assert!(parse_response("  ", FUNCTION).unwrap_err().0.contains("empty"));
     }
 
@@ -822,8 +831,7 @@ mod tests {
 
     #[test]
     fn an_object_that_is_not_an_answer_is_skipped_for_the_next_one() {
-        let answer =
-            "Config {\"debug\": true} aside, the answer is {\"files\": [{\"path\": \"a.py\", \"content\": \"x\"}]}";
+        let answer = "Config {\"debug\": true} aside, and unlike {\"files\": []}, the answer is {\"files\": [{\"path\": \"a.py\", \"content\": \"x\"}]}";
         assert_eq!(
             parse_response(answer, Expected::Service).unwrap(),
             vec![File::new("a.py", "x")]
