@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln::files::File;
-use kiln::spec::{Spec, SpecKind};
+use kiln::spec::Spec;
 
 const RUNS: usize = 300;
 const WARM_UP: usize = 20;
@@ -50,7 +50,8 @@ fn main() {
         .find(|s| s.name == "notes-service")
         .expect("the notes-service script exists");
     let answer = serde_json::json!({ "files": notes.responses[0].files }).to_string();
-    let mut files: Vec<File> = kiln::parse::parse_response(&answer, SpecKind::Service).expect("the answer parses");
+    let mut files: Vec<File> =
+        kiln::parse::parse_response(&answer, kiln::parse::Expected::Service).expect("the answer parses");
     files.push(File::new("app/config.py", CONFIG));
     assert_eq!(files.len(), 10);
     let report = kiln::validate::validate(&spec, &files);

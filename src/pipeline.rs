@@ -590,7 +590,7 @@ struct Generated {
 /// model's failure, reported as a diagnostic like any other.
 fn check_answer(spec: &Spec, answer: &Generated) -> (Vec<File>, ValidationReport) {
     let truncated = matches!(answer.finish_reason.as_deref(), Some("length" | "max_tokens"));
-    match parse_response(&answer.content, spec.kind()) {
+    match parse_response(&answer.content, spec.into()) {
         Ok(files) => {
             let mut report = validate::validate(spec, &files);
             if truncated {

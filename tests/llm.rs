@@ -477,7 +477,8 @@ async fn recorded_openai_bodies_are_read_as_the_provider_meant_them() {
 #[tokio::test]
 async fn recorded_anthropic_bodies_are_read_as_the_provider_meant_them() {
     let tool = replay("anthropic", "anthropic_tool_use.json", 200, "{}").await.unwrap();
-    let files = kiln::parse::parse_response(&tool.content, kiln::spec::SpecKind::Function).unwrap();
+    let files =
+        kiln::parse::parse_response(&tool.content, kiln::parse::Expected::Function { entry_point: None }).unwrap();
     assert_eq!(files[0].path, "solution.py");
     assert_eq!((tool.usage.prompt_tokens, tool.usage.completion_tokens), (1187, 96));
     let text = replay("anthropic", "anthropic_text.json", 200, "{}").await.unwrap();
@@ -486,7 +487,7 @@ async fn recorded_anthropic_bodies_are_read_as_the_provider_meant_them() {
         951 + 120 + 2048,
         "cache reads and writes are prompt tokens"
     );
-    assert!(kiln::parse::parse_response(&text.content, kiln::spec::SpecKind::Function).is_ok());
+    assert!(kiln::parse::parse_response(&text.content, kiln::parse::Expected::Function { entry_point: None }).is_ok());
     let cut = replay("anthropic", "anthropic_max_tokens.json", 200, "{}")
         .await
         .unwrap();

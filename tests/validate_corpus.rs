@@ -11,9 +11,10 @@
 use std::path::Path;
 
 use kiln::files::File;
+use kiln::parse::Expected;
 use kiln::prompt::{FEEDBACK_CAP, Failure, feedback, repair_messages};
 use kiln::report::{Diagnostic, Severity, TestCase, TestReport, ValidationReport};
-use kiln::spec::{Spec, SpecKind};
+use kiln::spec::Spec;
 use kiln::validate::validate;
 use serde_json::{Value, json};
 
@@ -49,11 +50,14 @@ fn demo_answers() -> Vec<(String, usize, Vec<File>)> {
     for script in scripts {
         for (i, response) in script.responses.iter().enumerate() {
             let (raw, kind) = if let Some(files) = &response.files {
-                (json!({ "files": files }).to_string(), SpecKind::Service)
+                (json!({ "files": files }).to_string(), Expected::Service)
             } else if let Some(function) = &response.function {
-                (function.to_string(), SpecKind::Function)
+                (function.to_string(), Expected::Function { entry_point: None })
             } else {
-                (response.content.clone().unwrap_or_default(), SpecKind::Function)
+                (
+                    response.content.clone().unwrap_or_default(),
+                    Expected::Function { entry_point: None },
+                )
             };
             let files = kiln::parse::parse_response(&raw, kind).expect("demo answers parse");
             out.push((script.name.clone(), i, files));

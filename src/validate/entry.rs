@@ -344,6 +344,15 @@ mod tests {
     }
 
     #[test]
+    fn a_method_exposed_by_a_module_level_alias_is_the_entry_point() {
+        let s = spec(&[json!([1, 2])]);
+        let source = "class Solution:\n    def f(self, a, b):\n        return a + b\n\n\nf = Solution().f\n";
+        assert!(rules(&s, source).is_empty());
+        let unbound = "class Solution:\n    def f(self, a, b):\n        return a + b\n";
+        assert_eq!(rules(&s, unbound), [("entry-point".to_owned(), 0, 0)]);
+    }
+
+    #[test]
     fn arity_and_keyword_problems_are_reported_once_per_kind() {
         let s = spec(&[json!([1, 2, 3]), json!([4, 5, 6]), json!({"c": 1})]);
         let d = rules(&s, "def f(a, b):\n    return a\n");

@@ -116,6 +116,25 @@ impl<'a> Module<'a> {
     /// True when `name` is bound at module level by anything (def, class,
     /// assignment, import).
     pub fn binds(&self, name: &str) -> bool {
+        self.defines(name)
+            || module_level(self.body()).into_iter().any(|s| match s {
+                Stmt::Import(i) => i.names.iter().any(|a| {
+                    a.asname.as_ref().map_or_else(
+                        || a.name.as_str().split('.').next() == Some(name),
+                        |n| n.as_str() == name,
+                    )
+                }),
+                Stmt::ImportFrom(i) => i
+                    .names
+                    .iter()
+                    .any(|a| a.asname.as_ref().unwrap_or(&a.name).as_str() == name),
+                _ => false,
+            })
+    }
+
+    /// True when the module itself defines `name` at module level (def,
+    /// class, assignment), as opposed to importing it from elsewhere.
+    pub fn defines(&self, name: &str) -> bool {
         module_level(self.body()).into_iter().any(|s| match s {
             Stmt::FunctionDef(f) => f.name.as_str() == name,
             Stmt::ClassDef(c) => c.name.as_str() == name,
@@ -124,16 +143,6 @@ impl<'a> Module<'a> {
                 .iter()
                 .any(|t| t.as_name_expr().is_some_and(|n| n.id.as_str() == name)),
             Stmt::AnnAssign(a) => a.target.as_name_expr().is_some_and(|n| n.id.as_str() == name),
-            Stmt::Import(i) => i.names.iter().any(|a| {
-                a.asname.as_ref().map_or_else(
-                    || a.name.as_str().split('.').next() == Some(name),
-                    |n| n.as_str() == name,
-                )
-            }),
-            Stmt::ImportFrom(i) => i
-                .names
-                .iter()
-                .any(|a| a.asname.as_ref().unwrap_or(&a.name).as_str() == name),
             _ => false,
         })
     }
