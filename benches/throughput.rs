@@ -107,7 +107,13 @@ async fn run() {
         })
         .collect();
 
-    let client = kiln::client::Client::new(&api);
+    // Clients authenticate as in production (KILN_AUTH defaults to required).
+    let store = kiln::store::Store::connect(&settings.database_url, 2).await.unwrap();
+    let token = kiln::auth::issue(&store, kiln::auth::Scope::Submit, Some("throughput bench"))
+        .await
+        .unwrap()
+        .token;
+    let client = kiln::client::Client::with_token(&api, &token).unwrap();
     let specs: Vec<_> = (0..jobs)
         .map(|i| {
             json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),

@@ -1,5 +1,8 @@
 //! A typed client of the HTTP API v1, used by the `kiln` CLI and the demo,
 //! plus loading spec files (JSON or YAML; a file or a directory).
+//!
+//! With a token ([`Client::with_token`]; the CLI reads `KILN_TOKEN`) every
+//! request carries `Authorization: Bearer <token>`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +15,8 @@ pub enum ClientError {
     Unreachable { url: String, message: String },
     #[error("HTTP {status} {code}: {message}")]
     Api { status: u16, code: String, message: String },
+    #[error("the API token cannot be sent in an HTTP header (it should look like kiln_ and 64 hex digits)")]
+    BadToken,
     #[error("{path}: {message}")]
     SpecFile { path: PathBuf, message: String },
     #[error("{0}")]
@@ -25,10 +30,27 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client that sends no token (for a dispatcher with `KILN_AUTH=off`).
     pub fn new(base: &str) -> Client {
+        Client::build(base, reqwest::header::HeaderMap::new())
+    }
+
+    /// A client that authenticates every request with `token`.
+    pub fn with_token(base: &str, token: &str) -> Result<Client, ClientError> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| ClientError::BadToken)?;
+        // Keeps the token out of reqwest's debug output.
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Ok(Client::build(base, headers))
+    }
+
+    fn build(base: &str, headers: reqwest::header::HeaderMap) -> Client {
         Client {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_mins(2))
+                .default_headers(headers)
                 .build()
                 .expect("a default HTTP client builds"),
             base: base.trim_end_matches('/').to_owned(),

@@ -90,6 +90,18 @@ pub enum SandboxKind {
     Docker,
 }
 
+/// Whether the dispatcher's `/v1` routes demand a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every `/v1` request needs `Authorization: Bearer <token>` with a scope
+    /// that allows it (see [`crate::auth`]).
+    Required,
+    /// No token is asked for. Only for a dispatcher listening on loopback
+    /// (development, tests): [`crate::http::Application::build`] refuses it
+    /// on any other address.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -110,6 +122,10 @@ pub struct Settings {
     pub queue: String,
     /// `KILN_HTTP_ADDR` (default `127.0.0.1:8080`): dispatcher listen address.
     pub http_addr: SocketAddr,
+    /// `KILN_AUTH` (`required` or `off`, default `required`): whether the
+    /// API asks for bearer tokens. `off` is refused unless `KILN_HTTP_ADDR`
+    /// is a loopback address.
+    pub auth: AuthMode,
     /// `KILN_LOG_FORMAT` (`text` or `json`, default `text`); the filter is
     /// `KILN_LOG` or `RUST_LOG` (default `info`).
     pub log_format: LogFormat,
@@ -317,6 +333,16 @@ impl Settings {
             redis_url: src.string("KILN_REDIS_URL", "redis://127.0.0.1:6379"),
             queue: src.string("KILN_QUEUE", "kiln"),
             http_addr: src.parse("KILN_HTTP_ADDR", "127.0.0.1:8080".parse().expect("valid default"))?,
+            auth: match src.get("KILN_AUTH").as_deref() {
+                None | Some("required") => AuthMode::Required,
+                Some("off") => AuthMode::Off,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "KILN_AUTH",
+                        message: format!("unknown mode {other:?}, expected \"required\" or \"off\""),
+                    });
+                }
+            },
             log_format: match src.get("KILN_LOG_FORMAT").as_deref() {
                 None | Some("text") => LogFormat::Text,
                 Some("json") => LogFormat::Json,
@@ -524,6 +550,7 @@ mod tests {
         assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(s.queue, "kiln");
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.auth, AuthMode::Required);
         assert_eq!(s.llm.provider, LlmProvider::OpenAi);
         assert_eq!(s.llm.base_url, "https://api.openai.com/v1");
         assert!(s.llm.api_key.is_none());
@@ -541,6 +568,8 @@ mod tests {
         );
         let err = Settings::from_vars(vars(&[("KILN_SANDBOX", "vm")])).unwrap_err();
         assert!(err.to_string().starts_with("KILN_SANDBOX:"), "{err}");
+        let err = Settings::from_vars(vars(&[("KILN_AUTH", "none")])).unwrap_err();
+        assert!(err.to_string().starts_with("KILN_AUTH:"), "{err}");
         let err = Settings::from_vars(vars(&[("KILN_QUEUE_WINDOW", "0")])).unwrap_err();
         assert!(err.to_string().contains("greater than zero"), "{err}");
     }

@@ -24,10 +24,12 @@
 //! - [`feeder`]: the bounded Redis window and reconciliation.
 //! - [`worker`]: the worker process (claims, heartbeats, shutdown).
 //! - [`http`]: the dispatcher's HTTP API v1.
+//! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
 //! - [`mock_llm`]: the scripted OpenAI-compatible server for tests and demos.
 //! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod feeder;

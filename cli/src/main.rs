@@ -11,6 +11,10 @@ use kiln::client::{Client, load_batch};
 use serde_json::Value;
 
 /// Submit spec batches to Kiln and follow them.
+///
+/// The API token is read from KILN_TOKEN (make one with
+/// `kiln-dispatcher token create --scope submit`); it is not taken as an
+/// argument, where other users of the machine could see it.
 #[derive(Parser)]
 #[command(name = "kiln", version)]
 struct Cli {
@@ -175,7 +179,10 @@ async fn watch(client: &Client, batch_id: &str) -> anyhow::Result<Value> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let client = Client::new(&cli.url);
+    let client = match std::env::var("KILN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Client::with_token(&cli.url, &token)?,
+        _ => Client::new(&cli.url),
+    };
     match cli.command {
         Command::Submit {
             path,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, parse_id};
+use crate::auth::Caller;
 use crate::spec::{BatchRequest, Limits};
 use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
 
@@ -51,6 +52,7 @@ fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// `POST /v1/batches` → `201 {"batch_id", "job_ids"}`.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -82,6 +84,7 @@ pub async fn create(
             specs: &request.specs,
             idempotency_key: key.as_deref(),
             request_sha256: &request_sha256,
+            created_by: caller.token_id,
         })
         .await?;
     state.feeder_wake.notify_one();

@@ -20,6 +20,12 @@ pub enum ApiError {
     /// 400: the request is malformed; `field` says where.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// 401: no valid bearer token (see [`super::auth`]).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the token's scope does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0} not found")]
     NotFound(String),
@@ -48,6 +54,8 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

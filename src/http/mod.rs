@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //! - [`error`]: [`ApiError`], the only error type handlers return.
+//! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, retry and cancel of batches.
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 
+pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod jobs;
@@ -17,7 +19,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodFilter, MethodRouter, get, on};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +32,8 @@ use uuid::Uuid;
 
 pub use error::ApiError;
 
-use crate::config::{ApiSettings, Settings};
+use crate::auth::{Authenticator, Scope};
+use crate::config::{ApiSettings, AuthMode, Settings};
 use crate::feeder::{Feeder, FeederStats};
 use crate::queue::{Producer, QueueError};
 use crate::store::{Store, StoreError};
@@ -38,6 +44,8 @@ pub struct AppState {
     pub store: Store,
     pub producer: Producer,
     pub limits: ApiSettings,
+    /// Checks bearer tokens (or lets everyone in with `KILN_AUTH=off`).
+    pub auth: Authenticator,
     /// Wakes the feeder when a batch or retry makes jobs ready.
     pub feeder_wake: Arc<Notify>,
     pub feeder_stats: Arc<FeederStats>,
@@ -46,6 +54,12 @@ pub struct AppState {
 /// Errors that stop the dispatcher from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatcherError {
+    #[error(
+        "KILN_AUTH=off is only allowed on a loopback address, but KILN_HTTP_ADDR is {addr}: \
+         set KILN_AUTH=required and make a token with `kiln-dispatcher token create --scope submit`, \
+         or listen on 127.0.0.1"
+    )]
+    AuthOffNotLoopback { addr: SocketAddr },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -66,7 +80,14 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres (creating and migrating the database if needed)
     /// and Redis, and binds the listen address (port 0 picks a free port).
+    /// Refuses `KILN_AUTH=off` unless that address is loopback.
     pub async fn build(settings: &Settings) -> Result<Application, DispatcherError> {
+        // `::ffff:127.0.0.1` is loopback too.
+        if settings.auth == AuthMode::Off && !settings.http_addr.ip().to_canonical().is_loopback() {
+            return Err(DispatcherError::AuthOffNotLoopback {
+                addr: settings.http_addr,
+            });
+        }
         let store = Store::connect(&settings.database_url, 16).await?;
         let producer = Producer::connect(&settings.redis_url, &settings.queue).await?;
         let listener = TcpListener::bind(settings.http_addr)
@@ -81,6 +102,7 @@ impl Application {
             store: store.clone(),
             producer: producer.clone(),
             limits: settings.api.clone(),
+            auth: Authenticator::new(settings.auth, store.clone()),
             feeder_wake: feeder_wake.clone(),
             feeder_stats: feeder_stats.clone(),
         };
@@ -117,21 +139,66 @@ impl Application {
     }
 }
 
-/// All routes of API v1.
+/// A route of API v1 and the least scope a token needs to call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Route {
+    pub method: Method,
+    /// In axum's syntax (`/v1/jobs/{id}/files/{*path}`).
+    pub path: &'static str,
+    pub scope: Scope,
+}
+
+fn route<H, T>(method: Method, path: &'static str, scope: Scope, handler: H) -> (V1Route, MethodRouter<AppState>)
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    (V1Route { method, path, scope }, on(filter, handler))
+}
+
+/// Every route of API v1 with its handler and scope. The router is built
+/// from this list alone, so a `/v1` route cannot exist without a scope, and
+/// the tests that check authentication walk the same list.
+fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
+    use Method as M;
+    use Scope::{Read, Submit};
+    vec![
+        route(M::POST, "/v1/batches", Submit, batches::create),
+        route(M::GET, "/v1/batches/{id}", Read, batches::status),
+        route(M::PATCH, "/v1/batches/{id}", Submit, batches::update),
+        route(M::GET, "/v1/batches/{id}/jobs", Read, batches::jobs),
+        route(M::POST, "/v1/batches/{id}/retry", Submit, batches::retry),
+        route(M::POST, "/v1/batches/{id}/cancel", Submit, batches::cancel),
+        route(M::GET, "/v1/jobs/{id}", Read, jobs::status),
+        route(M::GET, "/v1/jobs/{id}/attempts", Read, jobs::attempts),
+        route(M::GET, "/v1/jobs/{id}/artifacts", Read, jobs::artifacts),
+        route(M::GET, "/v1/jobs/{id}/files/{*path}", Read, jobs::file),
+        route(M::POST, "/v1/jobs/{id}/retry", Submit, jobs::retry),
+        route(M::POST, "/v1/jobs/{id}/cancel", Submit, jobs::cancel),
+    ]
+}
+
+/// The routes of API v1 and the scope each needs.
+pub fn v1_routes() -> Vec<V1Route> {
+    v1().into_iter().map(|(route, _)| route).collect()
+}
+
+/// All routes: API v1, each behind [`auth::require`] with its scope, and
+/// the unauthenticated probes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/batches", post(batches::create))
-        .route("/v1/batches/{id}", get(batches::status).patch(batches::update))
-        .route("/v1/batches/{id}/jobs", get(batches::jobs))
-        .route("/v1/batches/{id}/retry", post(batches::retry))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/jobs/{id}", get(jobs::status))
-        .route("/v1/jobs/{id}/attempts", get(jobs::attempts))
-        .route("/v1/jobs/{id}/artifacts", get(jobs::artifacts))
-        .route("/v1/jobs/{id}/files/{*path}", get(jobs::file))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/healthz", get(ops::healthz))
+    let mut api = Router::new();
+    for (route, handler) in v1() {
+        let guard = auth::Guard {
+            auth: state.auth.clone(),
+            scope: route.scope,
+        };
+        api = api.route(
+            route.path,
+            handler.route_layer(from_fn_with_state(guard, auth::require)),
+        );
+    }
+    api.route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         // Bodies are read with Kiln's own limit, which answers 413 in the

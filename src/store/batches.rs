@@ -17,6 +17,8 @@ pub struct NewBatch<'a> {
     pub idempotency_key: Option<&'a str>,
     /// sha256 of the request body, compared when an idempotency key is reused.
     pub request_sha256: &'a str,
+    /// The API token that made the request (`None` with `KILN_AUTH=off`).
+    pub created_by: Option<Uuid>,
 }
 
 /// The result of creating (or replaying) a batch.
@@ -61,8 +63,18 @@ pub struct BatchView {
     pub counts: Counts,
     pub usage: Usage,
     pub options: serde_json::Value,
+    /// The token that created the batch; `null` when it was created with
+    /// `KILN_AUTH=off`.
+    pub created_by: Option<Creator>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The API token a batch was created with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Creator {
+    pub token_id: Uuid,
+    pub name: Option<String>,
 }
 
 /// What `PATCH /v1/batches/{id}` does to `budget_tokens`.
@@ -104,8 +116,8 @@ impl Store {
         let batch_id = Uuid::now_v7();
         let options = serde_json::to_value(new.options).expect("options serialise");
         let inserted = sqlx::query_scalar!(
-            r#"INSERT INTO batches (id, name, options, idempotency_key, request_sha256)
-               VALUES ($1, $2, $3, $4, $5)
+            r#"INSERT INTO batches (id, name, options, idempotency_key, request_sha256, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (idempotency_key) DO NOTHING
                RETURNING id"#,
             batch_id,
@@ -113,6 +125,7 @@ impl Store {
             options,
             new.idempotency_key,
             new.request_sha256,
+            new.created_by,
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -186,10 +199,15 @@ impl Store {
     }
 
     pub async fn batch(&self, batch_id: Uuid) -> Result<BatchView, StoreError> {
-        let batch = sqlx::query!("SELECT name, options, created_at FROM batches WHERE id = $1", batch_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound("batch"))?;
+        let batch = sqlx::query!(
+            r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?"
+               FROM batches b LEFT JOIN api_tokens t ON t.id = b.created_by
+               WHERE b.id = $1"#,
+            batch_id
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound("batch"))?;
         let c = sqlx::query!(
             r#"SELECT count(*) FILTER (WHERE state = 'queued') AS "queued!",
                       count(*) FILTER (WHERE state = 'running') AS "running!",
@@ -228,6 +246,10 @@ impl Store {
             counts,
             usage,
             options: batch.options,
+            created_by: batch.created_by.map(|token_id| Creator {
+                token_id,
+                name: batch.token_name,
+            }),
             created_at: batch.created_at,
             finished_at: if done { c.finished_at } else { None },
         })

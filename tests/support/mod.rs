@@ -51,13 +51,16 @@ impl TestEnv {
         }
     }
 
-    /// The `KILN_…` variables of a process in this environment.
+    /// The `KILN_…` variables of a process in this environment. The
+    /// dispatcher listens on loopback without asking for tokens
+    /// (`KILN_AUTH=off`) unless a test asks for `required`.
     pub fn vars(&self, llm_base_url: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = [
             ("KILN_DATABASE_URL", self.db_url.as_str()),
             ("KILN_REDIS_URL", &redis_url()),
             ("KILN_QUEUE", &self.queue),
             ("KILN_HTTP_ADDR", "127.0.0.1:0"),
+            ("KILN_AUTH", "off"),
             ("KILN_LLM_BASE_URL", llm_base_url),
             ("KILN_LLM_MODEL", "mock-model"),
             ("KILN_SANDBOX_RUNTIME", &sandbox_runtime()),
@@ -78,6 +81,14 @@ impl TestEnv {
 
     pub fn settings(&self, llm_base_url: &str, extra: &[(&str, &str)]) -> Settings {
         Settings::from_vars(self.vars(llm_base_url, extra)).expect("test settings")
+    }
+
+    /// A new API token of `scope` in this environment's database.
+    pub async fn token(&self, scope: kiln::auth::Scope) -> String {
+        kiln::auth::issue(&self.store, scope, Some(&format!("test {scope}")))
+            .await
+            .expect("token issued")
+            .token
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -200,6 +211,7 @@ pub async fn store_batch(store: &Store, body: Value) -> kiln::store::batches::Cr
             specs: &request.specs,
             idempotency_key: None,
             request_sha256: "test",
+            created_by: None,
         })
         .await
         .unwrap()
