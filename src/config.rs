@@ -243,6 +243,9 @@ pub struct ApiSettings {
     pub max_specs: usize,
     /// `KILN_MAX_SPEC_KB` (default 256): largest single spec (as JSON).
     pub max_spec_bytes: usize,
+    /// `KILN_HTTP_BODY_TIMEOUT_S` (default 30): time to receive a request's
+    /// whole body; then 408 and the connection is closed.
+    pub body_timeout: Duration,
 }
 
 impl Settings {
@@ -385,6 +388,7 @@ impl Settings {
                 max_body_bytes: src.positive::<usize>("KILN_MAX_BODY_MB", 64)? * 1024 * 1024,
                 max_specs: src.positive("KILN_MAX_SPECS", 50_000)?,
                 max_spec_bytes: src.positive::<usize>("KILN_MAX_SPEC_KB", 256)? * 1024,
+                body_timeout: src.secs("KILN_HTTP_BODY_TIMEOUT_S", 30)?,
             },
         })
     }

@@ -165,3 +165,164 @@ async fn a_worker_process_survives_deeply_nested_answers_and_fails_them_as_the_m
     assert_eq!(rules, vec!["path-size".to_owned(), "python-nesting".to_owned()]);
     d.stop().await;
 }
+
+/// A mock script answering `{entry}` specs with these files, every attempt.
+fn files_script(entry: &str, files: &[(&str, &str)]) -> kiln::mock_llm::ScriptFile {
+    let files: Vec<Value> = files.iter().map(|(p, c)| json!({"path": p, "content": c})).collect();
+    serde_json::from_value(json!({
+        "name": entry,
+        "match": format!("`{entry}`"),
+        "responses": [{"files": files}],
+    }))
+    .unwrap()
+}
+
+fn returns_one(entry: &str) -> String {
+    format!("def {entry}() -> int:\n    \"\"\"One.\"\"\"\n    return 1\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+    let env = TestEnv::new().await;
+    let scripts = vec![
+        files_script(
+            "nul_in_code",
+            &[("solution.py", "def nul_in_code() -> int:\n    return 1  # \0\n")],
+        ),
+        files_script(
+            "nul_in_path",
+            &[("solution.py", &returns_one("nul_in_path")), ("notes\0.py", "x = 1\n")],
+        ),
+        script(
+            "nul_in_prose",
+            &format!("Here\0 it is:\n```python\n{}```\n", returns_one("nul_in_prose")),
+        ),
+        files_script(
+            "nul_in_output",
+            &[(
+                "solution.py",
+                "def nul_in_output() -> int:\n    \"\"\"One, loudly.\"\"\"\n    print(\"a\\x00b\")\n    return 1\n",
+            )],
+        ),
+        files_script(
+            "nul_in_exception",
+            &[(
+                "solution.py",
+                "def nul_in_exception() -> int:\n    \"\"\"Fails.\"\"\"\n    raise ValueError(\"bad\\x00value\")\n",
+            )],
+        ),
+    ];
+    let llm = mock_of(scripts).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let w = support::InProcessWorker::start(&settings).await;
+    let entries = [
+        "nul_in_code",
+        "nul_in_path",
+        "nul_in_prose",
+        "nul_in_output",
+        "nul_in_exception",
+    ];
+    let specs: Vec<Value> = entries.iter().map(|e| spec_json(e)).collect();
+    let created = d
+        .client
+        .submit(&json!({"specs": specs, "options": {"max_attempts": 1}}), None)
+        .await
+        .unwrap();
+    wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut ends = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let job = d.client.job(created["job_ids"][i].as_str().unwrap()).await.unwrap();
+        ends.push((
+            *entry,
+            job["state"].as_str().unwrap().to_owned(),
+            job["error"]["code"].as_str().map(str::to_owned),
+        ));
+    }
+    let failed = |code: &str| ("failed".to_owned(), Some(code.to_owned()));
+    let got: Vec<(String, Option<String>)> = ends.iter().map(|(_, s, c)| (s.clone(), c.clone())).collect();
+    assert_eq!(
+        got,
+        vec![
+            failed("validation_failed"),
+            failed("validation_failed"),
+            ("succeeded".to_owned(), None),
+            ("succeeded".to_owned(), None),
+            failed("tests_failed"),
+        ],
+        "{ends:?}"
+    );
+    let (attempts, faults): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(sum(llm_faults + sandbox_faults), 0)::int8 FROM attempts")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((attempts, faults), (5, 0), "one attempt each, nothing retried");
+    assert_eq!(llm.requests().len(), 5, "the model was asked once per job");
+    let a = d.attempts(created["job_ids"][0].as_str().unwrap(), false).await;
+    let rules: Vec<&str> = a[0]["validation"]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"content-nul"), "{rules:?}");
+    w.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_of_an_answer_with_escaping_paths_leaves_those_files_out() {
+    use std::io::Read;
+    let env = TestEnv::new().await;
+    let llm = mock_of(vec![files_script(
+        "escaper",
+        &[
+            ("solution.py", &returns_one("escaper")),
+            ("../up.py", "x = 1\n"),
+            ("/etc/abs.py", "x = 1\n"),
+            ("..\\..\\win.py", "x = 1\n"),
+        ],
+    )])
+    .await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let w = support::InProcessWorker::start(&settings).await;
+    let created = d
+        .client
+        .submit(
+            &json!({"specs": [spec_json("escaper")], "options": {"max_attempts": 1}}),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let job = created["job_ids"][0].as_str().unwrap();
+    let response = reqwest::get(format!("{}/v1/jobs/{job}/artifacts?run=1&attempt=1", d.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-kiln-skipped-files"], "3");
+    let bytes = response.bytes().await.unwrap();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut tar).unwrap();
+    let mut archive = tar::Archive::new(&tar[..]);
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, vec!["solution.py".to_owned()]);
+    w.stop().await;
+    d.stop().await;
+}
