@@ -326,3 +326,153 @@ async fn the_archive_of_an_answer_with_escaping_paths_leaves_those_files_out() {
     w.stop().await;
     d.stop().await;
 }
+
+/// One generated hostile answer for the spec `entry`: (content, finish reason).
+fn fuzzed_answer(rng: &mut rand::rngs::StdRng, entry: &str) -> (String, &'static str) {
+    use rand::Rng;
+    let good = returns_one(entry);
+    let depth = rng.random_range(1_000..30_000);
+    let nest = |open: &str, close: &str| format!("{good}\nx = {}1{}\n", open.repeat(depth), close.repeat(depth));
+    let files = |files: &[(&str, &str)]| answer_files(files);
+    let content = match rng.random_range(0..24) {
+        0 => files(&[("solution.py", &good)]),
+        1 => files(&[("solution.py", &nest("[", "]"))]),
+        2 => files(&[("solution.py", &nest("f(", ")"))]),
+        3 => files(&[("solution.py", &nest("not ", ""))]),
+        4 => files(&[("solution.py", &nest("-", ""))]),
+        5 => files(&[("solution.py", &format!("{good}\nx = a{}\n", ".b".repeat(depth)))]),
+        6 => files(&[("solution.py", &format!("{good}\nx = {}1\n", "1+".repeat(depth)))]),
+        7 => files(&[(
+            "solution.py",
+            &format!("{good}# {}\n", "x".repeat(rng.random_range(400_000..700_000))),
+        )]),
+        8 => {
+            let many: Vec<(String, String)> = (0..rng.random_range(60..80))
+                .map(|i| (format!("m{i}.py"), "x = 1\n".to_owned()))
+                .collect();
+            let mut all: Vec<(&str, &str)> = many.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+            all.push(("solution.py", &good));
+            files(&all)
+        }
+        9 => files(&[("solution.py", &format!("{good}\0"))]),
+        10 => files(&[("solution.py", &good), ("a\0b.py", "x = 1\n")]),
+        11 => files(&[
+            ("solution.py", &good),
+            ("../../etc/x.py", "x = 1\n"),
+            ("/abs.py", "x = 1\n"),
+        ]),
+        12 => files(&[
+            ("solution.py", &good),
+            ("..\\..\\x.py", "x = 1\n"),
+            ("CON.py", "x = 1\n"),
+            ("a\u{202E}b.py", ""),
+        ]),
+        13 => files(&[("solution.py", &format!("\u{FEFF}{good}"))]),
+        14 => format!("{{\"files\": [{{\"path\": \"solution.py\", \"content\": \"\\ud800{entry}\"}}]}}"),
+        15 => format!("{}{}", "[".repeat(rng.random_range(100..5_000)), "]".repeat(10)),
+        16 => format!("{{\"files\": {}}}", "{\"a\": ".repeat(200)),
+        17 => "{\"files\": [{\"path\": 3, \"content\": null}]}".to_owned(),
+        18 => format!("```python\n{good}```\n\0trailing"),
+        19 => {
+            let mut bytes = files(&[("solution.py", &good)]);
+            bytes.truncate(bytes.len() / 2);
+            bytes
+        }
+        20 => files(&[(
+            "solution.py",
+            &format!("def {entry}() -> int:\n    \"\"\"Wrong.\"\"\"\n    return 2\n"),
+        )]),
+        21 => files(&[(
+            "solution.py",
+            &format!(
+                "def {entry}() -> int:\n    \"\"\"Loud.\"\"\"\n    print('\\x00' * 1000, 'é' * 1000)\n    raise ValueError('\\x00\\udcff')\n"
+            ),
+        )]),
+        22 => files(&[("solution.py", &format!("{good}\ns = '{}'\n", "\\x00".repeat(1000)))]),
+        _ => String::new(),
+    };
+    let finish = if rng.random_bool(0.1) { "length" } else { "stop" };
+    (content, finish)
+}
+
+fn answer_files(files: &[(&str, &str)]) -> String {
+    let files: Vec<Value> = files.iter().map(|(p, c)| json!({"path": p, "content": c})).collect();
+    json!({ "files": files }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_answers_never_kill_the_worker_and_each_ends_as_a_pass_or_the_models_failure() {
+    use rand::SeedableRng;
+    const ANSWERS: usize = 96;
+    let seed: u64 = std::env::var("KILN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x616e_7377);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let env = TestEnv::new().await;
+    let scripts: Vec<kiln::mock_llm::ScriptFile> = (0..ANSWERS)
+        .map(|i| {
+            let entry = format!("fuzz_{i}");
+            let (content, finish) = fuzzed_answer(&mut rng, &entry);
+            serde_json::from_value(json!({
+                "name": entry,
+                "match": format!("`{entry}`"),
+                "responses": [{"content": content, "finish_reason": finish}],
+            }))
+            .unwrap()
+        })
+        .collect();
+    let llm = mock_of(scripts).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut worker = Proc::spawn(
+        "kiln-worker",
+        &env.vars(
+            &llm.base_url(),
+            &[("KILN_WORKER_ID", "fuzz"), ("KILN_WORKER_CONCURRENCY", "4")],
+        ),
+    );
+    let specs: Vec<Value> = (0..ANSWERS).map(|i| spec_json(&format!("fuzz_{i}"))).collect();
+    let created = d
+        .client
+        .submit(&json!({"specs": specs, "options": {"max_attempts": 1}}), None)
+        .await
+        .unwrap();
+    let batch = wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(150),
+    )
+    .await;
+    assert!(worker.0.try_wait().unwrap().is_none(), "seed {seed}: the worker died");
+    let ends: Vec<(String, Option<String>, i32)> =
+        sqlx::query_as("SELECT state, error_code, crashes FROM jobs ORDER BY position")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    for (i, (state, code, crashes)) in ends.iter().enumerate() {
+        let fine = *crashes == 0
+            && (state == "succeeded"
+                || (state == "failed"
+                    && matches!(
+                        code.as_deref(),
+                        Some("validation_failed" | "invalid_response" | "tests_failed")
+                    )));
+        assert!(
+            fine,
+            "seed {seed}: fuzz_{i} ended {state} {code:?} after {crashes} crashes; {batch}"
+        );
+    }
+    eprintln!(
+        "seed {seed}: {:?}",
+        ends.iter()
+            .map(|e| (&e.0, &e.1))
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    assert_eq!(
+        llm.requests().len(),
+        ANSWERS,
+        "seed {seed}: each answer was asked for once"
+    );
+    d.stop().await;
+}
