@@ -161,6 +161,11 @@ pub struct LlmSettings {
     /// with jitter, up to `KILN_LLM_BACKOFF_MAX_MS` (default 30000).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// `KILN_LLM_MAX_WAIT_S` (default 600): the longest wait a provider may
+    /// ask for (`retry-after` and the like) that is honoured; a longer one
+    /// (a date years ahead, `1e300` seconds) is cut to this, so a header can
+    /// never park a job.
+    pub max_wait: Duration,
     /// `KILN_LLM_JSON_MODE` (`json_object`, `json_schema` or `off`; default
     /// `json_object`).
     pub json_mode: JsonMode,
@@ -259,6 +264,9 @@ pub struct ApiSettings {
     pub max_specs: usize,
     /// `KILN_MAX_SPEC_KB` (default 256): largest single spec (as JSON).
     pub max_spec_bytes: usize,
+    /// `KILN_HTTP_BODY_TIMEOUT_S` (default 30): time to receive a request's
+    /// whole body; then 408 and the connection is closed.
+    pub body_timeout: Duration,
 }
 
 impl Settings {
@@ -366,6 +374,7 @@ impl Settings {
                 max_retries: src.parse("KILN_LLM_MAX_RETRIES", 8)?,
                 backoff_base: src.millis("KILN_LLM_BACKOFF_MS", 500)?,
                 backoff_max: src.millis("KILN_LLM_BACKOFF_MAX_MS", 30_000)?,
+                max_wait: src.secs("KILN_LLM_MAX_WAIT_S", 600)?,
                 json_mode,
                 api_version: src.string("KILN_LLM_API_VERSION", "2024-10-21"),
                 rpm: src.parse("KILN_LLM_RPM", 0)?,
@@ -414,6 +423,7 @@ impl Settings {
                 max_body_bytes: src.positive::<usize>("KILN_MAX_BODY_MB", 64)? * 1024 * 1024,
                 max_specs: src.positive("KILN_MAX_SPECS", 50_000)?,
                 max_spec_bytes: src.positive::<usize>("KILN_MAX_SPEC_KB", 256)? * 1024,
+                body_timeout: src.secs("KILN_HTTP_BODY_TIMEOUT_S", 30)?,
             },
         })
     }
@@ -526,7 +536,10 @@ impl Source {
                 message: "must be a positive number of seconds".into(),
             });
         }
-        Ok(Duration::from_secs_f64(value))
+        Duration::try_from_secs_f64(value).map_err(|_| ConfigError::Invalid {
+            var,
+            message: "too many seconds".into(),
+        })
     }
 
     fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {

@@ -45,6 +45,8 @@ pub struct PipelineSettings {
     pub sandbox_max_retries: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Longest provider-requested wait honoured.
+    pub llm_max_wait: Duration,
     /// Takeovers from dead workers tolerated per run.
     pub crash_limit: u32,
     pub limits: Limits,
@@ -307,7 +309,12 @@ impl Pipeline {
             (files, validation)
         } else {
             let started = Instant::now();
-            let (files, validation) = check_answer(&job.spec, &response);
+            let (files, validation) = check_answer(&job.spec, &response.content, response.finish_reason.as_deref())
+                .await
+                .map_err(|e| Stop::Fail {
+                    code: "internal",
+                    message: format!("could not validate the answer: {e}"),
+                })?;
             let report = serde_json::to_value(&validation).expect("reports serialise");
             let ms = started.elapsed().as_millis() as u64;
             self.retry_db(cancel, || {
@@ -586,11 +593,38 @@ struct Generated {
     finish_reason: Option<String>,
 }
 
-/// Parses and validates an answer. A truncated or unparseable answer is the
-/// model's failure, reported as a diagnostic like any other.
-fn check_answer(spec: &Spec, answer: &Generated) -> (Vec<File>, ValidationReport) {
-    let truncated = matches!(answer.finish_reason.as_deref(), Some("length" | "max_tokens"));
-    match parse_response(&answer.content, spec.into()) {
+/// Stack of the thread that parses and validates one answer: enough for the
+/// deepest syntax tree a file within the size limit can produce (measured:
+/// half a million nested brackets, unoptimised, need under 128 MiB), so
+/// dropping that tree cannot overflow. Only touched pages cost memory.
+const CHECK_STACK_BYTES: usize = 256 * 1024 * 1024;
+
+/// Parses and validates an answer, as the pipeline does, on a thread of its
+/// own with a [`CHECK_STACK_BYTES`] stack: the model controls how deeply its
+/// code nests, and a worker's async threads have small stacks. A truncated,
+/// unparseable or too deeply nested answer is the model's failure, reported
+/// as a diagnostic like any other. Errors only if no thread can be started.
+pub async fn check_answer(
+    spec: &Spec,
+    content: &str,
+    finish_reason: Option<&str>,
+) -> std::io::Result<(Vec<File>, ValidationReport)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (spec, content, finish_reason) = (spec.clone(), content.to_owned(), finish_reason.map(str::to_owned));
+    std::thread::Builder::new()
+        .name("kiln-validate".into())
+        .stack_size(CHECK_STACK_BYTES)
+        .spawn(move || {
+            let _ = tx.send(check_answer_here(&spec, &content, finish_reason.as_deref()));
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the validation thread panicked"))
+}
+
+/// [`check_answer`] on the calling thread.
+fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) -> (Vec<File>, ValidationReport) {
+    let truncated = matches!(finish_reason, Some("length" | "max_tokens"));
+    match parse_response(content, spec.into()) {
         Ok(files) => {
             let mut report = validate::validate(spec, &files);
             if truncated {
@@ -671,8 +705,10 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
     ("attempts_exhausted", format!("all {max} attempts failed"))
 }
 
-/// Exponential backoff with full jitter, at least what the provider asked for.
+/// Exponential backoff with full jitter, at least what the provider asked
+/// for, up to `llm_max_wait`.
 fn backoff(settings: &PipelineSettings, faults: u32, at_least: Option<Duration>) -> Duration {
+    let at_least = at_least.map(|d| d.min(settings.llm_max_wait));
     let exp = settings
         .backoff_base
         .saturating_mul(1 << faults.saturating_sub(1).min(16));
@@ -706,11 +742,8 @@ mod tests {
 
     #[test]
     fn a_truncated_answer_is_a_diagnostic_not_a_crash() {
-        let answer = Generated {
-            content: r#"{"files": [{"path": "solution.py", "content": "def add(a, b):\n    return a +"#.into(),
-            finish_reason: Some("length".into()),
-        };
-        let (files, report) = check_answer(&function_spec(), &answer);
+        let content = r#"{"files": [{"path": "solution.py", "content": "def add(a, b):\n    return a +"#;
+        let (files, report) = check_answer_here(&function_spec(), content, Some("length"));
         assert!(files.is_empty());
         assert!(!report.ok);
         assert_eq!(report.diagnostics[0].rule, "response-truncated");
@@ -718,11 +751,7 @@ mod tests {
 
     #[test]
     fn an_unparseable_answer_fails_validation_with_what_was_expected() {
-        let answer = Generated {
-            content: "Sorry, I can't.".into(),
-            finish_reason: Some("stop".into()),
-        };
-        let (_, report) = check_answer(&function_spec(), &answer);
+        let (_, report) = check_answer_here(&function_spec(), "Sorry, I can't.", Some("stop"));
         assert_eq!(report.diagnostics[0].rule, "response-format");
         assert!(report.diagnostics[0].message.contains("expected a JSON object"));
     }
@@ -736,6 +765,7 @@ mod tests {
             sandbox_max_retries: 1,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            llm_max_wait: Duration::from_secs(60),
             crash_limit: 3,
             prices: std::collections::BTreeMap::new(),
             limits: Limits {
@@ -749,5 +779,6 @@ mod tests {
         assert!(backoff(&s, 1, None) <= Duration::from_millis(100));
         assert!(backoff(&s, 20, None) <= Duration::from_secs(2));
         assert!(backoff(&s, 1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+        assert_eq!(backoff(&s, 1, Some(Duration::MAX)), Duration::from_secs(60));
     }
 }

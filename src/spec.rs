@@ -209,6 +209,79 @@ impl Default for Options {
 /// multiplies cost.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
 pub const MAX_TIMEOUT_S: u32 = 900;
+/// Largest `budget_tokens`: far above any real batch, far below what the
+/// database's 64-bit counters hold.
+pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000;
+/// Longest model name; real ones are well under 100 characters.
+pub const MAX_MODEL_CHARS: usize = 200;
+
+/// Checks a model name: it is sent to the provider and shown to operators,
+/// so it is short, single-line, and holds no control or bidirectional
+/// formatting characters (which make a name display as another).
+pub fn check_model_name(model: &str, field: &str) -> Result<(), FieldError> {
+    non_blank(model, field)?;
+    let chars = model.chars().count();
+    if chars > MAX_MODEL_CHARS {
+        return Err(FieldError::new(
+            field,
+            format!("{chars} characters, more than the limit of {MAX_MODEL_CHARS}"),
+        ));
+    }
+    if let Some(c) = model.chars().find(|c| c.is_control() || is_bidi_control(*c)) {
+        return Err(FieldError::new(
+            field,
+            format!("contains the control character U+{:04X}", u32::from(c)),
+        ));
+    }
+    Ok(())
+}
+
+/// Unicode's bidirectional formatting characters (and the other invisible
+/// format characters of the same blocks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Checks a budget of tokens given at `field`.
+pub fn check_budget_tokens(budget: u64, field: &str) -> Result<(), FieldError> {
+    if budget == 0 || budget > MAX_BUDGET_TOKENS {
+        return Err(FieldError::new(
+            field,
+            format!("must be between 1 and {MAX_BUDGET_TOKENS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The path of the first string (value or object key) holding U+0000, which
+/// no text column of the database can store. Iterative: a body's nesting is
+/// bounded by the JSON parser, but this should not rely on it.
+pub fn find_nul(value: &Value) -> Option<String> {
+    let mut stack: Vec<(&Value, String)> = vec![(value, String::new())];
+    while let Some((value, at)) = stack.pop() {
+        match value {
+            Value::String(s) if s.contains('\0') => return Some(if at.is_empty() { "body".into() } else { at }),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate().rev() {
+                    stack.push((item, format!("{at}[{i}]")));
+                }
+            }
+            Value::Object(map) => {
+                let entries: Vec<_> = map.iter().collect();
+                for (key, item) in entries.into_iter().rev() {
+                    let shown = key.replace('\0', "\\0");
+                    let path = if at.is_empty() { shown } else { format!("{at}.{shown}") };
+                    if key.contains('\0') {
+                        return Some(path);
+                    }
+                    stack.push((item, path));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
 
 impl Options {
     /// The model attempt `n` (1-based) uses, if the batch names one.
@@ -237,16 +310,19 @@ impl Options {
             ));
         }
         if let Some(model) = &self.model {
-            non_blank(model, &format!("{at}.model"))?;
+            check_model_name(model, &format!("{at}.model"))?;
+        }
+        if self.models.len() > MAX_ATTEMPTS_LIMIT as usize {
+            return Err(FieldError::new(
+                format!("{at}.models"),
+                format!("more than {MAX_ATTEMPTS_LIMIT} models (one per attempt at most)"),
+            ));
         }
         for (i, model) in self.models.iter().enumerate() {
-            non_blank(model, &format!("{at}.models[{i}]"))?;
+            check_model_name(model, &format!("{at}.models[{i}]"))?;
         }
-        if self.budget_tokens == Some(0) {
-            return Err(FieldError::new(
-                format!("{at}.budget_tokens"),
-                "must be greater than zero",
-            ));
+        if let Some(budget) = self.budget_tokens {
+            check_budget_tokens(budget, &format!("{at}.budget_tokens"))?;
         }
         if !(-1000..=1000).contains(&self.priority) {
             return Err(FieldError::new(

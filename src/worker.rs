@@ -123,6 +123,7 @@ impl Worker {
                 sandbox_max_retries: settings.worker.sandbox_max_retries,
                 backoff_base: settings.llm.backoff_base,
                 backoff_max: settings.llm.backoff_max,
+                llm_max_wait: settings.llm.max_wait,
                 crash_limit: settings.worker.crash_limit,
                 limits: Limits::from_settings(&settings.sandbox),
                 prices: settings.llm.prices.clone(),

@@ -248,3 +248,204 @@ async fn readiness_reports_postgres_and_redis_without_a_token() {
     assert!(metrics.contains("kiln_queue_window_jobs 0"), "{metrics}");
     d.stop().await;
 }
+
+/// A batch body with a NUL character in the field at `path`.
+fn with_nul(path: &str) -> (Value, &str) {
+    let mut spec = add_spec(0);
+    let body = match path {
+        "name" => json!({"name": "a\u{0}b", "specs": [spec]}),
+        "specs[0].task_description" => {
+            spec["task_description"] = json!("sum\u{0}");
+            json!({"specs": [spec]})
+        }
+        "specs[0].test_cases[1].expected" => {
+            spec["test_cases"][1]["expected"] = json!("\u{0}");
+            json!({"specs": [spec]})
+        }
+        "specs[0].test_cases[2].input.a\\0" => {
+            spec["test_cases"][2]["input"] = json!({"a\u{0}": 1});
+            json!({"specs": [spec]})
+        }
+        "options.model" => json!({"specs": [spec], "options": {"model": "gpt\u{0}"}}),
+        _ => unreachable!(),
+    };
+    (body, path)
+}
+
+#[tokio::test]
+async fn a_nul_character_anywhere_in_a_batch_is_a_400_naming_the_field_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    let (d, token) = start(&env, &[]).await;
+    let url = format!("{}/v1/batches", d.url);
+    for path in [
+        "name",
+        "specs[0].task_description",
+        "specs[0].test_cases[1].expected",
+        "specs[0].test_cases[2].input.a\\0",
+        "options.model",
+    ] {
+        let (body, field) = with_nul(path);
+        let (status, error) = post(&url, &token, body.to_string()).await;
+        assert_eq!(status, 400, "{body} → {error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
+    // A raw NUL byte in the JSON text is not JSON at all.
+    let (status, error) = post(&url, &token, b"{\"specs\": [\"\x00\"]}".to_vec()).await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (400, Some("body")),
+        "{error}"
+    );
+    assert_eq!(env.count("batches").await, 0);
+    assert_eq!(env.count("jobs").await, 0);
+
+    // The other bodies go through the same parser.
+    let (_, created) = post(&url, &token, json!({"specs": [add_spec(0)]}).to_string()).await;
+    let batch = created["batch_id"].as_str().unwrap();
+    let (status, error) = post(
+        &format!("{}/v1/batches/{batch}/retry", d.url),
+        &token,
+        r#"{"states": ["fail\u0000ed"]}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"]["field"].as_str()),
+        (400, Some("states[0]")),
+        "{error}"
+    );
+    let (status, _) = get(
+        &format!(
+            "{}/v1/jobs/{}/files/a%00b.py",
+            d.url,
+            created["job_ids"][0].as_str().unwrap()
+        ),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 400);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn every_numeric_option_out_of_range_is_a_400_naming_it_and_writes_nothing() {
+    let env = TestEnv::new().await;
+    let (d, token) = start(&env, &[]).await;
+    let url = format!("{}/v1/batches", d.url);
+    let cases = [
+        ("budget_tokens", "9223372036854775808"),
+        ("budget_tokens", "18446744073709551615"),
+        ("budget_tokens", "18446744073709551616"),
+        ("budget_tokens", "1000000000001"),
+        ("budget_tokens", "1e300"),
+        ("budget_tokens", "0"),
+        ("budget_tokens", "-1"),
+        ("max_attempts", "0"),
+        ("max_attempts", "21"),
+        ("max_attempts", "4294967296"),
+        ("max_attempts", "-1"),
+        ("max_attempts", "1.5"),
+        ("priority", "1001"),
+        ("priority", "-1001"),
+        ("priority", "2147483648"),
+        ("priority", "-9223372036854775809"),
+        ("timeout_s", "0"),
+        ("timeout_s", "901"),
+        ("timeout_s", "4294967296"),
+        ("timeout_s", "1e-300"),
+    ];
+    for (option, value) in cases {
+        let body = format!(r#"{{"specs": [{}], "options": {{"{option}": {value}}}}}"#, add_spec(0));
+        let (status, error) = post(&url, &token, body).await;
+        assert_eq!(status, 400, "{option}={value} → {error}");
+        assert_eq!(
+            error["error"]["field"],
+            format!("options.{option}"),
+            "{option}={value} → {error}"
+        );
+    }
+    assert_eq!(env.count("batches").await, 0);
+
+    let (_, created) = post(&url, &token, json!({"specs": [add_spec(0)]}).to_string()).await;
+    let batch = created["batch_id"].as_str().unwrap();
+    let client = reqwest::Client::new();
+    for value in ["9223372036854775808", "1000000000001", "0"] {
+        let response = client
+            .patch(format!("{}/v1/batches/{batch}", d.url))
+            .bearer_auth(&token)
+            .body(format!(r#"{{"options": {{"budget_tokens": {value}}}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{value}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["field"], "options.budget_tokens", "{error}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_name_too_long_or_with_control_or_bidi_characters_is_refused() {
+    let env = TestEnv::new().await;
+    let (d, token) = start(&env, &[]).await;
+    let url = format!("{}/v1/batches", d.url);
+    for (options, field) in [
+        (json!({"model": "m".repeat(201)}), "options.model"),
+        (json!({"model": "m".repeat(300_000)}), "options.model"),
+        (json!({"model": "gpt\u{202E}4"}), "options.model"),
+        (json!({"model": "gpt\n4"}), "options.model"),
+        (json!({"models": ["ok", "\u{2066}x"]}), "options.models[1]"),
+        (json!({"models": vec!["m"; 21]}), "options.models"),
+    ] {
+        let (status, error) = post(
+            &url,
+            &token,
+            json!({"specs": [add_spec(0)], "options": options}).to_string(),
+        )
+        .await;
+        assert_eq!(
+            (status, error["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{error}"
+        );
+    }
+    let (status, _) = post(
+        &url,
+        &token,
+        json!({"specs": [add_spec(0)], "options": {"model": "m".repeat(200)}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(env.count("batches").await, 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_promised_body_is_dropped_after_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let (d, _token) = start(&env, &[("KILN_HTTP_BODY_TIMEOUT_S", "1")]).await;
+    let addr = d.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for path in ["/v1/batches", "/v1/batches/00000000-0000-0000-0000-000000000000/retry"] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(
+            format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"specs\"")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        held.push(conn);
+    }
+    for mut conn in held {
+        let mut answer = Vec::new();
+        // The server answers 408 and closes: read to the end, well before 10 s.
+        tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut answer))
+            .await
+            .expect("the connection was not dropped")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert_eq!(env.count("batches").await, 0);
+    d.stop().await;
+}

@@ -103,6 +103,36 @@ async fn every_provider_fault_is_retried_without_spending_an_attempt() {
 }
 
 #[tokio::test]
+async fn absurd_provider_waits_are_clamped_so_the_job_still_finishes() {
+    let env = TestEnv::new().await;
+    let script = format!(
+        r#"
+- name: absurd-waits
+  match: "`add_0`"
+  faults:
+    - {{status: 429, headers: {{retry-after: "1e300"}}}}
+    - {{status: 429, headers: {{retry-after: "Fri, 31 Dec 9999 23:59:59 GMT"}}}}
+    - {{status: 429, headers: {{retry-after-ms: "-5"}}}}
+    - {{status: 429, headers: {{retry-after: "NaN"}}}}
+    - {{status: 429, headers: {{x-ratelimit-reset-tokens: "99999999999999999999h"}}}}
+  responses:{}"#,
+        good_add("add_0")
+    );
+    let llm = mock(&script).await;
+    let settings = env.settings(
+        &llm.base_url(),
+        &[("KILN_LLM_MAX_WAIT_S", "1"), ("KILN_LLM_BREAKER_FAILURES", "50")],
+    );
+    let started = std::time::Instant::now();
+    let (d, batch, ids) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let a = d.attempts(&ids[0], false).await;
+    assert_eq!(a[0]["llm_faults"], 5, "{a:#?}");
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn a_quota_error_fails_the_job_at_once_with_llm_quota() {
     let env = TestEnv::new().await;
     let script = format!(

@@ -11,14 +11,19 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
-use crate::spec::{BatchRequest, Limits};
+use crate::spec::{BatchRequest, Limits, check_budget_tokens, find_nul};
 use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
 
 pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
-/// Reads a request body up to the configured limit.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a request body up to `limit` bytes within `timeout`: a client that
+/// promises a body and never sends it (slowloris) gets a 408 and its
+/// connection closed.
+pub(crate) async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(format!("body: not received within {} s", timeout.as_secs_f64())))?;
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(<dyn std::error::Error>::is::<http_body_util::LengthLimitError>)
             || e.to_string().contains("length limit");
@@ -30,14 +35,19 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
     })
 }
 
-/// Parses JSON, naming the position of a syntax error.
+/// Parses JSON, naming the position of a syntax error, or the field of a
+/// string holding U+0000 (which the database cannot store as text).
 pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(
             "body",
             format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
         )
-    })
+    })?;
+    if let Some(field) = find_nul(&value) {
+        return Err(ApiError::invalid(field, "contains the NUL character (U+0000)"));
+    }
+    Ok(value)
 }
 
 /// Parses a small JSON body as `T`, naming the field at fault.
@@ -67,7 +77,7 @@ pub async fn create(
             Some(key.to_owned())
         }
     };
-    let bytes = read_body(body, state.limits.max_body_bytes).await?;
+    let bytes = read_body(body, state.limits.max_body_bytes, state.limits.body_timeout).await?;
     let request = BatchRequest::from_value(
         parse_json(&bytes)?,
         Limits {
@@ -167,7 +177,7 @@ pub async fn retry(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "batch_id")?;
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
     let states = if bytes.iter().all(u8::is_ascii_whitespace) {
         default_retry_states()
     } else {
@@ -212,14 +222,17 @@ pub async fn update(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "batch_id")?;
-    let bytes = read_body(body, 64 * 1024).await?;
+    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
     let patch: PatchBody = typed_body(&bytes)?;
     let budget = match patch.options.budget_tokens {
         None => BudgetChange::Keep,
         Some(Value::Null) => BudgetChange::Remove,
         Some(v) => match v.as_u64() {
-            Some(n) if n > 0 => BudgetChange::Set(n),
-            _ => {
+            Some(n) => {
+                check_budget_tokens(n, "options.budget_tokens")?;
+                BudgetChange::Set(n)
+            }
+            None => {
                 return Err(ApiError::invalid(
                     "options.budget_tokens",
                     format!("{v} is not a positive number of tokens (or null to remove the budget)"),

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// 413.
     #[error("{0}")]
     TooLarge(String),
+    /// 408: the body did not arrive in time; the connection is closed.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// 503: a dependency is down; the request may succeed later.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -102,6 +106,15 @@ impl IntoResponse for ApiError {
             }
             other => json!({"error": {"code": code, "message": other.to_string()}}),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            // The rest of the body may never come: do not wait for it to
+            // reuse the connection.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

@@ -71,6 +71,10 @@ async fn files_attempt(state: &AppState, job_id: Uuid, q: &FilesQuery) -> Result
 }
 
 /// `GET /v1/jobs/{id}/artifacts` → the files as `application/gzip` (tar.gz).
+/// Files whose paths failed validation (`../x`, `/etc/x`, `..\\x.py`) are
+/// left out, so unpacking never writes outside the directory; the header
+/// `X-Kiln-Skipped-Files` counts them (their text stays readable one by one
+/// under `/files/`).
 pub async fn artifacts(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -78,7 +82,12 @@ pub async fn artifacts(
 ) -> Result<impl IntoResponse, ApiError> {
     let job_id = parse_id(&id, "job_id")?;
     let attempt = files_attempt(&state, job_id, &q).await?;
-    let files = state.store.artifacts(attempt).await?;
+    let (files, skipped): (Vec<_>, Vec<_>) = state
+        .store
+        .artifacts(attempt)
+        .await?
+        .into_iter()
+        .partition(|f| crate::validate::paths::is_safe(&f.path));
     let archive = crate::files::tar_gz(&files).map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok((
         [
@@ -86,6 +95,10 @@ pub async fn artifacts(
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{job_id}.tar.gz\""),
+            ),
+            (
+                header::HeaderName::from_static("x-kiln-skipped-files"),
+                skipped.len().to_string(),
             ),
         ],
         archive,
@@ -99,6 +112,9 @@ pub async fn file(
     Query(q): Query<FilesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let job_id = parse_id(&id, "job_id")?;
+    if path.contains('\0') {
+        return Err(ApiError::invalid("path", "contains the NUL character (U+0000)"));
+    }
     let attempt = files_attempt(&state, job_id, &q).await?;
     let content = state.store.artifact(attempt, &path).await.map_err(|e| match e {
         crate::store::StoreError::NotFound(_) => ApiError::NotFound(format!("file {path:?}")),

@@ -75,27 +75,42 @@ pub(crate) fn classify_status(status: StatusCode, headers: &HeaderMap, body: &st
     }
 }
 
+/// Longest wait read from a provider's headers. The pipeline cuts waits to
+/// its own (smaller) `KILN_LLM_MAX_WAIT_S`; this bound only keeps every
+/// figure a header can hold (`1e300`, a date in year 9999) a valid
+/// [`Duration`] that a timer can add to now.
+pub(crate) const MAX_PROVIDER_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A provider's wait in seconds as a [`Duration`]: negative is no wait,
+/// more than [`MAX_PROVIDER_WAIT`] is that, NaN is no answer.
+fn wait_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        secs.clamp(0.0, MAX_PROVIDER_WAIT.as_secs_f64()),
+    ))
+}
+
 /// How long the provider asks us to wait, from the headers providers use:
 /// `retry-after-ms`, `retry-after` (seconds or an HTTP date) and
-/// `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`).
+/// `x-ratelimit-reset-requests` / `-tokens` (`1s`, `6m0s`, `20ms`), at most
+/// [`MAX_PROVIDER_WAIT`].
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(wait) = get("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| wait_secs(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     if let Some(v) = get("retry-after") {
-        if let Ok(secs) = v.parse::<f64>()
-            && secs.is_finite()
-            && secs >= 0.0
-        {
-            return Some(Duration::from_secs_f64(secs));
+        if let Some(wait) = v.parse::<f64>().ok().and_then(wait_secs) {
+            return Some(wait);
         }
         if let Ok(when) = chrono::DateTime::parse_from_rfc2822(v) {
             let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-            return Some(wait.to_std().unwrap_or(Duration::ZERO));
+            return wait_secs(wait.as_seconds_f64());
         }
     }
     ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
@@ -129,7 +144,7 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
             };
         rest = next;
     }
-    Some(Duration::from_secs_f64(total))
+    wait_secs(total)
 }
 
 #[cfg(test)]
@@ -163,6 +178,31 @@ mod tests {
             Some(Duration::from_mins(6))
         );
         assert_eq!(retry_after(&headers(&[])), None);
+    }
+
+    #[test]
+    fn absurd_provider_waits_are_clamped_not_a_panic() {
+        for (header, value) in [
+            ("retry-after", "1e300"),
+            ("retry-after", "inf"),
+            ("retry-after-ms", "1e308"),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("x-ratelimit-reset-requests", "99999999999999999999h"),
+        ] {
+            assert_eq!(
+                retry_after(&headers(&[(header, value)])),
+                Some(MAX_PROVIDER_WAIT),
+                "{header}: {value}"
+            );
+        }
+        for (header, value) in [("retry-after", "-5"), ("retry-after", "-inf")] {
+            assert_eq!(
+                retry_after(&headers(&[(header, value)])),
+                Some(Duration::ZERO),
+                "{value}"
+            );
+        }
+        assert_eq!(retry_after(&headers(&[("retry-after", "NaN")])), None);
     }
 
     #[test]

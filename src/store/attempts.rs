@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Lease, Store, StoreError};
+use super::{Lease, Store, StoreError, storable, storable_json};
 use crate::files::File;
 
 /// The last step of an attempt that was persisted.
@@ -223,6 +223,8 @@ impl Store {
         model: &str,
         prompt: &Value,
     ) -> Result<AttemptRecord, StoreError> {
+        let prompt = storable_json(prompt);
+        let prompt = prompt.as_ref();
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
@@ -255,6 +257,7 @@ impl Store {
         attempt_id: Uuid,
         g: &Generation<'_>,
     ) -> Result<(), StoreError> {
+        let (response, finish_reason) = (storable(g.response), g.finish_reason.map(storable));
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
@@ -264,8 +267,8 @@ impl Store {
                    timings_ms = timings_ms || jsonb_build_object('llm', $7::int8)
                WHERE id = $1 AND phase = 'prompted'"#,
             attempt_id,
-            g.response,
-            g.finish_reason,
+            response.as_ref(),
+            finish_reason.as_deref(),
             g.usage.prompt_tokens as i32,
             g.usage.completion_tokens as i32,
             g.cost_usd,
@@ -288,7 +291,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
-        let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        let paths: Vec<String> = files.iter().map(|f| storable(&f.path).into_owned()).collect();
+        let validation = storable_json(validation);
+        let validation = validation.as_ref();
         let contents: Vec<Vec<u8>> = files.iter().map(|f| f.content.as_bytes().to_vec()).collect();
         let hashes: Vec<String> = files.iter().map(File::sha256).collect();
         let sizes: Vec<i32> = files.iter().map(|f| f.content.len() as i32).collect();
@@ -328,6 +333,8 @@ impl Store {
         tests: &Value,
         sandbox_ms: u64,
     ) -> Result<(), StoreError> {
+        let tests = storable_json(tests);
+        let tests = tests.as_ref();
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
@@ -357,6 +364,7 @@ impl Store {
         class: &str,
         message: &str,
     ) -> Result<i32, StoreError> {
+        let (class, message) = (storable(class), storable(message));
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         let count = sqlx::query_scalar!(
@@ -372,8 +380,8 @@ impl Store {
                RETURNING CASE WHEN $2 = 'llm' THEN llm_faults ELSE sandbox_faults END AS "count!""#,
             attempt_id,
             kind.as_str(),
-            class,
-            message,
+            class.as_ref(),
+            message.as_ref(),
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -518,6 +526,7 @@ impl Store {
         state: AttemptState,
         error: Option<(&str, &str)>,
     ) -> Result<(), StoreError> {
+        let (code, message) = (error.map(|e| storable(e.0)), error.map(|e| storable(e.1)));
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
@@ -528,8 +537,8 @@ impl Store {
                WHERE id = $1"#,
             attempt_id,
             state.as_str(),
-            error.map(|e| e.0),
-            error.map(|e| e.1),
+            code.as_deref(),
+            message.as_deref(),
         )
         .execute(&mut *tx)
         .await?;

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Lease, Store, StoreError};
+use super::{Lease, Store, StoreError, storable};
 use crate::spec::{Options, Spec};
 
 /// What a successful claim hands the worker.
@@ -180,6 +180,7 @@ impl Store {
             JobOutcome::Succeeded { attempt_id } => ("succeeded", None, None, Some(attempt_id)),
             JobOutcome::Failed { code, message } => ("failed", Some(code), Some(message), None),
         };
+        let (code, message) = (code.map(storable), message.map(storable));
         sqlx::query!(
             r#"UPDATE jobs
                SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
@@ -187,8 +188,8 @@ impl Store {
                WHERE id = $1"#,
             lease.job_id,
             state,
-            code,
-            message,
+            code.as_deref(),
+            message.as_deref(),
             attempt,
         )
         .execute(&mut *tx)

@@ -13,6 +13,15 @@
 //! A takeover, a cancel or a retry bumps the epoch, so a worker that lost its
 //! lease gets [`StoreError::LeaseLost`] instead of writing (invariant 2).
 //!
+//! # Text the database cannot hold
+//!
+//! Postgres refuses U+0000 in `text` and `jsonb`. The API rejects it in
+//! requests; text from the model and the sandbox goes through [`storable`]
+//! and [`storable_json`], which write it as U+FFFD, so a NUL is never a
+//! storage error that would retry the job (and pay the model) in a loop.
+//! Files keep their exact bytes (`bytea`); a NUL in a generated file or path
+//! is the model's failure, reported by validation.
+//!
 //! # Layout
 //! - [`batches`]: creating batches (one bulk insert) and reading their status.
 //! - [`jobs`]: claiming, heartbeating, finishing, cancelling and retrying jobs.
@@ -36,6 +45,69 @@ use uuid::Uuid;
 
 /// The embedded migrations, applied at start-up by every process.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// What U+0000 is stored as.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// `text` with every U+0000 replaced by [`NUL_REPLACEMENT`].
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', &NUL_REPLACEMENT.to_string()))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// `value` with U+0000 replaced by [`NUL_REPLACEMENT`] in every string and key.
+pub fn storable_json(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    use serde_json::Value;
+    fn has_nul(value: &Value) -> bool {
+        let mut stack = vec![value];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::String(s) if s.contains('\0') => return true,
+                Value::Array(items) => stack.extend(items),
+                Value::Object(map) => {
+                    if map.keys().any(|k| k.contains('\0')) {
+                        return true;
+                    }
+                    stack.extend(map.values());
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+    fn scrub(value: &mut Value) {
+        let mut stack = vec![value];
+        while let Some(v) = stack.pop() {
+            match v {
+                Value::String(s) => {
+                    if let std::borrow::Cow::Owned(clean) = storable(s) {
+                        *s = clean;
+                    }
+                }
+                Value::Array(items) => stack.extend(items.iter_mut()),
+                Value::Object(map) => {
+                    if map.keys().any(|k| k.contains('\0')) {
+                        *map = std::mem::take(map)
+                            .into_iter()
+                            .map(|(k, v)| (storable(&k).into_owned(), v))
+                            .collect();
+                    }
+                    stack.extend(map.values_mut());
+                }
+                _ => {}
+            }
+        }
+    }
+    if !has_nul(value) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut owned = value.clone();
+    scrub(&mut owned);
+    std::borrow::Cow::Owned(owned)
+}
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -19,10 +19,12 @@
 //! | `path-invalid` | error | absolute, `..`, `.`, empty, `.git`, control or Windows-hostile path |
 //! | `path-extension` | error | a file type a project should not contain |
 //! | `path-size`, `path-count` | error | a file, the answer, or the file count over its limit |
+//! | `content-nul` | error | a file containing U+0000 (no text file, and no Python source, may) |
 //! | `path-duplicate` | error | the same path twice, or paths equal on case-insensitive file systems |
 //! | `path-conflict` | error | a path that is both a file and a directory |
 //! | `python-syntax` | error | a syntax error |
 //! | `python-version` | error | syntax newer than Python 3.11 |
+//! | `python-nesting` | error | a syntax tree nested deeper than 1,000 levels (CPython cannot compile it either) |
 //! | `missing-file` | error | `solution.py`, or a file every service needs |
 //! | `entry-point` | error | the function spec's entry point is not bound at module level |
 //! | `entry-signature` | error | `async def`, or parameters the harness's calls do not fit |

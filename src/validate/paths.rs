@@ -82,6 +82,18 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
                 format!("{} bytes, more than the limit of {MAX_FILE_BYTES}", file.content.len()),
             ));
         }
+        if let Some(at) = file.content.find('\0') {
+            let before = &file.content[..at];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            out.push(Diagnostic::error(
+                &file.path,
+                line as u32,
+                col as u32,
+                "content-nul",
+                "the NUL character (U+0000) in a text file; Python refuses source with NUL bytes, write `\\0` instead",
+            ));
+        }
         let name = file.path.rsplit('/').next().unwrap_or(&file.path);
         let extension_ok = ALLOWED_NAMES.contains(&name)
             || name
@@ -135,6 +147,13 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// True when `path` may be written to a user's disk as is. Answers that
+/// failed validation keep their files (for inspection), bad paths included,
+/// so whatever packs stored files for download checks this first.
+pub fn is_safe(path: &str) -> bool {
+    path_problem(path).is_none()
 }
 
 /// Why a path is not acceptable, if it is not.

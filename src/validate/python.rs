@@ -4,8 +4,21 @@
 //!
 //! Positions are 1-based lines and 1-based columns counted in characters, the
 //! way editors and the model count them.
+//!
+//! # Nesting
+//! The model controls how deep a syntax tree is, and every rule (and the
+//! tree's own drop) recurses over it. Three bounds keep that total:
+//! - a file over [`paths::MAX_FILE_BYTES`](super::paths::MAX_FILE_BYTES) is
+//!   not parsed at all (it is already a `path-size` error), so no tree is
+//!   deeper than that many levels;
+//! - a tree nested deeper than [`MAX_NESTING`] is a `python-nesting` error
+//!   and counts as invalid syntax, so no rule walks it;
+//! - parsing, the rules and the drop run on a thread whose stack holds the
+//!   deepest tree a file within the size limit can produce
+//!   ([`crate::validate::check_answer`]).
 
-use ruff_python_ast::{Expr, ModModule, PythonVersion, Stmt};
+use ruff_python_ast::visitor::source_order::{SourceOrderVisitor, TraversalSignal};
+use ruff_python_ast::{AnyNodeRef, Expr, ModModule, PythonVersion, Stmt};
 use ruff_python_parser::{Mode, ParseOptions, Parsed};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextSize};
@@ -16,23 +29,36 @@ use crate::report::{Diagnostic, Severity};
 /// The Python the sandbox runs; syntax newer than this is an error.
 pub const TARGET: PythonVersion = PythonVersion::PY311;
 
+/// Deepest syntax tree the rules read. CPython 3.11 itself stops compiling
+/// between 2,000 and 3,000 levels; real code stays far below this.
+pub const MAX_NESTING: usize = 1_000;
+
 /// A parsed `.py` file.
 pub struct Module<'a> {
     file: &'a File,
     parsed: Parsed<ModModule>,
     index: LineIndex,
+    /// False for a file over the size limit, left unparsed.
+    parsed_fully: bool,
+    /// Where the tree first nests deeper than [`MAX_NESTING`].
+    too_deep: Option<TextSize>,
 }
 
 impl<'a> Module<'a> {
     pub fn parse(file: &'a File) -> Module<'a> {
         let options = ParseOptions::from(Mode::Module).with_target_version(TARGET);
-        let parsed = ruff_python_parser::parse_unchecked(&file.content, options)
+        let parsed_fully = file.content.len() <= super::paths::MAX_FILE_BYTES;
+        let source = if parsed_fully { file.content.as_str() } else { "" };
+        let parsed = ruff_python_parser::parse_unchecked(source, options)
             .try_into_module()
             .expect("Mode::Module parses to a module");
+        let too_deep = first_too_deep(parsed.syntax());
         Module {
             file,
             index: LineIndex::from_source_text(&file.content),
             parsed,
+            parsed_fully,
+            too_deep,
         }
     }
 
@@ -74,8 +100,13 @@ impl<'a> Module<'a> {
         &self.parsed.syntax().body
     }
 
+    /// True when the rules may read the tree: it parsed without errors,
+    /// within the size limit, and nests no deeper than [`MAX_NESTING`].
     pub fn has_valid_syntax(&self) -> bool {
-        self.parsed.errors().is_empty() && self.parsed.unsupported_syntax_errors().is_empty()
+        self.parsed_fully
+            && self.too_deep.is_none()
+            && self.parsed.errors().is_empty()
+            && self.parsed.unsupported_syntax_errors().is_empty()
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -110,6 +141,19 @@ impl<'a> Module<'a> {
             let (line, col) = self.position(e.range.start());
             Diagnostic::error(self.path(), line, col, "python-version", e.to_string())
         }));
+        if let Some(offset) = self.too_deep {
+            let (line, col) = self.position(offset);
+            out.push(Diagnostic::error(
+                self.path(),
+                line,
+                col,
+                "python-nesting",
+                format!(
+                    "expressions or blocks nested more than {MAX_NESTING} levels deep here; \
+                     CPython cannot compile this either, write it flat (a loop, a list, a helper)"
+                ),
+            ));
+        }
         out
     }
 
@@ -146,6 +190,36 @@ impl<'a> Module<'a> {
             _ => false,
         })
     }
+}
+
+/// The start of the first node nested deeper than [`MAX_NESTING`]. The walk
+/// recurses, but never below that depth: it skips the children of any node
+/// at the limit (and everything once one is found).
+fn first_too_deep(module: &ModModule) -> Option<TextSize> {
+    struct Depth {
+        depth: usize,
+        found: Option<TextSize>,
+    }
+    impl<'a> SourceOrderVisitor<'a> for Depth {
+        fn enter_node(&mut self, node: AnyNodeRef<'a>) -> TraversalSignal {
+            self.depth += 1;
+            if self.found.is_some() {
+                return TraversalSignal::Skip;
+            }
+            if self.depth > MAX_NESTING {
+                self.found = Some(node.start());
+                return TraversalSignal::Skip;
+            }
+            TraversalSignal::Traverse
+        }
+
+        fn leave_node(&mut self, _node: AnyNodeRef<'a>) {
+            self.depth -= 1;
+        }
+    }
+    let mut walk = Depth { depth: 0, found: None };
+    walk.visit_body(&module.body);
+    walk.found
 }
 
 /// Statements that run at module level: the body, and the bodies of
