@@ -30,6 +30,8 @@
 
 pub mod client;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod feeder;
 pub mod files;
 pub mod http;

@@ -29,7 +29,7 @@ use crate::report::{Diagnostic, TestReport, ValidationReport};
 use crate::sandbox::{Limits, Sandbox, SandboxError, harness};
 use crate::spec::Spec;
 use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
-use crate::store::jobs::{Claimed, JobOutcome};
+use crate::store::jobs::{Activity, Claimed, JobOutcome};
 use crate::store::{Lease, Store, StoreError};
 use crate::validate;
 
@@ -45,7 +45,8 @@ pub struct PipelineSettings {
     pub sandbox_max_retries: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Takeovers from dead workers tolerated per run.
+    /// Worker deaths blamed on a job (see [`crate::store::jobs::blame`])
+    /// tolerated per run.
     pub crash_limit: u32,
     pub limits: Limits,
     /// US dollars per million tokens, by model.
@@ -123,10 +124,11 @@ impl Pipeline {
     /// Drives a claimed job until it ends, is interrupted, or the lease is lost.
     pub async fn run(&self, job: &Claimed, cancel: &CancellationToken) -> Result<JobEnd, PipelineError> {
         let lease = &job.lease;
-        if job.crashes >= self.settings.crash_limit as i32 {
+        if job.blamed_crashes >= self.settings.crash_limit as i32 {
             let message = format!(
-                "workers died {} times while running this job (limit {}); it is not run again",
-                job.crashes, self.settings.crash_limit
+                "workers died {} times while this job was running inside them (limit {}); it is not run again \
+                 ({} takeovers in all, each listed with why it was or was not blamed)",
+                job.blamed_crashes, self.settings.crash_limit, job.crashes
             );
             if let Some(a) = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
@@ -150,6 +152,9 @@ impl Pipeline {
         loop {
             if cancel.is_cancelled() {
                 return Ok(JobEnd::Interrupted);
+            }
+            if let Err(stop) = self.mark(lease, Activity::Preparing, cancel).await {
+                return self.stopped(lease, None, stop, cancel).await;
             }
             let latest = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
@@ -306,6 +311,9 @@ impl Pipeline {
                 .unwrap_or_default();
             (files, validation)
         } else {
+            self.mark(lease, Activity::Validating, cancel).await?;
+            #[cfg(feature = "fault-injection")]
+            crate::fault::while_validating(&response.content);
             let started = Instant::now();
             let (files, validation) = check_answer(&job.spec, &response);
             let report = serde_json::to_value(&validation).expect("reports serialise");
@@ -360,6 +368,7 @@ impl Pipeline {
             attempt_id: attempt.id.to_string(),
         };
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
+        self.mark(lease, Activity::Model, cancel).await?;
         loop {
             let closed_in = self.guard.breaker_wait().await;
             if !closed_in.is_zero() {
@@ -452,6 +461,7 @@ impl Pipeline {
         if let Some(t) = job.options.timeout_s {
             limits.timeout = Duration::from_secs(u64::from(t));
         }
+        self.mark(&job.lease, Activity::Sandbox, cancel).await?;
         loop {
             let result = tokio::select! {
                 () = cancel.cancelled() => return Err(Stop::Interrupted),
@@ -570,6 +580,14 @@ impl Pipeline {
                 other => return other,
             }
         }
+    }
+
+    /// Records what the job is doing now: the evidence a takeover is judged
+    /// by if the worker dies meanwhile.
+    async fn mark(&self, lease: &Lease, activity: Activity, cancel: &CancellationToken) -> Result<(), Stop> {
+        Ok(self
+            .retry_db(cancel, || self.store.set_activity(lease, activity))
+            .await?)
     }
 
     async fn sleep(&self, duration: Duration, cancel: &CancellationToken) -> Result<(), Stop> {

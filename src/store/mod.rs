@@ -18,11 +18,13 @@
 //! - [`jobs`]: claiming, heartbeating, finishing, cancelling and retrying jobs.
 //! - [`attempts`]: the phases of each attempt and their artifacts.
 //! - [`feed`]: what the dispatcher's feeder and reconciler read and mark.
+//! - [`liveness`]: worker processes' liveness locks and dead-worker detection.
 
 pub mod attempts;
 pub mod batches;
 pub mod feed;
 pub mod jobs;
+pub mod liveness;
 
 use std::str::FromStr;
 use std::time::Duration;
