@@ -19,7 +19,8 @@ CREATE TABLE workers (
 CREATE INDEX workers_alive ON workers (id) WHERE died_at IS NULL;
 
 -- What the job's lease holder is doing right now, written at each step
--- (`claimed`, `preparing`, `model`, `validating`, `sandbox`, `reporting`):
+-- (`claimed`, `preparing`, `model`, `validating`, `sandbox`, `reporting`,
+-- `finishing`):
 -- the evidence for blaming a worker's death on the job or not.
 ALTER TABLE jobs ADD COLUMN activity text;
 -- Why the reconciler took the lease back (`worker_died`, `lease_expired`),

@@ -153,9 +153,6 @@ impl Pipeline {
             if cancel.is_cancelled() {
                 return Ok(JobEnd::Interrupted);
             }
-            if let Err(stop) = self.mark(lease, Activity::Preparing, cancel).await {
-                return self.stopped(lease, None, stop, cancel).await;
-            }
             let latest = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
                 .await?;
@@ -232,6 +229,7 @@ impl Pipeline {
         previous: Option<&AttemptRecord>,
         cancel: &CancellationToken,
     ) -> Result<AttemptRecord, Stop> {
+        self.mark(&job.lease, Activity::Preparing, cancel).await?;
         let n = previous.map_or(1, |p| p.n + 1);
         let Some(model) = job
             .options
@@ -337,6 +335,7 @@ impl Pipeline {
         } else {
             let started = Instant::now();
             let report = self.test(job, attempt, &files, cancel).await?;
+            self.mark(lease, Activity::Reporting, cancel).await?;
             let value = serde_json::to_value(&report).expect("reports serialise");
             let ms = started.elapsed().as_millis() as u64;
             self.retry_db(cancel, || self.store.record_tests(lease, attempt.id, &value, ms))

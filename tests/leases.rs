@@ -265,6 +265,7 @@ async fn a_takeover_is_blamed_only_when_the_job_was_running_inside_the_worker() 
         Activity::Validating,
         Activity::Preparing,
         Activity::Reporting,
+        Activity::Finishing,
     ]
     .into_iter()
     .enumerate()
@@ -295,8 +296,9 @@ async fn a_takeover_is_blamed_only_when_the_job_was_running_inside_the_worker() 
             ("validating".to_owned(), true),
             ("preparing".to_owned(), true),
             ("reporting".to_owned(), true),
+            ("finishing".to_owned(), false),
         ]
     );
     let view = env.store.job(job).await.unwrap();
-    assert_eq!((view.crashes, view.blamed_crashes, view.isolated), (6, 3, true));
+    assert_eq!((view.crashes, view.blamed_crashes, view.isolated), (7, 3, true));
 }

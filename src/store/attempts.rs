@@ -344,8 +344,8 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        // Out of the sandbox: what follows (the verdict) runs in the worker.
-        sqlx::query!("UPDATE jobs SET activity = 'reporting' WHERE id = $1", lease.job_id)
+        // The report is built; what is left is recording the verdict.
+        sqlx::query!("UPDATE jobs SET activity = 'finishing' WHERE id = $1", lease.job_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -48,8 +48,10 @@ pub enum Activity {
     Validating,
     /// Waiting for a sandbox slot or a sandbox run (a separate process).
     Sandbox,
-    /// Recording the sandbox's report and the verdict.
+    /// Building and recording the sandbox's report.
     Reporting,
+    /// Recording the verdict (waiting on Postgres).
+    Finishing,
 }
 
 impl Activity {
@@ -61,6 +63,7 @@ impl Activity {
             Activity::Validating => "validating",
             Activity::Sandbox => "sandbox",
             Activity::Reporting => "reporting",
+            Activity::Finishing => "finishing",
         }
     }
 
@@ -72,6 +75,7 @@ impl Activity {
             Activity::Validating,
             Activity::Sandbox,
             Activity::Reporting,
+            Activity::Finishing,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
@@ -91,7 +95,8 @@ impl Activity {
             Activity::Model => "was waiting for the model",
             Activity::Validating => "was parsing and validating the model's answer inside the worker",
             Activity::Sandbox => "was waiting for the sandbox (a separate process)",
-            Activity::Reporting => "was recording its test report inside the worker",
+            Activity::Reporting => "was building its test report inside the worker",
+            Activity::Finishing => "was recording its verdict (waiting on Postgres)",
         }
     }
 }
