@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
@@ -87,6 +88,16 @@ pub struct Pipeline {
     pub guard: Guard,
     pub sandbox: Arc<dyn Sandbox>,
     pub settings: PipelineSettings,
+    /// Taken by every job's own work inside the worker process (see
+    /// [`Pipeline::enter`]): shared by ordinary jobs, exclusive for an
+    /// isolated one. One per worker process.
+    pub in_worker: Arc<RwLock<()>>,
+}
+
+/// Held while a job's own work runs inside the worker.
+struct InWorker<'a> {
+    _shared: Option<RwLockReadGuard<'a, ()>>,
+    _alone: Option<RwLockWriteGuard<'a, ()>>,
 }
 
 /// Why an attempt stopped before a verdict.
@@ -229,7 +240,7 @@ impl Pipeline {
         previous: Option<&AttemptRecord>,
         cancel: &CancellationToken,
     ) -> Result<AttemptRecord, Stop> {
-        self.mark(&job.lease, Activity::Preparing, cancel).await?;
+        let _in_worker = self.enter(job, Activity::Preparing, cancel).await?;
         let n = previous.map_or(1, |p| p.n + 1);
         let Some(model) = job
             .options
@@ -309,7 +320,7 @@ impl Pipeline {
                 .unwrap_or_default();
             (files, validation)
         } else {
-            self.mark(lease, Activity::Validating, cancel).await?;
+            let in_worker = self.enter(job, Activity::Validating, cancel).await?;
             #[cfg(feature = "fault-injection")]
             crate::fault::while_validating(&response.content);
             let started = Instant::now();
@@ -320,6 +331,7 @@ impl Pipeline {
                 self.store.record_validation(lease, attempt.id, &files, &report, ms)
             })
             .await?;
+            drop(in_worker);
             (files, validation)
         };
         if !validation.ok {
@@ -335,11 +347,12 @@ impl Pipeline {
         } else {
             let started = Instant::now();
             let report = self.test(job, attempt, &files, cancel).await?;
-            self.mark(lease, Activity::Reporting, cancel).await?;
+            let in_worker = self.enter(job, Activity::Reporting, cancel).await?;
             let value = serde_json::to_value(&report).expect("reports serialise");
             let ms = started.elapsed().as_millis() as u64;
             self.retry_db(cancel, || self.store.record_tests(lease, attempt.id, &value, ms))
                 .await?;
+            drop(in_worker);
             report
         };
         Ok(if tests.all_passed() {
@@ -579,6 +592,28 @@ impl Pipeline {
                 other => return other,
             }
         }
+    }
+
+    /// Starts a step of the job's own work inside the worker process (one
+    /// that could kill it), held until the step's result is stored. An
+    /// isolated job (a death was blamed on it) runs such steps alone: no other
+    /// job of this worker runs one meanwhile, so if the process dies then, the
+    /// death is the isolated job's, and the jobs that were only waiting are
+    /// taken over unblamed.
+    async fn enter(&self, job: &Claimed, activity: Activity, cancel: &CancellationToken) -> Result<InWorker<'_>, Stop> {
+        let held = if job.isolate {
+            InWorker {
+                _shared: None,
+                _alone: Some(self.in_worker.write().await),
+            }
+        } else {
+            InWorker {
+                _shared: Some(self.in_worker.read().await),
+                _alone: None,
+            }
+        };
+        self.mark(&job.lease, activity, cancel).await?;
+        Ok(held)
     }
 
     /// Records what the job is doing now: the evidence a takeover is judged

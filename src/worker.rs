@@ -17,7 +17,8 @@
 //! Crashes: a job whose pipeline panics is a crash of that job alone: its
 //! heartbeat stops with it, the panic is recorded on its attempt and the job
 //! handed back at once (other workers first). A job a death was blamed on
-//! runs isolated: alone in its worker, so its next death is its own.
+//! runs its in-worker steps alone (see [`Pipeline`]), so its next death is
+//! its own.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -27,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use sqlx::postgres::PgConnectOptions;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
@@ -91,8 +91,6 @@ struct Inner {
     interrupt: CancellationToken,
     /// Set once shutdown starts: new messages are handed back, not claimed.
     draining: AtomicBool,
-    /// One permit per job slot; an isolated job takes them all.
-    slots: Arc<Semaphore>,
     /// Parent of the cancel tokens of jobs claimed under the current
     /// liveness registration; cancelled (and replaced) when the worker
     /// learns it was declared dead.
@@ -147,6 +145,7 @@ impl Worker {
             llm,
             guard,
             sandbox,
+            in_worker: Arc::new(tokio::sync::RwLock::new(())),
             settings: PipelineSettings {
                 default_model: settings.llm.model.clone(),
                 max_tokens: settings.llm.max_tokens,
@@ -173,7 +172,6 @@ impl Worker {
                 registration: Mutex::new(interrupt.child_token()),
                 interrupt,
                 draining: AtomicBool::new(false),
-                slots: Arc::new(Semaphore::new(settings.worker.concurrency.max(1))),
                 panicked: Mutex::new(HashMap::new()),
             }),
         }
@@ -399,27 +397,11 @@ impl Worker {
             cancel.clone(),
             lease_lost.clone(),
         )));
-        // An isolated job runs alone: it waits for every slot (new jobs queue
-        // behind it), so no other job can die with it or be blamed for it.
-        let slots = if job.isolate {
-            inner.concurrency.max(1) as u32
-        } else {
-            1
-        };
-        let permit = tokio::select! {
-            p = inner.slots.clone().acquire_many_owned(slots) => p.ok(),
-            () = cancel.cancelled() => None,
-        };
         if job.isolate {
             info!("running isolated: a worker death was blamed on this job before");
         }
-        let end = if permit.is_some() {
-            AssertUnwindSafe(inner.pipeline.run(&job, &cancel)).catch_unwind().await
-        } else {
-            Ok(Ok(JobEnd::Interrupted))
-        };
+        let end = AssertUnwindSafe(inner.pipeline.run(&job, &cancel)).catch_unwind().await;
         drop(heartbeat);
-        drop(permit);
         let end = match end {
             Ok(end) => end,
             Err(panic) => {

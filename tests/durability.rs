@@ -318,11 +318,12 @@ async fn a_poison_job_ends_as_crash_loop_after_its_blamed_deaths_while_jobs_that
     .await
     .unwrap();
     assert!(!companions.is_empty(), "no job shared a worker with the poison");
-    // They were waiting for the model, or for the isolated poison to finish.
+    // They were only waiting (for the model, the sandbox or room) when the
+    // poison killed their worker: none of those deaths was blamed on them.
     assert!(
-        companions
-            .iter()
-            .all(|(_, activity, blamed)| ["model", "claimed"].contains(&activity.as_str()) && !blamed),
+        companions.iter().all(|(_, activity, blamed)| {
+            ["claimed", "model", "sandbox", "finishing"].contains(&activity.as_str()) && !blamed
+        }),
         "{companions:?}"
     );
     eprintln!(
