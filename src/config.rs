@@ -204,8 +204,9 @@ pub struct WorkerSettings {
     /// `KILN_SHUTDOWN_GRACE_S` (default 20): after SIGTERM, how long in-flight
     /// jobs may run before their leases are released for others to resume.
     pub shutdown_grace: Duration,
-    /// `KILN_CRASH_LIMIT` (default 3): takeovers of a job from workers that
-    /// died under it before the job fails with `crash_loop`.
+    /// `KILN_CRASH_LIMIT` (default 3): worker deaths blamed on a job (it was
+    /// running inside the worker, or it panicked) before the job fails with
+    /// `crash_loop`; deaths while it waited are counted but not blamed.
     pub crash_limit: u32,
     /// `KILN_SANDBOX_MAX_RETRIES` (default 3): sandbox infrastructure faults
     /// tolerated per attempt before the job fails with `sandbox_unavailable`.

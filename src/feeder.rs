@@ -6,8 +6,12 @@
 //! lost (invariant 1):
 //! - Redis lost its data (restart without persistence, `FLUSHALL`): every
 //!   queued job is sent again;
-//! - a running job's lease expired (its worker died): it goes back to the
-//!   queue, and its next claim counts the crash;
+//! - a worker process died (its liveness lock is gone, see
+//!   [`crate::store::liveness`]): all its running jobs go back to the queue
+//!   and are sent again in the same tick; their next claims record the
+//!   takeovers and decide on blame;
+//! - a running job's lease expired (the fallback, for what liveness locks
+//!   cannot see): it goes back to the queue the same way;
 //! - a job waited in Redis longer than `redeliver_after`: sent again, in case
 //!   its message was lost some other way.
 //!
@@ -32,6 +36,8 @@ pub struct FeederStats {
     pub pushed: AtomicU64,
     pub redis_losses: AtomicU64,
     pub expired_leases: AtomicU64,
+    pub dead_workers: AtomicU64,
+    pub dead_worker_jobs: AtomicU64,
 }
 
 pub struct Feeder {
@@ -43,6 +49,12 @@ pub struct Feeder {
     pub wake: Arc<Notify>,
     pub stats: Arc<FeederStats>,
 }
+
+/// How long a worker's liveness lock may be missing before the worker is
+/// declared dead. Long enough for live workers to take their locks again
+/// after a Postgres restart (which drops them all), short enough that a dead
+/// worker's jobs move on within two seconds.
+pub const DEAD_AFTER: Duration = Duration::from_secs(1);
 
 /// How often stale window entries are looked for.
 const STALE_SCAN_EVERY: Duration = Duration::from_secs(30);
@@ -76,6 +88,16 @@ impl Feeder {
             if n > 0 {
                 warn!(jobs = n, "Redis lost its data; re-sending every queued job");
             }
+        }
+        let dead = self.store.reclaim_from_dead_workers(DEAD_AFTER).await?;
+        if dead.workers > 0 {
+            self.stats.dead_workers.fetch_add(dead.workers, Ordering::Relaxed);
+            self.stats.dead_worker_jobs.fetch_add(dead.jobs, Ordering::Relaxed);
+            warn!(
+                workers = dead.workers,
+                jobs = dead.jobs,
+                "workers died (liveness lock gone); their jobs re-queued"
+            );
         }
         let expired = self.store.requeue_expired_leases().await?;
         if expired > 0 {

@@ -32,6 +32,8 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod feeder;
 pub mod files;
 pub mod http;

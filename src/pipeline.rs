@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
@@ -29,7 +30,7 @@ use crate::report::{Diagnostic, TestReport, ValidationReport};
 use crate::sandbox::{Limits, Sandbox, SandboxError, harness};
 use crate::spec::Spec;
 use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
-use crate::store::jobs::{Claimed, JobOutcome};
+use crate::store::jobs::{Activity, Claimed, JobOutcome};
 use crate::store::{Lease, Store, StoreError};
 use crate::validate;
 
@@ -47,7 +48,8 @@ pub struct PipelineSettings {
     pub backoff_max: Duration,
     /// Longest provider-requested wait honoured.
     pub llm_max_wait: Duration,
-    /// Takeovers from dead workers tolerated per run.
+    /// Worker deaths blamed on a job (see [`crate::store::jobs::blame`])
+    /// tolerated per run.
     pub crash_limit: u32,
     pub limits: Limits,
     /// US dollars per million tokens, by model.
@@ -88,6 +90,16 @@ pub struct Pipeline {
     pub guard: Guard,
     pub sandbox: Arc<dyn Sandbox>,
     pub settings: PipelineSettings,
+    /// Taken by every job's own work inside the worker process (see
+    /// [`Pipeline::enter`]): shared by ordinary jobs, exclusive for an
+    /// isolated one. One per worker process.
+    pub in_worker: Arc<RwLock<()>>,
+}
+
+/// Held while a job's own work runs inside the worker.
+struct InWorker<'a> {
+    _shared: Option<RwLockReadGuard<'a, ()>>,
+    _alone: Option<RwLockWriteGuard<'a, ()>>,
 }
 
 /// Why an attempt stopped before a verdict.
@@ -125,10 +137,11 @@ impl Pipeline {
     /// Drives a claimed job until it ends, is interrupted, or the lease is lost.
     pub async fn run(&self, job: &Claimed, cancel: &CancellationToken) -> Result<JobEnd, PipelineError> {
         let lease = &job.lease;
-        if job.crashes >= self.settings.crash_limit as i32 {
+        if job.blamed_crashes >= self.settings.crash_limit as i32 {
             let message = format!(
-                "workers died {} times while running this job (limit {}); it is not run again",
-                job.crashes, self.settings.crash_limit
+                "workers died {} times while this job was running inside them (limit {}); it is not run again \
+                 ({} takeovers in all, each listed with why it was or was not blamed)",
+                job.blamed_crashes, self.settings.crash_limit, job.crashes
             );
             if let Some(a) = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
@@ -229,6 +242,7 @@ impl Pipeline {
         previous: Option<&AttemptRecord>,
         cancel: &CancellationToken,
     ) -> Result<AttemptRecord, Stop> {
+        let _in_worker = self.enter(job, Activity::Preparing, cancel).await?;
         let n = previous.map_or(1, |p| p.n + 1);
         let Some(model) = job
             .options
@@ -308,6 +322,9 @@ impl Pipeline {
                 .unwrap_or_default();
             (files, validation)
         } else {
+            let in_worker = self.enter(job, Activity::Validating, cancel).await?;
+            #[cfg(feature = "fault-injection")]
+            crate::fault::while_validating(&response.content);
             let started = Instant::now();
             let (files, validation) = check_answer(&job.spec, &response.content, response.finish_reason.as_deref())
                 .await
@@ -321,6 +338,7 @@ impl Pipeline {
                 self.store.record_validation(lease, attempt.id, &files, &report, ms)
             })
             .await?;
+            drop(in_worker);
             (files, validation)
         };
         if !validation.ok {
@@ -336,10 +354,12 @@ impl Pipeline {
         } else {
             let started = Instant::now();
             let report = self.test(job, attempt, &files, cancel).await?;
+            let in_worker = self.enter(job, Activity::Reporting, cancel).await?;
             let value = serde_json::to_value(&report).expect("reports serialise");
             let ms = started.elapsed().as_millis() as u64;
             self.retry_db(cancel, || self.store.record_tests(lease, attempt.id, &value, ms))
                 .await?;
+            drop(in_worker);
             report
         };
         Ok(if tests.all_passed() {
@@ -367,6 +387,7 @@ impl Pipeline {
             attempt_id: attempt.id.to_string(),
         };
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
+        self.mark(lease, Activity::Model, cancel).await?;
         loop {
             let closed_in = self.guard.breaker_wait().await;
             if !closed_in.is_zero() {
@@ -459,6 +480,7 @@ impl Pipeline {
         if let Some(t) = job.options.timeout_s {
             limits.timeout = Duration::from_secs(u64::from(t));
         }
+        self.mark(&job.lease, Activity::Sandbox, cancel).await?;
         loop {
             let result = tokio::select! {
                 () = cancel.cancelled() => return Err(Stop::Interrupted),
@@ -577,6 +599,36 @@ impl Pipeline {
                 other => return other,
             }
         }
+    }
+
+    /// Starts a step of the job's own work inside the worker process (one
+    /// that could kill it), held until the step's result is stored. An
+    /// isolated job (a death was blamed on it) runs such steps alone: no other
+    /// job of this worker runs one meanwhile, so if the process dies then, the
+    /// death is the isolated job's, and the jobs that were only waiting are
+    /// taken over unblamed.
+    async fn enter(&self, job: &Claimed, activity: Activity, cancel: &CancellationToken) -> Result<InWorker<'_>, Stop> {
+        let held = if job.isolate {
+            InWorker {
+                _shared: None,
+                _alone: Some(self.in_worker.write().await),
+            }
+        } else {
+            InWorker {
+                _shared: Some(self.in_worker.read().await),
+                _alone: None,
+            }
+        };
+        self.mark(&job.lease, activity, cancel).await?;
+        Ok(held)
+    }
+
+    /// Records what the job is doing now: the evidence a takeover is judged
+    /// by if the worker dies meanwhile.
+    async fn mark(&self, lease: &Lease, activity: Activity, cancel: &CancellationToken) -> Result<(), Stop> {
+        Ok(self
+            .retry_db(cancel, || self.store.set_activity(lease, activity))
+            .await?)
     }
 
     async fn sleep(&self, duration: Duration, cancel: &CancellationToken) -> Result<(), Stop> {

@@ -7,11 +7,27 @@
 //! On shutdown the worker stops taking messages, lets in-flight jobs run for
 //! the grace period, then interrupts them and releases their leases so other
 //! workers resume them at once from their last persisted phase.
+//!
+//! Liveness: the process holds its liveness lock ([`Registration`]) for as
+//! long as it runs, so the reconciler sees its death within about a second.
+//! If the lock's connection drops while the process lives, the worker takes
+//! the lock again; if it had been declared dead meanwhile, its leases were
+//! taken back, and it stops every job it was running.
+//!
+//! Crashes: a job whose pipeline panics is a crash of that job alone: its
+//! heartbeat stops with it, the panic is recorded on its attempt and the job
+//! handed back at once (other workers first). A job a death was blamed on
+//! runs its in-worker steps alone (see [`Pipeline`]), so its next death is
+//! its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use sqlx::postgres::PgConnectOptions;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
@@ -25,6 +41,7 @@ use crate::queue::coordination::Coordination;
 use crate::queue::{self, Handler};
 use crate::sandbox::process::ProcessSandbox;
 use crate::sandbox::{Limits, Sandbox, Slots};
+use crate::store::liveness::Registration;
 use crate::store::{Store, StoreError};
 
 /// Errors that stop a worker from starting.
@@ -45,6 +62,12 @@ pub enum WorkerError {
 /// Most time between lease heartbeats. Short, because a missed heartbeat is
 /// also how a running job learns it was cancelled.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How often the liveness lock's connection is checked.
+const LIVENESS_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a worker leaves a job that panicked in it to other workers.
+const AFTER_PANIC_ELSEWHERE: Duration = Duration::from_secs(5);
 
 /// A worker process's shared state; cheap to clone.
 #[derive(Clone)]
@@ -68,6 +91,12 @@ struct Inner {
     interrupt: CancellationToken,
     /// Set once shutdown starts: new messages are handed back, not claimed.
     draining: AtomicBool,
+    /// Parent of the cancel tokens of jobs claimed under the current
+    /// liveness registration; cancelled (and replaced) when the worker
+    /// learns it was declared dead.
+    registration: Mutex<CancellationToken>,
+    /// Jobs that panicked here lately, left to other workers for a while.
+    panicked: Mutex<HashMap<Uuid, Instant>>,
 }
 
 impl Worker {
@@ -116,6 +145,7 @@ impl Worker {
             llm,
             guard,
             sandbox: Arc::new(Slots::new(sandbox, settings.sandbox.slots)),
+            in_worker: Arc::new(tokio::sync::RwLock::new(())),
             settings: PipelineSettings {
                 default_model: settings.llm.model.clone(),
                 max_tokens: settings.llm.max_tokens,
@@ -129,6 +159,7 @@ impl Worker {
                 prices: settings.llm.prices.clone(),
             },
         };
+        let interrupt = CancellationToken::new();
         Worker {
             inner: Arc::new(Inner {
                 pipeline,
@@ -139,8 +170,10 @@ impl Worker {
                 lease_ttl: settings.worker.lease_ttl,
                 grace: settings.worker.shutdown_grace,
                 tracker: TaskTracker::new(),
-                interrupt: CancellationToken::new(),
+                registration: Mutex::new(interrupt.child_token()),
+                interrupt,
                 draining: AtomicBool::new(false),
+                panicked: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -154,6 +187,15 @@ impl Worker {
     /// releases their leases.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
         info!(worker_id = %self.inner.id, concurrency = self.inner.concurrency, "worker started");
+        // No claim before the liveness lock is held: every lease this worker
+        // takes is then watched by the reconciler.
+        let options = (*self.inner.pipeline.store.pool().connect_options()).clone();
+        let Some(registration) = self.register(&options, &shutdown).await else {
+            info!("worker stopped before it registered");
+            return;
+        };
+        let stop_liveness = CancellationToken::new();
+        let liveness = tokio::spawn(self.clone().keep_alive(registration, options, stop_liveness.clone()));
         let stop_consuming = CancellationToken::new();
         let consumer = tokio::spawn(self.clone().consume(stop_consuming.clone()));
         shutdown.cancelled().await;
@@ -187,7 +229,72 @@ impl Worker {
         .await;
         // Containers or processes prepared for runs that will not come.
         self.inner.pipeline.sandbox.shutdown().await;
+        // Every lease is released: a clean exit, not a death.
+        stop_liveness.cancel();
+        if let Ok(Some(registration)) = liveness.await {
+            registration.deregister().await;
+        }
         info!("worker stopped");
+    }
+
+    /// Registers the worker and takes its liveness lock, retrying while the
+    /// database is unavailable; `None` if shutdown came first.
+    async fn register(&self, options: &PgConnectOptions, shutdown: &CancellationToken) -> Option<Registration> {
+        loop {
+            match Registration::register(options, &self.inner.id).await {
+                Ok(registration) => {
+                    info!(lock_key = registration.lock_key, "liveness lock taken");
+                    return Some(registration);
+                }
+                Err(e) => warn!(error = %e, "registering the worker's liveness failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Watches the liveness lock's connection until `stop`; when it drops,
+    /// takes the lock again. Returns the registration for a clean exit.
+    async fn keep_alive(
+        self,
+        mut registration: Registration,
+        options: PgConnectOptions,
+        stop: CancellationToken,
+    ) -> Option<Registration> {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Some(registration),
+                () = tokio::time::sleep(LIVENESS_CHECK) => {}
+            }
+            if registration.alive().await {
+                continue;
+            }
+            warn!("the liveness lock's connection dropped; taking the lock again");
+            loop {
+                match registration.reacquire(&options).await {
+                    Ok(false) => {
+                        info!("liveness lock taken again before anyone noticed");
+                        break;
+                    }
+                    Ok(true) => {
+                        // The reconciler handed our jobs to others: stop them
+                        // now rather than at their next heartbeat.
+                        warn!("this worker was declared dead meanwhile; stopping the jobs it was running");
+                        let fresh = self.inner.interrupt.child_token();
+                        let old = std::mem::replace(&mut *self.inner.registration.lock().unwrap(), fresh);
+                        old.cancel();
+                        break;
+                    }
+                    Err(e) => debug!(error = %e, "taking the liveness lock again failed; retrying"),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
     }
 
     /// Runs apalis consumers one after another: if one stops by itself (for
@@ -230,6 +337,14 @@ impl Worker {
         if self.inner.draining.load(Ordering::SeqCst) {
             return false;
         }
+        if self.panicked_lately(job_id) {
+            // Left to another worker: the feeder sends it again at its next
+            // tick. After a while this one takes it too (it may be alone).
+            match self.inner.pipeline.store.redispatch(job_id).await {
+                Ok(()) => return true,
+                Err(e) => warn!(%job_id, error = %e, "handing a panicked job to others failed; running it here"),
+            }
+        }
         let worker = self.clone();
         let span = tracing::info_span!("job", %job_id, worker_id = %self.inner.id);
         // Spawned, not awaited inline: if apalis drops this handler (its
@@ -241,8 +356,8 @@ impl Worker {
         match task.await {
             Ok(handled) => handled,
             Err(e) => {
-                // A panic: the lease stays until it expires; the reconciler
-                // re-delivers and the next claim counts it as a crash.
+                // A panic outside the pipeline (which catches its own): the
+                // lease expires and the next claim records the takeover.
                 error!(%job_id, error = %e, "job task panicked");
                 true
             }
@@ -270,19 +385,31 @@ impl Worker {
             debug!("claim refused: the job is finished or leased by a live worker");
             return true;
         };
-        info!(batch_id = %job.batch_id, run = job.run, epoch = job.lease.epoch, kind = job.spec.kind().as_str(), "claimed");
+        info!(batch_id = %job.batch_id, run = job.run, epoch = job.lease.epoch, kind = job.spec.kind().as_str(),
+              crashes = job.crashes, blamed_crashes = job.blamed_crashes, isolated = job.isolate, "claimed");
 
-        let cancel = inner.interrupt.child_token();
+        let cancel = inner.registration.lock().unwrap().child_token();
         let lease_lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat(
+        // Aborted when dropped, so it also stops if this task unwinds.
+        let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
             store.clone(),
             job.lease.clone(),
             inner.lease_ttl,
             cancel.clone(),
             lease_lost.clone(),
-        ));
-        let end = inner.pipeline.run(&job, &cancel).await;
-        heartbeat.abort();
+        )));
+        if job.isolate {
+            info!("running isolated: a worker death was blamed on this job before");
+        }
+        let end = AssertUnwindSafe(inner.pipeline.run(&job, &cancel)).catch_unwind().await;
+        drop(heartbeat);
+        let end = match end {
+            Ok(end) => end,
+            Err(panic) => {
+                self.panicked(&job.lease, panic_message(panic.as_ref())).await;
+                return true;
+            }
+        };
 
         match end {
             Ok(JobEnd::Succeeded) => info!("job succeeded"),
@@ -300,6 +427,7 @@ impl Worker {
             },
             Ok(JobEnd::Interrupted) => match store.release(&job.lease, None).await {
                 Ok(()) => info!("interrupted; lease released for another worker"),
+                Err(StoreError::LeaseLost) => info!("interrupted; the lease had been taken back already"),
                 Err(e) => warn!(error = %e, "interrupted; releasing the lease failed (it will expire)"),
             },
             Err(e) => {
@@ -307,6 +435,52 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+impl Worker {
+    fn panicked_lately(&self, job_id: Uuid) -> bool {
+        let mut panicked = self.inner.panicked.lock().unwrap();
+        panicked.retain(|_, at| at.elapsed() < AFTER_PANIC_ELSEWHERE);
+        panicked.contains_key(&job_id)
+    }
+
+    /// A job's pipeline panicked: its heartbeat has stopped; record the
+    /// panic and hand the job back at once, blamed on it.
+    async fn panicked(&self, lease: &crate::store::Lease, message: String) {
+        error!(panic = %message, "the job panicked; handing it back");
+        self.inner.panicked.lock().unwrap().insert(lease.job_id, Instant::now());
+        let store = &self.inner.pipeline.store;
+        for _ in 0..20 {
+            match store.release_after_panic(lease, &message).await {
+                Ok(blamed) => {
+                    info!(blamed_crashes = blamed, "panic recorded; job handed back");
+                    return;
+                }
+                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => {
+                    warn!(error = %e, "recording the panic failed (the lease will expire)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

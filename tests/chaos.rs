@@ -8,13 +8,22 @@
 //! `scripts/test` runs it alone after the rest of the suite
 //! (`cargo nextest run --run-ignored only --test chaos`).
 //! `KILN_CHAOS_JOBS` (default 500) sets the batch size.
+//!
+//! The HumanEval scenario is the demanding one: real pytest suites (CPU-heavy
+//! judging), kills faster than a job's service time, and a crash limit that
+//! only blamed deaths count against. `KILN_CHAOS_HUMANEVAL_JOBS` (default 300)
+//! sets its size; `KILN_CHAOS_LOCAL=1` runs it without the Postgres restart
+//! (it only deletes its own queue's Redis keys), safe beside other tests.
 
+#[path = "support/humaneval.rs"]
+mod humaneval_data;
 mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kiln::mock_llm::{MockServer, ScriptFile};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Proc, TestEnv, add_spec};
@@ -209,4 +218,267 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
     );
     assert_eq!(after_storing, 0, "a stored answer was requested again");
     assert!(kills >= 3, "too few kills to mean anything: {kills}");
+}
+
+/// `n` HumanEval function specs with their pytest checks (problems repeat
+/// past 164), each tagged so that the mock answers it, after 400 ms, with
+/// the problem's canonical solution.
+fn humaneval_batch(n: usize) -> (Vec<Value>, Vec<ScriptFile>) {
+    let problems = humaneval_data::humaneval();
+    (0..n)
+        .map(|k| {
+            let p = &problems[k % problems.len()];
+            let tag = format!("he-{k}");
+            let spec = json!({
+                "kind": "function",
+                "task_description": format!("[{tag}] {}: complete `{}` as its docstring says.", p.task_id, p.entry_point),
+                "entry_point": p.entry_point,
+                "prompt": p.prompt,
+                "test_code": format!(
+                    "from solution import *\n\n{}\n\ndef test_check():\n    check({})\n",
+                    p.test, p.entry_point
+                ),
+            });
+            let script: ScriptFile = serde_json::from_value(json!({
+                "name": tag,
+                "match": format!(r"\[{tag}\]"),
+                "latency_ms": 400,
+                "responses": [{"files": [{
+                    "path": "solution.py",
+                    "content": format!("{}{}", p.prompt, p.canonical_solution),
+                }]}],
+            }))
+            .unwrap();
+            (spec, script)
+        })
+        .unzip()
+}
+
+/// One run of a batch on a fresh deployment: a dispatcher and three
+/// workers x 8 as processes, with or without chaos.
+struct Run {
+    env: TestEnv,
+    llm: MockServer,
+    api: String,
+    batch_id: String,
+    elapsed: Duration,
+    kills: usize,
+    /// The dispatcher and the workers, stopped when the run is dropped.
+    _procs: Vec<Proc>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chaos {
+    None,
+    /// SIGKILLs every 2-4 s and the queue's Redis keys deleted at 30%.
+    Local,
+    /// And Postgres restarted at 60%.
+    Full,
+}
+
+async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> Run {
+    let env = TestEnv::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let llm = MockServer::start(listener, scripts).unwrap();
+    let port = free_port();
+    let common = [("KILN_WORKER_CONCURRENCY", "8")];
+    let mut dispatcher_vars = env.vars(&llm.base_url(), &common);
+    dispatcher_vars.push(("KILN_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let dispatcher = Proc::spawn("kiln-dispatcher", &dispatcher_vars);
+    let api = format!("http://127.0.0.1:{port}");
+    let client = kiln::client::Client::new(&api);
+    support::eventually(Duration::from_secs(30), "the dispatcher", || async {
+        get(&format!("{api}/readyz")).await.is_some()
+    })
+    .await;
+    let worker_vars = |n: usize| {
+        let mut vars = env.vars(&llm.base_url(), &common);
+        vars.push(("KILN_WORKER_ID".into(), format!("chaos-{n}")));
+        vars
+    };
+    let mut spawned = 0;
+    let mut workers: Vec<Proc> = (0..WORKERS)
+        .map(|_| {
+            spawned += 1;
+            Proc::spawn("kiln-worker", &worker_vars(spawned))
+        })
+        .collect();
+    // Every worker is up before the clock starts, with or without chaos.
+    support::eventually(Duration::from_secs(30), "the workers registered", || async {
+        env.count("workers").await == WORKERS as i64
+    })
+    .await;
+
+    let created = client
+        .submit(&json!({"name": "humaneval-chaos", "specs": specs}), None)
+        .await
+        .unwrap();
+    let batch_id = created["batch_id"].as_str().unwrap().to_owned();
+    let jobs = specs.len();
+    let started = Instant::now();
+    let (mut kills, mut keys_deleted, mut restarted) = (0, false, false);
+    let mut rng = rand::rng();
+    let mut next_kill = Instant::now() + Duration::from_secs(2);
+    loop {
+        let Some(batch) = get(&format!("{api}/v1/batches/{batch_id}")).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if batch["finished_at"].is_string() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the run did not finish: {batch}"
+        );
+        let done = batch["counts"]["succeeded"].as_u64().unwrap() + batch["counts"]["failed"].as_u64().unwrap();
+        if chaos != Chaos::None && Instant::now() >= next_kill {
+            let victim = rng.random_range(0..workers.len());
+            workers[victim].kill();
+            kills += 1;
+            spawned += 1;
+            workers[victim] = Proc::spawn("kiln-worker", &worker_vars(spawned));
+            next_kill = Instant::now() + Duration::from_millis(rng.random_range(2000..4000));
+        }
+        if chaos != Chaos::None && !keys_deleted && done as usize * 10 >= jobs * 3 {
+            let redis = redis::Client::open(support::redis_url()).unwrap();
+            let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", env.queue))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+            keys_deleted = true;
+            eprintln!("chaos: {} queue keys deleted at {done} done", keys.len());
+        }
+        if chaos == Chaos::Full && !restarted && done as usize * 10 >= jobs * 6 {
+            restart_postgres();
+            restarted = true;
+            eprintln!("chaos: Postgres restarted at {done} done");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed();
+    if chaos != Chaos::None {
+        assert!(keys_deleted, "the run ended before the queue's keys were deleted");
+        assert!(
+            restarted || chaos == Chaos::Local,
+            "the run ended before Postgres restarted"
+        );
+    }
+    workers.push(dispatcher);
+    Run {
+        env,
+        llm,
+        api,
+        batch_id,
+        elapsed,
+        kills,
+        _procs: workers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "exclusive: restarts Postgres; scripts/test runs it after the rest"]
+async fn humaneval_jobs_all_succeed_through_sigkills_every_few_seconds_lost_queue_keys_and_a_postgres_restart() {
+    let jobs: usize = std::env::var("KILN_CHAOS_HUMANEVAL_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let chaos = if std::env::var_os("KILN_CHAOS_LOCAL").is_some() {
+        Chaos::Local
+    } else {
+        Chaos::Full
+    };
+    let (specs, scripts) = humaneval_batch(jobs);
+    let calm = run_batch(&specs, scripts.clone(), Chaos::None).await;
+    let calm_counts = get(&format!("{}/v1/batches/{}", calm.api, calm.batch_id))
+        .await
+        .unwrap();
+    assert_eq!(calm_counts["counts"]["succeeded"], jobs, "without chaos: {calm_counts}");
+    let calm_elapsed = calm.elapsed;
+    eprintln!("humaneval without chaos: {jobs} jobs in {calm_elapsed:.1?}");
+    drop(calm);
+
+    let run = run_batch(&specs, scripts, chaos).await;
+    let pool = run.env.store.pool();
+
+    // Every job succeeded.
+    let sql_counts: HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY state")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let failures: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id::text, error_code, error_message FROM jobs WHERE state <> 'succeeded' LIMIT 5")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sql_counts.get("succeeded").copied(),
+        Some(jobs as i64),
+        "{sql_counts:?}, for example {failures:?}"
+    );
+
+    // No (job, run, attempt) recorded twice.
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM attempts GROUP BY job_id, run, n HAVING count(*) > 1) d",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(duplicates, 0, "duplicate (job, run, attempt) records");
+
+    // No stored answer was requested again.
+    let stored: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT id::text, (extract(epoch FROM generated_at) * 1000)::int8 FROM attempts WHERE generated_at IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let requests = run.llm.requests();
+    let requested_again = requests
+        .iter()
+        .filter(|r| {
+            r.attempt_id
+                .as_deref()
+                .and_then(|id| stored.get(id))
+                .is_some_and(|at| r.at_ms as i64 > *at)
+        })
+        .count();
+
+    // The API's counts are SQL's.
+    let batch = get(&format!("{}/v1/batches/{}", run.api, run.batch_id)).await.unwrap();
+    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+        assert_eq!(
+            batch["counts"][state].as_i64().unwrap(),
+            sql_counts.get(state).copied().unwrap_or(0),
+            "{state}"
+        );
+    }
+    let (takeovers, blamed): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE blamed) FROM takeovers")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let ratio = run.elapsed.as_secs_f64() / calm_elapsed.as_secs_f64();
+    eprintln!(
+        "humaneval chaos summary: jobs={jobs} succeeded={} elapsed={:.1?} without_chaos={:.1?} ratio={ratio:.2} \
+         kills={} takeovers={takeovers} blamed_deaths={blamed} llm_requests={} stored_answers_requested_again={requested_again} \
+         postgres_restarted={}",
+        sql_counts["succeeded"],
+        run.elapsed,
+        calm_elapsed,
+        run.kills,
+        requests.len(),
+        chaos == Chaos::Full,
+    );
+    assert_eq!(requested_again, 0, "a stored answer was requested again");
+    assert!(run.kills >= 3, "too few kills to mean anything: {}", run.kills);
+    assert!(ratio <= 2.0, "chaos took {ratio:.2}x the calm run");
 }

@@ -95,78 +95,347 @@ async fn a_sigtermed_worker_exits_within_its_grace_and_another_finishes_its_jobs
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_job_ends_as_crash_loop_while_the_rest_of_its_batch_succeeds() {
-    let env = TestEnv::new().await;
-    let script = format!(
-        "{ADD_SCRIPT}\n- name: poison\n  match: \"`poison`\"\n  latency_ms: 1500\n  responses:\n    - content: \"never seen\"\n"
-    );
-    let llm = mock(&script).await;
-    let settings = env.settings(&llm.base_url(), &[("KILN_LEASE_TTL_S", "1")]);
-    let d = Dispatcher::start(&settings).await;
-    let mut specs: Vec<Value> = (0..4).map(add_spec).collect();
-    specs.push(
-        json!({"kind": "function", "task_description": "Crash every worker.", "entry_point": "poison",
-                      "test_cases": [{"input": 1, "expected": 1}]}),
-    );
-    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
-    let poison = created["job_ids"][4].as_str().unwrap().to_owned();
+/// A job's lease row: (state, lease_owner, lease_epoch, lease_expires_at).
+type LeaseRow = (String, Option<String>, i64, Option<chrono::DateTime<chrono::Utc>>);
 
-    // One job at a time per worker, so killing the poison job's worker
-    // kills nothing else. Whoever runs the poison job dies.
-    let mut kills = 0;
-    for generation in 0..10 {
-        let id = format!("w{generation}");
-        let vars = env.vars(
-            &llm.base_url(),
-            &[
-                ("KILN_WORKER_ID", &id),
-                ("KILN_WORKER_CONCURRENCY", "1"),
-                ("KILN_LEASE_TTL_S", "1"),
-            ],
-        );
-        let mut worker = Proc::spawn("kiln-worker", &vars);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let job = d.client.job(&poison).await.unwrap();
-            if job["state"] == "failed" {
-                break;
-            }
-            // (A claim that counted the third crash fails the job at once: that
-            // worker is left alone.)
-            let running: Option<(Option<String>, i32)> =
-                sqlx::query_as("SELECT lease_owner, crashes FROM jobs WHERE id = $1::uuid AND state = 'running'")
-                    .bind(&poison)
-                    .fetch_optional(env.store.pool())
+async fn lease_row(env: &TestEnv, job_id: &str) -> LeaseRow {
+    sqlx::query_as("SELECT state, lease_owner, lease_epoch, lease_expires_at FROM jobs WHERE id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_workers_jobs_are_reclaimed_by_another_worker_within_3_s_and_not_blamed() {
+    let env = TestEnv::new().await;
+    let script = ADD_SCRIPT.replace("  responses:", "  latency_ms: 8000\n  responses:");
+    let llm = mock(&script).await;
+    // A lease TTL far longer than the bound: only liveness can meet it.
+    let ttl = [("KILN_LEASE_TTL_S", "30"), ("KILN_WORKER_CONCURRENCY", "4")];
+    let settings = env.settings(&llm.base_url(), &ttl);
+    let d = Dispatcher::start(&settings).await;
+    let mut a = Proc::spawn(
+        "kiln-worker",
+        &env.vars(&llm.base_url(), &[ttl[0], ttl[1], ("KILN_WORKER_ID", "victim")]),
+    );
+    let specs: Vec<Value> = (0..4).map(add_spec).collect();
+    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
+    let jobs: Vec<String> = created["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "the victim waiting for the model on all four",
+        || async {
+            let rows: Vec<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT lease_owner, activity FROM jobs WHERE state = 'running'")
+                    .fetch_all(env.store.pool())
                     .await
                     .unwrap();
-            if let Some((Some(owner), crashes)) = running
-                && owner == id
-                && crashes < 3
-            {
-                worker.kill();
-                kills += 1;
-                break;
+            rows.len() == 4
+                && rows
+                    .iter()
+                    .all(|(o, a)| o.as_deref() == Some("victim") && a.as_deref() == Some("model"))
+        },
+    )
+    .await;
+    // The survivor is up before the kill, as in a real deployment.
+    let _b = Proc::spawn(
+        "kiln-worker",
+        &env.vars(&llm.base_url(), &[ttl[0], ttl[1], ("KILN_WORKER_ID", "survivor")]),
+    );
+    eventually(Duration::from_secs(30), "the survivor registered", || async {
+        env.count("workers WHERE id = 'survivor'").await == 1
+    })
+    .await;
+    a.kill();
+    let killed = Instant::now();
+    loop {
+        let mut reclaimed = 0;
+        for job in &jobs {
+            let (state, owner, epoch, _) = lease_row(&env, job).await;
+            if epoch >= 2 && (owner.as_deref() == Some("survivor") || state == "succeeded") {
+                reclaimed += 1;
             }
-            assert!(Instant::now() < deadline, "the poison job was never picked up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if d.client.job(&poison).await.unwrap()["state"] == "failed" {
+        if reclaimed == jobs.len() {
             break;
         }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "only {reclaimed} of 4 jobs re-claimed 3 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _last = Proc::spawn("kiln-worker", &env.vars(&llm.base_url(), &[("KILN_LEASE_TTL_S", "1")]));
+    let took = killed.elapsed();
+    eprintln!("all four jobs re-claimed {took:?} after the SIGKILL");
+
     let batch = wait_for_batch(
         &d.client,
         created["batch_id"].as_str().unwrap(),
-        Duration::from_secs(120),
+        Duration::from_secs(60),
     )
     .await;
+    assert_eq!(batch["counts"]["succeeded"], 4, "{batch}");
+    // Each job shows one takeover, not blamed: it was waiting for the model.
+    for job in &jobs {
+        let view = d.client.job(job).await.unwrap();
+        assert_eq!(
+            (view["crashes"].as_i64(), view["blamed_crashes"].as_i64()),
+            (Some(1), Some(0)),
+            "{view}"
+        );
+        let t = &view["takeovers"][0];
+        assert_eq!(
+            (t["cause"].as_str(), t["activity"].as_str(), t["blamed"].as_bool()),
+            (Some("worker_died"), Some("model"), Some(false)),
+            "{view}"
+        );
+        assert_eq!(
+            (t["lost_by"].as_str(), t["taken_by"].as_str()),
+            (Some("victim"), Some("survivor"))
+        );
+        assert!(t["reason"].as_str().unwrap().contains("waiting for the model"), "{t}");
+        let attempts = d.attempts(job, false).await;
+        assert_eq!(attempts[0]["takeovers"].as_array().unwrap().len(), 1, "{attempts:?}");
+    }
+    d.stop().await;
+}
+
+/// A worker's processes for the poison test: any that died is replaced.
+#[cfg(feature = "fault-injection")]
+struct Pool {
+    procs: Vec<(String, Proc)>,
+    spawned: usize,
+    /// Each one's variables, but for its id.
+    vars: Vec<(String, String)>,
+    /// Ids of the workers that died.
+    dead: Vec<String>,
+}
+
+#[cfg(feature = "fault-injection")]
+impl Pool {
+    fn spawn(&mut self) {
+        self.spawned += 1;
+        let id = format!("w{}", self.spawned);
+        let mut vars = self.vars.clone();
+        vars.push(("KILN_WORKER_ID".into(), id.clone()));
+        let proc = Proc::spawn("kiln-worker", &vars);
+        self.procs.push((id, proc));
+    }
+
+    fn replace_the_dead(&mut self) {
+        let before = self.procs.len();
+        let mut dead = Vec::new();
+        self.procs.retain_mut(|(id, p)| {
+            let exited = p.0.try_wait().unwrap().is_some();
+            if exited {
+                dead.push(id.clone());
+            }
+            !exited
+        });
+        self.dead.extend(dead);
+        for _ in self.procs.len()..before {
+            self.spawn();
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_job_ends_as_crash_loop_after_its_blamed_deaths_while_jobs_that_shared_its_worker_succeed() {
+    let env = TestEnv::new().await;
+    // The poison's answer carries the abort marker: whoever validates it
+    // dies. Its answer comes a little after the others', so it dies with
+    // company: jobs waiting for the model in the same worker.
+    let script = format!(
+        "{}\n- name: poison\n  match: \"`poison`\"\n  latency_ms: 1500\n  responses:\n    - content: \"POISON-MARKER\"\n",
+        ADD_SCRIPT.replace("  responses:", "  latency_ms: 2500\n  responses:")
+    );
+    let llm = mock(&script).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut specs: Vec<Value> = (0..11).map(add_spec).collect();
+    specs.insert(
+        3,
+        json!({"kind": "function", "task_description": "Crash every worker.", "entry_point": "poison",
+               "test_cases": [{"input": 1, "expected": 1}]}),
+    );
+    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
+    let poison = created["job_ids"][3].as_str().unwrap().to_owned();
+    let vars = env.vars(
+        &llm.base_url(),
+        &[
+            ("KILN_WORKER_CONCURRENCY", "6"),
+            ("KILN_FAULT_ABORT_MARKER", "POISON-MARKER"),
+        ],
+    );
+    let mut pool = Pool {
+        procs: Vec::new(),
+        spawned: 0,
+        dead: Vec::new(),
+        vars,
+    };
+    pool.spawn();
+    pool.spawn();
+    let batch_id = created["batch_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let batch = loop {
+        pool.replace_the_dead();
+        let batch = d.client.batch(batch_id).await.unwrap();
+        if batch["finished_at"].is_string() {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "the batch did not finish: {batch}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let job = d.client.job(&poison).await.unwrap();
     assert_eq!(job["error"]["code"], "crash_loop", "{job}");
-    assert_eq!(job["crashes"], 3);
-    assert_eq!(kills, 3);
-    assert_eq!(batch["counts"]["succeeded"], 4, "{batch}");
+    assert_eq!(job["blamed_crashes"], 3, "{job}");
+    assert_eq!(job["crashes"], 3, "{job}");
+    let takeovers = job["takeovers"].as_array().unwrap();
+    assert!(
+        takeovers
+            .iter()
+            .all(|t| t["blamed"] == true && t["activity"] == "validating"),
+        "{job}"
+    );
+    assert_eq!(pool.dead.len(), 3, "one death per blamed crash: {:?}", pool.dead);
+    assert_eq!(batch["counts"]["succeeded"], 11, "{batch}");
+
+    // Jobs that shared a worker with the poison when it died were taken
+    // over unblamed, and still succeeded.
+    let companions: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT job_id::text, activity, blamed FROM takeovers WHERE job_id <> $1::uuid AND lost_by = ANY($2)",
+    )
+    .bind(&poison)
+    .bind(&pool.dead)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(!companions.is_empty(), "no job shared a worker with the poison");
+    // They were only waiting (for the model, the sandbox or room) when the
+    // poison killed their worker: none of those deaths was blamed on them.
+    assert!(
+        companions.iter().all(|(_, activity, blamed)| {
+            ["claimed", "model", "sandbox", "finishing"].contains(&activity.as_str()) && !blamed
+        }),
+        "{companions:?}"
+    );
+    eprintln!(
+        "poison: {} deaths, {} companion takeovers (unblamed)",
+        pool.dead.len(),
+        companions.len()
+    );
+    d.stop().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_the_panic_recorded() {
+    let env = TestEnv::new().await;
+    let script = "
+- name: panicky
+  match: \"`panicky`\"
+  latency_ms: 2500
+  responses:
+    - files:
+        - path: solution.py
+          content: \"def panicky(x):\\n    # PANIC-MARKER\\n    return x\\n\"
+";
+    let llm = mock(script).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut a = Proc::spawn(
+        "kiln-worker",
+        &env.vars(
+            &llm.base_url(),
+            &[
+                ("KILN_WORKER_ID", "panics"),
+                ("KILN_FAULT_PANIC_MARKER", "PANIC-MARKER"),
+            ],
+        ),
+    );
+    let created = d
+        .client
+        .submit(
+            &json!({"specs": [{"kind": "function", "task_description": "Identity.", "entry_point": "panicky",
+                               "test_cases": [{"input": 1, "expected": 1}]}]}),
+            None,
+        )
+        .await
+        .unwrap();
+    let job = created["job_ids"][0].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "the first worker running the job", || async {
+        lease_row(&env, &job).await.1.as_deref() == Some("panics")
+    })
+    .await;
+    let _b = Proc::spawn(
+        "kiln-worker",
+        &env.vars(&llm.base_url(), &[("KILN_WORKER_ID", "other")]),
+    );
+
+    // The panic is recorded on the attempt, and the lease released with it.
+    let panic_faults = |attempts: &[Value]| {
+        attempts
+            .iter()
+            .flat_map(|a| a["faults"].as_array().cloned().unwrap_or_default())
+            .filter(|f| f["kind"] == "panic")
+            .count()
+    };
+    eventually(Duration::from_secs(30), "the panic recorded", || async {
+        panic_faults(&d.attempts(&job, false).await) > 0
+    })
+    .await;
+    let panicked = Instant::now();
+    // From now on the panicked worker's lease is never seen renewed, and
+    // another worker re-claims the job within 3 s.
+    loop {
+        let (state, owner, epoch, _) = lease_row(&env, &job).await;
+        assert_ne!(
+            owner.as_deref(),
+            Some("panics"),
+            "the panicked lease is still held (epoch {epoch})"
+        );
+        if epoch >= 2 && (owner.as_deref() == Some("other") || state == "succeeded") {
+            break;
+        }
+        assert!(
+            panicked.elapsed() < Duration::from_secs(3),
+            "not re-claimed 3 s after the panic: {state} {owner:?} {epoch}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("re-claimed {:?} after the panic", panicked.elapsed());
+    let batch = wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    // One panic only: the worker that panicked never ran the job again.
+    let attempts = d.attempts(&job, false).await;
+    assert_eq!(panic_faults(&attempts), 1, "{attempts:?}");
+    assert_eq!(attempts.len(), 1, "the same attempt was resumed: {attempts:?}");
+    let view = d.client.job(&job).await.unwrap();
+    let t = &view["takeovers"][0];
+    assert_eq!(
+        (t["cause"].as_str(), t["blamed"].as_bool()),
+        (Some("panic"), Some(true)),
+        "{view}"
+    );
+    assert_eq!(
+        (view["crashes"].as_i64(), view["blamed_crashes"].as_i64()),
+        (Some(1), Some(1))
+    );
+    // The worker survived its job's panic.
+    assert!(a.0.try_wait().unwrap().is_none(), "the worker died");
+    assert_eq!(llm.requests().len(), 1, "no answer was requested again");
     d.stop().await;
 }
 

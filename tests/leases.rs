@@ -6,7 +6,8 @@ mod support;
 use std::time::Duration;
 
 use kiln::store::attempts::{Generation, TokenUsage};
-use kiln::store::jobs::JobOutcome;
+use kiln::store::jobs::{Activity, JobOutcome};
+use kiln::store::liveness::{Reclaimed, Registration};
 use kiln::store::{Store, StoreError};
 use serde_json::json;
 use support::{TestEnv, add_spec};
@@ -147,4 +148,157 @@ async fn a_released_job_is_claimed_again_without_counting_a_crash() {
     env.store.release(&a.lease, None).await.unwrap();
     let b = env.store.claim(job, "worker-b", TTL).await.unwrap().unwrap();
     assert_eq!(b.crashes, 0);
+}
+
+/// Ends the server session holding a worker's liveness lock, as a network
+/// blip or a server-side kill would.
+async fn drop_liveness_connection(store: &Store) {
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'kiln-worker-liveness') t",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(ended, 1);
+    // The session ends (and its locks go) a moment after the signal.
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'kiln-worker-liveness'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Longer than any test: the reconciler only notes a missing lock.
+const LONG_GRACE: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn a_dead_workers_jobs_are_handed_back_once_its_liveness_lock_is_gone_and_the_takeover_names_the_cause() {
+    let env = TestEnv::new().await;
+    let job = one_job(&env.store).await;
+    let options = env.store.pool().connect_options();
+    let mut registration = Registration::register(&options, "worker-a").await.unwrap();
+    let a = env.store.claim(job, "worker-a", TTL).await.unwrap().unwrap();
+    env.store.set_activity(&a.lease, Activity::Model).await.unwrap();
+    // Alive: nothing happens however often the reconciler looks.
+    for _ in 0..2 {
+        let r = env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+        assert_eq!(r, Reclaimed::default());
+    }
+
+    drop_liveness_connection(&env.store).await;
+    // The first look notes the missing lock, a later one (past the grace)
+    // declares the worker dead and hands its job back.
+    let noted = env.store.reclaim_from_dead_workers(LONG_GRACE).await.unwrap();
+    assert_eq!(noted, Reclaimed::default());
+    let dead = env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+    assert_eq!(dead, Reclaimed { workers: 1, jobs: 1 });
+    assert!(matches!(
+        env.store.heartbeat(&a.lease, TTL).await,
+        Err(StoreError::LeaseLost)
+    ));
+    // The live process notices, takes its lock again and learns it was
+    // declared dead: whatever it was running is no longer its own.
+    assert!(!registration.alive().await);
+    assert!(registration.reacquire(&options).await.unwrap());
+    assert_eq!(
+        env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap(),
+        Reclaimed::default()
+    );
+
+    let b = env.store.claim(job, "worker-b", TTL).await.unwrap().unwrap();
+    assert_eq!((b.crashes, b.blamed_crashes, b.isolate), (1, 0, false));
+    let takeovers = env.store.takeovers(job).await.unwrap();
+    assert_eq!(takeovers.len(), 1);
+    let t = &takeovers[0];
+    assert_eq!(
+        (
+            t.cause.as_str(),
+            t.activity.as_deref(),
+            t.blamed,
+            t.lost_by.as_str(),
+            t.taken_by.as_deref()
+        ),
+        ("worker_died", Some("model"), false, "worker-a", Some("worker-b"))
+    );
+}
+
+#[tokio::test]
+async fn a_worker_that_takes_its_lock_again_within_the_grace_keeps_its_jobs() {
+    let env = TestEnv::new().await;
+    let job = one_job(&env.store).await;
+    let options = env.store.pool().connect_options();
+    let mut registration = Registration::register(&options, "worker-a").await.unwrap();
+    let a = env.store.claim(job, "worker-a", TTL).await.unwrap().unwrap();
+    drop_liveness_connection(&env.store).await;
+    env.store.reclaim_from_dead_workers(LONG_GRACE).await.unwrap();
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE lock_missing_since IS NOT NULL")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(missing, 1, "the missing lock is noted");
+    assert!(!registration.alive().await);
+    assert!(!registration.reacquire(&options).await.unwrap(), "not declared dead");
+    let after = env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+    assert_eq!(after, Reclaimed::default());
+    env.store.heartbeat(&a.lease, TTL).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_takeover_is_blamed_only_when_the_job_was_running_inside_the_worker() {
+    let env = TestEnv::new().await;
+    let job = one_job(&env.store).await;
+    let mut owner = "worker-0".to_owned();
+    let mut expected = (0, 0);
+    for (i, activity) in [
+        Activity::Claimed,
+        Activity::Model,
+        Activity::Sandbox,
+        Activity::Validating,
+        Activity::Preparing,
+        Activity::Reporting,
+        Activity::Finishing,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let claimed = env.store.claim(job, &owner, TTL).await.unwrap().unwrap();
+        assert_eq!((claimed.crashes, claimed.blamed_crashes), expected);
+        assert_eq!(claimed.isolate, expected.1 > 0, "isolated once blamed");
+        env.store.set_activity(&claimed.lease, activity).await.unwrap();
+        expire_lease(&env.store, job).await;
+        expected = (expected.0 + 1, expected.1 + i32::from(activity.in_worker()));
+        owner = format!("worker-{}", i + 1);
+    }
+    env.store.claim(job, &owner, TTL).await.unwrap().unwrap();
+    let blamed: Vec<(String, bool)> = env
+        .store
+        .takeovers(job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.activity.unwrap(), t.blamed))
+        .collect();
+    assert_eq!(
+        blamed,
+        [
+            ("claimed".to_owned(), false),
+            ("model".to_owned(), false),
+            ("sandbox".to_owned(), false),
+            ("validating".to_owned(), true),
+            ("preparing".to_owned(), true),
+            ("reporting".to_owned(), true),
+            ("finishing".to_owned(), false),
+        ]
+    );
+    let view = env.store.job(job).await.unwrap();
+    assert_eq!((view.crashes, view.blamed_crashes, view.isolated), (7, 3, true));
 }

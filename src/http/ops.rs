@@ -94,6 +94,18 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             "Running jobs re-queued because their lease expired.",
             feeder.expired_leases.load(Ordering::Relaxed) as i64,
         ),
+        (
+            "kiln_feeder_dead_workers_total",
+            "counter",
+            "Worker processes this dispatcher found dead (liveness lock gone).",
+            feeder.dead_workers.load(Ordering::Relaxed) as i64,
+        ),
+        (
+            "kiln_feeder_dead_worker_jobs_total",
+            "counter",
+            "Running jobs re-queued at once because their worker died.",
+            feeder.dead_worker_jobs.load(Ordering::Relaxed) as i64,
+        ),
     ];
     for (name, kind, help, value) in rows {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");

@@ -150,6 +150,9 @@ pub struct AttemptView {
     /// The model's raw answer (with `?full=true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<String>,
+    /// Takeovers that interrupted this attempt, and why each was or was not
+    /// blamed on the job.
+    pub takeovers: Vec<super::jobs::TakeoverView>,
 }
 
 /// Row shape of [`AttemptRecord`] as sqlx reads it.
@@ -348,6 +351,10 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        // The report is built; what is left is recording the verdict.
+        sqlx::query!("UPDATE jobs SET activity = 'finishing' WHERE id = $1", lease.job_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -548,7 +555,7 @@ impl Store {
 
     /// Every attempt of every run of a job, oldest first.
     pub async fn attempts(&self, job_id: Uuid, full: bool) -> Result<Vec<AttemptView>, StoreError> {
-        self.job(job_id).await?;
+        let takeovers = self.job(job_id).await?.takeovers;
         let rows = sqlx::query!(
             r#"SELECT run, n, state, phase, model, prompt_tokens, completion_tokens, validation, tests,
                       error_code, error_message, finish_reason, llm_faults, sandbox_faults, last_fault,
@@ -586,6 +593,11 @@ impl Store {
                 finished_at: r.finished_at,
                 prompt: full.then_some(r.prompt),
                 response: if full { r.response } else { None },
+                takeovers: takeovers
+                    .iter()
+                    .filter(|t| t.run == r.run && t.attempt == Some(r.n))
+                    .cloned()
+                    .collect(),
             })
             .collect())
     }

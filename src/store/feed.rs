@@ -78,17 +78,29 @@ impl Store {
         Ok(Some(FeedRound { tx, job_ids }))
     }
 
-    /// Running jobs whose lease ran out (their worker died or is cut off) go
-    /// back to `queued` for the feeder to send again. The lease owner is kept,
-    /// so the next claim counts the crash.
+    /// Running jobs whose lease ran out (their worker died unseen or is cut
+    /// off) go back to `queued` for the feeder to send again. The lease owner
+    /// is kept, so the next claim records the takeover.
     pub async fn requeue_expired_leases(&self) -> Result<u64, StoreError> {
         Ok(sqlx::query!(
-            r#"UPDATE jobs SET state = 'queued', dispatched_at = NULL, updated_at = now()
+            r#"UPDATE jobs SET state = 'queued', dispatched_at = NULL, lost_cause = 'lease_expired', updated_at = now()
                WHERE state = 'running' AND lease_expires_at < now()"#
         )
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    /// Forgets that one queued job was sent, so the feeder sends it again at
+    /// its next tick (a worker declining the message it got).
+    pub async fn redispatch(&self, job_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE jobs SET dispatched_at = NULL WHERE id = $1 AND state = 'queued'",
+            job_id
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Forgets that queued jobs were sent, so the feeder sends them again:

@@ -26,6 +26,109 @@ pub struct Claimed {
     pub max_attempts: i32,
     /// Takeovers from dead workers so far in this run, this one included.
     pub crashes: i32,
+    /// Those of them blamed on the job (see [`Activity::in_worker`]).
+    pub blamed_crashes: i32,
+    /// A death was blamed on the job: run it alone in the worker.
+    pub isolate: bool,
+}
+
+/// What a job's lease holder is doing, persisted at each step so that a
+/// takeover can tell whether the job could have killed its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Claimed, waiting for room in the worker (an isolated job waits for
+    /// the others to finish).
+    Claimed,
+    /// Reading what is stored and building the prompt (a repair prompt
+    /// reads the previous attempt's reports).
+    Preparing,
+    /// Waiting for the model (or for its rate limits and backoff).
+    Model,
+    /// Parsing and statically validating the model's answer.
+    Validating,
+    /// Waiting for a sandbox slot or a sandbox run (a separate process).
+    Sandbox,
+    /// Building and recording the sandbox's report.
+    Reporting,
+    /// Recording the verdict (waiting on Postgres).
+    Finishing,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Claimed => "claimed",
+            Activity::Preparing => "preparing",
+            Activity::Model => "model",
+            Activity::Validating => "validating",
+            Activity::Sandbox => "sandbox",
+            Activity::Reporting => "reporting",
+            Activity::Finishing => "finishing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Activity> {
+        [
+            Activity::Claimed,
+            Activity::Preparing,
+            Activity::Model,
+            Activity::Validating,
+            Activity::Sandbox,
+            Activity::Reporting,
+            Activity::Finishing,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+
+    /// True when the job's own work runs inside the worker process, so the
+    /// process's death may be the job's doing; false while the job only
+    /// waits (for room, the model, or the sandbox's separate process).
+    pub fn in_worker(self) -> bool {
+        matches!(self, Activity::Preparing | Activity::Validating | Activity::Reporting)
+    }
+
+    fn doing(self) -> &'static str {
+        match self {
+            Activity::Claimed => "was waiting for room in the worker",
+            Activity::Preparing => "was preparing its attempt inside the worker",
+            Activity::Model => "was waiting for the model",
+            Activity::Validating => "was parsing and validating the model's answer inside the worker",
+            Activity::Sandbox => "was waiting for the sandbox (a separate process)",
+            Activity::Reporting => "was building its test report inside the worker",
+            Activity::Finishing => "was recording its verdict (waiting on Postgres)",
+        }
+    }
+}
+
+/// Whether a worker's death is counted against the job, and why: only when
+/// the job was doing its own work inside the dead process.
+pub fn blame(activity: Option<Activity>, cause: &str) -> (bool, String) {
+    let how = match cause {
+        "worker_died" => "its worker died (liveness lock gone)",
+        _ => "its lease expired without being released",
+    };
+    match activity {
+        Some(a) if a.in_worker() => (true, format!("{how} while the job {}: blamed", a.doing())),
+        Some(a) => (false, format!("{how} while the job {}: not blamed", a.doing())),
+        None => (false, format!("{how} before the job recorded any step: not blamed")),
+    }
+}
+
+/// One takeover, as `GET /v1/jobs/{id}` and the attempts show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TakeoverView {
+    pub run: i32,
+    /// The attempt that was running (absent before the first one).
+    pub attempt: Option<i32>,
+    pub lost_by: String,
+    pub taken_by: Option<String>,
+    /// `worker_died`, `lease_expired` or `panic`.
+    pub cause: String,
+    pub activity: Option<String>,
+    pub blamed: bool,
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 /// How a job ended, as recorded by its lease holder.
@@ -76,7 +179,17 @@ pub struct JobView {
     /// Attempts started in the current run.
     pub attempts: i64,
     pub max_attempts: i32,
+    /// Takeovers from workers that died under the job, in the current run.
     pub crashes: i32,
+    /// Those of them counted against the job (`crash_loop` at the limit).
+    pub blamed_crashes: i32,
+    /// The job runs alone in its worker since a death was blamed on it.
+    pub isolated: bool,
+    /// What the lease holder is doing now (while running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<String>,
+    /// Every takeover of every run, oldest first, and why it was or was not blamed.
+    pub takeovers: Vec<TakeoverView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<JobErrorView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,30 +205,73 @@ impl Store {
     ///
     /// Succeeds for a queued job, or a running job whose lease expired (a
     /// takeover). Either way, if the previous holder never released the job
-    /// it died under it, and the claim counts a crash. Returns `None` — a
-    /// cheap refusal, one indexed update — when the job is terminal or
-    /// another worker holds a live lease: duplicate messages end here.
+    /// it died under it (or was cut off): the claim counts a crash, records
+    /// the takeover, and blames it on the job only if the job was doing its
+    /// own work inside that worker ([`blame`]). Returns `None` — a cheap
+    /// refusal, one indexed lookup — when the job is terminal or another
+    /// worker holds a live lease: duplicate messages end here.
     pub async fn claim(&self, job_id: Uuid, owner: &str, ttl: Duration) -> Result<Option<Claimed>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(before) = sqlx::query!(
+            r#"SELECT lease_owner, activity, lost_cause, run FROM jobs
+               WHERE id = $1 AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
+               FOR UPDATE"#,
+            job_id,
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let takeover = before.lease_owner.map(|lost_by| {
+            let cause = before.lost_cause.unwrap_or_else(|| "lease_expired".into());
+            let activity = before.activity.as_deref().and_then(Activity::parse);
+            let (blamed, reason) = blame(activity, &cause);
+            (lost_by, cause, blamed, reason)
+        });
+        let blamed = takeover.as_ref().is_some_and(|t| t.2);
         let row = sqlx::query!(
             r#"UPDATE jobs j
                SET state = 'running',
                    lease_owner = $2,
                    lease_epoch = j.lease_epoch + 1,
                    lease_expires_at = now() + make_interval(secs => $3),
-                   crashes = j.crashes + CASE WHEN j.lease_owner IS NOT NULL THEN 1 ELSE 0 END,
+                   crashes = j.crashes + $4,
+                   blamed_crashes = j.blamed_crashes + $5,
+                   isolate = j.isolate OR $5 > 0,
+                   activity = 'claimed',
+                   lost_cause = NULL,
                    dispatched_at = NULL,
                    updated_at = now()
                FROM batches b
                WHERE j.id = $1 AND b.id = j.batch_id
-                 AND (j.state = 'queued' OR (j.state = 'running' AND j.lease_expires_at < now()))
-               RETURNING j.lease_epoch, j.batch_id, j.run, j.spec, j.max_attempts, j.crashes, b.options"#,
+               RETURNING j.lease_epoch, j.batch_id, j.run, j.spec, j.max_attempts, j.crashes, j.blamed_crashes,
+                         j.isolate, b.options"#,
             job_id,
             owner,
             ttl.as_secs_f64(),
+            i32::from(takeover.is_some()),
+            i32::from(blamed),
         )
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        if let Some((lost_by, cause, blamed, reason)) = &takeover {
+            sqlx::query!(
+                r#"INSERT INTO takeovers (job_id, run, attempt, lost_by, taken_by, cause, activity, blamed, reason)
+                   SELECT $1, $2, (SELECT max(n) FROM attempts WHERE job_id = $1 AND run = $2), $3, $4, $5, $6, $7, $8"#,
+                job_id,
+                before.run,
+                lost_by,
+                owner,
+                cause,
+                before.activity,
+                blamed,
+                reason,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         let spec: Spec = serde_json::from_value(row.spec)
             .map_err(|e| StoreError::Conflict(format!("job {job_id} has an unreadable spec: {e}")))?;
         Ok(Some(Claimed {
@@ -130,7 +286,87 @@ impl Store {
             options: serde_json::from_value(row.options).unwrap_or_default(),
             max_attempts: row.max_attempts,
             crashes: row.crashes,
+            blamed_crashes: row.blamed_crashes,
+            isolate: row.isolate,
         }))
+    }
+
+    /// Records what the lease holder is doing now: one small update, not
+    /// fenced by a row lock (a stale holder's write changes nothing that
+    /// matters, and the epoch condition refuses it anyway).
+    pub async fn set_activity(&self, lease: &Lease, activity: Activity) -> Result<(), StoreError> {
+        let updated = sqlx::query_scalar!(
+            r#"UPDATE jobs SET activity = $4
+               WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running'
+               RETURNING 1 AS "updated!""#,
+            lease.job_id,
+            lease.epoch,
+            lease.owner,
+            activity.as_str(),
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        updated.map(|_| ()).ok_or(StoreError::LeaseLost)
+    }
+
+    /// The job panicked in its worker: a crash of this job alone, blamed on
+    /// it. Records the panic as a fault of its running attempt and the
+    /// takeover, and hands the job back to the queue at once for another
+    /// worker (isolated from now on). Returns the job's blamed crashes.
+    pub async fn release_after_panic(&self, lease: &Lease, message: &str) -> Result<i32, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        let job = sqlx::query!(
+            r#"UPDATE jobs
+               SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL,
+                   not_before = NULL, crashes = crashes + 1, blamed_crashes = blamed_crashes + 1, isolate = true,
+                   activity = NULL, lost_cause = NULL, updated_at = now()
+               WHERE id = $1
+               RETURNING run, blamed_crashes"#,
+            lease.job_id,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let attempt = sqlx::query!(
+            r#"UPDATE attempts
+               SET last_fault = $3,
+                   faults = CASE WHEN jsonb_array_length(faults) < 50
+                            THEN faults || jsonb_build_array(jsonb_build_object(
+                                'kind', 'panic', 'class', 'panic', 'message', $3::text, 'at', now()))
+                            ELSE faults END
+               WHERE job_id = $1 AND run = $2 AND state = 'running'
+               RETURNING n"#,
+            lease.job_id,
+            job.run,
+            message,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query!(
+            r#"INSERT INTO takeovers (job_id, run, attempt, lost_by, cause, blamed, reason)
+               VALUES ($1, $2, $3, $4, 'panic', true, $5)"#,
+            lease.job_id,
+            job.run,
+            attempt.map(|a| a.n),
+            lease.owner,
+            format!("the job panicked in its worker: blamed ({message})"),
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(job.blamed_crashes)
+    }
+
+    /// Every takeover of a job, oldest first.
+    pub async fn takeovers(&self, job_id: Uuid) -> Result<Vec<TakeoverView>, StoreError> {
+        Ok(sqlx::query_as!(
+            TakeoverView,
+            r#"SELECT run, attempt, lost_by, taken_by, cause, activity, blamed, reason, at
+               FROM takeovers WHERE job_id = $1 ORDER BY id"#,
+            job_id
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Extends a live lease. [`StoreError::LeaseLost`] once the job was taken
@@ -200,7 +436,8 @@ impl Store {
 
     pub async fn job(&self, job_id: Uuid) -> Result<JobView, StoreError> {
         let j = sqlx::query!(
-            r#"SELECT j.id, j.batch_id, j.kind, j.state, j.run, j.max_attempts, j.crashes, j.error_code,
+            r#"SELECT j.id, j.batch_id, j.kind, j.state, j.run, j.max_attempts, j.crashes, j.blamed_crashes,
+                      j.isolate, j.activity, j.error_code,
                       j.error_message, j.result_attempt_id, j.spec, j.created_at, j.updated_at, j.finished_at,
                       (SELECT count(*) FROM attempts a WHERE a.job_id = j.id AND a.run = j.run) AS "attempts!"
                FROM jobs j WHERE j.id = $1"#,
@@ -229,6 +466,8 @@ impl Store {
                 })
             }
         };
+        let takeovers = self.takeovers(job_id).await?;
+        let activity = j.activity.filter(|_| j.state == "running");
         Ok(JobView {
             job_id: j.id,
             batch_id: j.batch_id,
@@ -238,6 +477,10 @@ impl Store {
             attempts: j.attempts,
             max_attempts: j.max_attempts,
             crashes: j.crashes,
+            blamed_crashes: j.blamed_crashes,
+            isolated: j.isolate,
+            activity,
+            takeovers,
             error: JobErrorView::from_columns(j.error_code, j.error_message),
             result,
             spec: j.spec,
@@ -318,7 +561,8 @@ impl Store {
     ) -> Result<u64, StoreError> {
         Ok(sqlx::query!(
             r#"UPDATE jobs
-               SET state = 'queued', run = run + 1, crashes = 0, error_code = NULL, error_message = NULL,
+               SET state = 'queued', run = run + 1, crashes = 0, blamed_crashes = 0, isolate = false, activity = NULL,
+                   lost_cause = NULL, error_code = NULL, error_message = NULL,
                    result_attempt_id = NULL, finished_at = NULL, dispatched_at = NULL, not_before = NULL,
                    lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
                WHERE ($1::uuid IS NULL OR batch_id = $1) AND ($2::uuid IS NULL OR id = $2)

@@ -28,12 +28,14 @@
 //! - [`attempts`]: the phases of each attempt and their artifacts.
 //! - [`feed`]: what the dispatcher's feeder and reconciler read and mark.
 //! - [`tokens`]: the API's bearer tokens (hashes only).
+//! - [`liveness`]: worker processes' liveness locks and dead-worker detection.
 
 pub mod attempts;
 pub mod batches;
 pub mod feed;
 pub mod jobs;
 pub mod tokens;
+pub mod liveness;
 
 use std::str::FromStr;
 use std::time::Duration;
