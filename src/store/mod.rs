@@ -34,8 +34,8 @@ pub mod attempts;
 pub mod batches;
 pub mod feed;
 pub mod jobs;
-pub mod tokens;
 pub mod liveness;
+pub mod tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
