@@ -423,14 +423,17 @@ async fn a_model_name_too_long_or_with_control_or_bidi_characters_is_refused() {
 async fn a_connection_that_never_sends_its_promised_body_is_dropped_after_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::new().await;
-    let (d, _token) = start(&env, &[("KILN_HTTP_BODY_TIMEOUT_S", "1")]).await;
+    let (d, token) = start(&env, &[("KILN_HTTP_BODY_TIMEOUT_S", "1")]).await;
     let addr = d.url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
     for path in ["/v1/batches", "/v1/batches/00000000-0000-0000-0000-000000000000/retry"] {
         let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
         conn.write_all(
-            format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"specs\"")
-                .as_bytes(),
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\
+                 content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"specs\""
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
