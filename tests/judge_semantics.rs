@@ -7,6 +7,7 @@
 //! printing a fake result) are still judged failed. On both backends.
 
 #[path = "support/sandbox.rs"]
+#[macro_use]
 mod sandbox_support;
 
 use std::time::Duration;
@@ -417,27 +418,6 @@ def test_count():
     let reports = futures::future::join_all((0..8).map(|_| sandbox.function_job(&heavy, &limits))).await;
     let failed: Vec<String> = reports.iter().filter(|r| !r.all_passed()).map(failures).collect();
     assert!(failed.is_empty(), "{} of 8 failed: {failed:#?}", failed.len());
-}
-
-macro_rules! for_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod process {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Process).await;
-                }
-            )*
-        }
-        mod docker {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Docker).await;
-                }
-            )*
-        }
-    };
 }
 
 for_both_backends!(

@@ -13,6 +13,7 @@
 //! another's leftovers.
 
 #[path = "support/sandbox.rs"]
+#[macro_use]
 mod sandbox_support;
 
 use std::path::Path;
@@ -1248,27 +1249,6 @@ async fn the_kernel_keyrings_are_out_of_reach_and_judged_failed(backend: Backend
 }
 
 // ---------------------------------------------------------------- both backends
-
-macro_rules! for_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod process {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Process).await;
-                }
-            )*
-        }
-        mod docker {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Docker).await;
-                }
-            )*
-        }
-    };
-}
 
 for_both_backends!(
     a_fork_bomb_is_contained_and_judged_failed,

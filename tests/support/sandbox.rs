@@ -452,3 +452,27 @@ impl HumanEval {
         }
     }
 }
+
+/// Runs each named `async fn(Backend)` of the including test file as a
+/// test on each backend, as `process::name` and `docker::name`.
+#[allow(unused_macros)]
+macro_rules! for_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod process {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Process).await;
+                }
+            )*
+        }
+        mod docker {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Docker).await;
+                }
+            )*
+        }
+    };
+}
