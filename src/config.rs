@@ -211,6 +211,12 @@ pub struct WorkerSettings {
     /// `KILN_SANDBOX_MAX_RETRIES` (default 3): sandbox infrastructure faults
     /// tolerated per attempt before the job fails with `sandbox_unavailable`.
     pub sandbox_max_retries: u32,
+    /// `KILN_WORKER_DB_CONNECTIONS` (default 8): the worker's Postgres pool,
+    /// apart from its one liveness connection. Jobs hold a connection only
+    /// for a statement or a short transaction, never across a model call or
+    /// a sandbox run, so a few serve many jobs; every process's pool counts
+    /// against the server's `max_connections` (100 by default).
+    pub db_connections: u32,
 }
 
 /// Limits and location of the sandbox.
@@ -391,6 +397,7 @@ impl Settings {
                 shutdown_grace: src.secs("KILN_SHUTDOWN_GRACE_S", 20)?,
                 crash_limit: src.parse("KILN_CRASH_LIMIT", 3)?,
                 sandbox_max_retries: src.parse("KILN_SANDBOX_MAX_RETRIES", 3)?,
+                db_connections: src.positive("KILN_WORKER_DB_CONNECTIONS", 8)?,
             },
             sandbox: SandboxSettings {
                 kind: match src.get("KILN_SANDBOX").as_deref() {

@@ -103,11 +103,7 @@ impl Worker {
     /// Builds a worker from configuration: connects to Postgres, the model
     /// provider and the sandbox.
     pub async fn build(settings: &Settings) -> Result<Worker, WorkerError> {
-        let store = Store::connect(
-            &settings.database_url,
-            (settings.worker.concurrency as u32 * 2 + 4).min(64),
-        )
-        .await?;
+        let store = Store::connect(&settings.database_url, settings.worker.db_connections).await?;
         let llm = crate::llm::build(&settings.llm)?;
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
