@@ -668,11 +668,31 @@ def solution_traceback(e):
     return ("Traceback (most recent call last):\n" + "".join(lines))[-3000:]
 
 
+# Attributes of the trusted side's objects the solution may use: names
+# without a leading underscore, except those that lead to frames, code and
+# globals. A callback or generator a test passes would otherwise open the
+# tests process to the solution: `callback.__globals__` holds the test's
+# expected values and, through its modules, everything the process can do.
+SAFE_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__", "__module__"})
+FRAME_ATTRIBUTES = frozenset({
+    "tb_frame", "tb_next", "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await",
+    "cr_origin", "ag_frame", "ag_code", "ag_await", "f_globals", "f_locals", "f_builtins", "f_back",
+    "f_code", "co_consts", "co_code", "co_names",
+})
+
+
+def reachable(name):
+    return isinstance(name, str) and (name in SAFE_DUNDERS or not name.startswith("_")) and name not in FRAME_ATTRIBUTES
+
+
 class Peer:
     """One end of the request channel between the tests and the runner.
     Both ends serve requests for their own objects while they wait for a
     reply, so calls nest in both directions (a solution calling a test's
     callback, which calls the solution again)."""
+
+    # Whether requests come from untrusted code (see `reachable`).
+    guarded = False
 
     def __init__(self, codec, out_fd, in_fd):
         self.codec = codec
@@ -710,6 +730,8 @@ class Peer:
         refs = {id(obj): ref for ref, obj in tracked}
         before = {ref: self.codec._encode_plain(obj, refs, None, 0) for ref, obj in tracked}
         op = req.get("op")
+        if self.guarded and op in ("getattr", "setattr", "delattr") and not reachable(req.get("name")):
+            return {"exc": {"type": "AttributeError", "message": "%r is out of the solution's reach" % req.get("name"), "trace": ""}}
         try:
             if op == "call":
                 fn, args, kwargs = operands
@@ -1010,6 +1032,7 @@ class Candidate(Peer):
 
     def __init__(self, output_limit, deadline, call_cpu_s):
         super().__init__(None, None, None)
+        self.guarded = True
         self.output_limit = output_limit
         self.deadline = deadline
         self.call_cpu_s = call_cpu_s

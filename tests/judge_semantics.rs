@@ -314,6 +314,39 @@ def test_add():
 ",
     ),
     (
+        "reading the test's expected value through a callback's globals",
+        "guess",
+        r"
+def guess(callback):
+    return callback.__globals__['EXPECTED']
+",
+        r"from solution import guess
+
+EXPECTED = 7031
+
+def test_guess():
+    assert guess(lambda: None) == EXPECTED
+",
+    ),
+    (
+        "reading the test's constants through a generator's frame",
+        "guess",
+        r"
+def guess(gen):
+    return gen.gi_frame.f_globals['EXPECTED']
+",
+        r"from solution import guess
+
+EXPECTED = 7031
+
+def numbers():
+    yield 1
+
+def test_guess():
+    assert guess(numbers()) == EXPECTED
+",
+    ),
+    (
         "a generator of an always-equal object",
         "evens",
         r"
