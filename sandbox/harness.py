@@ -134,12 +134,19 @@ class HarnessFault(Exception):
     """The harness could not set up a run; nothing of the candidate ran."""
 
 
+# clone() creating namespaces is refused like unshare(); clone3() passes its
+# flags in memory a filter cannot read, so it answers ENOSYS and the C
+# library falls back to clone(). (Both as Docker's default profile does.)
+CLONE_CALLS = {"x86_64": (56, 435), "aarch64": (220, 435)}
+CLONE_NEW_NAMESPACES = 0x7E020000
+
+
 def confine():
     """Installs a seccomp filter that makes every call in DENIED_SYSCALLS
-    fail with EPERM, for this process and all it will start, after setting
-    no_new_privs (which an unprivileged filter requires and which keeps any
-    exec from regaining privileges). Called by every untrusted role before
-    the candidate's code is imported; the filter cannot be removed."""
+    (and clone() with a namespace flag) fail with EPERM, for this process
+    and all it will start, after setting no_new_privs (which an unprivileged
+    filter requires and which keeps any exec from regaining privileges).
+    Called before any untrusted code runs; the filter cannot be removed."""
     import ctypes
     import platform
 
@@ -147,17 +154,30 @@ def confine():
     if machine not in DENIED_SYSCALLS:
         raise HarnessFault("no seccomp table for architecture %s" % machine)
     arch, denied = DENIED_SYSCALLS[machine]
-    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    kill_process, allow, eperm = 0x80000000, 0x7FFF0000, 0x00050000 | 1
-    numbers = sorted(set(denied.values()))
-    # [arch check] [load nr] [x32 guard] [one jeq per denied call] allow, deny
-    program = [(ld_abs, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill_process), (ld_abs, 0, 0, 0)]
+    clone, clone3 = CLONE_CALLS[machine]
+    ld_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    kill_process, allow = 0x80000000, 0x7FFF0000
+    eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
+    # (code, jump-if-true label, jump-if-false label, k); labels resolve below.
+    program = [(ld_abs, None, None, 4), (jeq, None, "kill", arch), (ld_abs, None, None, 0)]
     if machine == "x86_64":
         # The x32 ABI numbers the same calls from 0x40000000 up.
-        program.append((jge, len(numbers) + 1, 0, 0x40000000))
-    for i, nr in enumerate(numbers):
-        program.append((jeq, len(numbers) - i, 0, nr))
-    program += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+        program.append((jge, "eperm", None, 0x40000000))
+    program.append((jeq, "enosys", None, clone3))
+    program.append((jeq, "clone", None, clone))
+    for nr in sorted(set(denied.values())):
+        program.append((jeq, "eperm", None, nr))
+    program.append((ret, None, None, allow))
+    labels = {"clone": len(program)}
+    # args[0] (the flags), low 32 bits on both little-endian architectures.
+    program += [(ld_abs, None, None, 16), (jset, "eperm", None, CLONE_NEW_NAMESPACES), (ret, None, None, allow)]
+    for label, action in (("eperm", eperm), ("enosys", enosys), ("kill", kill_process)):
+        labels[label] = len(program)
+        program.append((ret, None, None, action))
+    resolved = []
+    for i, (code, jt, jf, k) in enumerate(program):
+        offset = lambda label: 0 if label is None else labels[label] - i - 1  # noqa: E731
+        resolved.append((code, offset(jt), offset(jf), k))
 
     class SockFilter(ctypes.Structure):
         _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
@@ -165,8 +185,8 @@ def confine():
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
-    filters = (SockFilter * len(program))(*[SockFilter(*insn) for insn in program])
-    prog = SockFprog(len(program), filters)
+    filters = (SockFilter * len(resolved))(*[SockFilter(*insn) for insn in resolved])
+    prog = SockFprog(len(resolved), filters)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
@@ -235,6 +255,128 @@ def child_env():
         "LANG": "C.UTF-8",
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
     }
+
+
+class Forked:
+    """A role started by fork rather than exec (see `fork_role`), with the
+    part of Popen's interface the harness uses."""
+
+    def __init__(self, pid, stdout_fd):
+        self.pid = pid
+        self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -9
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self):
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = -9
+        return self.returncode
+
+
+def fork_role(main, keep_fds):
+    """Starts `main()` in a forked child, in its own session, with stdin
+    from /dev/null, stdout and stderr into a pipe (returned as the role's
+    output) and no other inherited descriptor but `keep_fds`. A fork costs a
+    millisecond where a fresh interpreter importing pytest costs hundreds;
+    it is only ever done from a process that has not read the run's request
+    (`Prefork`), so the child's copy of memory holds nothing of the run."""
+    out_r, out_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            keep = set(keep_fds) | {0, 1, 2}
+            for fd in [int(f) for f in os.listdir("/proc/self/fd")]:
+                if fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            os.environ.clear()
+            os.environ.update(child_env())
+            main()
+        except BaseException:  # noqa: BLE001 - the role's failure is its output
+            traceback.print_exc()
+            code = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(out_w)
+    return Forked(pid, out_r)
+
+
+class Prefork:
+    """Roles forked by the checker before it reads the run's request, so that
+    what they fork from holds nothing of it (the test code and its expected
+    values above all). `hint` (from the warm server's run header) says which
+    the run will start with: `c`: test cases first (a runner for the
+    checker's own use); `t`: pytest only (a tests process, which forks its
+    runner before it reads its own configuration). A run whose request does
+    not match the hint, or that needs a role again, starts it by exec."""
+
+    def __init__(self, hint):
+        self.runner = prefork_runner() if hint == "c" else None
+        self.tests = prefork_tests() if hint == "t" else None
+
+    def take_runner(self):
+        runner, self.runner = self.runner, None
+        return self.started(runner)
+
+    def take_tests(self):
+        tests, self.tests = self.tests, None
+        return self.started(tests)
+
+    @staticmethod
+    def started(role):
+        """A preforked role runs the candidate's code once it is used."""
+        global UNTRUSTED_STARTED
+        if role is not None:
+            UNTRUSTED_STARTED = True
+        return role
+
+
+def prefork_runner():
+    """A runner waiting for its start message: (process, request fd, reply fd)."""
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    proc = fork_role(lambda: runner_main(req_r, resp_w, forked=True), (req_r, resp_w))
+    os.close(req_r)
+    os.close(resp_w)
+    return proc, req_w, resp_r
+
+
+def prefork_tests():
+    """A tests process waiting for its configuration: (process, config fd, result fd)."""
+    config_r, config_w = os.pipe()
+    result_r, result_w = os.pipe()
+    proc = fork_role(lambda: tests_main(config_r, result_w, forked=True), (config_r, result_w))
+    os.close(config_r)
+    os.close(result_w)
+    return proc, config_w, result_r
 
 
 # ---------------------------------------------------------------- values across the boundary
@@ -989,9 +1131,24 @@ def prefer_oom_kill():
         pass
 
 
-def runner_main(req_fd, resp_fd):
+def runner_main(req_fd, resp_fd, forked=False):
     """Imports the candidate and serves requests on its objects. Runs
-    untrusted code; never sees expected values or verdicts."""
+    untrusted code; never sees expected values or verdicts. A forked runner
+    (`Prefork`) waits for its start message, sent once the files are
+    written, and installs the seccomp filter itself: it was forked before
+    the checker installed it."""
+    if forked:
+        try:
+            if recv(req_fd).get("start") is not True:
+                return
+        except (EOFError, ValueError):
+            return
+        confine()
+        # Forked from a non-dumpable process, but the candidate's code may
+        # read its own /proc/self files, as it could in a fresh process.
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
     prefer_oom_kill()
     sys.path.insert(0, SRC_DIR)
     os.chdir(SRC_DIR)
@@ -1030,7 +1187,7 @@ class Candidate(Peer):
     time the runner spends on it (so a verdict does not depend on how busy
     the machine is), with the run's deadline as the wall-clock backstop."""
 
-    def __init__(self, output_limit, deadline, call_cpu_s):
+    def __init__(self, output_limit, deadline, call_cpu_s, adopt=None):
         super().__init__(None, None, None)
         self.guarded = True
         self.output_limit = output_limit
@@ -1040,17 +1197,26 @@ class Candidate(Peer):
         self.outputs = []
         self.names = {}
         self.import_error = None
-        self.start()
+        self.start(adopt)
 
-    def start(self):
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
-        try:
-            self.proc = spawn("runner", str(req_r), str(resp_w), pass_fds=(req_r, resp_w), cwd=SRC_DIR)
-        finally:
-            os.close(req_r)
-            os.close(resp_w)
-        self.out_fd, self.in_fd = req_w, resp_r
+    def start(self, adopt=None):
+        """Starts the runner: the preforked one `adopt` names, else (and on
+        every restart) a fresh interpreter."""
+        if adopt is not None:
+            self.proc, self.out_fd, self.in_fd = adopt
+            try:
+                send(self.out_fd, {"start": True})
+            except OSError:
+                pass  # gone already; the missing hello below says so
+        else:
+            req_r, req_w = os.pipe()
+            resp_r, resp_w = os.pipe()
+            try:
+                self.proc = spawn("runner", str(req_r), str(resp_w), pass_fds=(req_r, resp_w), cwd=SRC_DIR)
+            finally:
+                os.close(req_r)
+                os.close(resp_w)
+            self.out_fd, self.in_fd = req_w, resp_r
         # Handles number the objects of one solution process only.
         self.codec = Codec("$th", "$h", make_proxy_factory([self]))
         self.outputs.append(Capture(self.proc.stdout, self.output_limit))
@@ -1250,16 +1416,24 @@ def proxy_module(candidate, entry_point):
     return proxy
 
 
-def tests_main(config_fd, result_fd):
+def tests_main(config_fd, result_fd, forked=False):
     """Runs the spec's pytest code against a proxy of the candidate (trusted
-    side). The test source arrives over a pipe from the checker."""
+    side). The test source arrives over a pipe from the checker. A forked
+    tests process (`Prefork`) forks its runner before it reads that source,
+    and installs the seccomp filter itself once it has."""
     set_nondumpable()
-    config = recv(config_fd, time.monotonic() + 60)
+    runner = prefork_runner() if forked else None
+    try:
+        config = recv(config_fd, time.monotonic() + 60)
+    except (EOFError, TimeoutError, ValueError):
+        os._exit(0)
     os.close(config_fd)
+    if forked:
+        confine()
     source = config["test_code"]
     import pytest
 
-    candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"])
+    candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"], adopt=runner)
     sys.modules["solution"] = proxy_module(candidate, config["entry_point"])
 
     class SpecModule(pytest.Module):
@@ -1498,14 +1672,14 @@ def capture_limit(request):
     return max(1024, request["output_limit"] // 4)
 
 
-def check_function(request, deadline):
+def check_function(request, deadline, prefork):
     fn = request["function"]
     limit = capture_limit(request)
     cases = []
     problem = None
     outputs = []
     if fn.get("cases"):
-        candidate = Candidate(limit, deadline, fn["call_cpu_s"])
+        candidate = Candidate(limit, deadline, fn["call_cpu_s"], adopt=prefork.take_runner())
         for i, case in enumerate(fn["cases"]):
             name = "case_%d" % i
             if candidate.import_error:
@@ -1535,13 +1709,17 @@ def check_function(request, deadline):
         kill_all_others()
     pytest_results = None
     if fn.get("test_code"):
-        config_r, config_w = os.pipe()
-        result_r, result_w = os.pipe()
-        try:
-            tests = spawn("tests", str(config_r), str(result_w), pass_fds=(config_r, result_w))
-        finally:
-            os.close(config_r)
-            os.close(result_w)
+        forked = prefork.take_tests()
+        if forked is not None:
+            tests, config_w, result_r = forked
+        else:
+            config_r, config_w = os.pipe()
+            result_r, result_w = os.pipe()
+            try:
+                tests = spawn("tests", str(config_r), str(result_w), pass_fds=(config_r, result_w))
+            finally:
+                os.close(config_r)
+                os.close(result_w)
         capture = Capture(tests.stdout, limit)
         try:
             send(config_w, {
@@ -1618,10 +1796,11 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def checker_main():
+def checker_main(hint=""):
+    set_nondumpable()
+    prefork = Prefork(hint)
     raw = sys.stdin.buffer.read()
     sys.stdin.close()
-    set_nondumpable()
     request = json.loads(raw)
     nonce = request.pop("nonce")
     # Nothing of the candidate has run yet: Kiln treats a run without this
@@ -1645,7 +1824,7 @@ def checker_main():
                 # compiles the source it is sent, not this file.
                 with open(TEST_FILE, "w", encoding="utf-8") as out:
                     out.write(request["function"]["test_code"])
-            report = check_function(request, deadline)
+            report = check_function(request, deadline, prefork)
         elif request["mode"] == "service":
             report = check_service(request, deadline)
         elif request["mode"] == "probe":
@@ -1663,6 +1842,242 @@ def checker_main():
     report_line(nonce, report, request["output_limit"])
 
 
+# ---------------------------------------------------------------- the warm server (process backend)
+#
+# One per sandbox slot: the slot's bubblewrap sandbox starts it as its pid 1
+# and it lives for many runs. It imports what runs need once, then for each
+# run forks a child that enters fresh namespaces (user, mount, pid, ipc, net,
+# uts) with fresh tmpfs over /work, /tmp and /dev/shm, and runs the checker
+# there as the new pid namespace's pid 1, exactly as a cold run would. When
+# that checker ends, the kernel kills everything left in its pid namespace
+# and the mounts go with their namespace: nothing reaches the next run.
+#
+# The server never holds a run's data in memory that a later fork could
+# copy: the request goes from its stdin to the child through one reused
+# buffer, zeroed after each run, and so does the child's output on its way
+# out, framed so that nothing the run prints can pass for the framing.
+#
+# Protocol on the server's stdin: a RUN_HEADER-byte ASCII header
+#   RUN <request bytes> <tmpfs bytes> <file size bytes> <cpu s> <address space KiB|-> <processes|-> <hint>
+# then the request. On its stdout: a frame `R` once warm, then per run `O`
+# (stdout) and `E` (stderr) frames, and `X` with the run's exit code and
+# signal. A frame is its tag, a 4-byte big-endian length and that many bytes.
+
+RUN_HEADER = 128
+RELAY_CHUNK = 65536
+PREPARE_FAILED = 111
+NEW_NAMESPACES = 0x10000000 | 0x00020000 | 0x20000000 | 0x08000000 | 0x40000000 | 0x04000000
+
+
+def frame(tag, payload):
+    write_all(1, tag + struct.pack(">I", len(payload)))
+    if payload:
+        write_all(1, payload)
+
+
+def read_into(fd, buf, n):
+    """Fills buf[:n] from fd; False at end of input."""
+    view = memoryview(buf)[:n]
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return False
+        got += k
+    return True
+
+
+def warm_up():
+    """Imports, once, what every run would import: pytest with its plugins
+    (by running it on an empty test) and the service stack if installed."""
+    import contextlib
+    import io
+    import tempfile
+
+    import pytest
+
+    for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - not in this runtime
+            pass
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "test_warm.py"), "w") as f:
+            f.write("def test_warm():\n    pass\n")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            pytest.main([d, "-q", "--no-header", "-p", "no:cacheprovider"] + PYTEST_QUIET)
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def serve_main():
+    set_nondumpable()
+    # As pid 1 only signals we handle reach us from inside; handle none.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    warm_up()
+    header = bytearray(RUN_HEADER)
+    buf = bytearray(RELAY_CHUNK)
+    frame(b"R", b"")
+    while read_into(0, header, RUN_HEADER):
+        fields = header.decode("ascii").split()
+        if len(fields) != 8 or fields[0] != "RUN":
+            raise SystemExit("malformed run header")
+        length = int(fields[1])
+        limits = [int(v) if v != "-" else None for v in fields[2:7]]
+        status = serve_one(length, limits, fields[7], buf)
+        buf[:] = bytes(RELAY_CHUNK)
+        code = os.waitstatus_to_exitcode(status)
+        frame(b"X", struct.pack(">ii", max(code, 0), max(-code, 0)))
+
+
+def serve_one(length, limits, hint, buf):
+    """Forks one run, relays its request in and its output out, and returns
+    its wait status."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            enter_run(limits, hint)
+        except BaseException:  # noqa: BLE001 - reported as the run's failure to start
+            traceback.print_exc()
+        os._exit(PREPARE_FAILED)
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    os.set_blocking(in_w, False)
+    view = memoryview(buf)
+    pending = memoryview(b"")
+    remaining = length
+    streams = {out_r: b"O", err_r: b"E"}
+    while streams or remaining or len(pending):
+        readers = list(streams)
+        writers = []
+        if len(pending):
+            writers.append(in_w)
+        elif remaining:
+            readers.append(0)
+        ready_r, ready_w, _ = select.select(readers, writers, [])
+        if ready_w:
+            try:
+                pending = pending[os.write(in_w, pending):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                pending = memoryview(b"")  # the run stopped reading; keep draining
+                in_w = close_quietly(in_w)
+        for fd in ready_r:
+            if fd == 0:
+                half = RELAY_CHUNK // 2
+                n = os.readv(0, [view[half:half + min(half, remaining)]])
+                if n == 0:
+                    raise SystemExit("the worker closed the request early")
+                remaining -= n
+                if in_w is not None:
+                    pending = view[half:half + n]
+                if not remaining and not len(pending):
+                    in_w = close_quietly(in_w)
+                continue
+            n = os.readv(fd, [view[:RELAY_CHUNK // 2]])
+            if n == 0:
+                os.close(fd)
+                del streams[fd]
+            else:
+                frame(streams[fd], view[:n])
+        if in_w is not None and not remaining and not len(pending):
+            in_w = close_quietly(in_w)
+    close_quietly(in_w)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def close_quietly(fd):
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return None
+
+
+def enter_run(limits, hint):
+    """In the forked child: limits, fresh namespaces and mounts, then the
+    checker as pid 1 of the new pid namespace. Returns only by exiting."""
+    import ctypes
+    import resource
+
+    tmpfs, fsize, cpu, vmem, nproc = limits
+    for which, value in ((resource.RLIMIT_NOFILE, 512), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, fsize),
+                         (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, vmem and vmem * 1024),
+                         (resource.RLIMIT_NPROC, nproc)):
+        if value is not None:
+            resource.setrlimit(which, (value, value))
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    # Only a dumpable process may write its own id maps. Nothing untrusted
+    # can see this one (the run's processes will be in a pid namespace
+    # below it); the checker makes itself non-dumpable again first thing.
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    if libc.unshare(NEW_NAMESPACES) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for path, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
+        with open("/proc/self/" + path, "w") as f:
+            f.write(text)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    nosuid_nodev = 2 | 4
+    for target in (b"/work", b"/tmp", b"/dev/shm"):
+        if libc.mount(b"tmpfs", target, b"tmpfs", nosuid_nodev, b"size=%d,mode=1777" % tmpfs) != 0:
+            raise OSError(ctypes.get_errno(), "mounting a tmpfs on %s" % target.decode())
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = PREPARE_FAILED
+        try:
+            # The run's pid 1 dies with this process (killed from outside).
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            if libc.mount(b"proc", b"/proc", b"proc", nosuid_nodev | 8, None) != 0:
+                raise OSError(ctypes.get_errno(), "mounting /proc")
+            drop_capabilities(libc)
+            os.chdir(WORK)
+            checker_main(hint)
+            code = 0
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+def drop_capabilities(libc):
+    """Drops every capability the new user namespace gave us (bounding set,
+    ambient, then effective/permitted/inheritable): the run starts with none."""
+    import ctypes
+
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
+            break
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, CLEAR_ALL
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    data = (ctypes.c_uint32 * 6)()
+    if libc.capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def report_line(nonce, report, output_limit):
     """Writes the one authenticated report line and ends the run."""
     line = "\nKILN-REPORT %s %s\n" % (nonce, fit_report(report, output_limit))
@@ -1675,6 +2090,8 @@ if __name__ == "__main__":
     role = sys.argv[1] if len(sys.argv) > 1 else "checker"
     if role == "checker":
         checker_main()
+    elif role == "serve":
+        serve_main()
     elif role == "runner":
         runner_main(int(sys.argv[2]), int(sys.argv[3]))
     elif role == "tests":

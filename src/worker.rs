@@ -107,7 +107,10 @@ impl Worker {
         let llm = crate::llm::build(&settings.llm)?;
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
-            SandboxKind::Process => Arc::new(ProcessSandbox::new(&settings.sandbox.runtime)?),
+            SandboxKind::Process => Arc::new(ProcessSandbox::with_pool(
+                &settings.sandbox.runtime,
+                settings.sandbox.slots,
+            )?),
             SandboxKind::Docker => Arc::new(
                 crate::sandbox::docker::DockerSandbox::connect(
                     &settings.sandbox.image,

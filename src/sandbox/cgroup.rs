@@ -137,6 +137,37 @@ impl RunGroup {
         Ok(())
     }
 
+    /// Memory the group's processes use now, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        let file = if self.version == 2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        fs::read_to_string(self.dirs[0].join(file))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A count that grows each time the memory limit kills (v2, and v1
+    /// kernels that count kills) or is hit (v1): a change across a run
+    /// means the run met its limit.
+    pub fn memory_limit_events(&self) -> u64 {
+        let dir = &self.dirs[0];
+        let count = |text: String, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse::<u64>().unwrap_or(0)))
+                .unwrap_or(0)
+        };
+        if self.version == 2 {
+            fs::read_to_string(dir.join("memory.events")).map_or(0, |t| count(t, "oom_kill "))
+        } else {
+            fs::read_to_string(dir.join("memory.oom_control")).map_or(0, |t| count(t, "oom_kill "))
+                + fs::read_to_string(dir.join("memory.failcnt")).map_or(0, |t| t.trim().parse::<u64>().unwrap_or(0))
+        }
+    }
+
     /// Whether the kernel killed something for exceeding the memory limit.
     pub fn oom_killed(&self) -> bool {
         let dir = &self.dirs[0];

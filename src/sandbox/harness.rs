@@ -75,8 +75,14 @@ pub async fn run_tests(
                 .into();
         }
     }
+    // Which role the run starts with, so a warm backend can fork it ahead.
+    let hint = match spec {
+        Spec::Function(f) if !f.test_cases.is_empty() => "c",
+        Spec::Function(f) if f.test_code.is_some() => "t",
+        _ => "-",
+    };
     let stdin = serde_json::to_vec(&request).expect("requests serialise");
-    let output = sandbox.run_python(&harness_args(), stdin, limits).await?;
+    let output = sandbox.run_harness(stdin, hint, limits).await?;
     let report = read_report(&output, &nonce, limits)?;
     let report = match report {
         Err(problem) => TestReport::from_cases(Vec::new(), 1, stderr_tail(&output), Some(problem)),

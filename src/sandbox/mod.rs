@@ -106,6 +106,21 @@ pub trait Sandbox: Send + Sync {
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>>;
 
+    /// Runs the trusted harness ([`harness::HARNESS`]) with `request` on
+    /// stdin. `hint` names the role the run starts with (`c` test cases,
+    /// `t` pytest, `-` anything else), so a backend that keeps warm
+    /// interpreters can fork that role before the request arrives. By
+    /// default, a cold run of the harness.
+    fn run_harness<'a>(
+        &'a self,
+        request: Vec<u8>,
+        hint: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
+        let _ = hint;
+        Box::pin(async move { self.run_python(&harness::harness_args(), request, limits).await })
+    }
+
     /// Discards what the backend prepared ahead (ready processes or
     /// containers) and waits until it is gone, so a stopping worker leaves
     /// nothing behind. Runs started after this fail as unavailable or start
@@ -150,6 +165,22 @@ impl Sandbox for Slots {
                 .await
                 .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))?;
             self.inner.run_python(args, stdin, limits).await
+        })
+    }
+
+    fn run_harness<'a>(
+        &'a self,
+        request: Vec<u8>,
+        hint: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
+        Box::pin(async move {
+            let _slot = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))?;
+            self.inner.run_harness(request, hint, limits).await
         })
     }
 

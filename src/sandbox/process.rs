@@ -49,8 +49,13 @@ const NOBODY: u32 = 65534;
 /// rlimits.
 const PREPARE_FAILED: i32 = 111;
 
-/// Runs prepared ahead (see [`Zygote`]) when the worker does not say.
+/// Runs prepared ahead (see [`Zygote`]) and warm servers (see [`Server`])
+/// when the worker does not say.
 const DEFAULT_POOL: usize = 4;
+
+/// Size of a server sandbox's own `/work`, `/tmp` and `/dev/shm`; each run
+/// mounts fresh ones of its own size over them.
+const SERVER_TMPFS_MB: u64 = 8;
 
 /// Numbers the runs of this process, for their cgroups' names: one counter
 /// for every sandbox in the process, so that their groups never collide.
@@ -87,8 +92,38 @@ struct Inner {
     drop_to_nobody: bool,
     pool_size: usize,
     pool: Mutex<Pool>,
-    /// Wakes the pool task after a run took a zygote.
+    /// Wakes the pool task after a run took a zygote or a server.
     refill: Notify,
+    /// Warm harness servers ready for a run ([`Server`]).
+    servers: Mutex<Servers>,
+}
+
+#[derive(Debug, Default)]
+struct Servers {
+    /// Set by the first harness run: servers are only kept once wanted.
+    wanted: bool,
+    idle: Vec<Server>,
+    /// Taken by runs in progress.
+    busy: usize,
+    stopping: bool,
+}
+
+/// A warm harness interpreter in a long-lived sandbox of its own (one per
+/// slot): it has imported the harness, pytest and the runtime's packages,
+/// and forks each run into fresh namespaces (see `serve_main` in
+/// `sandbox/harness.py`). A run costs forks instead of interpreter starts.
+/// The server is pid 1 of its sandbox, in a cgroup of its own whose limits
+/// are the run's (plus what the server itself uses), and serves one run at
+/// a time; a run that times out or breaks the protocol takes its server
+/// with it.
+#[derive(Debug)]
+struct Server {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+    group: Option<RunGroup>,
+    /// Memory the warm server uses, added to each run's limit.
+    base_mb: u64,
 }
 
 #[derive(Debug, Default)]
@@ -175,12 +210,14 @@ impl ProcessSandbox {
             pool_size,
             pool: Mutex::new(Pool::default()),
             refill: Notify::new(),
+            servers: Mutex::new(Servers::default()),
         });
         let stop = CancellationToken::new();
         if pool_size > 0
             && let Ok(handle) = tokio::runtime::Handle::try_current()
         {
             handle.spawn(Arc::clone(&inner).keep_pool(stop.clone()));
+            handle.spawn(Arc::clone(&inner).keep_servers(stop.clone()));
         }
         Ok(ProcessSandbox { inner, stop })
     }
@@ -284,7 +321,331 @@ impl ProcessSandbox {
     }
 }
 
+/// Bytes of a run header (`RUN_HEADER` in harness.py).
+const RUN_HEADER: usize = 128;
+
+/// Processes of a server's sandbox besides the run's own: the server and
+/// the run's outer process.
+const SERVER_PIDS: u64 = 2;
+
+/// How long a server may take to start and import what runs need.
+const WARM_UP: Duration = Duration::from_secs(60);
+
+/// What a warm run has produced so far; kept by the caller so that a run
+/// cut off at its wall clock still shows what it printed (`KILN-READY`
+/// above all, which tells a started run from one that never started).
+struct Collected {
+    stdout: OutputCapture,
+    stderr: OutputCapture,
+}
+
+impl ProcessSandbox {
+    /// A harness run on a warm server (see [`Server`]).
+    async fn run_warm(&self, request: Vec<u8>, hint: &str, limits: &Limits) -> Result<RunOutput, SandboxError> {
+        let started = Instant::now();
+        let mut server = match self.inner.take_server() {
+            Some(server) => server,
+            None => self.inner.spawn_server().await?,
+        };
+        let events_before = server.group.as_ref().map(RunGroup::memory_limit_events);
+        if let Some(group) = &server.group
+            && let Err(e) = group.set_limits(limits.memory_mb + server.base_mb, limits.pids + SERVER_PIDS)
+        {
+            self.inner.release(server, false).await;
+            return Err(SandboxError::Unavailable(format!("limiting the run's cgroup: {e}")));
+        }
+        let tmpfs_bytes = limits.tmpfs_mb * 1024 * 1024;
+        let cpu = limits.timeout.as_secs() + 5;
+        let (vmem, nproc) = if server.group.is_some() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            ((limits.memory_mb * 1024).to_string(), limits.pids.to_string())
+        };
+        let mut header = format!(
+            "RUN {} {tmpfs_bytes} {tmpfs_bytes} {cpu} {vmem} {nproc} {hint}",
+            request.len()
+        )
+        .into_bytes();
+        header.resize(RUN_HEADER, b' ');
+
+        let mut collected = Collected {
+            stdout: OutputCapture::new(limits.output_bytes, true),
+            stderr: OutputCapture::new(limits.output_bytes, false),
+        };
+        let remaining = limits.timeout.saturating_sub(started.elapsed());
+        let Server { stdin, stdout, .. } = &mut server;
+        let exchange = async {
+            let write = async {
+                stdin.write_all(&header).await?;
+                stdin.write_all(&request).await?;
+                stdin.flush().await
+            };
+            let (written, status) = tokio::join!(write, read_frames(stdout, &mut collected));
+            written.and(status)
+        };
+        let outcome = tokio::time::timeout(remaining, exchange).await;
+        let oom_killed = match (&server.group, events_before) {
+            (Some(group), Some(before)) => group.memory_limit_events() > before,
+            _ => false,
+        };
+        let (exit_code, signal, timed_out) = match outcome {
+            Ok(Ok((code, signal))) => {
+                self.inner.release(server, true).await;
+                ((signal == 0).then_some(code), (signal != 0).then_some(signal), false)
+            }
+            Ok(Err(e)) => {
+                // The server died mid-run (its sandbox was killed, or the
+                // memory limit chose it): so did the run.
+                tracing::debug!(error = %e, "a warm sandbox server ended during a run");
+                self.inner.release(server, false).await;
+                (None, Some(9), false)
+            }
+            Err(_) => {
+                self.inner.release(server, false).await;
+                (None, Some(9), true)
+            }
+        };
+        let (stdout, stdout_tail, out_truncated) = collected.stdout.finish();
+        let (stderr, _, err_truncated) = collected.stderr.finish();
+        if exit_code == Some(PREPARE_FAILED) && stdout.is_empty() {
+            return Err(SandboxError::Unavailable(format!(
+                "could not prepare the run: {}",
+                String::from_utf8_lossy(&stderr).trim()
+            )));
+        }
+        Ok(RunOutput {
+            stdout,
+            stdout_tail,
+            stderr,
+            exit_code,
+            signal,
+            timed_out,
+            oom_killed,
+            truncated: out_truncated || err_truncated,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// Reads a run's frames until its exit frame: `(exit code, signal)`.
+async fn read_frames(
+    stdout: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+    collected: &mut Collected,
+) -> std::io::Result<(i32, i32)> {
+    let mut head = [0u8; 5];
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        stdout.read_exact(&mut head).await?;
+        let mut len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        match head[0] {
+            b'O' | b'E' => {
+                while len > 0 {
+                    let n = len.min(buf.len());
+                    stdout.read_exact(&mut buf[..n]).await?;
+                    let capture = if head[0] == b'O' {
+                        &mut collected.stdout
+                    } else {
+                        &mut collected.stderr
+                    };
+                    capture.push(&buf[..n]);
+                    len -= n;
+                }
+            }
+            b'X' if len == 8 => {
+                stdout.read_exact(&mut buf[..8]).await?;
+                let code = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                let signal = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                return Ok((code, signal));
+            }
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unexpected frame {other:#x} from the sandbox server"),
+                ));
+            }
+        }
+    }
+}
+
 impl Inner {
+    /// A warm server, if one is idle; marks servers wanted and asks for a refill.
+    fn take_server(&self) -> Option<Server> {
+        let server = {
+            let mut servers = self.servers.lock().expect("servers lock");
+            servers.wanted = true;
+            let server = servers.idle.pop();
+            servers.busy += 1;
+            server
+        };
+        self.refill.notify_one();
+        server
+    }
+
+    /// Ends a run's hold on `server`: back to the idle ones when `reuse` and
+    /// there is room, else killed with everything in its sandbox.
+    async fn release(&self, server: Server, reuse: bool) {
+        let surplus = {
+            let mut servers = self.servers.lock().expect("servers lock");
+            servers.busy = servers.busy.saturating_sub(1);
+            if reuse && !servers.stopping && servers.idle.len() + servers.busy < self.pool_size.max(1) {
+                servers.idle.push(server);
+                None
+            } else {
+                Some(server)
+            }
+        };
+        self.refill.notify_one();
+        if let Some(server) = surplus {
+            server.discard().await;
+        }
+    }
+
+    /// Keeps `pool_size` servers (idle and busy together) once any is wanted.
+    async fn keep_servers(self: Arc<Inner>, stop: CancellationToken) {
+        loop {
+            let short = {
+                let servers = self.servers.lock().expect("servers lock");
+                servers.wanted && !servers.stopping && servers.idle.len() + servers.busy < self.pool_size
+            };
+            if !short {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = self.refill.notified() => continue,
+                }
+            }
+            let made = tokio::select! {
+                () = stop.cancelled() => break,
+                made = self.spawn_server() => made,
+            };
+            match made {
+                Ok(server) => {
+                    let surplus = {
+                        let mut servers = self.servers.lock().expect("servers lock");
+                        if !servers.stopping && servers.idle.len() + servers.busy < self.pool_size {
+                            servers.idle.push(server);
+                            None
+                        } else {
+                            Some(server)
+                        }
+                    };
+                    if let Some(server) = surplus {
+                        server.discard().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a warm sandbox server");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        let idle = std::mem::take(&mut self.servers.lock().expect("servers lock").idle);
+        for server in idle {
+            server.discard().await;
+        }
+    }
+
+    /// Starts a server in a sandbox and cgroup of its own and waits until
+    /// it is warm.
+    async fn spawn_server(&self) -> Result<Server, SandboxError> {
+        let group = match &self.cgroups {
+            None => None,
+            Some(cgroups) => {
+                let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+                Some(
+                    cgroups
+                        .create(&name)
+                        .map_err(|e| SandboxError::Unavailable(format!("creating a server's cgroup: {e}")))?,
+                )
+            }
+        };
+        let mut command = Command::new("/bin/sh");
+        command
+            .args(["-c", r#"read -r go || exit 111; exec "$@""#, "kiln-sandbox"])
+            .args(self.bwrap_args(SERVER_TMPFS_MB, true))
+            .arg(self.runtime.join("bin/python3"))
+            .args(["-I", "-B", "-u", "-c", super::harness::HARNESS, "serve"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if self.drop_to_nobody {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| SandboxError::Unavailable(format!("starting a sandbox server: {e}")))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = tokio::io::BufReader::with_capacity(64 * 1024, child.stdout.take().expect("stdout is piped"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut server = Server {
+            child,
+            stdin,
+            stdout,
+            group: None,
+            base_mb: 0,
+        };
+        if let Some(group) = group {
+            let Some(pid) = server.child.id() else {
+                return Err(SandboxError::Unavailable("the sandbox server died at once".into()));
+            };
+            let joined = tokio::task::spawn_blocking(move || group.join(pid).map(|()| group)).await;
+            match joined {
+                Ok(Ok(group)) => server.group = Some(group),
+                Ok(Err(e)) => {
+                    server.discard().await;
+                    return Err(SandboxError::Unavailable(format!(
+                        "moving a server into its cgroup: {e}"
+                    )));
+                }
+                Err(e) => {
+                    return Err(SandboxError::Unavailable(format!(
+                        "moving a server into its cgroup: {e}"
+                    )));
+                }
+            }
+        }
+        // The server's own complaints (never a run's: runs are framed on stdout).
+        let errors = tokio::spawn(read_capped(stderr, OutputCapture::new(16 * 1024, false)));
+        let warm = async {
+            server.stdin.write_all(b"go\n").await?;
+            server.stdin.flush().await?;
+            let mut head = [0u8; 5];
+            server.stdout.read_exact(&mut head).await?;
+            if head != *b"R\0\0\0\0" {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no ready frame"));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(WARM_UP, warm).await {
+            Ok(Ok(())) => {
+                errors.abort();
+                server.base_mb = server
+                    .group
+                    .as_ref()
+                    .map_or(0, |g| g.memory_bytes().div_ceil(1024 * 1024));
+                Ok(server)
+            }
+            outcome => {
+                server.discard().await;
+                let (said, _, _) = join_reader(errors).await;
+                Err(SandboxError::Unavailable(format!(
+                    "the sandbox server did not warm up ({}): {}",
+                    match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("not within {}s", WARM_UP.as_secs()),
+                    },
+                    String::from_utf8_lossy(&said).trim()
+                )))
+            }
+        }
+    }
+
     /// A zygote started for `key`, if one is ready; asks for a refill.
     fn take(&self, key: &Key) -> Option<Zygote> {
         let (zygote, stale) = {
@@ -372,7 +733,7 @@ impl Inner {
         let mut command = Command::new("/bin/sh");
         command
             .args(["-c", PREPARE, "kiln-sandbox"])
-            .args(self.bwrap_args(key.tmpfs_mb))
+            .args(self.bwrap_args(key.tmpfs_mb, false))
             .arg(self.runtime.join("bin/python3"))
             .args(&key.args)
             .env_clear()
@@ -413,15 +774,18 @@ impl Inner {
         }
     }
 
-    fn bwrap_args(&self, tmpfs_mb: u64) -> Vec<OsString> {
+    /// `server`: the sandbox of a warm server, which creates a user
+    /// namespace per run; the runs themselves cannot (their seccomp filter
+    /// refuses unshare and clone with namespace flags).
+    fn bwrap_args(&self, tmpfs_mb: u64, server: bool) -> Vec<OsString> {
         let tmpfs_bytes = (tmpfs_mb * 1024 * 1024).to_string();
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(OsString::from));
+        push(&["bwrap", "--unshare-all", "--unshare-user"]);
+        if !server {
+            push(&["--disable-userns"]);
+        }
         push(&[
-            "bwrap",
-            "--unshare-all",
-            "--unshare-user",
-            "--disable-userns",
             "--die-with-parent",
             "--new-session",
             // The command is the namespace's pid 1, not a bubblewrap reaper
@@ -493,6 +857,32 @@ impl Zygote {
     }
 }
 
+impl Server {
+    /// Kills the server's sandbox (and any run in it), reaps it, then
+    /// removes its cgroup.
+    async fn discard(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some(group) = self.group.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(group)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.start_kill();
+            for _ in 0..200 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
 impl Drop for Zygote {
     fn drop(&mut self) {
         // Dropped while its process may still run (a cancelled run, the
@@ -524,6 +914,15 @@ impl Sandbox for ProcessSandbox {
         Box::pin(self.run(args, stdin, limits))
     }
 
+    fn run_harness<'a>(
+        &'a self,
+        request: Vec<u8>,
+        hint: &'a str,
+        limits: &'a Limits,
+    ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
+        Box::pin(self.run_warm(request, hint, limits))
+    }
+
     /// Discards the runs prepared ahead and waits until they are gone;
     /// later runs start their own.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -532,6 +931,14 @@ impl Sandbox for ProcessSandbox {
             let ready = std::mem::take(&mut self.inner.pool.lock().expect("pool lock").ready);
             for zygote in ready {
                 zygote.discard().await;
+            }
+            let idle = {
+                let mut servers = self.inner.servers.lock().expect("servers lock");
+                servers.stopping = true;
+                std::mem::take(&mut servers.idle)
+            };
+            for server in idle {
+                server.discard().await;
             }
         })
     }
