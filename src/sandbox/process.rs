@@ -222,6 +222,13 @@ impl ProcessSandbox {
         Ok(ProcessSandbox { inner, stop })
     }
 
+    /// Starts warming the harness servers now rather than at the first
+    /// run, so that a worker's first jobs do not wait for them.
+    pub fn prewarm(&self) {
+        self.inner.servers.lock().expect("servers lock").wanted = true;
+        self.inner.refill.notify_one();
+    }
+
     /// Whether runs are limited by cgroups (else by rlimits only).
     pub fn has_cgroups(&self) -> bool {
         self.inner.cgroups.is_some()
