@@ -67,6 +67,7 @@ SRC_DIR = os.path.join(WORK, "src")
 KILN_DIR = os.path.join(WORK, ".kiln")
 TESTS_DIR = os.path.join(KILN_DIR, "tests")
 TEST_FILE = os.path.join(TESTS_DIR, "test_spec.py")
+SERVICE_SOCKET = os.path.join(KILN_DIR, "app.sock")
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DEPTH = 200
 # pytest-asyncio warns on every run unless its loop scope is set.
@@ -195,11 +196,14 @@ def confine():
         raise HarnessFault("installing the seccomp filter failed: errno %d" % ctypes.get_errno())
 
 
-def kill_all_others():
+def kill_all_others(spare=()):
     """SIGKILLs every other process in the sandbox's pid namespace (the
     kernel exempts pid 1 and the caller) and reaps our own children, until
     nothing is left to signal. Zombies of pid 1 may linger briefly, hence the
-    bounded loop."""
+    bounded loop. `spare`: pids of roles forked before the run (`Prefork`)
+    still waiting for their stage; everything else is killed one by one."""
+    if spare:
+        return kill_all_but(set(spare) | {os.getpid()})
     for _ in range(400):
         try:
             os.kill(-1, signal.SIGKILL)
@@ -207,6 +211,26 @@ def kill_all_others():
             return
         except PermissionError:
             return
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        time.sleep(0.005)
+
+
+def kill_all_but(keep):
+    for _ in range(400):
+        others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in keep]
+        if not others:
+            return
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -341,6 +365,22 @@ class Prefork:
     def __init__(self, hint):
         self.runner = prefork_runner() if hint == "c" else None
         self.tests = prefork_tests() if hint == "t" else None
+        # `s`: a service, whose app server and own test suite both start
+        # once told to (`prefork_waiting`).
+        self.server = prefork_waiting(lambda fd: server_main(fd, SERVICE_SOCKET)) if hint == "s" else None
+        self.svctests = prefork_waiting(svctests_main) if hint == "s" else None
+
+    def take_server(self):
+        server, self.server = self.server, None
+        return self.started(server)
+
+    def take_svctests(self):
+        svctests, self.svctests = self.svctests, None
+        return self.started(svctests)
+
+    def waiting(self):
+        """Pids of roles still waiting for their stage."""
+        return [role[0].pid for role in (self.runner, self.tests, self.server, self.svctests) if role is not None]
 
     def take_runner(self):
         runner, self.runner = self.runner, None
@@ -367,6 +407,43 @@ def prefork_runner():
     os.close(req_r)
     os.close(resp_w)
     return proc, req_w, resp_r
+
+
+def prefork_waiting(main):
+    """A role that waits for its start message, then confines itself and
+    runs `main(fd)` with the write end of a pipe to us: (process, start fd,
+    read end of that pipe). Untrusted roles only."""
+    start_r, start_w = os.pipe()
+    out_r, out_w = os.pipe()
+
+    def role():
+        try:
+            if recv(start_r).get("start") is not True:
+                return
+        except (EOFError, ValueError):
+            return
+        os.close(start_r)
+        confine()
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as a fresh process
+        main(out_w)
+
+    proc = fork_role(role, (start_r, out_w))
+    os.close(start_r)
+    os.close(out_w)
+    return proc, start_w, out_r
+
+
+def start_waiting(role):
+    """Tells a `prefork_waiting` role to start: (process, its pipe's read end)."""
+    proc, start_w, out_r = role
+    try:
+        send(start_w, {"start": True})
+    except OSError:
+        pass  # gone already; what it does not send says so
+    os.close(start_w)
+    return proc, out_r
 
 
 def prefork_tests():
@@ -1608,17 +1685,21 @@ def uds_get(socket_path, path, timeout):
         conn.close()
 
 
-def check_service(request, deadline):
+def check_service(request, deadline, prefork):
     """Import, routes, /health and the service's own tests."""
     limit = capture_limit(request)
     cases = []
     outputs = []
-    socket_path = os.path.join(KILN_DIR, "app.sock")
-    info_r, info_w = os.pipe()
-    try:
-        server = spawn("server", str(info_w), socket_path, pass_fds=(info_w,), cwd=SRC_DIR)
-    finally:
-        os.close(info_w)
+    socket_path = SERVICE_SOCKET
+    forked = prefork.take_server()
+    if forked is not None:
+        server, info_r = start_waiting(forked)
+    else:
+        info_r, info_w = os.pipe()
+        try:
+            server = spawn("server", str(info_w), socket_path, pass_fds=(info_w,), cwd=SRC_DIR)
+        finally:
+            os.close(info_w)
     outputs.append(Capture(server.stdout, limit))
     problem = None
     try:
@@ -1668,14 +1749,20 @@ def check_service(request, deadline):
             pass
         server.wait()
         os.close(info_r)
-        kill_all_others()
+        # Whatever the app left running must not meet its test suite; the
+        # suite's own process, forked before the run, waits untouched.
+        kill_all_others(spare=prefork.waiting())
 
     if problem is None:
-        result_r, result_w = os.pipe()
-        try:
-            tests = spawn("svctests", str(result_w), pass_fds=(result_w,), cwd=SRC_DIR)
-        finally:
-            os.close(result_w)
+        forked = prefork.take_svctests()
+        if forked is not None:
+            tests, result_r = start_waiting(forked)
+        else:
+            result_r, result_w = os.pipe()
+            try:
+                tests = spawn("svctests", str(result_w), pass_fds=(result_w,), cwd=SRC_DIR)
+            finally:
+                os.close(result_w)
         outputs.append(Capture(tests.stdout, limit))
         try:
             suite = recv(result_r, deadline)
@@ -1909,7 +1996,7 @@ def checker_main(hint=""):
                     out.write(request["function"]["test_code"])
             report = check_function(request, deadline, prefork)
         elif request["mode"] == "service":
-            report = check_service(request, deadline)
+            report = check_service(request, deadline, prefork)
         elif request["mode"] == "probe":
             report = {"python": sys.version.split()[0]}
         else:

@@ -79,7 +79,8 @@ pub async fn run_tests(
     let hint = match spec {
         Spec::Function(f) if !f.test_cases.is_empty() => "c",
         Spec::Function(f) if f.test_code.is_some() => "t",
-        _ => "-",
+        Spec::Service(_) => "s",
+        Spec::Function(_) => "-",
     };
     let stdin = serde_json::to_vec(&request).expect("requests serialise");
     let output = sandbox.run_harness(stdin, hint, limits).await?;
