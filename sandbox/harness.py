@@ -333,7 +333,8 @@ class Codec:
         if value is None or t in (bool, str):
             return value
         if t is int:
-            return value
+            # Decimal text of an int stops at 4,300 digits; hex does not.
+            return value if value.bit_length() <= 14000 else {"$i": format(value, "x")}
         if t is float:
             if math.isnan(value) or math.isinf(value):
                 return {"$f": repr(value)}
@@ -484,6 +485,8 @@ class Codec:
                 return complex(inner[0], inner[1])
             if tag == "$f":
                 return float(inner)
+            if tag == "$i":
+                return int(inner, 16)
             if tag == "$o":
                 return Opaque(str(inner[0]), str(inner[1]))
         return {k: dec(v) for k, v in value.items()}
@@ -525,37 +528,73 @@ NO_PLAIN = object()
 
 
 def normalise(value, depth=0):
-    """Plain JSON for comparison with expected values (tuples as lists)."""
+    """The value as JSON for Kiln to compare with a spec's expected value
+    (README, "How results are compared"). JSON's own types stay JSON, and
+    a tuple is a list, as expected values cannot write tuples; every other
+    type gets a one-key object naming it (`{"$set": [...]}`), so a value of
+    the wrong type never looks like a right one (`"nan"` and nan, `"abc"`
+    and `b"abc"`, a list and a set, `{"1": 1}` and `{1: 1}`). Integers are
+    written with every digit."""
     if depth > MAX_DEPTH:
-        return "<too deep>"
+        return {"$unrepresentable": "a value nested deeper than %d levels" % MAX_DEPTH}
     if isinstance(value, Proxy):
         value = value._kiln_plain()
     if isinstance(value, Opaque):
-        return {"$unrepresentable": value.type_name, "repr": value.text}
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return {"$unrepresentable": "%s %s" % (value.type_name, value.text)}
+    if value is None or type(value) in (bool, str):
         return value
-    if isinstance(value, float):
-        return repr(value) if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, (list, tuple, collections.deque)):
-        return [normalise(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
-        items = [normalise(v, depth + 1) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
         try:
-            return sorted(items)
-        except TypeError:
-            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+            # Decimal text, which Python refuses beyond 4,300 digits.
+            json.dumps(int(value))
+        except ValueError:
+            return {"$unrepresentable": "an int of %d bits, beyond Python's limit for decimal text" % value.bit_length()}
+        return int(value)
+    if isinstance(value, float):
+        return normal_float(float(value))
+    sub = lambda v: normalise(v, depth + 1)  # noqa: E731
+    if isinstance(value, (list, tuple)):
+        return [sub(v) for v in value]
+    if isinstance(value, collections.deque):
+        return {"$deque": [sub(v) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        return {"$set": [sub(v) for v in value]}
     if isinstance(value, dict):
-        return {str(k): normalise(v, depth + 1) for k, v in value.items()}
+        # Counter, OrderedDict and defaultdict equal the dict of their items.
+        if all(type(k) is str and not k.startswith("$") for k in value):
+            return {k: sub(v) for k, v in value.items()}
+        return {"$dict": [[sub(k), sub(v)] for k, v in value.items()]}
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
+        return {"$bytes": bytes(value).hex()}
     if isinstance(value, complex):
-        return [value.real, value.imag]
-    if isinstance(value, (decimal.Decimal, fractions.Fraction)):
-        return float(value)
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
+        return {"$complex": [normal_float(value.real), normal_float(value.imag)]}
+    try:
+        if isinstance(value, decimal.Decimal):
+            return {"$decimal": str(value)}
+        if isinstance(value, fractions.Fraction):
+            return {"$fraction": "%d/%d" % (value.numerator, value.denominator)}
+    except ValueError:
+        return {"$unrepresentable": "a %s beyond Python's limit for decimal text" % type(value).__name__}
+    if isinstance(value, datetime.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {"$time": value.isoformat()}
     if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
+        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
+    return {"$unrepresentable": type(value).__name__}
+
+
+def normal_float(value):
+    """A finite float as a JSON number; nan and the infinities, which JSON
+    cannot write, as `{"$float": "nan" | "inf" | "-inf"}`."""
+    if math.isnan(value) or math.isinf(value):
+        return {"$float": repr(value)}
     return value
 
 
