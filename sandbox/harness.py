@@ -1220,6 +1220,14 @@ def load_test_module(source, config):
     import types
 
     tree = ast.parse(source, TEST_FILE)
+    # `from solution import *` binds no name the tests bind themselves (an
+    # imported `approx`, a helper defined above the import): the solution
+    # could otherwise replace the very checks that judge it.
+    solution = sys.modules.get("solution")
+    exported = getattr(solution, "__all__", None)
+    if isinstance(exported, list):
+        own = module_bindings(tree)
+        solution.__all__ = [n for n in exported if n not in own]
     try:
         from _pytest.assertion.rewrite import rewrite_asserts
     except ImportError:  # plain asserts still judge; only messages get terser
@@ -1236,11 +1244,93 @@ def load_test_module(source, config):
     return module
 
 
-def proxy_module(candidate, entry_point):
+def module_bindings(tree):
+    """The names a module binds at its top level, in any branch: imports
+    (a star import aside), definitions, assignment and loop targets, `as`
+    names, walrus targets, and `global` names of its functions."""
+    names = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Global):
+                    names.update(inner.names)
+            return
+        if isinstance(node, ast.Lambda):
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names if a.name != "*")
+            return
+        if isinstance(node, ast.comprehension):
+            # Its target is the comprehension's own; a walrus in it is not.
+            for child in [node.iter] + node.ifs:
+                visit(child)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in tree.body:
+        visit(statement)
+    return names
+
+
+def is_stub(function):
+    """A function the prompt leaves for the solution to write: its body is
+    only a docstring, `pass`, `...` or a `raise`."""
+    body = list(function.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return all(
+        isinstance(s, (ast.Pass, ast.Raise)) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and s.value.value is Ellipsis)
+        for s in body
+    )
+
+
+def prompt_helpers(prompt, entry_point, solution):
+    """The functions the spec's prompt defines in full besides the entry
+    point (HumanEval's `poly`, `encode_cyclic`, `is_palindrome`), run here
+    from the trusted prompt: a test that uses a helper the spec gave gets
+    the spec's, not one the solution redefined to agree with its own wrong
+    answer. Whatever else the prompt names (the entry point, stubs and
+    classes left for the solution to write) resolves to the solution's."""
+    import types
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        return {}
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    helpers = {
+        s.name for s in tree.body
+        if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name != entry_point and not is_stub(s)
+    }
+    if not helpers:
+        return {}
+    namespace = types.ModuleType("solution").__dict__
+    try:
+        exec(compile(tree, "<prompt>", "exec", dont_inherit=True), namespace)
+    except Exception:  # noqa: BLE001 - a prompt that does not run gives no helpers
+        return {}
+    for name in module_bindings(tree) - helpers:
+        if isinstance(namespace.get(name), (types.FunctionType, type)) and hasattr(solution, name):
+            namespace[name] = getattr(solution, name)
+    return {name: namespace[name] for name in helpers if callable(namespace.get(name))}
+
+
+def proxy_module(candidate, entry_point, prompt=None):
     """The `solution` the tests import: every name of the candidate's
     module, private ones too, as plain values or proxies (real mirror
     classes for its exceptions, the real module for a standard-library
-    module it imported)."""
+    module it imported), except the helpers the prompt defines, which are
+    the prompt's own (`prompt_helpers`)."""
     import types
 
     proxy = types.ModuleType("solution")
@@ -1264,10 +1354,14 @@ def proxy_module(candidate, entry_point):
                 except ImportError:
                     pass
         setattr(proxy, name, value)
+    helpers = prompt_helpers(prompt, entry_point, proxy)
+    for name, value in helpers.items():
+        setattr(proxy, name, value)
     if isinstance(declared, (list, tuple)) and all(isinstance(n, str) for n in declared):
         public = list(declared)
     else:
         public = [n for n in candidate.names if not n.startswith("_")]
+    public += [n for n in helpers if n not in public and not n.startswith("_")]
     # What `from solution import *` binds, as plain Python would, except
     # names that would change how the tests are judged or collected: a
     # builtin's name (an exported `all` or `len` would rewrite the test's
@@ -1299,7 +1393,7 @@ def tests_main(config_fd, result_fd):
     import pytest
 
     candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"])
-    sys.modules["solution"] = proxy_module(candidate, config["entry_point"])
+    sys.modules["solution"] = proxy_module(candidate, config["entry_point"], config.get("prompt"))
 
     class SpecModule(pytest.Module):
         """The spec's test module, compiled from the source sent by the
@@ -1588,6 +1682,7 @@ def check_function(request, deadline):
                 "output_limit": limit,
                 "call_cpu_s": fn["call_cpu_s"],
                 "entry_point": fn["entry_point"],
+                "prompt": fn.get("prompt"),
                 "deadline": deadline,
             })
         except OSError:

@@ -619,10 +619,134 @@ async fn values_of_the_wrong_type_are_judged_failed(backend: Backend) {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
+/// `(name, entry point, prompt, solution, tests, should pass)`.
+type HelperCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, bool);
+
+/// `from solution import *` never replaces a name the tests bind
+/// themselves (pytest's `approx`, a helper defined before the import), and
+/// a helper the spec's prompt defines is the prompt's own, not whatever the
+/// solution redefined it as: otherwise a solution exporting an `approx`
+/// that equals everything, or an `encode` that does nothing, passes.
+async fn solution_names_never_replace_the_tests_own_helpers(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let approx_tests = r"from pytest import approx
+from solution import *
+
+def test_mean():
+    assert mean([1, 2]) == approx(1.5)
+";
+    let helper_tests = r"def expected_total():
+    return 6
+
+from solution import *
+
+def test_total():
+    assert total([1, 2, 3]) == expected_total()
+";
+    let prompt = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Undoes encode.\"\"\"\n";
+    let prompt_tests = r#"from solution import *
+
+def test_roundtrip():
+    assert decode(encode("abc")) == "abc"
+"#;
+    let prompt_tests_by_name = r#"import solution
+
+def test_roundtrip():
+    assert solution.decode(solution.encode("xyz")) == "xyz"
+"#;
+    let table: &[HelperCase] = &[
+        (
+            "approx, right",
+            "mean",
+            None,
+            "def mean(xs):\n    return sum(xs) / len(xs)\n",
+            approx_tests,
+            true,
+        ),
+        (
+            "approx redefined",
+            "mean",
+            None,
+            "def mean(xs):\n    return 0\n\ndef approx(x, *a, **k):\n    return 0\n",
+            approx_tests,
+            false,
+        ),
+        (
+            "a test helper, right",
+            "total",
+            None,
+            "def total(xs):\n    return sum(xs)\n",
+            helper_tests,
+            true,
+        ),
+        (
+            "a test helper redefined",
+            "total",
+            None,
+            "def total(xs):\n    return 5\n\ndef expected_total():\n    return 5\n",
+            helper_tests,
+            false,
+        ),
+        (
+            "a prompt helper, right",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]\n",
+            prompt_tests,
+            true,
+        ),
+        (
+            "a prompt helper redefined",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+            prompt_tests,
+            false,
+        ),
+        (
+            "a prompt helper redefined, read as an attribute",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+            prompt_tests_by_name,
+            false,
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (name, entry, prompt, solution, tests, should_pass) in table {
+        let mut spec = serde_json::json!({
+            "kind": "function",
+            "task_description": "Implement it.",
+            "entry_point": entry,
+            "test_code": tests,
+        });
+        if let Some(prompt) = prompt {
+            spec["prompt"] = (*prompt).into();
+        }
+        let spec: kiln::spec::Spec = serde_json::from_value(spec).unwrap();
+        let files = vec![kiln::files::File::new("solution.py", (*solution).to_owned())];
+        let report = kiln::sandbox::harness::run_tests(sandbox.sandbox(), &spec, &files, &limits)
+            .await
+            .unwrap_or_else(|e| panic!("sandbox fault: {e}"));
+        if report.all_passed() != *should_pass {
+            bad.push(format!(
+                "{name}: passed {}/{}: {}",
+                report.passed,
+                report.total,
+                failures(&report)
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 for_both_backends!(
     python_semantics_are_judged_as_plain_pytest_judges_them,
     tricks_that_fool_plain_pytest_are_judged_failed,
     a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy,
     big_integers_are_compared_exactly_on_both_backends,
     values_of_the_wrong_type_are_judged_failed,
+    solution_names_never_replace_the_tests_own_helpers,
 );

@@ -61,6 +61,9 @@ pub async fn run_tests(
             request["mode"] = "function".into();
             request["function"] = json!({
                 "entry_point": f.entry_point,
+                // Its complete helper functions are trusted: the tests get
+                // them, not the solution's redefinitions.
+                "prompt": f.prompt,
                 "cases": f.test_cases.iter().map(|c| json!({"input": c.input})).collect::<Vec<_>>(),
                 "test_code": f.test_code,
                 "call_cpu_s": CALL_CPU_S.min(harness_timeout),
