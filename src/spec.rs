@@ -309,6 +309,17 @@ pub fn find_nul(value: &Value) -> Option<String> {
     None
 }
 
+/// serde_json says only "invalid number" when a number (its text kept, see
+/// [`canonical_numbers`]) does not fit the integer field it is read into;
+/// every numeric field of a request is a whole number with a range.
+pub fn number_message(message: String) -> String {
+    if message == "invalid number" {
+        "not a whole number within this field's range".into()
+    } else {
+        message
+    }
+}
+
 /// Reads every number of a request body as Python's `json` would, since
 /// numbers keep their text (serde_json's `arbitrary_precision`, for exact
 /// big ints): an int (no fraction or exponent) keeps every digit, up to
@@ -654,6 +665,8 @@ fn typed<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, FieldError> {
                 field = format!("{field}.{name}");
             }
             message = "missing field".into();
+        } else {
+            message = number_message(message);
         }
         FieldError::new(field.trim_start_matches('.'), message)
     })

@@ -362,6 +362,8 @@ async fn every_numeric_option_out_of_range_is_a_400_naming_it_and_writes_nothing
             format!("options.{option}"),
             "{option}={value} → {error}"
         );
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("invalid number"), "{option}={value}: {message}");
     }
     assert_eq!(env.count("batches").await, 0);
 

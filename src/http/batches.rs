@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
-use crate::spec::{BatchRequest, Limits, canonical_numbers, check_budget_tokens, find_nul};
+use crate::spec::{BatchRequest, Limits, canonical_numbers, check_budget_tokens, find_nul, number_message};
 use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
 
 pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -56,7 +56,7 @@ fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     serde_path_to_error::deserialize(parse_json(bytes)?).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::invalid(field, e.into_inner().to_string())
+        ApiError::invalid(field, number_message(e.into_inner().to_string()))
     })
 }
 
