@@ -552,7 +552,8 @@ class Codec:
         if value is None or t in (bool, str):
             return value
         if t is int:
-            return value
+            # Decimal text of an int stops at 4,300 digits; hex does not.
+            return value if value.bit_length() <= 14000 else {"$i": format(value, "x")}
         if t is float:
             if math.isnan(value) or math.isinf(value):
                 return {"$f": repr(value)}
@@ -703,6 +704,8 @@ class Codec:
                 return complex(inner[0], inner[1])
             if tag == "$f":
                 return float(inner)
+            if tag == "$i":
+                return int(inner, 16)
             if tag == "$o":
                 return Opaque(str(inner[0]), str(inner[1]))
         return {k: dec(v) for k, v in value.items()}
@@ -744,37 +747,73 @@ NO_PLAIN = object()
 
 
 def normalise(value, depth=0):
-    """Plain JSON for comparison with expected values (tuples as lists)."""
+    """The value as JSON for Kiln to compare with a spec's expected value
+    (README, "How results are compared"). JSON's own types stay JSON, and
+    a tuple is a list, as expected values cannot write tuples; every other
+    type gets a one-key object naming it (`{"$set": [...]}`), so a value of
+    the wrong type never looks like a right one (`"nan"` and nan, `"abc"`
+    and `b"abc"`, a list and a set, `{"1": 1}` and `{1: 1}`). Integers are
+    written with every digit."""
     if depth > MAX_DEPTH:
-        return "<too deep>"
+        return {"$unrepresentable": "a value nested deeper than %d levels" % MAX_DEPTH}
     if isinstance(value, Proxy):
         value = value._kiln_plain()
     if isinstance(value, Opaque):
-        return {"$unrepresentable": value.type_name, "repr": value.text}
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return {"$unrepresentable": "%s %s" % (value.type_name, value.text)}
+    if value is None or type(value) in (bool, str):
         return value
-    if isinstance(value, float):
-        return repr(value) if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, (list, tuple, collections.deque)):
-        return [normalise(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
-        items = [normalise(v, depth + 1) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
         try:
-            return sorted(items)
-        except TypeError:
-            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+            # Decimal text, which Python refuses beyond 4,300 digits.
+            json.dumps(int(value))
+        except ValueError:
+            return {"$unrepresentable": "an int of %d bits, beyond Python's limit for decimal text" % value.bit_length()}
+        return int(value)
+    if isinstance(value, float):
+        return normal_float(float(value))
+    sub = lambda v: normalise(v, depth + 1)  # noqa: E731
+    if isinstance(value, (list, tuple)):
+        return [sub(v) for v in value]
+    if isinstance(value, collections.deque):
+        return {"$deque": [sub(v) for v in value]}
+    if isinstance(value, (set, frozenset)):
+        return {"$set": [sub(v) for v in value]}
     if isinstance(value, dict):
-        return {str(k): normalise(v, depth + 1) for k, v in value.items()}
+        # Counter, OrderedDict and defaultdict equal the dict of their items.
+        if all(type(k) is str and not k.startswith("$") for k in value):
+            return {k: sub(v) for k, v in value.items()}
+        return {"$dict": [[sub(k), sub(v)] for k, v in value.items()]}
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
+        return {"$bytes": bytes(value).hex()}
     if isinstance(value, complex):
-        return [value.real, value.imag]
-    if isinstance(value, (decimal.Decimal, fractions.Fraction)):
-        return float(value)
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
+        return {"$complex": [normal_float(value.real), normal_float(value.imag)]}
+    try:
+        if isinstance(value, decimal.Decimal):
+            return {"$decimal": str(value)}
+        if isinstance(value, fractions.Fraction):
+            return {"$fraction": "%d/%d" % (value.numerator, value.denominator)}
+    except ValueError:
+        return {"$unrepresentable": "a %s beyond Python's limit for decimal text" % type(value).__name__}
+    if isinstance(value, datetime.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {"$time": value.isoformat()}
     if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
+        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
+    return {"$unrepresentable": type(value).__name__}
+
+
+def normal_float(value):
+    """A finite float as a JSON number; nan and the infinities, which JSON
+    cannot write, as `{"$float": "nan" | "inf" | "-inf"}`."""
+    if math.isnan(value) or math.isinf(value):
+        return {"$float": repr(value)}
     return value
 
 
@@ -1424,6 +1463,14 @@ def load_test_module(source, config):
     import types
 
     tree = ast.parse(source, TEST_FILE)
+    # `from solution import *` binds no name the tests bind themselves (an
+    # imported `approx`, a helper defined above the import): the solution
+    # could otherwise replace the very checks that judge it.
+    solution = sys.modules.get("solution")
+    exported = getattr(solution, "__all__", None)
+    if isinstance(exported, list):
+        own = module_bindings(tree)
+        solution.__all__ = [n for n in exported if n not in own]
     try:
         from _pytest.assertion.rewrite import rewrite_asserts
     except ImportError:  # plain asserts still judge; only messages get terser
@@ -1440,11 +1487,93 @@ def load_test_module(source, config):
     return module
 
 
-def proxy_module(candidate, entry_point):
+def module_bindings(tree):
+    """The names a module binds at its top level, in any branch: imports
+    (a star import aside), definitions, assignment and loop targets, `as`
+    names, walrus targets, and `global` names of its functions."""
+    names = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Global):
+                    names.update(inner.names)
+            return
+        if isinstance(node, ast.Lambda):
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(a.asname or a.name.split(".")[0] for a in node.names if a.name != "*")
+            return
+        if isinstance(node, ast.comprehension):
+            # Its target is the comprehension's own; a walrus in it is not.
+            for child in [node.iter] + node.ifs:
+                visit(child)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    for statement in tree.body:
+        visit(statement)
+    return names
+
+
+def is_stub(function):
+    """A function the prompt leaves for the solution to write: its body is
+    only a docstring, `pass`, `...` or a `raise`."""
+    body = list(function.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return all(
+        isinstance(s, (ast.Pass, ast.Raise)) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and s.value.value is Ellipsis)
+        for s in body
+    )
+
+
+def prompt_helpers(prompt, entry_point, solution):
+    """The functions the spec's prompt defines in full besides the entry
+    point (HumanEval's `poly`, `encode_cyclic`, `is_palindrome`), run here
+    from the trusted prompt: a test that uses a helper the spec gave gets
+    the spec's, not one the solution redefined to agree with its own wrong
+    answer. Whatever else the prompt names (the entry point, stubs and
+    classes left for the solution to write) resolves to the solution's."""
+    import types
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        return {}
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    helpers = {
+        s.name for s in tree.body
+        if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name != entry_point and not is_stub(s)
+    }
+    if not helpers:
+        return {}
+    namespace = types.ModuleType("solution").__dict__
+    try:
+        exec(compile(tree, "<prompt>", "exec", dont_inherit=True), namespace)
+    except Exception:  # noqa: BLE001 - a prompt that does not run gives no helpers
+        return {}
+    for name in module_bindings(tree) - helpers:
+        if isinstance(namespace.get(name), (types.FunctionType, type)) and hasattr(solution, name):
+            namespace[name] = getattr(solution, name)
+    return {name: namespace[name] for name in helpers if callable(namespace.get(name))}
+
+
+def proxy_module(candidate, entry_point, prompt=None):
     """The `solution` the tests import: every name of the candidate's
     module, private ones too, as plain values or proxies (real mirror
     classes for its exceptions, the real module for a standard-library
-    module it imported)."""
+    module it imported), except the helpers the prompt defines, which are
+    the prompt's own (`prompt_helpers`)."""
     import types
 
     proxy = types.ModuleType("solution")
@@ -1468,10 +1597,14 @@ def proxy_module(candidate, entry_point):
                 except ImportError:
                     pass
         setattr(proxy, name, value)
+    helpers = prompt_helpers(prompt, entry_point, proxy)
+    for name, value in helpers.items():
+        setattr(proxy, name, value)
     if isinstance(declared, (list, tuple)) and all(isinstance(n, str) for n in declared):
         public = list(declared)
     else:
         public = [n for n in candidate.names if not n.startswith("_")]
+    public += [n for n in helpers if n not in public and not n.startswith("_")]
     # What `from solution import *` binds, as plain Python would, except
     # names that would change how the tests are judged or collected: a
     # builtin's name (an exported `all` or `len` would rewrite the test's
@@ -1613,7 +1746,7 @@ def tests_main(config_fd, result_fd, forked=False):
     import pytest
 
     candidate = Candidate(config["output_limit"], config["deadline"], config["call_cpu_s"], adopt=runner)
-    sys.modules["solution"] = proxy_module(candidate, config["entry_point"])
+    sys.modules["solution"] = proxy_module(candidate, config["entry_point"], config.get("prompt"))
     SPEC_RUN["source"] = source
     os.chdir(TESTS_DIR)
     if PREPARED_PYTEST is not None:
@@ -1897,6 +2030,7 @@ def check_function(request, deadline, prefork):
                 "output_limit": limit,
                 "call_cpu_s": fn["call_cpu_s"],
                 "entry_point": fn["entry_point"],
+                "prompt": fn.get("prompt"),
                 "deadline": deadline,
             })
         except OSError:

@@ -11,10 +11,11 @@ use std::fmt::Write as _;
 
 use crate::llm::Message;
 use crate::report::{Outcome, Severity, TestReport, ValidationReport};
+use crate::sandbox::values::{Py, Side};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
 
 /// Identifies the wording of every prompt below.
-pub const PROMPT_VERSION: &str = "kiln-prompts-2";
+pub const PROMPT_VERSION: &str = "kiln-prompts-3";
 
 /// Python packages (with pinned versions) the sandbox runtime provides, the
 /// only ones generated services may depend on. Mirrors `sandbox/requirements.txt`.
@@ -137,12 +138,18 @@ fn function_prompt(f: &FunctionSpec) -> String {
                 out,
                 "- input `{}` → `{}`",
                 serde_json::to_string(&case.input).unwrap_or_default(),
-                serde_json::to_string(&case.expected).unwrap_or_default()
+                // As a Python literal: a tagged JSON value (`{"$set": …}`)
+                // would read to the model as a dict.
+                Py::from_json(&case.expected, Side::Expected).map_or_else(
+                    |_| serde_json::to_string(&case.expected).unwrap_or_default(),
+                    |v| v.repr()
+                )
             );
         }
         out.push_str(
             "\nAn object input means keyword arguments, an array means positional arguments, anything else one argument. \
-             Results are compared as JSON (tuples as lists).\n\n",
+             Results are shown as Python values and compared with `==`, of the same type (a tuple may stand for a list), \
+             ints exactly, floats to 1e-9 relative.\n\n",
         );
     }
     if let Some(code) = &f.test_code {

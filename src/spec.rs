@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::sandbox::values::{MAX_INT_DIGITS, Py, Side};
+
 /// A rejected request: the path of the field at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -39,11 +41,35 @@ pub struct BatchRequest {
 }
 
 /// One unit of work: a function to implement or a service to build.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Spec {
     Function(FunctionSpec),
     Service(ServiceSpec),
+}
+
+/// By hand rather than serde's internally tagged enum, which buffers
+/// values in a form that refuses ints between 2^64 and 2^128: a stored
+/// spec whose expected value is `2**64` would be unreadable. Checks only
+/// the shape; [`Spec::from_value`] validates a submitted spec.
+impl<'de> Deserialize<'de> for Spec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Spec, D::Error> {
+        use serde::de::Error as _;
+        let Value::Object(mut map) = Value::deserialize(d)? else {
+            return Err(D::Error::custom("a spec is a JSON object"));
+        };
+        let kind = map.remove("kind");
+        let rest = Value::Object(map);
+        match kind.as_ref().and_then(Value::as_str) {
+            Some("function") => serde_json::from_value(rest)
+                .map(Spec::Function)
+                .map_err(D::Error::custom),
+            Some("service") => serde_json::from_value(rest)
+                .map(Spec::Service)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom("`kind` must be \"function\" or \"service\"")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +309,74 @@ pub fn find_nul(value: &Value) -> Option<String> {
     None
 }
 
+/// serde_json says only "invalid number" when a number (its text kept, see
+/// [`canonical_numbers`]) does not fit the integer field it is read into;
+/// every numeric field of a request is a whole number with a range.
+pub fn number_message(message: String) -> String {
+    if message == "invalid number" {
+        "not a whole number within this field's range".into()
+    } else {
+        message
+    }
+}
+
+/// Reads every number of a request body as Python's `json` would, since
+/// numbers keep their text (serde_json's `arbitrary_precision`, for exact
+/// big ints): an int (no fraction or exponent) keeps every digit, up to
+/// Python's 4,300; any other number becomes the nearest 64-bit float and
+/// must be finite. So what is stored is what the sandbox's Python reads,
+/// and no number reaches the database that it cannot store.
+pub fn canonical_numbers(value: &mut Value) -> Result<(), FieldError> {
+    let mut stack: Vec<(&mut Value, String)> = vec![(value, String::new())];
+    while let Some((value, at)) = stack.pop() {
+        match value {
+            Value::Number(n) => {
+                let text = n.to_string();
+                let field = || if at.is_empty() { "body".to_owned() } else { at.clone() };
+                let digits = text.trim_start_matches('-');
+                if digits.bytes().all(|b| b.is_ascii_digit()) {
+                    if digits.len() > MAX_INT_DIGITS {
+                        return Err(FieldError::new(
+                            field(),
+                            format!(
+                                "an integer of {} digits; at most {MAX_INT_DIGITS} (Python's limit)",
+                                digits.len()
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                match text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+                    Some(float) => *n = float,
+                    None => {
+                        return Err(FieldError::new(
+                            field(),
+                            format!("{text} is beyond the range of a 64-bit float"),
+                        ));
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    stack.push((item, format!("{at}[{i}]")));
+                }
+            }
+            Value::Object(map) => {
+                for (key, item) in map.iter_mut() {
+                    let path = if at.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    stack.push((item, path));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Options {
     /// The model attempt `n` (1-based) uses, if the batch names one.
     pub fn model_for_attempt(&self, n: u32) -> Option<&str> {
@@ -480,6 +574,11 @@ impl Spec {
                     _ => {}
                 }
                 for (i, case) in f.test_cases.iter().enumerate() {
+                    // Tagged values (`{"$set": [...]}`) must be well formed:
+                    // a misspelt tag silently read as a dict would fail
+                    // every right answer.
+                    Py::from_json(&case.expected, Side::Expected)
+                        .map_err(|e| FieldError::new(format!("{at}.test_cases[{i}].expected{}", e.path), e.message))?;
                     if let (Value::Object(args), Some(types)) = (&case.input, &f.input_types)
                         && let Some(unknown) = args.keys().find(|k| !types.contains_key(*k))
                     {
@@ -566,6 +665,8 @@ fn typed<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, FieldError> {
                 field = format!("{field}.{name}");
             }
             message = "missing field".into();
+        } else {
+            message = number_message(message);
         }
         FieldError::new(field.trim_start_matches('.'), message)
     })
@@ -636,6 +737,56 @@ mod tests {
     fn service() -> Value {
         json!({"kind": "service", "service_name": "notes", "description": "notes",
                "endpoints": [{"method": "GET", "path": "/notes", "description": "list"}]})
+    }
+
+    #[test]
+    fn an_expected_integer_of_any_size_keeps_every_digit_through_parsing_and_storage() {
+        for digits in ["18446744073709551617", "15511210043330985984000000", &"9".repeat(4300)] {
+            let body = format!(
+                r#"{{"kind": "function", "task_description": "f", "entry_point": "f",
+                    "test_cases": [{{"input": [{digits}], "expected": {digits}}}]}}"#
+            );
+            let mut value: Value = serde_json::from_str(&body).unwrap();
+            canonical_numbers(&mut value).unwrap();
+            let spec = Spec::from_value(value, "specs[0]").unwrap();
+            // As stored (JSON) and read back by a worker.
+            let stored = serde_json::to_value(&spec).unwrap();
+            let read: Spec = serde_json::from_value(stored.clone()).unwrap();
+            let read_text: Spec = serde_json::from_str(&stored.to_string()).unwrap();
+            for spec in [&read, &read_text] {
+                let Spec::Function(f) = spec else { panic!() };
+                assert_eq!(f.test_cases[0].expected.to_string(), digits);
+                assert_eq!(f.test_cases[0].input.to_string(), format!("[{digits}]"));
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_are_read_as_python_reads_them_and_refused_beyond_its_limits() {
+        let mut value: Value =
+            serde_json::from_str(r#"{"a": [1.50, 1e2, -0, 1e-400, 12345678901234567890123]}"#).unwrap();
+        canonical_numbers(&mut value).unwrap();
+        assert_eq!(value.to_string(), r#"{"a":[1.5,100.0,-0,0.0,12345678901234567890123]}"#);
+        for (body, field) in [
+            (r#"{"a": {"b": [1, 1e400]}}"#.to_owned(), "a.b[1]"),
+            (format!(r#"{{"a": {}}}"#, "1".repeat(4301)), "a"),
+            ("-1e309".to_owned(), "body"),
+        ] {
+            let mut value: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(canonical_numbers(&mut value).unwrap_err().field, field, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_tagged_expected_value_is_refused_naming_its_path() {
+        let mut spec = function();
+        spec["test_cases"][0]["expected"] = json!([{"$sets": [1]}]);
+        let e = parse(json!({"specs": [spec]})).unwrap_err();
+        assert_eq!(e.field, "specs[0].test_cases[0].expected[0].$sets");
+        assert!(e.message.contains("unknown tag"), "{e}");
+        let mut spec = function();
+        spec["test_cases"][0]["expected"] = json!({"$set": [1, 2], "extra": 1});
+        assert!(parse(json!({"specs": [spec]})).is_ok(), "two keys: a plain dict");
     }
 
     fn err_field(v: Value) -> String {

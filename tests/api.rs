@@ -362,6 +362,8 @@ async fn every_numeric_option_out_of_range_is_a_400_naming_it_and_writes_nothing
             format!("options.{option}"),
             "{option}={value} → {error}"
         );
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("invalid number"), "{option}={value}: {message}");
     }
     assert_eq!(env.count("batches").await, 0);
 
@@ -380,6 +382,66 @@ async fn every_numeric_option_out_of_range_is_a_400_naming_it_and_writes_nothing
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["field"], "options.budget_tokens", "{error}");
     }
+    d.stop().await;
+}
+
+/// Ints beyond 64 bits in a spec keep every digit from the request body
+/// through Postgres to what a worker reads (they were floats, so a wrong
+/// answer near 25! passed); tagged expected values must be well formed;
+/// numbers Python could not read are a 400 naming them.
+#[tokio::test]
+async fn expected_integers_beyond_64_bits_are_stored_with_every_digit_and_bad_numbers_or_tags_are_400s() {
+    let env = TestEnv::new().await;
+    let (d, token) = start(&env, &[]).await;
+    let url = format!("{}/v1/batches", d.url);
+    let big = "15511210043330985984000000";
+    let spec = |input: &str, expected: &str| {
+        format!(
+            r#"{{"specs": [{{"kind": "function", "task_description": "Factorial.", "entry_point": "f",
+                 "test_cases": [{{"input": {input}, "expected": {expected}}}]}}]}}"#
+        )
+    };
+    let (status, created) = post(&url, &token, spec("[1180591620717411303424]", big)).await;
+    assert_eq!(status, 201, "{created}");
+    let job = created["job_ids"][0].as_str().unwrap();
+    let (_, view) = get(&format!("{}/v1/jobs/{job}", d.url), &token).await;
+    let case = &view["spec"]["test_cases"][0];
+    assert_eq!(case["expected"].to_string(), big, "{view}");
+    assert_eq!(case["input"].to_string(), "[1180591620717411303424]", "{view}");
+    // As a worker reads it.
+    let stored: Value = sqlx::query_scalar("SELECT spec FROM jobs WHERE id = $1::uuid")
+        .bind(job)
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    let kiln::spec::Spec::Function(stored) = serde_json::from_value(stored).unwrap() else {
+        panic!("a function spec")
+    };
+    assert_eq!(stored.test_cases[0].expected.to_string(), big);
+
+    let nines = "9".repeat(4301);
+    for (body, field) in [
+        (
+            spec("[1]", r#"{"$sets": [1]}"#),
+            "specs[0].test_cases[0].expected.$sets",
+        ),
+        (
+            spec("[1]", r#"[{"$float": "NaN"}]"#),
+            "specs[0].test_cases[0].expected[0].$float",
+        ),
+        (
+            spec("[1]", r#"{"$bytes": "xyz"}"#),
+            "specs[0].test_cases[0].expected.$bytes",
+        ),
+        (spec("[1]", "1e400"), "specs[0].test_cases[0].expected"),
+        (spec("[1e999]", "1"), "specs[0].test_cases[0].input[0]"),
+        (spec("[1]", &nines), "specs[0].test_cases[0].expected"),
+    ] {
+        let (status, error) = post(&url, &token, body.clone()).await;
+        assert_eq!(status, 400, "{body} → {error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
+    assert_eq!(env.count("batches").await, 1);
     d.stop().await;
 }
 

@@ -453,8 +453,300 @@ def test_count():
     assert!(failed.is_empty(), "{} of 8 failed: {failed:#?}", failed.len());
 }
 
+/// A function job judged by test cases: `f(i)` returns `values[i]`, which
+/// is compared with `expected[i]`. Expected values are given as JSON text so
+/// that integers beyond 64 bits keep every digit.
+fn cases_job(values: &[&str], expected: &[&str]) -> FunctionJob {
+    assert_eq!(values.len(), expected.len());
+    let solution = format!(
+        "import datetime, decimal, fractions, math\n\nVALUES = [\n{}\n]\n\ndef f(i):\n    return VALUES[i]\n",
+        values
+            .iter()
+            .map(|v| format!("    {v},"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    FunctionJob {
+        entry_point: "f".into(),
+        solution,
+        cases: expected
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let e: serde_json::Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+                (serde_json::json!([i]), e)
+            })
+            .collect(),
+        test_code: None,
+    }
+}
+
+/// Runs `values` against `expected` case by case: `Some(i)` for each case
+/// whose outcome is not `want`.
+async fn judged(sandbox: &TestSandbox, values: &[&str], expected: &[&str], want: Outcome) -> Vec<String> {
+    let report = sandbox.function_job(&cases_job(values, expected), &limits()).await;
+    assert_eq!(report.cases.len(), values.len(), "{}", failures(&report));
+    report
+        .cases
+        .iter()
+        .zip(values.iter().zip(expected))
+        .filter(|(case, _)| case.outcome != want)
+        .map(|(case, (value, expected))| {
+            format!(
+                "{value} against {expected}: {:?} ({}), wanted {want:?}",
+                case.outcome, case.message
+            )
+        })
+        .collect()
+}
+
+const FACTORIAL_25: &str = "15511210043330985984000000";
+const FACTORIAL_30: &str = "265252859812191058636308480000000";
+
+/// Integers of any size are compared exactly, in the results and in the
+/// expected values and inputs of a spec, whatever their size: beyond 64 bits
+/// they used to be compared as floats, so `factorial(n) + 987654321` passed.
+async fn big_integers_are_compared_exactly_on_both_backends(backend: Backend) {
+    let _lock = exclusive().await;
+    let sandbox = TestSandbox::new(backend, &limits(), 1).await;
+    let expected = [
+        FACTORIAL_25,
+        FACTORIAL_30,
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "-1180591620717411303424",
+        "1",
+        "2.5",
+    ];
+    let right = [
+        "math.factorial(25)",
+        "math.factorial(30)",
+        "2**63 - 1",
+        "2**63",
+        "2**64 - 1",
+        "2**64",
+        "-2**63 - 1",
+        "-2**70",
+        "1.0",
+        "2.5",
+    ];
+    let wrong = [
+        "math.factorial(25) + 987654321",
+        "math.factorial(30) + 987654321",
+        "2**63",
+        "2**63 + 1",
+        "2**64",
+        "2**64 + 1",
+        "-2**63",
+        "-2**70 - 1",
+        "True",
+        "2.5000001",
+    ];
+    let mut bad = judged(&sandbox, &right, &expected, Outcome::Passed).await;
+    bad.extend(judged(&sandbox, &wrong, &expected, Outcome::Failed).await);
+
+    // An input beyond 64 bits reaches the function with every digit.
+    let exact_input = FunctionJob {
+        entry_point: "succ".into(),
+        solution: "def succ(n):\n    assert n == 2**70, n\n    return n + 1\n".into(),
+        cases: vec![(
+            serde_json::from_str("[1180591620717411303424]").unwrap(),
+            serde_json::from_str("1180591620717411303425").unwrap(),
+        )],
+        test_code: None,
+    };
+    let report = sandbox.function_job(&exact_input, &limits()).await;
+    if !report.all_passed() {
+        bad.push(format!("an input of 2**70: {}", failures(&report)));
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Every value that JSON cannot express crosses with a tag of its type, so
+/// a result of the wrong type fails even where its JSON text would look
+/// the same (`"nan"` for nan, `"abc"` for `b"abc"`, a list for a set,
+/// `{"1": ...}` for `{1: ...}`), and a result of the right type passes
+/// against an expected value written with that tag.
+async fn values_of_the_wrong_type_are_judged_failed(backend: Backend) {
+    let _lock = exclusive().await;
+    let sandbox = TestSandbox::new(backend, &limits(), 1).await;
+    // (expected, a right result, a wrong result)
+    let table: &[(&str, &str, &str)] = &[
+        (r#"{"$float": "nan"}"#, "float('nan')", "'nan'"),
+        (r#"{"$float": "inf"}"#, "math.inf", "'inf'"),
+        (r#"{"$float": "-inf"}"#, "-math.inf", "math.inf"),
+        (r#""nan""#, "'nan'", "float('nan')"),
+        (r#"{"$bytes": "616263"}"#, "b'abc'", "'abc'"),
+        (r#""abc""#, "'abc'", "b'abc'"),
+        (r#"{"$bytes": "00ff"}"#, "bytearray(b'\\x00\\xff')", "b'\\x00\\xfe'"),
+        (r#"{"$set": [1, 2, 3]}"#, "{3, 1, 2}", "[1, 2, 3]"),
+        (r"[1, 2, 3]", "(1, 2, 3)", "{1, 2, 3}"),
+        (r#"{"$set": [[1, 2]]}"#, "frozenset({(1, 2)})", "{(2, 1)}"),
+        (r#"{"$dict": [[1, "a"]]}"#, "{1: 'a'}", "{'1': 'a'}"),
+        (r#"{"1": "a"}"#, "{'1': 'a'}", "{1: 'a'}"),
+        (r#"{"$dict": [["$set", [1]]]}"#, "{'$set': [1]}", "{1}"),
+        (r#"{"$complex": [1, 2]}"#, "1+2j", "[1, 2]"),
+        (r"[1.0, 2.0]", "[1.0, 2.0]", "1+2j"),
+        (r#"{"$decimal": "1.10"}"#, "decimal.Decimal('1.1')", "'1.1'"),
+        (r#"{"$fraction": "1/3"}"#, "fractions.Fraction(2, 6)", "'1/3'"),
+        (
+            r#"{"$date": "2024-02-29"}"#,
+            "datetime.date(2024, 2, 29)",
+            "'2024-02-29'",
+        ),
+        (r#""2024-02-29""#, "'2024-02-29'", "datetime.date(2024, 2, 29)"),
+        (
+            r#"{"$timedelta": [0, 90, 0]}"#,
+            "datetime.timedelta(seconds=90)",
+            "90.0",
+        ),
+        (r"null", "None", "'None'"),
+        (r"1", "1", "True"),
+        (
+            r#"[{"$set": [1]}, {"$float": "nan"}]"#,
+            "[{1}, float('nan')]",
+            "[[1], 'nan']",
+        ),
+    ];
+    let expected: Vec<&str> = table.iter().map(|t| t.0).collect();
+    let right: Vec<&str> = table.iter().map(|t| t.1).collect();
+    let wrong: Vec<&str> = table.iter().map(|t| t.2).collect();
+    let mut bad = judged(&sandbox, &right, &expected, Outcome::Passed).await;
+    bad.extend(judged(&sandbox, &wrong, &expected, Outcome::Failed).await);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// `(name, entry point, prompt, solution, tests, should pass)`.
+type HelperCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, bool);
+
+/// `from solution import *` never replaces a name the tests bind
+/// themselves (pytest's `approx`, a helper defined before the import), and
+/// a helper the spec's prompt defines is the prompt's own, not whatever the
+/// solution redefined it as: otherwise a solution exporting an `approx`
+/// that equals everything, or an `encode` that does nothing, passes.
+async fn solution_names_never_replace_the_tests_own_helpers(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let approx_tests = r"from pytest import approx
+from solution import *
+
+def test_mean():
+    assert mean([1, 2]) == approx(1.5)
+";
+    let helper_tests = r"def expected_total():
+    return 6
+
+from solution import *
+
+def test_total():
+    assert total([1, 2, 3]) == expected_total()
+";
+    let prompt = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Undoes encode.\"\"\"\n";
+    let prompt_tests = r#"from solution import *
+
+def test_roundtrip():
+    assert decode(encode("abc")) == "abc"
+"#;
+    let prompt_tests_by_name = r#"import solution
+
+def test_roundtrip():
+    assert solution.decode(solution.encode("xyz")) == "xyz"
+"#;
+    let table: &[HelperCase] = &[
+        (
+            "approx, right",
+            "mean",
+            None,
+            "def mean(xs):\n    return sum(xs) / len(xs)\n",
+            approx_tests,
+            true,
+        ),
+        (
+            "approx redefined",
+            "mean",
+            None,
+            "def mean(xs):\n    return 0\n\ndef approx(x, *a, **k):\n    return 0\n",
+            approx_tests,
+            false,
+        ),
+        (
+            "a test helper, right",
+            "total",
+            None,
+            "def total(xs):\n    return sum(xs)\n",
+            helper_tests,
+            true,
+        ),
+        (
+            "a test helper redefined",
+            "total",
+            None,
+            "def total(xs):\n    return 5\n\ndef expected_total():\n    return 5\n",
+            helper_tests,
+            false,
+        ),
+        (
+            "a prompt helper, right",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]\n",
+            prompt_tests,
+            true,
+        ),
+        (
+            "a prompt helper redefined",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+            prompt_tests,
+            false,
+        ),
+        (
+            "a prompt helper redefined, read as an attribute",
+            "decode",
+            Some(prompt),
+            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+            prompt_tests_by_name,
+            false,
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (name, entry, prompt, solution, tests, should_pass) in table {
+        let mut spec = serde_json::json!({
+            "kind": "function",
+            "task_description": "Implement it.",
+            "entry_point": entry,
+            "test_code": tests,
+        });
+        if let Some(prompt) = prompt {
+            spec["prompt"] = (*prompt).into();
+        }
+        let spec: kiln::spec::Spec = serde_json::from_value(spec).unwrap();
+        let files = vec![kiln::files::File::new("solution.py", (*solution).to_owned())];
+        let report = kiln::sandbox::harness::run_tests(sandbox.sandbox(), &spec, &files, &limits)
+            .await
+            .unwrap_or_else(|e| panic!("sandbox fault: {e}"));
+        if report.all_passed() != *should_pass {
+            bad.push(format!(
+                "{name}: passed {}/{}: {}",
+                report.passed,
+                report.total,
+                failures(&report)
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 for_both_backends!(
     python_semantics_are_judged_as_plain_pytest_judges_them,
     tricks_that_fool_plain_pytest_are_judged_failed,
     a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy,
+    big_integers_are_compared_exactly_on_both_backends,
+    values_of_the_wrong_type_are_judged_failed,
+    solution_names_never_replace_the_tests_own_helpers,
 );

@@ -1247,7 +1247,7 @@ async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(bac
         report
             .cases
             .iter()
-            .any(|c| c.message.contains("expected true, got false")),
+            .any(|c| c.message.contains("expected True, got False")),
         "the probe ran and found nothing: {report:#?}"
     );
 }
@@ -1285,7 +1285,7 @@ async fn the_kernel_keyrings_are_out_of_reach_and_judged_failed(backend: Backend
         report
             .cases
             .iter()
-            .any(|c| c.message.contains("expected true, got false")),
+            .any(|c| c.message.contains("expected True, got False")),
         "the probe ran and reached no keyring: {report:#?}"
     );
 }

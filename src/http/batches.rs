@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
-use crate::spec::{BatchRequest, Limits, check_budget_tokens, find_nul};
+use crate::spec::{BatchRequest, Limits, canonical_numbers, check_budget_tokens, find_nul, number_message};
 use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
 
 pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -38,7 +38,7 @@ pub(crate) async fn read_body(body: Body, limit: usize, timeout: std::time::Dura
 /// Parses JSON, naming the position of a syntax error, or the field of a
 /// string holding U+0000 (which the database cannot store as text).
 pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(
             "body",
             format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
@@ -47,6 +47,7 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if let Some(field) = find_nul(&value) {
         return Err(ApiError::invalid(field, "contains the NUL character (U+0000)"));
     }
+    canonical_numbers(&mut value).map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(value)
 }
 
@@ -55,7 +56,7 @@ fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     serde_path_to_error::deserialize(parse_json(bytes)?).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::invalid(field, e.into_inner().to_string())
+        ApiError::invalid(field, number_message(e.into_inner().to_string()))
     })
 }
 

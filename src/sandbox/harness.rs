@@ -19,6 +19,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::values::{Py, Side};
 use super::{Limits, RunOutput, Sandbox, SandboxError};
 use crate::files::File;
 use crate::report::{Outcome, TestCase, TestReport};
@@ -60,6 +61,9 @@ pub async fn run_tests(
             request["mode"] = "function".into();
             request["function"] = json!({
                 "entry_point": f.entry_point,
+                // Its complete helper functions are trusted: the tests get
+                // them, not the solution's redefinitions.
+                "prompt": f.prompt,
                 "cases": f.test_cases.iter().map(|c| json!({"input": c.input})).collect::<Vec<_>>(),
                 "test_code": f.test_code,
                 "call_cpu_s": CALL_CPU_S.min(harness_timeout),
@@ -155,7 +159,8 @@ fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Resul
 #[derive(Deserialize)]
 struct RawCase {
     name: String,
-    #[serde(default)]
+    /// `Some(Value::Null)` for a result of `None`; `None` when absent.
+    #[serde(default, deserialize_with = "present")]
     value: Option<Value>,
     #[serde(default)]
     error: Option<String>,
@@ -163,6 +168,11 @@ struct RawCase {
     outcome: Option<Outcome>,
     #[serde(default)]
     message: String,
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -205,7 +215,7 @@ fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
             (Some(actual), None) if json_equal(&expected.expected, &actual) => (Outcome::Passed, String::new()),
             (Some(actual), None) => (
                 Outcome::Failed,
-                format!("{call}: expected {}, got {}", short(&expected.expected), short(&actual)),
+                format!("{call}: {}", mismatch(&expected.expected, &actual)),
             ),
             (None, None) => (Outcome::Error, format!("{call}: no result")),
         };
@@ -277,24 +287,51 @@ fn dedupe_by_name(cases: Vec<TestCase>) -> Vec<TestCase> {
     out
 }
 
-/// Compares an expected and an actual value after JSON normalisation:
-/// numbers by value (`3 == 3.0`, floats to 1e-9 relative), everything else
-/// structurally.
+/// Compares a spec's expected value with a result as the harness reported
+/// it, both decoded as Python values ([`values`](super::values): ints
+/// exactly, floats to 1e-9 relative, every other type only with its own
+/// kind). An expected value that does not decode (the API refuses those)
+/// equals nothing.
 pub fn json_equal(expected: &Value, actual: &Value) -> bool {
-    match (expected, actual) {
-        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => match (a.as_f64(), b.as_f64()) {
-                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
-                _ => a == b,
-            },
-        },
-        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_equal(x, y)),
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| json_equal(v, w)))
-        }
-        _ => expected == actual,
+    match (
+        Py::from_json(expected, Side::Expected),
+        Py::from_json(actual, Side::Result),
+    ) {
+        (Ok(e), Ok(a)) => e.equals(&a),
+        _ => false,
     }
+}
+
+/// "expected X, got Y" in Python's notation, naming both types when they
+/// differ (a set and a list can print alike to a reader in a hurry).
+fn mismatch(expected: &Value, actual: &Value) -> String {
+    match (
+        Py::from_json(expected, Side::Expected),
+        Py::from_json(actual, Side::Result),
+    ) {
+        (Ok(e), Ok(a)) if e.type_name() == a.type_name() => {
+            format!("expected {}, got {}", clip(e.repr()), clip(a.repr()))
+        }
+        (Ok(e), Ok(a)) => format!(
+            "expected {} {}, got {} {}",
+            e.type_name(),
+            clip(e.repr()),
+            a.type_name(),
+            clip(a.repr())
+        ),
+        _ => format!("expected {}, got {}", short(expected), short(actual)),
+    }
+}
+
+fn clip(text: String) -> String {
+    if text.len() <= 300 {
+        return text;
+    }
+    let mut end = 300;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 fn render_args(input: &Value) -> String {
@@ -310,16 +347,7 @@ fn render_args(input: &Value) -> String {
 }
 
 fn short(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() <= 300 {
-        text
-    } else {
-        let mut end = 300;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
-    }
+    clip(v.to_string())
 }
 
 fn stderr_tail(output: &RunOutput) -> String {
@@ -344,6 +372,57 @@ mod tests {
         assert!(!json_equal(&json!(1), &json!(true)));
         assert!(!json_equal(&json!([1, 2]), &json!([2, 1])));
         assert!(!json_equal(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+    }
+
+    /// JSON text as the API and the harness's report carry it.
+    fn text(json: &str) -> Value {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_compared_digit_for_digit() {
+        let f25 = text("15511210043330985984000000");
+        assert!(json_equal(&f25, &text("15511210043330985984000000")));
+        assert!(
+            !json_equal(&f25, &text("15511210044318640305000000")),
+            "25! + 987654321"
+        );
+        for (expected, actual) in [
+            ("9223372036854775807", "9223372036854775808"),
+            ("9223372036854775808", "9223372036854775809"),
+            ("18446744073709551615", "18446744073709551616"),
+            ("18446744073709551616", "18446744073709551617"),
+            ("-9223372036854775809", "-9223372036854775810"),
+        ] {
+            assert!(!json_equal(&text(expected), &text(actual)), "{expected} == {actual}");
+            assert!(json_equal(&text(expected), &text(expected)), "{expected}");
+        }
+        // Nested, and with every digit in the message.
+        assert!(!json_equal(
+            &text("[[18446744073709551616]]"),
+            &text("[[18446744073709551617]]")
+        ));
+        assert_eq!(
+            mismatch(&f25, &text("15511210044318640305000000")),
+            "expected 15511210043330985984000000, got 15511210044318640305000000"
+        );
+    }
+
+    #[test]
+    fn values_of_another_type_are_not_equal_and_the_message_names_both_types() {
+        assert!(!json_equal(&text(r#"{"$set": [1, 2]}"#), &text("[1, 2]")));
+        assert!(!json_equal(&text(r#""nan""#), &text(r#"{"$float": "nan"}"#)));
+        assert!(json_equal(&text(r#"{"$float": "nan"}"#), &text(r#"{"$float": "nan"}"#)));
+        assert!(!json_equal(&text(r#""abc""#), &text(r#"{"$bytes": "616263"}"#)));
+        assert!(!json_equal(&text(r#"{"1": "a"}"#), &text(r#"{"$dict": [[1, "a"]]}"#)));
+        assert_eq!(
+            mismatch(&text(r#"{"$set": [1, 2]}"#), &text("[1, 2]")),
+            "expected set {1, 2}, got list [1, 2]"
+        );
+        assert!(
+            !json_equal(&text(r#"{"$sets": [1]}"#), &text(r#"{"$sets": [1]}"#)),
+            "a malformed expected value equals nothing"
+        );
     }
 
     fn output(stdout: &str) -> RunOutput {
