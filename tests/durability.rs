@@ -336,6 +336,121 @@ async fn a_poison_job_ends_as_crash_loop_after_its_blamed_deaths_while_jobs_that
 
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_while_a_sandbox_report_is_read_is_blamed_on_its_job_not_on_jobs_waiting_on_the_sandbox() {
+    let env = TestEnv::new().await;
+    // The poison's code prints the abort marker (built at run time, so the
+    // answer itself does not carry it and validates): the worker dies while
+    // it reads the run's report, inside the worker. The others' pytest runs
+    // take 3 s, so when it dies its companions wait on the sandbox.
+    let script = format!(
+        "{}\n- name: poison\n  match: \"`report_poison`\"\n  latency_ms: 1000\n  responses:\n    - files:\n        - path: solution.py\n          content: \"def report_poison(x):\\n    print('REPORT-' + 'POISON')\\n    return x\\n\"\n",
+        ADD_SCRIPT.replace("  responses:", "  latency_ms: 500\n  responses:")
+    );
+    let llm = mock(&script).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut specs: Vec<Value> = (0..9).map(|i| slow_spec(i, 3.0)).collect();
+    specs.insert(
+        2,
+        json!({"kind": "function", "task_description": "Return x.", "entry_point": "report_poison",
+               "test_cases": [{"input": 1, "expected": 1}]}),
+    );
+    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
+    let poison = created["job_ids"][2].as_str().unwrap().to_owned();
+    let vars = env.vars(
+        &llm.base_url(),
+        &[
+            ("KILN_WORKER_CONCURRENCY", "5"),
+            ("KILN_SANDBOX_SLOTS", "5"),
+            ("KILN_FAULT_ABORT_MARKER", "REPORT-POISON"),
+        ],
+    );
+    let mut pool = Pool {
+        procs: Vec::new(),
+        spawned: 0,
+        dead: Vec::new(),
+        vars,
+    };
+    pool.spawn();
+    pool.spawn();
+    let batch_id = created["batch_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let batch = loop {
+        pool.replace_the_dead();
+        let batch = d.client.batch(batch_id).await.unwrap();
+        if batch["finished_at"].is_string() {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "the batch did not finish: {batch}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every death was the poison's, found reading its report: blamed each
+    // time, until the crash limit.
+    let job = d.client.job(&poison).await.unwrap();
+    assert_eq!(job["error"]["code"], "crash_loop", "{job}");
+    assert_eq!(
+        (job["crashes"].as_i64(), job["blamed_crashes"].as_i64()),
+        (Some(3), Some(3)),
+        "{job}"
+    );
+    for t in job["takeovers"].as_array().unwrap() {
+        assert_eq!(
+            (t["activity"].as_str(), t["blamed"].as_bool()),
+            (Some("reporting"), Some(true)),
+            "{job}"
+        );
+        assert!(t["reason"].as_str().unwrap().contains("sandbox report"), "{t}");
+    }
+    assert_eq!(pool.dead.len(), 3, "one death per blamed crash: {:?}", pool.dead);
+    // Its answer was stored once and resumed from, never requested again.
+    let attempts = d.attempts(&poison, false).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(
+        attempts[0]["phase"], "validated",
+        "its report was never stored: {attempts:?}"
+    );
+    let poison_requests = llm
+        .requests()
+        .iter()
+        .filter(|r| r.script.as_deref() == Some("poison"))
+        .count();
+    assert_eq!(
+        poison_requests, 1,
+        "the poison's answer was requested {poison_requests} times"
+    );
+    assert_eq!(batch["counts"]["succeeded"], 9, "{batch}");
+
+    // The jobs that died with it were waiting (mostly on the sandbox, a
+    // separate process): none of those deaths was blamed on them.
+    let companions: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT job_id::text, activity, blamed FROM takeovers WHERE job_id <> $1::uuid AND lost_by = ANY($2)",
+    )
+    .bind(&poison)
+    .bind(&pool.dead)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        companions.iter().any(|(_, activity, _)| activity == "sandbox"),
+        "no job was waiting on the sandbox when the poison killed its worker: {companions:?}"
+    );
+    assert!(
+        companions.iter().all(|(_, activity, blamed)| {
+            ["claimed", "model", "sandbox", "finishing"].contains(&activity.as_str()) && !blamed
+        }),
+        "{companions:?}"
+    );
+    eprintln!(
+        "report poison: {} deaths, {} companion takeovers (unblamed, {} waiting on the sandbox)",
+        pool.dead.len(),
+        companions.len(),
+        companions.iter().filter(|(_, a, _)| a == "sandbox").count()
+    );
+    d.stop().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_the_panic_recorded() {
     let env = TestEnv::new().await;
     let script = "
