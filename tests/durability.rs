@@ -4,10 +4,15 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln::feeder::{FORGET_DEAD_WORKERS_AFTER, Feeder, FeederStats};
+use kiln::queue::Producer;
+use kiln::store::liveness::Registration;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Dispatcher, Proc, TestEnv, add_spec, eventually, mock, wait_for_batch};
+use tokio::sync::Notify;
 
 /// An `add_{i}` spec whose pytest test takes `seconds` in the sandbox.
 fn slow_spec(i: usize, seconds: f64) -> Value {
@@ -701,4 +706,48 @@ async fn the_feeder_sends_higher_priority_first_and_round_robins_across_batches(
     round.mark_dispatched().await.unwrap();
     // The window is full: nothing more is sent until jobs are claimed.
     assert!(env.store.begin_feed(&env.queue, 9).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_reconciler_deletes_registrations_of_workers_dead_for_over_an_hour_and_keeps_the_rest() {
+    let env = TestEnv::new().await;
+    let options = env.store.pool().connect_options();
+    let _live = Registration::register(&options, "live").await.unwrap();
+    for id in ["died-59-min-ago", "died-61-min-ago"] {
+        // Dropped: its connection, and with it the liveness lock, is gone.
+        drop(Registration::register(&options, id).await.unwrap());
+    }
+    eventually(Duration::from_secs(10), "both declared dead", || async {
+        env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+        env.count("workers WHERE died_at IS NOT NULL").await == 2
+    })
+    .await;
+    for (id, minutes) in [("died-59-min-ago", 59), ("died-61-min-ago", 61)] {
+        sqlx::query("UPDATE workers SET died_at = now() - make_interval(mins => $2) WHERE id = $1")
+            .bind(id)
+            .bind(minutes)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+    }
+
+    let feeder = Feeder {
+        store: env.store.clone(),
+        producer: Producer::connect(&support::redis_url(), &env.queue).await.unwrap(),
+        queue: env.queue.clone(),
+        settings: env.settings("http://127.0.0.1:9", &[]).feeder,
+        wake: Arc::new(Notify::new()),
+        stats: Arc::new(FeederStats::default()),
+    };
+    // An ordinary tick leaves registrations alone; the periodic scan
+    // deletes those dead for longer than the retention.
+    feeder.tick(false).await.unwrap();
+    assert_eq!(env.count("workers").await, 3);
+    feeder.tick(true).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM workers ORDER BY id")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, ["died-59-min-ago", "live"]);
+    assert_eq!(FORGET_DEAD_WORKERS_AFTER, Duration::from_secs(3600));
 }
