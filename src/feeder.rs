@@ -13,7 +13,9 @@
 //! - a running job's lease expired (the fallback, for what liveness locks
 //!   cannot see): it goes back to the queue the same way;
 //! - a job waited in Redis longer than `redeliver_after`: sent again, in case
-//!   its message was lost some other way.
+//!   its message was lost some other way;
+//! - a worker was declared dead more than [`FORGET_DEAD_WORKERS_AFTER`] ago:
+//!   its registration is deleted, so `workers` does not grow forever.
 //!
 //! Re-sending is always safe: a duplicate message is refused by the claim.
 //! Several dispatchers may run; an advisory lock lets one feed at a time.
@@ -56,8 +58,12 @@ pub struct Feeder {
 /// worker's jobs move on within two seconds.
 pub const DEAD_AFTER: Duration = Duration::from_secs(1);
 
-/// How often stale window entries are looked for.
+/// How often stale window entries and old registrations are looked for.
 const STALE_SCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the registration of a dead worker is kept (to show which
+/// workers died lately) before it is deleted.
+pub const FORGET_DEAD_WORKERS_AFTER: Duration = Duration::from_secs(3600);
 
 impl Feeder {
     pub async fn run(self, shutdown: CancellationToken) {
@@ -111,6 +117,10 @@ impl Feeder {
                 .await?;
             if n > 0 {
                 warn!(jobs = n, "jobs waited in Redis too long; re-sending");
+            }
+            let forgotten = self.store.forget_dead_workers(FORGET_DEAD_WORKERS_AFTER).await?;
+            if forgotten > 0 {
+                debug!(workers = forgotten, "registrations of long-dead workers deleted");
             }
         }
         while let Some(round) = self.store.begin_feed(&self.queue, self.settings.window).await? {

@@ -192,6 +192,12 @@ impl Pipeline {
                         .await;
                 }
                 Some(a) if a.n >= job.max_attempts => {
+                    // The message quotes the model's last diagnostics or test
+                    // failures: read inside the worker until the end is stored.
+                    let _in_worker = match self.enter(job, Activity::Preparing, cancel).await {
+                        Ok(held) => held,
+                        Err(stop) => return self.stopped(lease, None, stop, cancel).await,
+                    };
                     let (code, message) = exhausted(&a, job.max_attempts);
                     return self
                         .end_job(
@@ -242,7 +248,6 @@ impl Pipeline {
         previous: Option<&AttemptRecord>,
         cancel: &CancellationToken,
     ) -> Result<AttemptRecord, Stop> {
-        let _in_worker = self.enter(job, Activity::Preparing, cancel).await?;
         let n = previous.map_or(1, |p| p.n + 1);
         let Some(model) = job
             .options
@@ -255,6 +260,7 @@ impl Pipeline {
                 message: "the batch names no model (options.model) and KILN_LLM_MODEL is not set".into(),
             });
         };
+        let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
         let messages = match previous {
             None => vec![
                 Message::system(prompt::system_prompt(&job.spec)),
@@ -288,13 +294,16 @@ impl Pipeline {
                 })
                 .await?
         {
+            self.leave(&job.lease, in_worker, Activity::Finishing, cancel).await?;
             return Ok(cached);
         }
-        Ok(self
+        let attempt = self
             .retry_db(cancel, || {
                 self.store.start_attempt(&job.lease, job.run, n, &model, &prompt)
             })
-            .await?)
+            .await?;
+        self.leave(&job.lease, in_worker, Activity::Model, cancel).await?;
+        Ok(attempt)
     }
 
     /// Runs an attempt from its last persisted phase to a verdict.
@@ -313,13 +322,17 @@ impl Pipeline {
             },
         };
 
+        // Resuming from a stored phase reads the model's files and reports
+        // back: the job's own work on what the model wrote, inside the worker.
         let (files, validation) = if attempt.phase >= Phase::Validated {
+            let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
             let files = self.retry_db(cancel, || self.store.artifacts(attempt.id)).await?;
             let validation: ValidationReport = attempt
                 .validation
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
+            self.leave(lease, in_worker, Activity::Finishing, cancel).await?;
             (files, validation)
         } else {
             let in_worker = self.enter(job, Activity::Validating, cancel).await?;
@@ -346,15 +359,17 @@ impl Pipeline {
         }
 
         let tests: TestReport = if attempt.phase >= Phase::Tested {
-            attempt
+            let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
+            let tests = attempt
                 .tests
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            self.leave(lease, in_worker, Activity::Finishing, cancel).await?;
+            tests
         } else {
             let started = Instant::now();
-            let report = self.test(job, attempt, &files, cancel).await?;
-            let in_worker = self.enter(job, Activity::Reporting, cancel).await?;
+            let (report, in_worker) = self.test(job, attempt, &files, cancel).await?;
             let value = serde_json::to_value(&report).expect("reports serialise");
             let ms = started.elapsed().as_millis() as u64;
             self.retry_db(cancel, || self.store.record_tests(lease, attempt.id, &value, ms))
@@ -468,48 +483,64 @@ impl Pipeline {
         }
     }
 
-    /// Runs the tests in the sandbox, retrying sandbox faults under their limit.
+    /// Runs the tests in the sandbox, retrying sandbox faults under their
+    /// limit. Building the run's input and reading its report are the job's
+    /// own work on what the model wrote, inside the worker; the run itself
+    /// (and the wait for a sandbox slot) is a wait on another process. The
+    /// report comes back with the worker still entered for
+    /// [`Activity::Reporting`], until the caller stores it.
     async fn test(
         &self,
         job: &Claimed,
         attempt: &AttemptRecord,
         files: &[File],
         cancel: &CancellationToken,
-    ) -> Result<TestReport, Stop> {
+    ) -> Result<(TestReport, InWorker<'_>), Stop> {
         let mut limits = self.settings.limits;
         if let Some(t) = job.options.timeout_s {
             limits.timeout = Duration::from_secs(u64::from(t));
         }
-        self.mark(&job.lease, Activity::Sandbox, cancel).await?;
         loop {
-            let result = tokio::select! {
+            let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
+            let request = harness::request(&job.spec, files, &limits);
+            self.leave(&job.lease, in_worker, Activity::Sandbox, cancel).await?;
+            let run = tokio::select! {
                 () = cancel.cancelled() => return Err(Stop::Interrupted),
-                r = harness::run_tests(self.sandbox.as_ref(), &job.spec, files, &limits) => r,
+                r = harness::run(self.sandbox.as_ref(), &request, &limits) => r,
             };
-            match result {
-                Ok(report) => return Ok(report),
-                Err(e @ (SandboxError::Unavailable(_) | SandboxError::Harness(_))) => {
-                    let message = e.to_string();
-                    let class = match &e {
-                        SandboxError::Unavailable(_) => "unavailable",
-                        SandboxError::Harness(_) => "harness",
-                    };
-                    let count = self
-                        .retry_db(cancel, || {
-                            self.store
-                                .record_fault(&job.lease, attempt.id, FaultKind::Sandbox, class, &message)
-                        })
-                        .await?;
-                    warn!(job_id = %job.lease.job_id, attempt = attempt.n, faults = count, error = %message, "sandbox fault");
-                    if count > self.settings.sandbox_max_retries as i32 {
-                        return Err(Stop::Fail {
-                            code: "sandbox_unavailable",
-                            message: format!("the sandbox failed {count} times in a row; last: {message}"),
-                        });
+            let fault = match run {
+                Ok(output) => {
+                    let in_worker = self.enter(job, Activity::Reporting, cancel).await?;
+                    match harness::judge(&job.spec, &request, &output, &limits) {
+                        Ok(report) => return Ok((report, in_worker)),
+                        Err(e) => {
+                            // Back to waiting on the sandbox (the next run).
+                            self.leave(&job.lease, in_worker, Activity::Sandbox, cancel).await?;
+                            e
+                        }
                     }
-                    self.sleep(backoff(&self.settings, count as u32, None), cancel).await?;
                 }
+                Err(e) => e,
+            };
+            let message = fault.to_string();
+            let class = match &fault {
+                SandboxError::Unavailable(_) => "unavailable",
+                SandboxError::Harness(_) => "harness",
+            };
+            let count = self
+                .retry_db(cancel, || {
+                    self.store
+                        .record_fault(&job.lease, attempt.id, FaultKind::Sandbox, class, &message)
+                })
+                .await?;
+            warn!(job_id = %job.lease.job_id, attempt = attempt.n, faults = count, error = %message, "sandbox fault");
+            if count > self.settings.sandbox_max_retries as i32 {
+                return Err(Stop::Fail {
+                    code: "sandbox_unavailable",
+                    message: format!("the sandbox failed {count} times in a row; last: {message}"),
+                });
             }
+            self.sleep(backoff(&self.settings, count as u32, None), cancel).await?;
         }
     }
 
@@ -621,6 +652,23 @@ impl Pipeline {
         };
         self.mark(&job.lease, activity, cancel).await?;
         Ok(held)
+    }
+
+    /// Ends an in-worker step whose result is not stored by a write that
+    /// also moves the activity on (as `record_validation` and `record_tests`
+    /// do): records the next activity first, then lets other jobs in, so an
+    /// isolated job's death can never find another job still marked as
+    /// working inside the worker.
+    async fn leave(
+        &self,
+        lease: &Lease,
+        held: InWorker<'_>,
+        next: Activity,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let marked = self.mark(lease, next, cancel).await;
+        drop(held);
+        marked
     }
 
     /// Records what the job is doing now: the evidence a takeover is judged

@@ -4,10 +4,15 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln::feeder::{FORGET_DEAD_WORKERS_AFTER, Feeder, FeederStats};
+use kiln::queue::Producer;
+use kiln::store::liveness::Registration;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Dispatcher, Proc, TestEnv, add_spec, eventually, mock, wait_for_batch};
+use tokio::sync::Notify;
 
 /// An `add_{i}` spec whose pytest test takes `seconds` in the sandbox.
 fn slow_spec(i: usize, seconds: f64) -> Value {
@@ -336,6 +341,121 @@ async fn a_poison_job_ends_as_crash_loop_after_its_blamed_deaths_while_jobs_that
 
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_while_a_sandbox_report_is_read_is_blamed_on_its_job_not_on_jobs_waiting_on_the_sandbox() {
+    let env = TestEnv::new().await;
+    // The poison's code prints the abort marker (built at run time, so the
+    // answer itself does not carry it and validates): the worker dies while
+    // it reads the run's report, inside the worker. The others' pytest runs
+    // take 3 s, so when it dies its companions wait on the sandbox.
+    let script = format!(
+        "{}\n- name: poison\n  match: \"`report_poison`\"\n  latency_ms: 1000\n  responses:\n    - files:\n        - path: solution.py\n          content: \"def report_poison(x):\\n    print('REPORT-' + 'POISON')\\n    return x\\n\"\n",
+        ADD_SCRIPT.replace("  responses:", "  latency_ms: 500\n  responses:")
+    );
+    let llm = mock(&script).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut specs: Vec<Value> = (0..9).map(|i| slow_spec(i, 3.0)).collect();
+    specs.insert(
+        2,
+        json!({"kind": "function", "task_description": "Return x.", "entry_point": "report_poison",
+               "test_cases": [{"input": 1, "expected": 1}]}),
+    );
+    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
+    let poison = created["job_ids"][2].as_str().unwrap().to_owned();
+    let vars = env.vars(
+        &llm.base_url(),
+        &[
+            ("KILN_WORKER_CONCURRENCY", "5"),
+            ("KILN_SANDBOX_SLOTS", "5"),
+            ("KILN_FAULT_ABORT_MARKER", "REPORT-POISON"),
+        ],
+    );
+    let mut pool = Pool {
+        procs: Vec::new(),
+        spawned: 0,
+        dead: Vec::new(),
+        vars,
+    };
+    pool.spawn();
+    pool.spawn();
+    let batch_id = created["batch_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let batch = loop {
+        pool.replace_the_dead();
+        let batch = d.client.batch(batch_id).await.unwrap();
+        if batch["finished_at"].is_string() {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "the batch did not finish: {batch}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every death was the poison's, found reading its report: blamed each
+    // time, until the crash limit.
+    let job = d.client.job(&poison).await.unwrap();
+    assert_eq!(job["error"]["code"], "crash_loop", "{job}");
+    assert_eq!(
+        (job["crashes"].as_i64(), job["blamed_crashes"].as_i64()),
+        (Some(3), Some(3)),
+        "{job}"
+    );
+    for t in job["takeovers"].as_array().unwrap() {
+        assert_eq!(
+            (t["activity"].as_str(), t["blamed"].as_bool()),
+            (Some("reporting"), Some(true)),
+            "{job}"
+        );
+        assert!(t["reason"].as_str().unwrap().contains("sandbox report"), "{t}");
+    }
+    assert_eq!(pool.dead.len(), 3, "one death per blamed crash: {:?}", pool.dead);
+    // Its answer was stored once and resumed from, never requested again.
+    let attempts = d.attempts(&poison, false).await;
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert_eq!(
+        attempts[0]["phase"], "validated",
+        "its report was never stored: {attempts:?}"
+    );
+    let poison_requests = llm
+        .requests()
+        .iter()
+        .filter(|r| r.script.as_deref() == Some("poison"))
+        .count();
+    assert_eq!(
+        poison_requests, 1,
+        "the poison's answer was requested {poison_requests} times"
+    );
+    assert_eq!(batch["counts"]["succeeded"], 9, "{batch}");
+
+    // The jobs that died with it were waiting (mostly on the sandbox, a
+    // separate process): none of those deaths was blamed on them.
+    let companions: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT job_id::text, activity, blamed FROM takeovers WHERE job_id <> $1::uuid AND lost_by = ANY($2)",
+    )
+    .bind(&poison)
+    .bind(&pool.dead)
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        companions.iter().any(|(_, activity, _)| activity == "sandbox"),
+        "no job was waiting on the sandbox when the poison killed its worker: {companions:?}"
+    );
+    assert!(
+        companions.iter().all(|(_, activity, blamed)| {
+            ["claimed", "model", "sandbox", "finishing"].contains(&activity.as_str()) && !blamed
+        }),
+        "{companions:?}"
+    );
+    eprintln!(
+        "report poison: {} deaths, {} companion takeovers (unblamed, {} waiting on the sandbox)",
+        pool.dead.len(),
+        companions.len(),
+        companions.iter().filter(|(_, a, _)| a == "sandbox").count()
+    );
+    d.stop().await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_the_panic_recorded() {
     let env = TestEnv::new().await;
     let script = "
@@ -586,4 +706,48 @@ async fn the_feeder_sends_higher_priority_first_and_round_robins_across_batches(
     round.mark_dispatched().await.unwrap();
     // The window is full: nothing more is sent until jobs are claimed.
     assert!(env.store.begin_feed(&env.queue, 9).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_reconciler_deletes_registrations_of_workers_dead_for_over_an_hour_and_keeps_the_rest() {
+    let env = TestEnv::new().await;
+    let options = env.store.pool().connect_options();
+    let _live = Registration::register(&options, "live").await.unwrap();
+    for id in ["died-59-min-ago", "died-61-min-ago"] {
+        // Dropped: its connection, and with it the liveness lock, is gone.
+        drop(Registration::register(&options, id).await.unwrap());
+    }
+    eventually(Duration::from_secs(10), "both declared dead", || async {
+        env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+        env.count("workers WHERE died_at IS NOT NULL").await == 2
+    })
+    .await;
+    for (id, minutes) in [("died-59-min-ago", 59), ("died-61-min-ago", 61)] {
+        sqlx::query("UPDATE workers SET died_at = now() - make_interval(mins => $2) WHERE id = $1")
+            .bind(id)
+            .bind(minutes)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+    }
+
+    let feeder = Feeder {
+        store: env.store.clone(),
+        producer: Producer::connect(&support::redis_url(), &env.queue).await.unwrap(),
+        queue: env.queue.clone(),
+        settings: env.settings("http://127.0.0.1:9", &[]).feeder,
+        wake: Arc::new(Notify::new()),
+        stats: Arc::new(FeederStats::default()),
+    };
+    // An ordinary tick leaves registrations alone; the periodic scan
+    // deletes those dead for longer than the retention.
+    feeder.tick(false).await.unwrap();
+    assert_eq!(env.count("workers").await, 3);
+    feeder.tick(true).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM workers ORDER BY id")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, ["died-59-min-ago", "live"]);
+    assert_eq!(FORGET_DEAD_WORKERS_AFTER, Duration::from_secs(3600));
 }

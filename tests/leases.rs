@@ -253,6 +253,32 @@ async fn a_worker_that_takes_its_lock_again_within_the_grace_keeps_its_jobs() {
 }
 
 #[tokio::test]
+async fn a_live_worker_whose_registration_was_forgotten_learns_it_was_declared_dead_when_it_takes_its_lock_again() {
+    let env = TestEnv::new().await;
+    let options = env.store.pool().connect_options();
+    let mut registration = Registration::register(&options, "worker-a").await.unwrap();
+    drop_liveness_connection(&env.store).await;
+    env.store.reclaim_from_dead_workers(LONG_GRACE).await.unwrap();
+    let dead = env.store.reclaim_from_dead_workers(Duration::ZERO).await.unwrap();
+    assert_eq!(dead.workers, 1);
+    // Dead longer than the retention (here none): the row is deleted.
+    assert_eq!(env.store.forget_dead_workers(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(env.count("workers").await, 0);
+    assert!(!registration.alive().await);
+    assert!(
+        registration.reacquire(&options).await.unwrap(),
+        "a forgotten registration counts as declared dead"
+    );
+    let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE id = 'worker-a' AND died_at IS NULL")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(alive, 1, "registered again");
+    // A live registration is never forgotten, whatever the retention.
+    assert_eq!(env.store.forget_dead_workers(Duration::ZERO).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn a_takeover_is_blamed_only_when_the_job_was_running_inside_the_worker() {
     let env = TestEnv::new().await;
     let job = one_job(&env.store).await;

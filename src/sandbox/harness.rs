@@ -38,13 +38,33 @@ pub fn harness_args() -> Vec<String> {
     vec!["-I".into(), "-B".into(), "-c".into(), HARNESS.into()]
 }
 
-/// Runs the tests of `spec` against `files` in `sandbox`.
+/// Runs the tests of `spec` against `files` in `sandbox`: [`request`],
+/// the run, then [`judge`]. The pipeline calls the three apart, because the
+/// first and last run inside the worker on what the model wrote and the run
+/// is a wait on another process, and a worker's death is blamed on a job by
+/// which of them it was in.
 pub async fn run_tests(
     sandbox: &dyn Sandbox,
     spec: &Spec,
     files: &[File],
     limits: &Limits,
 ) -> Result<TestReport, SandboxError> {
+    let request = request(spec, files, limits);
+    let output = run(sandbox, &request, limits).await?;
+    judge(spec, &request, &output, limits)
+}
+
+/// What one sandbox run is fed: the harness's input, with the nonce its
+/// report must carry.
+pub struct Request {
+    nonce: String,
+    /// The role the run starts with (see [`Sandbox::run_harness`]).
+    hint: &'static str,
+    stdin: Vec<u8>,
+}
+
+/// Builds the input of one run (a fresh nonce each time).
+pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     // The harness stops the code under test a little before the wall clock
     // so that it can still report why (a timeout of one call, say) rather
@@ -86,11 +106,27 @@ pub async fn run_tests(
         Spec::Service(_) => "s",
         Spec::Function(_) => "-",
     };
-    let stdin = serde_json::to_vec(&request).expect("requests serialise");
-    let output = sandbox.run_harness(stdin, hint, limits).await?;
-    let report = read_report(&output, &nonce, limits)?;
-    let report = match report {
-        Err(problem) => TestReport::from_cases(Vec::new(), 1, stderr_tail(&output), Some(problem)),
+    Request {
+        nonce,
+        hint,
+        stdin: serde_json::to_vec(&request).expect("requests serialise"),
+    }
+}
+
+/// Runs the harness on `request` in `sandbox` and returns what came out.
+pub async fn run(sandbox: &dyn Sandbox, request: &Request, limits: &Limits) -> Result<RunOutput, SandboxError> {
+    sandbox.run_harness(request.stdin.clone(), request.hint, limits).await
+}
+
+/// Reads the verdict out of a run's output: the authenticated report,
+/// compared with what the spec expects. `Err` only when the run did not
+/// start or the harness itself failed (infrastructure faults); whatever the
+/// code under test did to the run is in the report.
+pub fn judge(spec: &Spec, request: &Request, output: &RunOutput, limits: &Limits) -> Result<TestReport, SandboxError> {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::while_reporting(output);
+    let report = match read_report(output, &request.nonce, limits)? {
+        Err(problem) => TestReport::from_cases(Vec::new(), 1, stderr_tail(output), Some(problem)),
         Ok(raw) => match spec {
             Spec::Function(f) => function_report(f, raw),
             Spec::Service(s) => service_report(s, raw),

@@ -324,6 +324,11 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        // The answer is checked; what follows is a wait on Postgres until
+        // the next step says what it does.
+        sqlx::query!("UPDATE jobs SET activity = 'finishing' WHERE id = $1", lease.job_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -549,6 +554,11 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
+        // Whatever in-worker step led here is over: the job now waits on
+        // Postgres until its next step says what it does.
+        sqlx::query!("UPDATE jobs SET activity = 'finishing' WHERE id = $1", lease.job_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

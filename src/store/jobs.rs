@@ -39,8 +39,10 @@ pub enum Activity {
     /// Claimed, waiting for room in the worker (an isolated job waits for
     /// the others to finish).
     Claimed,
-    /// Reading what is stored and building the prompt (a repair prompt
-    /// reads the previous attempt's reports).
+    /// Reading what is stored and building from it, on what the model
+    /// wrote: the prompt (a repair prompt quotes the previous answer and its
+    /// reports), a sandbox run's input (the model's files), a resumed
+    /// attempt's files and reports, a failed job's final message.
     Preparing,
     /// Waiting for the model (or for its rate limits and backoff).
     Model,
@@ -48,9 +50,11 @@ pub enum Activity {
     Validating,
     /// Waiting for a sandbox slot or a sandbox run (a separate process).
     Sandbox,
-    /// Building and recording the sandbox's report.
+    /// Reading a sandbox run's report (what the model's code printed and
+    /// returned), judging it and recording the test report.
     Reporting,
-    /// Recording the verdict (waiting on Postgres).
+    /// A step's result is stored; recording the attempt's end or the
+    /// verdict (waiting on Postgres).
     Finishing,
 }
 
@@ -91,12 +95,12 @@ impl Activity {
     fn doing(self) -> &'static str {
         match self {
             Activity::Claimed => "was waiting for room in the worker",
-            Activity::Preparing => "was preparing its attempt inside the worker",
+            Activity::Preparing => "was preparing a step inside the worker (prompt, sandbox input or stored answer)",
             Activity::Model => "was waiting for the model",
             Activity::Validating => "was parsing and validating the model's answer inside the worker",
             Activity::Sandbox => "was waiting for the sandbox (a separate process)",
-            Activity::Reporting => "was building its test report inside the worker",
-            Activity::Finishing => "was recording its verdict (waiting on Postgres)",
+            Activity::Reporting => "was reading its sandbox report and building its test report inside the worker",
+            Activity::Finishing => "was recording a step's outcome (waiting on Postgres)",
         }
     }
 }

@@ -15,6 +15,8 @@
 //! the meantime (then its leases are gone and it stops those jobs). Lease
 //! expiry stays the fallback for what locks cannot see (a partition between
 //! a live worker and Postgres, a registration that could not be made).
+//! Registrations of dead workers are deleted an hour after their death
+//! ([`Store::forget_dead_workers`]); a clean exit deletes its own at once.
 
 use std::time::Duration;
 
@@ -195,5 +197,21 @@ impl Store {
             workers: row.workers as u64,
             jobs: row.jobs as u64,
         })
+    }
+
+    /// Deletes the registrations declared dead more than `retention` ago
+    /// (the reconciler's, now and then), so that `workers` holds the live
+    /// workers and the recent deaths, not every process that ever ran. A
+    /// worker whose row is gone yet still lives learns it was declared dead
+    /// when it takes its lock again ([`Registration::reacquire`]); takeovers
+    /// keep naming dead workers by id. Returns how many were deleted.
+    pub async fn forget_dead_workers(&self, retention: Duration) -> Result<u64, StoreError> {
+        Ok(sqlx::query!(
+            "DELETE FROM workers WHERE died_at < now() - make_interval(secs => $1)",
+            retention.as_secs_f64(),
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }
