@@ -6,13 +6,19 @@
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, retry and cancel of batches.
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
+//! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Every error answer, including axum's own 404, 405 and rejections and a
+//! caught panic, has the body `{"error": {"code", "message", "field"?}}`
+//! ([`error::envelope`]).
 
 pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod jobs;
 pub mod ops;
+pub mod overview;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -164,6 +170,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
     use Method as M;
     use Scope::{Read, Submit};
     vec![
+        route(M::GET, "/v1/batches", Read, overview::list),
         route(M::POST, "/v1/batches", Submit, batches::create),
         route(M::GET, "/v1/batches/{id}", Read, batches::status),
         route(M::PATCH, "/v1/batches/{id}", Submit, batches::update),
@@ -176,6 +183,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/jobs/{id}/files/{*path}", Read, jobs::file),
         route(M::POST, "/v1/jobs/{id}/retry", Submit, jobs::retry),
         route(M::POST, "/v1/jobs/{id}/cancel", Submit, jobs::cancel),
+        route(M::GET, "/v1/workers", Read, overview::workers),
     ]
 }
 
@@ -205,6 +213,7 @@ pub fn router(state: AppState) -> Router {
         // API's error format.
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::new())
+        .layer(from_fn(error::envelope))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -16,21 +16,39 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// 200 when Postgres and Redis answer; otherwise 503 with the error
+/// envelope naming what is unreachable (the cause goes to the log only).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let postgres = state.store.ping().await.err().map(|e| e.to_string());
-    let redis = state.producer.ping().await.err().map(|e| e.to_string());
-    let ready = postgres.is_none() && redis.is_none();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let check = |name: &'static str, result: Result<(), String>| match result {
+        Ok(()) => "ok",
+        Err(cause) => {
+            tracing::error!(dependency = name, error = %cause, "readiness check failed");
+            "unreachable"
+        }
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "postgres": postgres.unwrap_or_else(|| "ok".into()),
-        "redis": redis.unwrap_or_else(|| "ok".into()),
-    });
-    (status, Json(body))
+    let postgres = check("postgres", state.store.ping().await.map_err(|e| e.to_string()));
+    let redis = check("redis", state.producer.ping().await.map_err(|e| e.to_string()));
+    let down: Vec<&str> = [("postgres", postgres), ("redis", redis)]
+        .into_iter()
+        .filter(|(_, s)| *s != "ok")
+        .map(|(name, _)| name)
+        .collect();
+    if down.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "postgres": postgres, "redis": redis})),
+        );
+    }
+    let message = format!("service unavailable: {} unreachable", down.join(" and "));
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "unavailable",
+            "postgres": postgres,
+            "redis": redis,
+            "error": {"code": "unavailable", "message": message},
+        })),
+    )
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

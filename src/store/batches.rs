@@ -8,6 +8,24 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::spec::{Options, Spec};
 
+/// The states a batch can be in, as [`batch_state`] derives them.
+pub const BATCH_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// A batch's state from its jobs' counts and how many of them ever started:
+/// `queued` (nothing started), `running`, or once every job is terminal:
+/// `failed` if any failed, else `cancelled` if any was, else `succeeded`.
+/// The batch listing's SQL filter (`store::overview`) says the same in SQL;
+/// a test checks that the two agree.
+pub fn batch_state(counts: &Counts, started: i64) -> &'static str {
+    match (counts.done(), started > 0) {
+        (false, false) => "queued",
+        (false, true) => "running",
+        (true, _) if counts.failed > 0 => "failed",
+        (true, _) if counts.cancelled > 0 => "cancelled",
+        (true, _) => "succeeded",
+    }
+}
+
 /// A batch to create.
 #[derive(Debug)]
 pub struct NewBatch<'a> {
@@ -39,6 +57,17 @@ pub struct Counts {
     pub succeeded: i64,
     pub failed: i64,
     pub cancelled: i64,
+}
+
+impl Counts {
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// No job is queued or running.
+    pub fn done(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -229,15 +258,9 @@ impl Store {
             failed: c.failed,
             cancelled: c.cancelled,
         };
-        let total = counts.queued + counts.running + counts.succeeded + counts.failed + counts.cancelled;
-        let done = counts.queued == 0 && counts.running == 0;
-        let state = match (done, c.started > 0) {
-            (false, false) => "queued",
-            (false, true) => "running",
-            (true, _) if counts.failed > 0 => "failed",
-            (true, _) if counts.cancelled > 0 => "cancelled",
-            (true, _) => "succeeded",
-        };
+        let total = counts.total();
+        let done = counts.done();
+        let state = batch_state(&counts, c.started);
         Ok(BatchView {
             batch_id,
             name: batch.name,
