@@ -39,7 +39,7 @@ pub struct BatchRequest {
 }
 
 /// One unit of work: a function to implement or a service to build.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Spec {
     Function(FunctionSpec),
@@ -89,7 +89,7 @@ impl Spec {
 }
 
 /// `kind: "function"` — one Python function, judged by test cases and/or pytest code.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     pub task_description: String,
@@ -114,7 +114,7 @@ pub struct FunctionSpec {
     pub test_code: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub input: Value,
@@ -122,7 +122,7 @@ pub struct TestCase {
 }
 
 /// `kind: "service"` — a FastAPI microservice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub service_name: String,
@@ -142,7 +142,7 @@ pub struct ServiceSpec {
     pub caching: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub method: String,
@@ -151,7 +151,7 @@ pub struct Endpoint {
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
     pub name: String,
@@ -161,7 +161,7 @@ pub struct Table {
 }
 
 /// Batch options, applied to every job of the batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Attempts (generate → validate → test) a job may spend per run.

@@ -8,6 +8,8 @@
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`, generated
+//!   from the handlers and the types they answer with.
 //!
 //! Every error answer, including axum's own 404, 405 and rejections and a
 //! caught panic, has the body `{"error": {"code", "message", "field"?}}`
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod batches;
 pub mod error;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
 pub mod overview;
 
@@ -209,6 +212,7 @@ pub fn router(state: AppState) -> Router {
     api.route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         // Bodies are read with Kiln's own limit, which answers 413 in the
         // API's error format.
         .layer(DefaultBodyLimit::disable())

@@ -8,14 +8,42 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
 
 use super::{ApiError, AppState};
 
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// The body of `/healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
 }
 
+/// The body of `/readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
+    pub postgres: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
+    pub redis: &'static str,
+    /// Present when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::openapi::ErrorDetail>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "the process answers", body = Health)))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, body = Readiness), (status = 503, description = "`error` names what is unreachable", body = Readiness)))]
 /// 200 when Postgres and Redis answer; otherwise 503 with the error
 /// envelope naming what is unreachable (the cause goes to the log only).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -33,24 +61,28 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .filter(|(_, s)| *s != "ok")
         .map(|(name, _)| name)
         .collect();
-    if down.is_empty() {
-        return (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "postgres": postgres, "redis": redis})),
-        );
-    }
-    let message = format!("service unavailable: {} unreachable", down.join(" and "));
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({
-            "status": "unavailable",
-            "postgres": postgres,
-            "redis": redis,
-            "error": {"code": "unavailable", "message": message},
-        })),
-    )
+    let ready = down.is_empty();
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        postgres,
+        redis,
+        error: (!ready).then(|| super::openapi::ErrorDetail {
+            code: "unavailable".into(),
+            message: format!("service unavailable: {} unreachable", down.join(" and ")),
+            field: None,
+        }),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, body = super::openapi::ErrorBody), (status = 500, body = super::openapi::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let t = state.store.totals().await?;
     let mut out = String::new();

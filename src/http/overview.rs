@@ -6,6 +6,7 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::store::batches::BATCH_STATES;
 use crate::store::overview::{BatchCursor, BatchFilter, BatchPage, WorkerList};
@@ -17,13 +18,24 @@ pub const DEFAULT_BATCH_PAGE: i64 = 50;
 
 /// The query of `GET /v1/batches`. Every value arrives as text so that a bad
 /// one is a 400 naming its parameter.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BatchesQuery {
+    /// Only batches in this state (as `GET /v1/batches/{id}` shows it).
+    #[param(value_type = Option<String>, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     state: Option<String>,
+    /// Only batches whose name contains this, ignoring case.
     name: Option<String>,
+    /// Only batches created at or after this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
     created_after: Option<String>,
+    /// Only batches created before this RFC 3339 time.
+    #[param(value_type = Option<String>, format = DateTime)]
     created_before: Option<String>,
+    /// Page size, 1 to 1,000 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -84,12 +96,16 @@ impl BatchesQuery {
     }
 }
 
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(BatchesQuery),
+    responses((status = 200, body = BatchPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/batches?state=&name=&created_after=&created_before=&limit=&cursor=`.
 pub async fn list(State(state): State<AppState>, Query(q): Query<BatchesQuery>) -> Result<Json<BatchPage>, ApiError> {
     let filter = q.filter()?;
     Ok(Json(state.store.list_batches(&filter).await?))
 }
 
+#[utoipa::path(get, path = "/v1/workers", tag = "workers",
+    responses((status = 200, body = WorkerList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/workers`.
 pub async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     Ok(Json(state.store.workers().await?))

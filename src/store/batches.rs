@@ -40,7 +40,7 @@ pub struct NewBatch<'a> {
 }
 
 /// The result of creating (or replaying) a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CreatedBatch {
     pub batch_id: Uuid,
     /// In the order of the submitted specs.
@@ -50,7 +50,7 @@ pub struct CreatedBatch {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub queued: i64,
     pub running: i64,
@@ -70,7 +70,7 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -81,16 +81,19 @@ pub struct Usage {
 }
 
 /// `GET /v1/batches/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchView {
     pub batch_id: Uuid,
     pub name: Option<String>,
     /// `queued` (nothing started), `running`, or once every job is terminal:
     /// `failed` if any failed, else `cancelled` if any was cancelled, else `succeeded`.
+    #[schema(value_type = String, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     pub state: &'static str,
     pub total: i64,
     pub counts: Counts,
     pub usage: Usage,
+    /// The options the batch was submitted with, defaults filled in.
+    #[schema(value_type = crate::spec::Options)]
     pub options: serde_json::Value,
     /// The token that created the batch; `null` when it was created with
     /// `KILN_AUTH=off`.
@@ -100,7 +103,7 @@ pub struct BatchView {
 }
 
 /// The API token a batch was created with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Creator {
     pub token_id: Uuid,
     pub name: Option<String>,
@@ -115,7 +118,7 @@ pub enum BudgetChange {
 }
 
 /// One row of `GET /v1/batches/{id}/jobs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub job_id: Uuid,
     pub position: i32,
@@ -128,7 +131,7 @@ pub struct JobSummary {
     pub error: Option<super::jobs::JobErrorView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     /// Pass as `cursor` to get the next page; absent on the last page.

@@ -56,7 +56,7 @@ impl BatchCursor {
 }
 
 /// A page of `GET /v1/batches`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchPage {
     /// Newest first; each as `GET /v1/batches/{id}` shows it.
     pub batches: Vec<BatchView>,
@@ -66,7 +66,7 @@ pub struct BatchPage {
 }
 
 /// A live worker process (`GET /v1/workers`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// What the worker writes as the lease owner of its jobs.
     pub worker_id: String,
@@ -85,7 +85,7 @@ pub struct WorkerView {
 }
 
 /// A job a worker holds the lease of.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerJob {
     pub job_id: Uuid,
     pub batch_id: Uuid,
@@ -96,7 +96,7 @@ pub struct WorkerJob {
 }
 
 /// `GET /v1/workers`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerList {
     /// Registered and not declared dead, oldest first.
     pub workers: Vec<WorkerView>,
