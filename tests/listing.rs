@@ -48,7 +48,7 @@ async fn walk(d: &Dispatcher, token: &str, query: &str, limit: usize) -> (Vec<St
     loop {
         let mut url = format!("{}/v1/batches?limit={limit}{query}", d.url);
         if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
+            url = format!("{url}&cursor={c}");
         }
         let (status, page) = get(&url, token).await;
         assert_eq!(status, 200, "{url}: {page}");

@@ -8,6 +8,7 @@
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`dashboard`]: the web dashboard at `/`, embedded in the binary.
 //! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`, generated
 //!   from the handlers and the types they answer with.
 //!
@@ -17,6 +18,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod dashboard;
 pub mod error;
 pub mod jobs;
 pub mod openapi;
@@ -213,6 +215,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         // Bodies are read with Kiln's own limit, which answers 413 in the
         // API's error format.
         .layer(DefaultBodyLimit::disable())

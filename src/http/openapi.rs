@@ -131,7 +131,7 @@ fn close_composed_objects(doc: &mut Value) {
     fn close_all_of(v: &mut Value, closed: &BTreeSet<String>) {
         match v {
             Value::Object(map) => {
-                let closes = map.get("allOf").and_then(Value::as_array).is_some_and(|members| {
+                let composes_closed = map.get("allOf").and_then(Value::as_array).is_some_and(|members| {
                     members.iter().any(|m| {
                         m["$ref"]
                             .as_str()
@@ -139,7 +139,7 @@ fn close_composed_objects(doc: &mut Value) {
                             .is_some_and(|name| closed.contains(name))
                     })
                 });
-                if closes {
+                if composes_closed {
                     map.insert("unevaluatedProperties".into(), Value::Bool(false));
                 }
                 map.values_mut().for_each(|v| close_all_of(v, closed));
