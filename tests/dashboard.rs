@@ -51,6 +51,14 @@ fn spec_named(name: &str) -> Value {
     spec
 }
 
+/// The id in a WebDriver element reference.
+fn element_id(found: &Value, css: &str) -> String {
+    found["element-6066-11e4-a52e-4f735466cecf"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{css}: no element in {found}"))
+        .to_owned()
+}
+
 /// chromedriver on a free port, killed when dropped.
 struct Driver {
     child: Child,
@@ -193,10 +201,7 @@ impl Driver {
                     Some(json!({"using": "css selector", "value": css})),
                 )
                 .await;
-            let id = found["element-6066-11e4-a52f-4a5d4b3e6e8f"]
-                .as_str()
-                .unwrap()
-                .to_owned();
+            let id = element_id(&found, css);
             let url = format!("{}/session/{}/element/{id}/click", self.url, self.session);
             let answer: Value = self
                 .http
@@ -225,10 +230,7 @@ impl Driver {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        let id = found["element-6066-11e4-a52f-4a5d4b3e6e8f"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = element_id(&found, css);
         self.call(
             reqwest::Method::POST,
             &format!("/element/{id}/value"),
@@ -238,6 +240,13 @@ impl Driver {
     }
 
     async fn screenshot(&self, name: &str) {
+        // Whatever the page shows, it shows no JavaScript placeholders.
+        let text = self.js("return document.body.innerText").await;
+        let text = text.as_str().unwrap();
+        assert!(
+            !text.contains("undefined") && !text.contains("NaN") && !text.lines().any(|l| l.trim() == "null"),
+            "{name} shows a placeholder:\n{text}"
+        );
         let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().unwrap())

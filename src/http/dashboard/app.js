@@ -61,11 +61,15 @@ function bar(counts, total) {
   return h("span", { class: "bar", title: `${counts.succeeded} succeeded, ${counts.failed} failed, ${counts.cancelled} cancelled, ${counts.running} running, ${counts.queued} queued` },
     part(counts.succeeded, "s"), part(counts.failed, "f"), part(counts.cancelled, "c"), part(counts.running, "r"));
 }
+// replaceChildren would write a null as the text "null".
+function show(...nodes) {
+  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+}
 function setStatus(text) { document.getElementById("status").textContent = text; }
 
 function signIn(message) {
   clearTimeout(timer);
-  main.replaceChildren(document.getElementById("signin-form").content.cloneNode(true));
+  show(document.getElementById("signin-form").content.cloneNode(true));
   document.getElementById("signin-error").textContent = message || "";
   document.getElementById("signin").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -114,7 +118,7 @@ async function viewBatches() {
       h("td", { class: "num" }, fmtCost(b.usage.cost_usd)),
       h("td", { class: "num", title: b.created_at }, age(b.created_at)));
   });
-  main.replaceChildren(
+  show(
     h("h1", {}, "Batches"),
     h("div", { class: "filters" }, stateSelect, search),
     h("table", { id: "batches" },
@@ -140,7 +144,7 @@ async function viewBatch(id) {
   }
   const card = (label, n, state) => h("div", { class: "card" }, h("b", {}, fmtInt(n)),
     state ? h("a", { href: "#", onclick: (e) => { e.preventDefault(); batchState.state = state === batchState.state ? "" : state; route(); } }, label) : label);
-  main.replaceChildren(
+  show(
     h("h1", {}, "Batch ", b.name || "", " ", stateBadge(b.state)),
     h("p", { class: "muted" }, b.batch_id, " · created ", b.created_at, b.finished_at ? " · finished " + b.finished_at : "",
       b.created_by ? ` · by ${b.created_by.name || b.created_by.token_id}` : ""),
@@ -198,7 +202,7 @@ async function viewJob(id) {
   const [job, attempts] = await Promise.all([api("GET", `/v1/jobs/${id}`), api("GET", `/v1/jobs/${id}/attempts`)]);
   const canRetry = job.state === "failed" || job.state === "cancelled";
   const canCancel = job.state === "queued" || job.state === "running";
-  main.replaceChildren(
+  show(
     h("h1", {}, `Job ${job.spec.entry_point || job.spec.service_name || job.job_id} `, stateBadge(job.state)),
     h("p", { class: "muted" }, job.job_id, " · batch ", h("a", { href: "#/batches/" + job.batch_id }, job.batch_id),
       ` · ${job.kind} · run ${job.run} · ${job.attempts} of ${job.max_attempts} attempts`,
@@ -223,7 +227,7 @@ async function download(id) {
 
 async function viewWorkers() {
   const list = await api("GET", "/v1/workers");
-  main.replaceChildren(h("h1", {}, "Workers"),
+  show(h("h1", {}, "Workers"),
     h("table", { id: "workers" },
       h("thead", {}, h("tr", {}, ["worker", "slots busy", "started", "jobs in hand"].map((c) => h("th", {}, c)))),
       h("tbody", {}, list.workers.length ? list.workers.map((w) => h("tr", { "data-worker": w.worker_id },
@@ -249,7 +253,7 @@ async function route() {
     document.body.dataset.loaded = hash;
   } catch (e) {
     if (e instanceof Unauthorized) { signIn(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused: " + e.message : ""); return; }
-    main.replaceChildren(h("p", { class: "error", id: "load-error" }, e.message));
+    show(h("p", { class: "error", id: "load-error" }, e.message));
   }
   // Live updates: polling, paused while the tab is hidden.
   // Not while the user types in a field, which a redraw would reset.
