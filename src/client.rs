@@ -23,6 +23,17 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
+/// Filters of [`Client::batches`] (`GET /v1/batches`).
+#[derive(Debug, Clone, Default)]
+pub struct BatchListQuery {
+    pub state: Option<String>,
+    pub name: Option<String>,
+    /// RFC 3339.
+    pub created_after: Option<String>,
+    /// RFC 3339.
+    pub created_before: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -121,6 +132,45 @@ impl Client {
         }
     }
 
+    /// Up to `limit` batches matching `query`, newest first (following
+    /// cursors).
+    pub async fn batches(&self, query: &BatchListQuery, limit: usize) -> Result<Vec<Value>, ClientError> {
+        let mut batches = Vec::new();
+        let mut cursor: Option<String> = None;
+        while batches.len() < limit {
+            let page_size = (limit - batches.len()).min(1000);
+            let mut params = vec![("limit", page_size.to_string())];
+            for (key, value) in [
+                ("state", &query.state),
+                ("name", &query.name),
+                ("created_after", &query.created_after),
+                ("created_before", &query.created_before),
+            ] {
+                if let Some(v) = value {
+                    params.push((key, v.clone()));
+                }
+            }
+            if let Some(c) = &cursor {
+                params.push(("cursor", c.clone()));
+            }
+            let page = self
+                .json(self.http.get(format!("{}/v1/batches", self.base)).query(&params))
+                .await?;
+            batches.extend(page["batches"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        batches.truncate(limit);
+        Ok(batches)
+    }
+
+    /// `GET /v1/workers`.
+    pub async fn workers(&self) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/v1/workers", self.base))).await
+    }
+
     pub async fn job(&self, id: &str) -> Result<Value, ClientError> {
         self.json(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await
     }
@@ -201,9 +251,7 @@ pub fn load_batch(path: &Path) -> Result<Value, ClientError> {
     } else {
         vec![path.to_owned()]
     };
-    let mut specs = Vec::new();
-    let mut name = None;
-    let mut options = None;
+    let mut batch = BatchParts::default();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
         let value: Value = if file.extension().is_some_and(|e| e == "json") {
@@ -217,46 +265,88 @@ pub fn load_batch(path: &Path) -> Result<Value, ClientError> {
                 message: e.to_string(),
             })?
         };
+        batch.absorb(value, &file)?;
+    }
+    Ok(batch.into_body())
+}
+
+/// Reads one spec file's text that came without a name (`kiln submit -`
+/// reads standard input): JSON when it starts with `{` or `[`, else YAML.
+/// `source` names it in errors.
+pub fn parse_batch_text(text: &str, source: &str) -> Result<Value, ClientError> {
+    let path = PathBuf::from(source);
+    let trimmed = text.trim_start();
+    let value: Value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| ClientError::SpecFile {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| ClientError::SpecFile {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+    };
+    let mut batch = BatchParts::default();
+    batch.absorb(value, &path)?;
+    Ok(batch.into_body())
+}
+
+/// A batch body gathered from one or more spec files.
+#[derive(Default)]
+struct BatchParts {
+    specs: Vec<Value>,
+    name: Option<Value>,
+    options: Option<Value>,
+}
+
+impl BatchParts {
+    /// Adds a file's content: one spec, a list of specs, or a batch object.
+    fn absorb(&mut self, value: Value, file: &Path) -> Result<(), ClientError> {
         match value {
-            Value::Array(items) => specs.extend(items),
+            Value::Array(items) => self.specs.extend(items),
             Value::Object(mut map) if map.contains_key("specs") => {
                 match map.remove("specs") {
-                    Some(Value::Array(items)) => specs.extend(items),
+                    Some(Value::Array(items)) => self.specs.extend(items),
                     _ => {
                         return Err(ClientError::SpecFile {
-                            path: file,
+                            path: file.to_owned(),
                             message: "`specs` must be a list".into(),
                         });
                     }
                 }
                 if let Some(n) = map.remove("name") {
-                    name.get_or_insert(n);
+                    self.name.get_or_insert(n);
                 }
                 if let Some(o) = map.remove("options") {
-                    if options.is_some() {
+                    if self.options.is_some() {
                         return Err(ClientError::SpecFile {
-                            path: file,
+                            path: file.to_owned(),
                             message: "options are given in more than one file".into(),
                         });
                     }
-                    options = Some(o);
+                    self.options = Some(o);
                 }
             }
-            spec @ Value::Object(_) => specs.push(spec),
+            spec @ Value::Object(_) => self.specs.push(spec),
             _ => {
                 return Err(ClientError::SpecFile {
-                    path: file,
+                    path: file.to_owned(),
                     message: "expected a spec, a list of specs or a batch object".into(),
                 });
             }
         }
+        Ok(())
     }
-    let mut batch = json!({ "specs": specs });
-    if let Some(n) = name {
-        batch["name"] = n;
+
+    fn into_body(self) -> Value {
+        let mut batch = json!({ "specs": self.specs });
+        if let Some(n) = self.name {
+            batch["name"] = n;
+        }
+        if let Some(o) = self.options {
+            batch["options"] = o;
+        }
+        batch
     }
-    if let Some(o) = options {
-        batch["options"] = o;
-    }
-    Ok(batch)
 }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Fails the attempt.
@@ -15,7 +15,7 @@ pub enum Severity {
 }
 
 /// One finding about one place in one file.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Diagnostic {
     pub file: String,
     /// 1-based; 0 when the finding is about the file as a whole.
@@ -74,7 +74,7 @@ impl Diagnostic {
 }
 
 /// The static validation stage's verdict.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ValidationReport {
     /// True when no diagnostic is an error.
     pub ok: bool,
@@ -99,7 +99,7 @@ impl ValidationReport {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Passed,
@@ -121,7 +121,8 @@ impl Outcome {
 }
 
 /// One test's result, as established by the trusted side of the harness.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = TestCaseResult)]
 pub struct TestCase {
     pub name: String,
     pub outcome: Outcome,
@@ -130,7 +131,7 @@ pub struct TestCase {
 }
 
 /// The sandbox stage's verdict.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestReport {
     pub passed: u32,
     pub failed: u32,

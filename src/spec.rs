@@ -41,7 +41,7 @@ pub struct BatchRequest {
 }
 
 /// One unit of work: a function to implement or a service to build.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Spec {
     Function(FunctionSpec),
@@ -115,7 +115,7 @@ impl Spec {
 }
 
 /// `kind: "function"` — one Python function, judged by test cases and/or pytest code.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     pub task_description: String,
@@ -140,7 +140,7 @@ pub struct FunctionSpec {
     pub test_code: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub input: Value,
@@ -148,7 +148,7 @@ pub struct TestCase {
 }
 
 /// `kind: "service"` — a FastAPI microservice.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub service_name: String,
@@ -168,7 +168,7 @@ pub struct ServiceSpec {
     pub caching: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub method: String,
@@ -177,7 +177,7 @@ pub struct Endpoint {
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Table {
     pub name: String,
@@ -187,7 +187,7 @@ pub struct Table {
 }
 
 /// Batch options, applied to every job of the batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
     /// Attempts (generate → validate → test) a job may spend per run.

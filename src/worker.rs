@@ -243,8 +243,13 @@ impl Worker {
     async fn register(&self, options: &PgConnectOptions, shutdown: &CancellationToken) -> Option<Registration> {
         loop {
             match Registration::register(options, &self.inner.id).await {
-                Ok(registration) => {
+                Ok(mut registration) => {
                     info!(lock_key = registration.lock_key, "liveness lock taken");
+                    // Only the workers listing reads it: not worth a retry.
+                    let concurrency = i32::try_from(self.inner.concurrency).unwrap_or(i32::MAX);
+                    if let Err(e) = registration.record_capacity(concurrency).await {
+                        warn!(error = %e, "recording the worker's capacity failed");
+                    }
                     return Some(registration);
                 }
                 Err(e) => warn!(error = %e, "registering the worker's liveness failed; retrying"),

@@ -1,14 +1,28 @@
 //! `kiln`: the command-line client of the HTTP API. All logic lives in
 //! `kiln::client`; this parses arguments and prints.
+//!
+//! Exit codes (documented in `--help` and the README), so scripts can tell
+//! outcomes apart: 0 everything asked for succeeded (a batch waited for or
+//! shown ended with every job succeeded), 1 jobs failed or were cancelled,
+//! 2 usage (bad arguments, an unreadable spec file, a request the API
+//! refused with a 4xx other than 404), 3 server or network error (the
+//! dispatcher unreachable or answering 5xx), 4 not found (a 404: unknown
+//! batch, job or file).
 
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use kiln::client::{Client, load_batch};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln::client::{BatchListQuery, Client, ClientError, load_batch, parse_batch_text};
 use serde_json::Value;
+
+const EXIT_CODES: &str = "Exit codes: 0 all succeeded; 1 jobs failed or were cancelled; 2 usage \
+(bad arguments or spec file, or the API refused the request with a 4xx other than 404); \
+3 server or network error; 4 not found.";
 
 /// Submit spec batches to Kiln and follow them.
 ///
@@ -16,18 +30,30 @@ use serde_json::Value;
 /// `kiln-dispatcher token create --scope submit`); it is not taken as an
 /// argument, where other users of the machine could see it.
 #[derive(Parser)]
-#[command(name = "kiln", version)]
+#[command(name = "kiln", version, after_help = EXIT_CODES)]
 struct Cli {
     /// The dispatcher's base URL.
     #[arg(long, env = "KILN_URL", default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
+    /// `text` for people; `json`: one JSON document; `jsonl`: one JSON
+    /// value per line (per job, attempt, batch or progress change).
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    Jsonl,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Submit a JSON/YAML file, or a directory of them, as one batch.
+    /// Submit a JSON/YAML file, or a directory of them, as one batch
+    /// (`-` reads one file from standard input).
     Submit {
         path: PathBuf,
         /// Batch name (overrides the file's).
@@ -63,10 +89,30 @@ enum Command {
     /// Show every attempt of a job: why each failed, or that it passed.
     Attempts {
         job_id: String,
-        /// Print the API's JSON instead of a summary.
+        /// The same as `--output json`.
         #[arg(long)]
         json: bool,
     },
+    /// List batches, newest first.
+    Batches {
+        /// queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only batches whose name contains this (ignoring case).
+        #[arg(long)]
+        name: Option<String>,
+        /// Only batches created at or after this RFC 3339 time.
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Only batches created before this RFC 3339 time.
+        #[arg(long)]
+        created_before: Option<String>,
+        /// At most this many batches.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// List the live worker processes and the jobs in their hands.
+    Workers,
     /// Retry a batch's failed jobs (or `--job ID` for one job).
     Retry {
         batch_id: Option<String>,
@@ -88,6 +134,20 @@ enum Command {
 
 fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn print_line(value: &Value) {
+    println!("{value}");
+}
+
+/// Prints a JSON value as the chosen output asks: pretty for `json`, one
+/// line per element for `jsonl` (a non-array value is one line).
+fn emit(output: Output, value: &Value) {
+    match (output, value) {
+        (Output::Jsonl, Value::Array(items)) => items.iter().for_each(print_line),
+        (Output::Jsonl, v) => print_line(v),
+        (_, v) => print(v),
+    }
 }
 
 fn summary(batch: &Value) -> String {
@@ -159,26 +219,92 @@ fn describe_attempt(a: &Value) -> String {
     out
 }
 
-/// Prints progress until the batch has no queued or running job.
-async fn watch(client: &Client, batch_id: &str) -> anyhow::Result<Value> {
+/// Prints progress until the batch has no queued or running job: a line
+/// per change (`text`), a batch per change (`jsonl`), or nothing until the
+/// end (`json`, which prints the final batch).
+async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<Value> {
     let mut last = String::new();
     loop {
         let batch = client.batch(batch_id).await?;
         let line = summary(&batch);
         if line != last {
-            println!("{line}");
+            match output {
+                Output::Text => println!("{line}"),
+                Output::Jsonl => print_line(&batch),
+                Output::Json => {}
+            }
             last = line;
         }
         if batch["finished_at"].is_string() {
+            if output == Output::Json {
+                print(&batch);
+            }
             return Ok(batch);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// A batch that ended with a failed or cancelled job is exit code 1.
+fn outcome(batch: &Value) -> anyhow::Result<()> {
+    match batch["state"].as_str() {
+        Some("failed" | "cancelled") => Err(JobsFailed(format!(
+            "batch {} ended {}",
+            batch["batch_id"].as_str().unwrap_or("?"),
+            batch["state"].as_str().unwrap_or("?")
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Jobs failed or were cancelled (exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct JobsFailed(String);
+
+/// A mistake in the command line or its input (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+/// The exit code of an error, by its kind (see the module docs).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<JobsFailed>().is_some() {
+        return 1;
+    }
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
+    }
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status: 404, .. }) => 4,
+        Some(ClientError::Api { status, .. }) if *status >= 500 => 3,
+        Some(ClientError::Api { .. } | ClientError::BadToken | ClientError::SpecFile { .. } | ClientError::Io(_)) => 2,
+        Some(ClientError::Unreachable { .. }) | None => 3,
+    }
+}
+
+fn main() -> ExitCode {
+    // Usage errors of clap exit 2 and `--help`/`--version` 0, by clap.
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = cli.output;
     let client = match std::env::var("KILN_TOKEN") {
         Ok(token) if !token.trim().is_empty() => Client::with_token(&cli.url, &token)?,
         _ => Client::new(&cli.url),
@@ -192,7 +318,15 @@ async fn main() -> anyhow::Result<()> {
             idempotency_key,
             wait,
         } => {
-            let mut batch = load_batch(&path)?;
+            let mut batch = if path.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| Usage(format!("reading specs from standard input: {e}")))?;
+                parse_batch_text(&text, "standard input")?
+            } else {
+                load_batch(&path)?
+            };
             if let Some(n) = name {
                 batch["name"] = n.into();
             }
@@ -212,29 +346,43 @@ async fn main() -> anyhow::Result<()> {
                 .as_str()
                 .context("no batch_id in the answer")?
                 .to_owned();
-            println!(
-                "submitted batch {id} with {} jobs",
-                created["job_ids"].as_array().map_or(0, Vec::len)
-            );
+            match output {
+                Output::Text => println!(
+                    "submitted batch {id} with {} jobs",
+                    created["job_ids"].as_array().map_or(0, Vec::len)
+                ),
+                // With --wait, json prints the final batch instead.
+                Output::Json if wait => {}
+                Output::Json => print(&created),
+                Output::Jsonl => print_line(&created),
+            }
             if wait {
-                let batch = watch(&client, &id).await?;
-                if batch["state"] != "succeeded" {
-                    bail!("batch {id} ended {}", batch["state"]);
-                }
+                outcome(&watch(&client, &id, output).await?)?;
             }
         }
         Command::Status {
             batch_id,
             watch: follow,
         } => {
-            if follow {
-                watch(&client, &batch_id).await?;
+            let batch = if follow {
+                watch(&client, &batch_id, output).await?
             } else {
-                print(&client.batch(&batch_id).await?);
-            }
+                let batch = client.batch(&batch_id).await?;
+                match output {
+                    Output::Text => println!("{}", summary(&batch)),
+                    _ => emit(output, &batch),
+                }
+                batch
+            };
+            outcome(&batch)?;
         }
         Command::Jobs { batch_id, state } => {
-            for job in client.all_jobs(&batch_id, state.as_deref()).await? {
+            let jobs = client.all_jobs(&batch_id, state.as_deref()).await?;
+            if output != Output::Text {
+                emit(output, &Value::Array(jobs));
+                return Ok(());
+            }
+            for job in jobs {
                 let error = job["error"]["code"]
                     .as_str()
                     .map(|c| format!(" {c}"))
@@ -250,33 +398,109 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Job { job_id } => print(&client.job(&job_id).await?),
-        Command::Attempts { job_id, json } => {
-            let attempts = client.attempts(&job_id).await?;
-            if json {
-                print(&attempts);
-            } else {
-                for a in attempts.as_array().into_iter().flatten() {
-                    println!("{}", describe_attempt(a));
-                }
+        Command::Job { job_id } => {
+            let job = client.job(&job_id).await?;
+            match output {
+                Output::Jsonl => print_line(&job),
+                _ => print(&job),
             }
         }
-        Command::Retry { batch_id, job, states } => match (batch_id, job) {
-            (_, Some(job)) => print(&client.retry_job(&job).await?),
-            (Some(batch), None) => print(&client.retry_batch(&batch, &states).await?),
-            (None, None) => bail!("give a batch id, or --job JOB_ID"),
-        },
-        Command::Cancel { batch_id, job } => match (batch_id, job) {
-            (_, Some(job)) => print(&client.cancel_job(&job).await?),
-            (Some(batch), None) => print(&client.cancel_batch(&batch).await?),
-            (None, None) => bail!("give a batch id, or --job JOB_ID"),
-        },
+        Command::Attempts { job_id, json } => {
+            let attempts = client.attempts(&job_id).await?;
+            match (output, json) {
+                (Output::Text, false) => {
+                    for a in attempts.as_array().into_iter().flatten() {
+                        println!("{}", describe_attempt(a));
+                    }
+                }
+                (Output::Text, true) => print(&attempts),
+                (output, _) => emit(output, &attempts),
+            }
+        }
+        Command::Batches {
+            state,
+            name,
+            created_after,
+            created_before,
+            limit,
+        } => {
+            let query = BatchListQuery {
+                state,
+                name,
+                created_after,
+                created_before,
+            };
+            let batches = client.batches(&query, limit).await?;
+            if output != Output::Text {
+                emit(output, &Value::Array(batches));
+                return Ok(());
+            }
+            for b in &batches {
+                println!(
+                    "{} {:<9} {:>5}/{:<5} succeeded {} {}",
+                    b["batch_id"].as_str().unwrap_or("?"),
+                    b["state"].as_str().unwrap_or("?"),
+                    b["counts"]["succeeded"],
+                    b["total"],
+                    b["created_at"].as_str().unwrap_or("?"),
+                    b["name"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        Command::Workers => {
+            let list = client.workers().await?;
+            if output != Output::Text {
+                emit(output, &list["workers"]);
+                return Ok(());
+            }
+            for w in list["workers"].as_array().into_iter().flatten() {
+                let slots = w["concurrency"]
+                    .as_i64()
+                    .map_or_else(|| "?".to_owned(), |c| c.to_string());
+                println!(
+                    "{} {}/{slots} busy, started {}{}",
+                    w["worker_id"].as_str().unwrap_or("?"),
+                    w["slots_busy"],
+                    w["started_at"].as_str().unwrap_or("?"),
+                    if w["lock_missing_since"].is_string() {
+                        " (not answering)"
+                    } else {
+                        ""
+                    },
+                );
+            }
+        }
+        Command::Retry { batch_id, job, states } => {
+            let answer = match (batch_id, job) {
+                (_, Some(job)) => client.retry_job(&job).await?,
+                (Some(batch), None) => client.retry_batch(&batch, &states).await?,
+                (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
+            };
+            emit_answer(output, &answer);
+        }
+        Command::Cancel { batch_id, job } => {
+            let answer = match (batch_id, job) {
+                (_, Some(job)) => client.cancel_job(&job).await?,
+                (Some(batch), None) => client.cancel_batch(&batch).await?,
+                (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
+            };
+            emit_answer(output, &answer);
+        }
         Command::Download { job_id, dir } => {
             let files = client.download(&job_id, &dir).await?;
-            for f in files {
-                println!("{}", f.display());
+            let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
+            match output {
+                Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
+                _ => emit(output, &Value::Array(paths)),
             }
         }
     }
     Ok(())
+}
+
+fn emit_answer(output: Output, answer: &Value) {
+    match output {
+        Output::Jsonl => print_line(answer),
+        _ => print(answer),
+    }
 }

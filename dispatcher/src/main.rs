@@ -10,7 +10,12 @@ use kiln::http::Application;
 use kiln::store::Store;
 use kiln::store::tokens::TokenRecord;
 
-/// Kiln's HTTP API and feeder. Without a command, it serves.
+/// Kiln's HTTP API (with the web dashboard at /) and feeder. Without a
+/// command, it serves.
+///
+/// Configured by environment (KILN_DATABASE_URL, KILN_REDIS_URL, KILN_QUEUE,
+/// KILN_HTTP_ADDR, KILN_AUTH, ...; see .env.example and the README) and an
+/// optional TOML file named by KILN_CONFIG.
 #[derive(Parser)]
 #[command(name = "kiln-dispatcher", version)]
 struct Cli {
@@ -58,6 +63,7 @@ fn describe(t: &TokenRecord) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `--help` and `--version` answer here, before anything connects.
     let cli = Cli::parse();
     let settings = Settings::from_env().context("loading configuration")?;
     let Some(Command::Token(command)) = cli.command else {

@@ -5,14 +5,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
+use super::openapi::{BatchRequestBody, ErrorBody};
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
-use crate::spec::{BatchRequest, Limits, canonical_numbers, check_budget_tokens, find_nul, number_message};
-use crate::store::batches::{BatchView, BudgetChange, JobPage, NewBatch};
+use crate::spec::{BatchRequest, Limits, Options, canonical_numbers, check_budget_tokens, find_nul, number_message};
+use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
 
 pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -60,6 +62,13 @@ fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
+#[utoipa::path(post, path = "/v1/batches", tag = "batches",
+    request_body = BatchRequestBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key with the same body returns the same batch")),
+    responses(
+        (status = 201, description = "created (or replayed: header `Idempotent-Replayed: true`)", body = CreatedBatch),
+        (status = 400, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `POST /v1/batches` → `201 {"batch_id", "job_ids"}`.
 pub async fn create(
     State(state): State<AppState>,
@@ -108,22 +117,35 @@ pub async fn create(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    responses((status = 200, body = BatchView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/batches/{id}`.
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BatchView>, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     Ok(Json(state.store.batch(id).await?))
 }
 
-#[derive(Deserialize)]
+/// Every value arrives as text so that a bad one is a 400 naming it.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<String>, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     state: Option<String>,
+    /// Page size, 1 to 1,000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// Largest page of `GET /v1/batches/{id}/jobs`.
 pub const MAX_PAGE: i64 = 1000;
 
+#[utoipa::path(get, path = "/v1/batches/{id}/jobs", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id"), JobsQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/batches/{id}/jobs?state=&limit=&cursor=`.
 pub async fn jobs(
     State(state): State<AppState>,
@@ -159,9 +181,10 @@ pub async fn jobs(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RetryBody {
+pub struct RetryBody {
+    /// Job states to retry: `failed` (the default), `cancelled`, `succeeded`.
     #[serde(default = "default_retry_states")]
     states: Vec<String>,
 }
@@ -170,6 +193,10 @@ fn default_retry_states() -> Vec<String> {
     vec!["failed".into()]
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/retry", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    request_body(content = Option<RetryBody>, description = "default: `{\"states\": [\"failed\"]}`"),
+    responses((status = 202, body = Requeued), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `POST /v1/batches/{id}/retry` (`{"states": ["failed"]}` by default) →
 /// `202 {"requeued": n}`: each matching job starts a new run.
 pub async fn retry(
@@ -195,25 +222,51 @@ pub async fn retry(
     }
     let requeued = state.store.retry_batch(id, &states).await?;
     state.feeder_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchBody {
+pub struct PatchBody {
     options: PatchOptions,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatchOptions {
+pub struct PatchOptions {
     /// A number sets the budget, `null` removes it, absent keeps it.
     #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 1)]
     budget_tokens: Option<Value>,
+    /// −1000…1000, higher runs first.
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i32>,
 }
 
+/// `202` of a retry: jobs that start a new run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Requeued {
+    pub requeued: u64,
+}
+
+/// `202` of a cancel: jobs cancelled (running ones stop within a heartbeat).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Cancelled {
+    pub cancelled: u64,
+}
+
+/// The answer of `PATCH /v1/batches/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PatchedBatch {
+    pub batch_id: Uuid,
+    pub options: Options,
+}
+
+#[utoipa::path(patch, path = "/v1/batches/{id}", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    request_body = PatchBody,
+    responses((status = 200, body = PatchedBatch), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `PATCH /v1/batches/{id}` with `{"options": {"budget_tokens"?, "priority"?}}`
 /// → the batch's new options. Raising `budget_tokens` and then retrying the
 /// batch resumes the jobs that stopped with `budget_exhausted`.
@@ -250,12 +303,15 @@ pub async fn update(
         .store
         .update_batch_options(id, budget, patch.options.priority)
         .await?;
-    Ok(Json(json!({ "batch_id": id, "options": options })))
+    Ok(Json(PatchedBatch { batch_id: id, options }))
 }
 
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    responses((status = 202, body = Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `POST /v1/batches/{id}/cancel` → `202 {"cancelled": n}`.
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     let cancelled = state.store.cancel_batch(id).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": cancelled }))))
+    Ok((StatusCode::ACCEPTED, Json(Cancelled { cancelled })))
 }

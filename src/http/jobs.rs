@@ -5,24 +5,31 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::json;
 use uuid::Uuid;
 
+use super::batches::{Cancelled, Requeued};
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::store::attempts::AttemptView;
 use crate::store::jobs::JobView;
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}`.
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id, "job_id")?;
     Ok(Json(state.store.job(id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AttemptsQuery {
+    /// Also the prompt messages and the raw response.
     full: Option<bool>,
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/attempts", tag = "jobs", params(("id" = Uuid, Path, description = "job id"), AttemptsQuery),
+    responses((status = 200, body = Vec<AttemptView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}/attempts[?full=true]`: every attempt of every run;
 /// with `full`, also the prompt messages and the raw response.
 pub async fn attempts(
@@ -36,9 +43,12 @@ pub async fn attempts(
 
 /// Selects whose files to serve: the job's result by default, or any
 /// attempt with `?run=&attempt=` (to look at what a failed attempt wrote).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FilesQuery {
+    /// Run of the attempt (default: the current run).
     run: Option<i32>,
+    /// Attempt number within the run.
     attempt: Option<i32>,
 }
 
@@ -70,6 +80,10 @@ async fn files_attempt(state: &AppState, job_id: Uuid, q: &FilesQuery) -> Result
     }
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = Uuid, Path, description = "job id"), FilesQuery),
+    responses(
+        (status = 200, description = "tar.gz of the files; `X-Kiln-Skipped-Files` counts those left out", content_type = "application/gzip", body = String),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}/artifacts` → the files as `application/gzip` (tar.gz).
 /// Files whose paths failed validation (`../x`, `/etc/x`, `..\\x.py`) are
 /// left out, so unpacking never writes outside the directory; the header
@@ -105,6 +119,10 @@ pub async fn artifacts(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/files/{path}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "job id"), ("path" = String, Path, description = "the file's path in the answer"), FilesQuery),
+    responses((status = 200, description = "the file", content_type = "text/plain", body = String),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `GET /v1/jobs/{id}/files/{path}` → one file as text.
 pub async fn file(
     State(state): State<AppState>,
@@ -123,18 +141,23 @@ pub async fn file(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], content))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
+    responses((status = 202, body = Requeued), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `POST /v1/jobs/{id}/retry` → `202 {"requeued": 1}`: a new run with a
 /// fresh attempt budget; earlier attempts are kept.
 pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job_id")?;
     let requeued = state.store.retry_job(id).await?;
     state.feeder_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))))
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
+    responses((status = 202, body = Cancelled), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
 /// `POST /v1/jobs/{id}/cancel` → `202 {"cancelled": 0|1}`.
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "job_id")?;
     let cancelled = state.store.cancel_job(id).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "cancelled": cancelled }))))
+    Ok((StatusCode::ACCEPTED, Json(Cancelled { cancelled })))
 }

@@ -6,13 +6,24 @@
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, retry and cancel of batches.
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
+//! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`dashboard`]: the web dashboard at `/`, embedded in the binary.
+//! - [`openapi`]: the OpenAPI 3.1 document at `/openapi.json`, generated
+//!   from the handlers and the types they answer with.
+//!
+//! Every error answer, including axum's own 404, 405 and rejections and a
+//! caught panic, has the body `{"error": {"code", "message", "field"?}}`
+//! ([`error::envelope`]).
 
 pub mod auth;
 pub mod batches;
+pub mod dashboard;
 pub mod error;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
+pub mod overview;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +32,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -164,6 +175,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
     use Method as M;
     use Scope::{Read, Submit};
     vec![
+        route(M::GET, "/v1/batches", Read, overview::list),
         route(M::POST, "/v1/batches", Submit, batches::create),
         route(M::GET, "/v1/batches/{id}", Read, batches::status),
         route(M::PATCH, "/v1/batches/{id}", Submit, batches::update),
@@ -176,6 +188,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/jobs/{id}/files/{*path}", Read, jobs::file),
         route(M::POST, "/v1/jobs/{id}/retry", Submit, jobs::retry),
         route(M::POST, "/v1/jobs/{id}/cancel", Submit, jobs::cancel),
+        route(M::GET, "/v1/workers", Read, overview::workers),
     ]
 }
 
@@ -201,10 +214,15 @@ pub fn router(state: AppState) -> Router {
     api.route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         // Bodies are read with Kiln's own limit, which answers 413 in the
         // API's error format.
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::new())
+        .layer(from_fn(error::envelope))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

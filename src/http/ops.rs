@@ -8,31 +8,81 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use serde_json::json;
 
 use super::{ApiError, AppState};
 
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// The body of `/healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
 }
 
+/// The body of `/readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
+    pub postgres: &'static str,
+    /// `ok` or `unreachable`.
+    #[schema(value_type = String)]
+    pub redis: &'static str,
+    /// Present when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<super::openapi::ErrorDetail>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "the process answers", body = Health)))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, body = Readiness), (status = 503, description = "`error` names what is unreachable", body = Readiness)))]
+/// 200 when Postgres and Redis answer; otherwise 503 with the error
+/// envelope naming what is unreachable (the cause goes to the log only).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let postgres = state.store.ping().await.err().map(|e| e.to_string());
-    let redis = state.producer.ping().await.err().map(|e| e.to_string());
-    let ready = postgres.is_none() && redis.is_none();
+    let check = |name: &'static str, result: Result<(), String>| match result {
+        Ok(()) => "ok",
+        Err(cause) => {
+            tracing::error!(dependency = name, error = %cause, "readiness check failed");
+            "unreachable"
+        }
+    };
+    let postgres = check("postgres", state.store.ping().await.map_err(|e| e.to_string()));
+    let redis = check("redis", state.producer.ping().await.map_err(|e| e.to_string()));
+    let down: Vec<&str> = [("postgres", postgres), ("redis", redis)]
+        .into_iter()
+        .filter(|(_, s)| *s != "ok")
+        .map(|(name, _)| name)
+        .collect();
+    let ready = down.is_empty();
+    let body = Readiness {
+        status: if ready { "ready" } else { "unavailable" },
+        postgres,
+        redis,
+        error: (!ready).then(|| super::openapi::ErrorDetail {
+            code: "unavailable".into(),
+            message: format!("service unavailable: {} unreachable", down.join(" and ")),
+            field: None,
+        }),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
-        "postgres": postgres.unwrap_or_else(|| "ok".into()),
-        "redis": redis.unwrap_or_else(|| "ok".into()),
-    });
     (status, Json(body))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, body = super::openapi::ErrorBody), (status = 500, body = super::openapi::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let t = state.store.totals().await?;
     let mut out = String::new();

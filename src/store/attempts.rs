@@ -106,14 +106,14 @@ impl FaultKind {
 }
 
 /// Tokens the provider billed for one response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenUsage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
 }
 
 /// One entry of `GET /v1/jobs/{id}/attempts`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub run: i32,
     pub n: i32,
@@ -121,7 +121,11 @@ pub struct AttemptView {
     pub phase: String,
     pub model: String,
     pub usage: TokenUsage,
+    /// Static validation's findings (absent before the answer was validated).
+    #[schema(value_type = Option<crate::report::ValidationReport>)]
     pub validation: Option<Value>,
+    /// The sandbox's verdict (absent before the code was tested).
+    #[schema(value_type = Option<crate::report::TestReport>)]
     pub tests: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<super::jobs::JobErrorView>,

@@ -8,6 +8,24 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 use crate::spec::{Options, Spec};
 
+/// The states a batch can be in, as [`batch_state`] derives them.
+pub const BATCH_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+/// A batch's state from its jobs' counts and how many of them ever started:
+/// `queued` (nothing started), `running`, or once every job is terminal:
+/// `failed` if any failed, else `cancelled` if any was, else `succeeded`.
+/// The batch listing's SQL filter (`store::overview`) says the same in SQL;
+/// a test checks that the two agree.
+pub fn batch_state(counts: &Counts, started: i64) -> &'static str {
+    match (counts.done(), started > 0) {
+        (false, false) => "queued",
+        (false, true) => "running",
+        (true, _) if counts.failed > 0 => "failed",
+        (true, _) if counts.cancelled > 0 => "cancelled",
+        (true, _) => "succeeded",
+    }
+}
+
 /// A batch to create.
 #[derive(Debug)]
 pub struct NewBatch<'a> {
@@ -22,7 +40,7 @@ pub struct NewBatch<'a> {
 }
 
 /// The result of creating (or replaying) a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CreatedBatch {
     pub batch_id: Uuid,
     /// In the order of the submitted specs.
@@ -32,7 +50,7 @@ pub struct CreatedBatch {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub queued: i64,
     pub running: i64,
@@ -41,7 +59,18 @@ pub struct Counts {
     pub cancelled: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+impl Counts {
+    pub fn total(&self) -> i64 {
+        self.queued + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// No job is queued or running.
+    pub fn done(&self) -> bool {
+        self.queued == 0 && self.running == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
@@ -52,16 +81,19 @@ pub struct Usage {
 }
 
 /// `GET /v1/batches/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchView {
     pub batch_id: Uuid,
     pub name: Option<String>,
     /// `queued` (nothing started), `running`, or once every job is terminal:
     /// `failed` if any failed, else `cancelled` if any was cancelled, else `succeeded`.
+    #[schema(value_type = String, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     pub state: &'static str,
     pub total: i64,
     pub counts: Counts,
     pub usage: Usage,
+    /// The options the batch was submitted with, defaults filled in.
+    #[schema(value_type = crate::spec::Options)]
     pub options: serde_json::Value,
     /// The token that created the batch; `null` when it was created with
     /// `KILN_AUTH=off`.
@@ -71,7 +103,7 @@ pub struct BatchView {
 }
 
 /// The API token a batch was created with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Creator {
     pub token_id: Uuid,
     pub name: Option<String>,
@@ -86,7 +118,7 @@ pub enum BudgetChange {
 }
 
 /// One row of `GET /v1/batches/{id}/jobs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
     pub job_id: Uuid,
     pub position: i32,
@@ -99,7 +131,7 @@ pub struct JobSummary {
     pub error: Option<super::jobs::JobErrorView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobSummary>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -229,15 +261,9 @@ impl Store {
             failed: c.failed,
             cancelled: c.cancelled,
         };
-        let total = counts.queued + counts.running + counts.succeeded + counts.failed + counts.cancelled;
-        let done = counts.queued == 0 && counts.running == 0;
-        let state = match (done, c.started > 0) {
-            (false, false) => "queued",
-            (false, true) => "running",
-            (true, _) if counts.failed > 0 => "failed",
-            (true, _) if counts.cancelled > 0 => "cancelled",
-            (true, _) => "succeeded",
-        };
+        let total = counts.total();
+        let done = counts.done();
+        let state = batch_state(&counts, c.started);
         Ok(BatchView {
             batch_id,
             name: batch.name,

@@ -120,7 +120,7 @@ pub fn blame(activity: Option<Activity>, cause: &str) -> (bool, String) {
 }
 
 /// One takeover, as `GET /v1/jobs/{id}` and the attempts show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TakeoverView {
     pub run: i32,
     /// The attempt that was running (absent before the first one).
@@ -142,7 +142,7 @@ pub enum JobOutcome<'a> {
     Failed { code: &'a str, message: &'a str },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobErrorView {
     pub code: String,
     pub message: String,
@@ -157,14 +157,14 @@ impl JobErrorView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileView {
     pub path: String,
     pub size: i32,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ResultView {
     /// Number of the passing attempt within its run.
     pub attempt: i32,
@@ -173,7 +173,7 @@ pub struct ResultView {
 }
 
 /// `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub job_id: Uuid,
     pub batch_id: Uuid,
@@ -198,6 +198,7 @@ pub struct JobView {
     pub error: Option<JobErrorView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultView>,
+    #[schema(value_type = crate::spec::Spec)]
     pub spec: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -34,6 +34,10 @@ pub struct Registration {
     conn: PgConnection,
     pub worker_id: String,
     pub lock_key: i32,
+    /// Job slots of the process, shown by `GET /v1/workers` (see
+    /// [`Registration::record_capacity`]); kept to register it again after a
+    /// reconnect.
+    concurrency: Option<i32>,
 }
 
 /// What the reconciler did in one pass.
@@ -66,7 +70,22 @@ impl Registration {
             conn,
             worker_id: worker_id.to_owned(),
             lock_key,
+            concurrency: None,
         })
+    }
+
+    /// Records how many jobs the process runs at once, for the workers
+    /// listing; liveness does not depend on it.
+    pub async fn record_capacity(&mut self, concurrency: i32) -> Result<(), StoreError> {
+        self.concurrency = Some(concurrency);
+        sqlx::query!(
+            "UPDATE workers SET concurrency = $2 WHERE lock_key = $1",
+            self.lock_key,
+            concurrency
+        )
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
     }
 
     /// True while the lock's connection answers.
@@ -89,10 +108,11 @@ impl Registration {
         .fetch_optional(&mut *tx)
         .await?;
         sqlx::query!(
-            r#"INSERT INTO workers (lock_key, id) VALUES ($1, $2)
+            r#"INSERT INTO workers (lock_key, id, concurrency) VALUES ($1, $2, $3)
                ON CONFLICT (lock_key) DO UPDATE SET lock_missing_since = NULL, died_at = NULL"#,
             self.lock_key,
             self.worker_id,
+            self.concurrency,
         )
         .execute(&mut *tx)
         .await?;

@@ -29,12 +29,14 @@
 //! - [`feed`]: what the dispatcher's feeder and reconciler read and mark.
 //! - [`tokens`]: the API's bearer tokens (hashes only).
 //! - [`liveness`]: worker processes' liveness locks and dead-worker detection.
+//! - [`overview`]: the batch listing and the live workers, for operators.
 
 pub mod attempts;
 pub mod batches;
 pub mod feed;
 pub mod jobs;
 pub mod liveness;
+pub mod overview;
 pub mod tokens;
 
 use std::str::FromStr;

@@ -1,0 +1,285 @@
+//! What an operator looks at across batches and workers: the batch listing
+//! (`GET /v1/batches`) and the live worker processes (`GET /v1/workers`).
+//!
+//! The listing pages newest first over the `batches_created` index with a
+//! `(created_at, id)` cursor, so a page costs the same wherever it starts and
+//! a batch created while a client pages never shifts the pages it has not
+//! read yet. A batch's state is derived from its jobs exactly as
+//! [`super::batches::batch_state`] derives it for `GET /v1/batches/{id}`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::batches::{BatchView, Counts, Creator, Usage, batch_state};
+use super::{Store, StoreError};
+
+/// Filters and position of one page of the batch listing.
+#[derive(Debug, Clone, Default)]
+pub struct BatchFilter {
+    /// One of [`super::batches::BATCH_STATES`].
+    pub state: Option<String>,
+    /// Case-insensitive substring of the batch's name.
+    pub name: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created strictly before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// The last batch of the previous page.
+    pub cursor: Option<BatchCursor>,
+    pub limit: i64,
+}
+
+/// Where a page of the listing starts: after this batch, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl BatchCursor {
+    /// The opaque text form given to clients as `next_cursor`.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.created_at.timestamp_micros(), self.id.simple())
+    }
+
+    /// Reads what [`BatchCursor::encode`] wrote; `None` for anything else.
+    pub fn decode(raw: &str) -> Option<BatchCursor> {
+        let (micros, id) = raw.split_once('_')?;
+        Some(BatchCursor {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+}
+
+/// A page of `GET /v1/batches`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BatchPage {
+    /// Newest first; each as `GET /v1/batches/{id}` shows it.
+    pub batches: Vec<BatchView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A live worker process (`GET /v1/workers`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerView {
+    /// What the worker writes as the lease owner of its jobs.
+    pub worker_id: String,
+    pub started_at: DateTime<Utc>,
+    /// Jobs it runs at once (`KILN_WORKER_CONCURRENCY`); null for a worker
+    /// that did not record it.
+    pub concurrency: Option<i32>,
+    /// Slots taken: the running jobs whose lease it holds.
+    pub slots_busy: i64,
+    /// Set while its liveness lock is missing: it is declared dead, and its
+    /// jobs handed to others, if the lock does not come back within about a
+    /// second.
+    pub lock_missing_since: Option<DateTime<Utc>>,
+    /// The jobs in its hands, oldest claim first.
+    pub jobs: Vec<WorkerJob>,
+}
+
+/// A job a worker holds the lease of.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerJob {
+    pub job_id: Uuid,
+    pub batch_id: Uuid,
+    pub run: i32,
+    /// What the worker is doing for it (`model`, `sandbox`, …).
+    pub activity: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /v1/workers`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerList {
+    /// Registered and not declared dead, oldest first.
+    pub workers: Vec<WorkerView>,
+}
+
+impl Store {
+    /// One page of batches, newest first, matching `filter`.
+    pub async fn list_batches(&self, filter: &BatchFilter) -> Result<BatchPage, StoreError> {
+        // The CASE below is `batch_state` in SQL, so the filter selects the
+        // batches whose shown state is the one asked for.
+        let rows = sqlx::query!(
+            r#"SELECT b.id, b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
+                      c.queued AS "queued!", c.running AS "running!", c.succeeded AS "succeeded!",
+                      c.failed AS "failed!", c.cancelled AS "cancelled!", c.started AS "started!",
+                      c.finished_at
+               FROM batches b
+               LEFT JOIN api_tokens t ON t.id = b.created_by
+               CROSS JOIN LATERAL (
+                   SELECT count(*) FILTER (WHERE j.state = 'queued') AS queued,
+                          count(*) FILTER (WHERE j.state = 'running') AS running,
+                          count(*) FILTER (WHERE j.state = 'succeeded') AS succeeded,
+                          count(*) FILTER (WHERE j.state = 'failed') AS failed,
+                          count(*) FILTER (WHERE j.state = 'cancelled') AS cancelled,
+                          count(*) FILTER (WHERE j.run > 1 OR j.state <> 'queued') AS started,
+                          max(j.finished_at) AS finished_at
+                   FROM jobs j WHERE j.batch_id = b.id
+               ) c
+               WHERE ($1::text IS NULL OR $1 = CASE
+                          WHEN c.queued + c.running > 0 THEN CASE WHEN c.started > 0 THEN 'running' ELSE 'queued' END
+                          WHEN c.failed > 0 THEN 'failed'
+                          WHEN c.cancelled > 0 THEN 'cancelled'
+                          ELSE 'succeeded' END)
+                 AND ($2::text IS NULL OR strpos(lower(coalesce(b.name, '')), lower($2)) > 0)
+                 AND ($3::timestamptz IS NULL OR b.created_at >= $3)
+                 AND ($4::timestamptz IS NULL OR b.created_at < $4)
+                 AND ($5::timestamptz IS NULL OR (b.created_at, b.id) < ($5, $6::uuid))
+               ORDER BY b.created_at DESC, b.id DESC
+               LIMIT $7"#,
+            filter.state.as_deref(),
+            filter.name.as_deref(),
+            filter.created_after,
+            filter.created_before,
+            filter.cursor.map(|c| c.created_at),
+            filter.cursor.map(|c| c.id),
+            filter.limit,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let next_cursor = (rows.len() as i64 == filter.limit)
+            .then(|| {
+                rows.last().map(|r| {
+                    BatchCursor {
+                        created_at: r.created_at,
+                        id: r.id,
+                    }
+                    .encode()
+                })
+            })
+            .flatten();
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let mut usage = self.usage_of(&ids).await?;
+        let batches = rows
+            .into_iter()
+            .map(|r| {
+                let counts = Counts {
+                    queued: r.queued,
+                    running: r.running,
+                    succeeded: r.succeeded,
+                    failed: r.failed,
+                    cancelled: r.cancelled,
+                };
+                BatchView {
+                    batch_id: r.id,
+                    name: r.name,
+                    state: batch_state(&counts, r.started),
+                    total: counts.total(),
+                    finished_at: if counts.done() { r.finished_at } else { None },
+                    counts,
+                    usage: usage.remove(&r.id).unwrap_or_default(),
+                    options: r.options,
+                    created_by: r.created_by.map(|token_id| Creator {
+                        token_id,
+                        name: r.token_name,
+                    }),
+                    created_at: r.created_at,
+                }
+            })
+            .collect();
+        Ok(BatchPage { batches, next_cursor })
+    }
+
+    /// Token usage of each of `batch_ids` (absent: no attempt yet).
+    async fn usage_of(&self, batch_ids: &[Uuid]) -> Result<HashMap<Uuid, Usage>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT j.batch_id,
+                      coalesce(sum(a.prompt_tokens), 0)::int8 AS "prompt!",
+                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!",
+                      sum(a.cost_usd) AS cost
+               FROM attempts a JOIN jobs j ON j.id = a.job_id
+               WHERE j.batch_id = ANY($1)
+               GROUP BY j.batch_id"#,
+            batch_ids,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.batch_id,
+                    Usage {
+                        prompt_tokens: r.prompt,
+                        completion_tokens: r.completion,
+                        cost_usd: r.cost,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Every worker process registered and not declared dead, with the
+    /// jobs whose leases it holds.
+    pub async fn workers(&self) -> Result<WorkerList, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT id, started_at, concurrency, lock_missing_since
+               FROM workers WHERE died_at IS NULL
+               ORDER BY started_at, lock_key"#
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        // Running jobs are few (bounded by the workers' concurrency) and
+        // reached through the `jobs_running_lease` index.
+        let jobs = sqlx::query!(
+            r#"SELECT id, batch_id, run, activity, lease_owner AS "lease_owner!", lease_expires_at
+               FROM jobs
+               WHERE state = 'running' AND lease_owner = ANY($1)
+               ORDER BY updated_at"#,
+            &ids,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_owner: HashMap<String, Vec<WorkerJob>> = HashMap::new();
+        for j in jobs {
+            by_owner.entry(j.lease_owner).or_default().push(WorkerJob {
+                job_id: j.id,
+                batch_id: j.batch_id,
+                run: j.run,
+                activity: j.activity,
+                lease_expires_at: j.lease_expires_at,
+            });
+        }
+        let workers = rows
+            .into_iter()
+            .map(|r| {
+                let jobs = by_owner.get(&r.id).cloned().unwrap_or_default();
+                WorkerView {
+                    slots_busy: jobs.len() as i64,
+                    worker_id: r.id,
+                    started_at: r.started_at,
+                    concurrency: r.concurrency,
+                    lock_missing_since: r.lock_missing_since,
+                    jobs,
+                }
+            })
+            .collect();
+        Ok(WorkerList { workers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_the_batch_it_was_made_from() {
+        let cursor = BatchCursor {
+            created_at: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(BatchCursor::decode(&cursor.encode()), Some(cursor));
+        for bad in ["", "12", "x_y", "12_not-a-uuid", &format!("1e400_{}", cursor.id)] {
+            assert_eq!(BatchCursor::decode(bad), None, "{bad}");
+        }
+    }
+}

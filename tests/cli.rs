@@ -1,0 +1,328 @@
+//! The built binaries as scripts use them, against a live dispatcher and
+//! worker: the `kiln` CLI's documented exit codes, `--output json|jsonl` on
+//! every command, specs from standard input, `kiln batches` and `kiln
+//! workers`; and the server binaries' `--help`/`--version`, which must
+//! answer without connecting to anything.
+
+mod support;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::auth::Scope;
+use serde_json::{Value, json};
+use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, bin, mock};
+
+/// Answers `wrong_N` with a function that fails its tests.
+const WRONG_SCRIPT: &str = r#"
+- name: wrong
+  match: "`(?P<name>wrong_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a - b.\"\"\"\n    return a - b\n"
+"#;
+
+struct Kiln {
+    url: String,
+    token: String,
+    dir: PathBuf,
+}
+
+impl Kiln {
+    fn run_with(&self, args: &[&str], url: &str, stdin: Option<&str>) -> Output {
+        let mut child = Command::new(bin("kiln"))
+            .env("KILN_URL", url)
+            .env("KILN_TOKEN", &self.token)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs `kiln ARGS` and checks its exit code.
+    fn expect(&self, code: i32, args: &[&str]) -> Output {
+        self.expect_with(code, args, None)
+    }
+
+    fn expect_with(&self, code: i32, args: &[&str], stdin: Option<&str>) -> Output {
+        let out = self.run_with(args, &self.url, stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "kiln {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.expect(0, args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "kiln {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn file(&self, name: &str, content: &Value) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, content.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+fn jsonl(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+fn wrong_spec(i: usize) -> Value {
+    let mut spec = add_spec(i);
+    spec["entry_point"] = json!(format!("wrong_{i}"));
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_documented_exit_code_and_every_commands_json_output_from_the_real_cli() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!("{ADD_SCRIPT}{WRONG_SCRIPT}")).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}", env.queue));
+    std::fs::create_dir_all(&dir).unwrap();
+    let k = Kiln {
+        url: d.url.clone(),
+        token: env.token(Scope::Submit).await,
+        dir: dir.clone(),
+    };
+    let good = k.file(
+        "good.json",
+        &json!({"name": "good batch", "specs": [add_spec(1), add_spec(2)]}),
+    );
+    let bad = k.file(
+        "bad.json",
+        &json!({"name": "bad batch", "specs": [add_spec(3), wrong_spec(4)],
+                                        "options": {"max_attempts": 1}}),
+    );
+
+    // 0: every job succeeded; `--output json` prints the final batch.
+    let batch = tokio::task::block_in_place(|| k.json(&["submit", &good, "--wait", "--output", "json"]));
+    assert_eq!(batch["state"], "succeeded", "{batch}");
+    let good_id = batch["batch_id"].as_str().unwrap().to_owned();
+    // 1: a job failed, for submit --wait, status --watch and status alike.
+    let out = tokio::task::block_in_place(|| k.expect(1, &["submit", &bad, "--wait", "--output", "jsonl"]));
+    let progress = jsonl(&out);
+    let last = progress.last().unwrap();
+    assert_eq!(last["state"], "failed", "{last}");
+    let bad_id = last["batch_id"].as_str().unwrap().to_owned();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("batch {bad_id} ended failed")));
+    tokio::task::block_in_place(|| {
+        k.expect(1, &["status", &bad_id, "--watch"]);
+        k.expect(1, &["status", &bad_id]);
+        k.expect(0, &["status", &good_id]);
+
+        // 2: usage — bad arguments, a missing or malformed spec file, a request the API refuses.
+        k.expect(2, &["frobnicate"]);
+        k.expect(2, &["status"]);
+        k.expect(2, &["jobs", &good_id, "--output", "yaml"]);
+        k.expect(2, &["submit", dir.join("missing.yaml").to_str().unwrap()]);
+        let out = k.expect(
+            2,
+            &[
+                "submit",
+                &k.file("broken.json", &json!({"specs": [{"kind": "function"}]})),
+            ],
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"), "{out:?}");
+        k.expect(2, &["retry"]);
+        // 3: the dispatcher is unreachable.
+        let out = k.run_with(&["status", &good_id], "http://127.0.0.1:9", None);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        // 4: not found.
+        let missing = uuid::Uuid::new_v4().to_string();
+        k.expect(4, &["status", &missing]);
+        k.expect(4, &["job", &missing]);
+        k.expect(4, &["attempts", &missing]);
+        k.expect(4, &["cancel", "--job", &missing]);
+
+        // `--output json` parses for every command, and `jsonl` line by line.
+        let jobs = k.json(&["jobs", &bad_id, "--output", "json"]);
+        let jobs = jobs.as_array().unwrap();
+        assert_eq!(jobs.len(), 2);
+        let failed = jobs.iter().find(|j| j["state"] == "failed").unwrap()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let passed = jobs.iter().find(|j| j["state"] == "succeeded").unwrap()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(jsonl(&k.expect(0, &["jobs", &bad_id, "--output", "jsonl"])).len(), 2);
+        assert_eq!(
+            k.json(&["status", &good_id, "-o", "json"])["batch_id"],
+            good_id.as_str()
+        );
+        assert_eq!(k.json(&["job", &failed, "-o", "json"])["error"]["code"], "tests_failed");
+        let attempts = k.json(&["attempts", &failed, "-o", "json"]);
+        assert!(attempts[0]["tests"]["cases"].is_array(), "{attempts}");
+        assert_eq!(jsonl(&k.expect(0, &["attempts", &failed, "-o", "jsonl"])).len(), 1);
+        let listed = k.json(&["batches", "-o", "json"]);
+        let listed: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["batch_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, vec![bad_id.as_str(), good_id.as_str()]);
+        let failed_batches = k.json(&["batches", "--state", "failed", "-o", "json"]);
+        assert_eq!(failed_batches.as_array().unwrap().len(), 1);
+        let named = jsonl(&k.expect(0, &["batches", "--name", "GOOD", "--limit", "5", "-o", "jsonl"]));
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0]["batch_id"], good_id.as_str());
+        assert_eq!(
+            k.json(&["batches", "--limit", "1", "-o", "json"])
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let text = k.expect(0, &["batches"]);
+        assert!(String::from_utf8_lossy(&text.stdout).contains("good batch"));
+        let workers = k.json(&["workers", "-o", "json"]);
+        assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
+        let out_dir = dir.join("out");
+        let files = k.json(&["download", &passed, out_dir.to_str().unwrap(), "-o", "json"]);
+        assert!(files[0].as_str().unwrap().ends_with("solution.py"), "{files}");
+        assert_eq!(
+            k.json(&["retry", "--job", &failed, "-o", "json"]),
+            json!({"requeued": 1})
+        );
+        assert_eq!(k.json(&["cancel", &bad_id, "-o", "json"])["cancelled"], 1);
+        assert_eq!(
+            k.json(&["retry", &bad_id, "--states", "cancelled", "-o", "json"]),
+            json!({"requeued": 1})
+        );
+        let cancelled = k.json(&["cancel", "--job", &failed, "-o", "json"]);
+        assert!(cancelled["cancelled"].is_number(), "{cancelled}");
+        let submitted = k.json(&["submit", &good, "-o", "json"]);
+        assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2, "{submitted}");
+        // A 404 is 4 with JSON output too, and says why on stderr only.
+        let out = k.expect(4, &["job", &missing, "-o", "json"]);
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+    worker.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_dash_reads_yaml_or_json_specs_from_standard_input() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let k = Kiln {
+        url: d.url.clone(),
+        token: env.token(Scope::Submit).await,
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    };
+    let yaml = "name: from stdin\nspecs:\n  - kind: function\n    task_description: Return the sum of a and b.\n    \
+                entry_point: add_7\n    test_cases:\n      - {input: [1, 2], expected: 3}\n";
+    let batch = tokio::task::block_in_place(|| {
+        let out = k.expect_with(0, &["submit", "-", "--wait", "-o", "json"], Some(yaml));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    });
+    assert_eq!(
+        (batch["name"].as_str(), batch["state"].as_str()),
+        (Some("from stdin"), Some("succeeded")),
+        "{batch}"
+    );
+    let json_list = Value::Array(vec![add_spec(8), add_spec(9)]).to_string();
+    let created = tokio::task::block_in_place(|| {
+        let out = k.expect_with(0, &["submit", "-", "-o", "json"], Some(&json_list));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    });
+    assert_eq!(created["job_ids"].as_array().unwrap().len(), 2);
+    // Broken input names standard input and is a usage error.
+    let out = tokio::task::block_in_place(|| k.expect_with(2, &["submit", "-"], Some("{\"specs\": [")));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("standard input"),
+        "{out:?}"
+    );
+    worker.stop().await;
+    d.stop().await;
+}
+
+#[test]
+fn the_server_binaries_answer_help_and_version_without_starting_anything() {
+    // Nothing listens on these: a binary that tried to start would fail or
+    // hang retrying instead of answering at once with exit code 0.
+    let unreachable = [
+        ("KILN_DATABASE_URL", "postgres://127.0.0.1:1/none"),
+        ("KILN_REDIS_URL", "redis://127.0.0.1:1"),
+        ("KILN_HTTP_ADDR", "0.0.0.0:1"),
+        ("KILN_AUTH", "required"),
+    ];
+    for name in ["kiln-dispatcher", "kiln-worker", "kiln"] {
+        for (flag, expect) in [
+            ("--help", "Usage:"),
+            ("-h", "Usage:"),
+            ("--version", env!("CARGO_PKG_VERSION")),
+        ] {
+            let started = Instant::now();
+            let out = Command::new(bin(name))
+                .envs(unreachable)
+                .arg(flag)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{name} {flag}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains(expect), "{name} {flag}: {stdout}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{name} {flag} took {:?}",
+                started.elapsed()
+            );
+        }
+        // An unknown flag is a usage error (2), not a start.
+        let out = Command::new(bin(name))
+            .envs(unreachable)
+            .arg("--frobnicate")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+    }
+    let help = Command::new(bin("kiln")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for code in [
+        "0 all succeeded",
+        "1 jobs failed",
+        "2 usage",
+        "3 server or network error",
+        "4 not found",
+    ] {
+        assert!(help.contains(code), "kiln --help does not document {code:?}");
+    }
+}

@@ -1,0 +1,487 @@
+//! `/openapi.json` against the code that serves it: the document is valid
+//! OpenAPI 3.1 (checked with the specification's own JSON Schema, vendored
+//! in `tests/data/openapi-3.1-schema.json`), describes every route of API v1
+//! with its method, and every live answer of a real stack — successes and
+//! errors — validates against the schema the document gives for its path,
+//! method and status, with no field the document does not declare.
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::auth::Scope;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, mock, wait_for_batch};
+
+/// Answers `wrong_N` with a function that fails its tests and `broken_N`
+/// with one that does not parse, so attempts carry test cases and
+/// diagnostics.
+const FAILING_SCRIPTS: &str = r#"
+- name: wrong
+  match: "`(?P<name>wrong_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a - b.\"\"\"\n    return a - b\n"
+- name: broken
+  match: "`(?P<name>broken_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a, b)\n    return a +\n"
+"#;
+
+fn spec_named(name: &str) -> Value {
+    let mut spec = add_spec(0);
+    spec["entry_point"] = json!(name);
+    spec
+}
+
+/// The document's `#/components` beside `schema`, every object schema
+/// closed with `unevaluatedProperties: false`: a live answer may carry no
+/// field the document does not declare. Members of an `allOf` (and the
+/// components they name) stay open and the `allOf` itself is closed, which
+/// is how JSON Schema 2020-12 closes a composition.
+fn closed(doc: &Value, schema: &Value) -> Value {
+    fn composed(v: &Value, names: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for m in map.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(name) = m["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+                        names.push(name.to_owned());
+                    }
+                }
+                map.values().for_each(|v| composed(v, names));
+            }
+            Value::Array(items) => items.iter().for_each(|v| composed(v, names)),
+            _ => {}
+        }
+    }
+    fn close(v: &mut Value, open: bool) {
+        match v {
+            Value::Object(map) => {
+                let composition = map.contains_key("allOf");
+                if !open && (composition || map.contains_key("properties")) && !map.contains_key("additionalProperties")
+                {
+                    map.insert("unevaluatedProperties".into(), Value::Bool(false));
+                }
+                for (key, child) in map.iter_mut() {
+                    match (key.as_str(), child) {
+                        ("allOf", Value::Array(members)) => members.iter_mut().for_each(|m| close(m, true)),
+                        (_, child) => close(child, false),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| close(v, false)),
+            _ => {}
+        }
+    }
+    let mut names = Vec::new();
+    composed(doc, &mut names);
+    let mut components = doc["components"].clone();
+    for (name, schema) in components["schemas"].as_object_mut().unwrap() {
+        close(schema, names.contains(name));
+    }
+    let mut root = schema.clone();
+    close(&mut root, false);
+    root["components"] = components;
+    root
+}
+
+struct Checker {
+    doc: Value,
+    base: String,
+    http: reqwest::Client,
+    token: String,
+    checked: Vec<String>,
+}
+
+impl Checker {
+    /// The documented answer of `template` (`/v1/jobs/{id}`) for `method`
+    /// and `status`.
+    fn documented(&self, template: &str, method: &Method, status: u16) -> &Value {
+        let op = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not in the document");
+        let answer = &op["responses"][status.to_string()];
+        assert!(
+            answer.is_object(),
+            "{method} {template} answered {status}, which the document does not list: {}",
+            op["responses"]
+        );
+        answer
+    }
+
+    /// Sends the request and checks the answer against the document;
+    /// returns its status and JSON body (Null for other media types).
+    async fn check(&mut self, method: Method, template: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let bytes = response.bytes().await.unwrap();
+        let answer = self.documented(template, &method, status).clone();
+        let content = answer["content"].as_object().expect("documented content");
+        let (media, spec) = content
+            .iter()
+            .find(|(media, _)| content_type.starts_with(media.as_str()))
+            .unwrap_or_else(|| panic!("{method} {path}: {content_type} is not documented: {answer}"));
+        if media != "application/json" {
+            self.checked.push(format!("{method} {template} {status} {media}"));
+            return (status, Value::Null);
+        }
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        let schema = closed(&self.doc, &spec["schema"]);
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("{method} {template} {status}: schema does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status} does not match the document: {errors:#?}\nanswer: {value}"
+        );
+        self.checked.push(format!("{method} {template} {status}"));
+        (status, value)
+    }
+}
+
+#[tokio::test]
+async fn the_document_is_valid_openapi_3_1_and_describes_every_v1_route_with_its_method_and_scope() {
+    let env = TestEnv::new().await;
+    let d = Dispatcher::start(&env.settings("http://127.0.0.1:9", &[("KILN_AUTH", "required")])).await;
+    // No token: the document describes the API, not its data.
+    let response = reqwest::get(format!("{}/openapi.json", d.url)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
+    // Kept for reading and as a CI artifact.
+    let saved = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("openapi.json");
+    std::fs::write(&saved, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+
+    let meta: Value = serde_json::from_str(include_str!("data/openapi-3.1-schema.json")).unwrap();
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&meta)
+        .unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "not valid OpenAPI 3.1: {errors:#?}");
+    // The meta-schema does find a broken document.
+    let mut broken = doc.clone();
+    broken["paths"]["/v1/batches"]["get"]["responses"] = json!("none");
+    assert!(!validator.is_valid(&broken));
+
+    for route in kiln::http::v1_routes() {
+        let path = route.path.replace("{*", "{");
+        let op = &doc["paths"][&path][route.method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{} {path} is not documented", route.method);
+        // No v1 operation opts out of the document-wide bearer requirement.
+        assert!(
+            op.get("security").is_none(),
+            "{} {path}: {}",
+            route.method,
+            op["security"]
+        );
+        for status in ["401", "403", "500", "503"] {
+            assert!(
+                op["responses"][status].is_object(),
+                "{} {path} lacks {status}",
+                route.method
+            );
+        }
+    }
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // The probes and the document itself need no token.
+    for probe in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(doc["paths"][probe]["get"]["security"], json!([{}]), "{probe}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn every_endpoints_live_answers_validate_against_the_document() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!("{ADD_SCRIPT}{FAILING_SCRIPTS}")).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", d.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut c = Checker {
+        doc,
+        base: d.url.clone(),
+        http: reqwest::Client::new(),
+        token: env.token(Scope::Submit).await,
+        checked: Vec::new(),
+    };
+
+    // A batch with a success, a test failure and a validation failure.
+    let body = json!({"name": "openapi", "specs": [add_spec(1), spec_named("wrong_1"), spec_named("broken_1")],
+                      "options": {"max_attempts": 1}});
+    let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
+    assert_eq!(status, 201);
+    let batch = created["batch_id"].as_str().unwrap().to_owned();
+    let jobs: Vec<String> = created["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    let (status, _) = c.check(Method::GET, "/v1/workers", "/v1/workers", None).await;
+    assert_eq!(status, 200);
+    let client = kiln::client::Client::with_token(&d.url, &c.token).unwrap();
+    wait_for_batch(&client, &batch, Duration::from_secs(120)).await;
+
+    let b = format!("/v1/batches/{batch}");
+    for (method, template, path, body, expected) in [
+        (Method::GET, "/v1/batches", "/v1/batches".to_owned(), None, 200),
+        (
+            Method::GET,
+            "/v1/batches",
+            "/v1/batches?state=failed&limit=1".to_owned(),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/batches",
+            "/v1/batches?state=nope".to_owned(),
+            None,
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/batches",
+            "/v1/batches".to_owned(),
+            Some(json!({"specs": "x"})),
+            400,
+        ),
+        (Method::GET, "/v1/batches/{id}", b.clone(), None, 200),
+        (
+            Method::GET,
+            "/v1/batches/{id}",
+            format!("/v1/batches/{}", uuid::Uuid::new_v4()),
+            None,
+            404,
+        ),
+        (Method::GET, "/v1/batches/{id}", "/v1/batches/x".to_owned(), None, 400),
+        (
+            Method::PATCH,
+            "/v1/batches/{id}",
+            b.clone(),
+            Some(json!({"options": {"budget_tokens": 100_000}})),
+            200,
+        ),
+        (Method::GET, "/v1/batches/{id}/jobs", format!("{b}/jobs"), None, 200),
+        (
+            Method::GET,
+            "/v1/batches/{id}/jobs",
+            format!("{b}/jobs?state=failed&limit=1"),
+            None,
+            200,
+        ),
+        (Method::GET, "/v1/jobs/{id}", format!("/v1/jobs/{}", jobs[0]), None, 200),
+        (Method::GET, "/v1/jobs/{id}", format!("/v1/jobs/{}", jobs[1]), None, 200),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            format!("/v1/jobs/{}/attempts", jobs[0]),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            format!("/v1/jobs/{}/attempts?full=true", jobs[1]),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            format!("/v1/jobs/{}/attempts", jobs[2]),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/artifacts",
+            format!("/v1/jobs/{}/artifacts", jobs[0]),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/artifacts",
+            format!("/v1/jobs/{}/artifacts", jobs[1]),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/files/{path}",
+            format!("/v1/jobs/{}/files/solution.py", jobs[0]),
+            None,
+            200,
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/files/{path}",
+            format!("/v1/jobs/{}/files/nope.py", jobs[0]),
+            None,
+            404,
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{id}/retry",
+            format!("/v1/jobs/{}/retry", jobs[0]),
+            None,
+            409,
+        ),
+        (Method::GET, "/v1/workers", "/v1/workers".to_owned(), None, 200),
+        (Method::GET, "/healthz", "/healthz".to_owned(), None, 200),
+        (Method::GET, "/readyz", "/readyz".to_owned(), None, 200),
+        (Method::GET, "/metrics", "/metrics".to_owned(), None, 200),
+        (Method::GET, "/openapi.json", "/openapi.json".to_owned(), None, 200),
+    ] {
+        let (status, body) = c.check(method.clone(), template, &path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+    }
+    // The failed jobs' attempts carry what the dashboard and CLI show.
+    let (_, wrong) = c
+        .check(
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            &format!("/v1/jobs/{}/attempts", jobs[1]),
+            None,
+        )
+        .await;
+    assert!(
+        wrong[0]["tests"]["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["outcome"] == "failed"),
+        "{wrong}"
+    );
+    let (_, broken) = c
+        .check(
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            &format!("/v1/jobs/{}/attempts", jobs[2]),
+            None,
+        )
+        .await;
+    assert!(
+        !broken[0]["validation"]["diagnostics"].as_array().unwrap().is_empty(),
+        "{broken}"
+    );
+
+    // The check would see a field the document does not declare, nested too.
+    let (_, job) = c
+        .check(Method::GET, "/v1/jobs/{id}", &format!("/v1/jobs/{}", jobs[0]), None)
+        .await;
+    let schema = closed(
+        &c.doc,
+        &c.documented("/v1/jobs/{id}", &Method::GET, 200)["content"]["application/json"]["schema"],
+    );
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .unwrap();
+    assert!(validator.is_valid(&job));
+    for pointer in ["", "/result", "/spec", "/spec/test_cases/0"] {
+        let mut surplus = job.clone();
+        surplus.pointer_mut(pointer).unwrap()["surplus"] = json!(1);
+        assert!(
+            !validator.is_valid(&surplus),
+            "an undeclared field at {pointer:?} passed"
+        );
+    }
+
+    // Verbs that change state, last.
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/jobs/{id}/retry",
+            &format!("/v1/jobs/{}/retry", jobs[1]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/jobs/{id}/cancel",
+            &format!("/v1/jobs/{}/cancel", jobs[1]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/batches/{id}/retry",
+            &format!("{b}/retry"),
+            Some(json!({"states": ["cancelled"]})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = c
+        .check(Method::POST, "/v1/batches/{id}/cancel", &format!("{b}/cancel"), None)
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/batches/{id}/retry",
+            &format!("{b}/retry"),
+            Some(json!({"states": ["done"]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // Authentication's answers are documented too.
+    c.token = "kiln_wrong".into();
+    let (status, _) = c.check(Method::GET, "/v1/batches", "/v1/batches", None).await;
+    assert_eq!(status, 401);
+    c.token = env.token(Scope::Read).await;
+    let (status, _) = c
+        .check(Method::POST, "/v1/batches/{id}/cancel", &format!("{b}/cancel"), None)
+        .await;
+    assert_eq!(status, 403);
+
+    // Every v1 route was exercised.
+    for route in kiln::http::v1_routes() {
+        let key = format!("{} {} ", route.method, route.path.replace("{*", "{"));
+        assert!(c.checked.iter().any(|k| k.starts_with(&key)), "{key}was not checked");
+    }
+    println!("{} answers checked against the document", c.checked.len());
+    worker.stop().await;
+    d.stop().await;
+}
