@@ -1290,7 +1290,10 @@ def tests_main(config_fd, result_fd):
     )
     # Stopped first: its output pipe closes only when it is gone.
     candidate.stop()
-    send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code), "output": candidate.output()})
+    # The solution's own import failure, so the report names it rather than
+    # the collection errors it caused in the tests.
+    send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code), "output": candidate.output(),
+                     "import_error": candidate.import_error})
     os._exit(0)
 
 
@@ -1504,6 +1507,7 @@ def check_function(request, deadline):
     cases = []
     problem = None
     outputs = []
+    import_error = None
     if fn.get("cases"):
         candidate = Candidate(limit, deadline, fn["call_cpu_s"])
         for i, case in enumerate(fn["cases"]):
@@ -1530,6 +1534,7 @@ def check_function(request, deadline):
             except (ValueError, TypeError, IndexError, RecursionError) as e:
                 cases.append({"name": name, "error": "undecodable result: %s" % type(e).__name__})
         candidate.stop()
+        import_error = candidate.import_error
         outputs.append(candidate.output())
         # Whatever the candidate left running must not meet the tests process.
         kill_all_others()
@@ -1571,7 +1576,8 @@ def check_function(request, deadline):
         if pytest_results is not None:
             outputs.append(str(pytest_results.pop("output", "")))
         outputs.append(capture.text())
-    return {"cases": cases, "pytest": pytest_results, "problem": problem, "output": "".join(outputs)}
+    return {"cases": cases, "pytest": pytest_results, "problem": problem, "output": "".join(outputs),
+            "import_error": import_error}
 
 
 def case_arguments(value):
