@@ -40,6 +40,8 @@ pub struct PipelineSettings {
     /// Model used when the batch names none.
     pub default_model: Option<String>,
     pub max_tokens: u32,
+    /// Temperature of a first request (`None`: the model's default).
+    pub temperature: Option<f32>,
     /// Provider faults tolerated per attempt.
     pub llm_max_retries: u32,
     /// Sandbox faults tolerated per attempt.
@@ -383,6 +385,7 @@ impl Pipeline {
             model: attempt.model.clone(),
             messages,
             max_tokens: self.settings.max_tokens,
+            temperature: self.settings.temperature,
             json: true,
             attempt_id: attempt.id.to_string(),
         };
@@ -411,10 +414,20 @@ impl Pipeline {
             }
             self.sleep(self.guard.pace(&request.model, tokens).await, cancel)
                 .await?;
+            // Waiting for a place happens before the request is sent, so
+            // it never counts toward the request's timeout.
+            let place = tokio::select! {
+                () = cancel.cancelled() => return Err(Stop::Interrupted),
+                p = self.guard.take_place() => p,
+            };
             let started = Instant::now();
             let result = tokio::select! {
-                () = cancel.cancelled() => return Err(Stop::Interrupted),
-                r = self.llm.chat(&request) => r,
+                () = cancel.cancelled() => None,
+                r = self.llm.chat(&request) => Some(r),
+            };
+            self.guard.leave(place).await;
+            let Some(result) = result else {
+                return Err(Stop::Interrupted);
             };
             self.guard.record(&request.model, result.as_ref().map(|_| ())).await;
             match result {
@@ -813,6 +826,7 @@ mod tests {
         let s = PipelineSettings {
             default_model: None,
             max_tokens: 1,
+            temperature: None,
             llm_max_retries: 1,
             sandbox_max_retries: 1,
             backoff_base: Duration::from_millis(100),

@@ -474,9 +474,8 @@ async fn a_solution_that_does_not_import_is_reported_as_such_once_without_harnes
         assert!(!report.all_passed());
         let problem = report.problem.clone().unwrap_or_default();
         assert!(
-            problem.starts_with(
-                "solution.py does not import: KeyError: 'KILN_NOT_SET' (solution.py line 2)\nTraceback"
-            ),
+            problem
+                .starts_with("solution.py does not import: KeyError: 'KILN_NOT_SET' (solution.py line 2)\nTraceback"),
             "cases {cases}, test_code {code}: {problem}"
         );
         let feedback = kiln::prompt::feedback(
@@ -492,7 +491,10 @@ async fn a_solution_that_does_not_import_is_reported_as_such_once_without_harnes
         for harness_frame in ["<string>", "runner_main", "in missing", "collected no tests", "harness"] {
             assert!(!feedback.contains(harness_frame), "{harness_frame}: {feedback}");
         }
-        assert!(feedback.contains("CONFIG = dict(os.environ)['KILN_NOT_SET']"), "{feedback}");
+        assert!(
+            feedback.contains("CONFIG = dict(os.environ)['KILN_NOT_SET']"),
+            "{feedback}"
+        );
     }
 }
 

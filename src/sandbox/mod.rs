@@ -93,6 +93,16 @@ pub enum SandboxError {
     Harness(String),
 }
 
+/// The configured backend, ready to run.
+pub async fn build(settings: &crate::config::SandboxSettings) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
+    Ok(match settings.kind {
+        crate::config::SandboxKind::Process => std::sync::Arc::new(process::ProcessSandbox::new(&settings.runtime)?),
+        crate::config::SandboxKind::Docker => std::sync::Arc::new(
+            docker::DockerSandbox::connect(&settings.image, &Limits::from_settings(settings), settings.slots).await?,
+        ),
+    })
+}
+
 /// A place where untrusted code can run.
 pub trait Sandbox: Send + Sync {
     /// `process` or `docker`.
