@@ -257,7 +257,7 @@ impl Pipeline {
                 message: "the batch names no model (options.model) and KILN_LLM_MODEL is not set".into(),
             });
         };
-        let messages = match previous {
+        let mut messages = match previous {
             None => vec![
                 Message::system(prompt::system_prompt(&job.spec)),
                 Message::user(prompt::spec_prompt(&job.spec)),
@@ -281,6 +281,12 @@ impl Pipeline {
                 )
             }
         };
+        if n > 1 && self.answers_of_run(job, n, cancel).await?.last_repeated {
+            // The same answer again would fail the same way: say so first.
+            if let Some(last) = messages.last_mut() {
+                last.content = format!("{REPEAT_NOTE}\n\n{}", last.content);
+            }
+        }
         let prompt = serde_json::to_value(&messages).expect("messages serialise");
         if job.options.cache
             && previous.is_none()
@@ -381,11 +387,22 @@ impl Pipeline {
     ) -> Result<Generated, Stop> {
         let lease = &job.lease;
         let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        // Each earlier answer of the run that repeated one before it makes
+        // this request warmer, so the model does not send it yet again (a
+        // temperature left to the model, `off`, is not touched).
+        let repeats = if attempt.n > 1 {
+            self.answers_of_run(job, attempt.n, cancel).await?.repeats
+        } else {
+            0
+        };
         let request = ChatRequest {
             model: attempt.model.clone(),
             messages,
             max_tokens: self.settings.max_tokens,
-            temperature: self.settings.temperature,
+            temperature: self
+                .settings
+                .temperature
+                .map(|t| (t + REPEAT_WARMING * repeats as f32).min(MAX_WARMED_TEMPERATURE)),
             json: true,
             attempt_id: attempt.id.to_string(),
         };
@@ -447,6 +464,12 @@ impl Pipeline {
                     };
                     self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
                         .await?;
+                    if attempt.n > 1 {
+                        let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
+                        if earlier.contains(&answer.content) {
+                            warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
+                        }
+                    }
                     return Ok(Generated {
                         content: answer.content,
                         finish_reason: answer.finish_reason,
@@ -479,6 +502,24 @@ impl Pipeline {
                 },
             }
         }
+    }
+
+    /// The stored answers of the job's current run before attempt `n`.
+    async fn answers_of_run(&self, job: &Claimed, n: i32, cancel: &CancellationToken) -> Result<Answers, Stop> {
+        let attempts = self
+            .retry_db(cancel, || self.store.attempts(job.lease.job_id, true))
+            .await?;
+        let mut answers = Answers::default();
+        for a in attempts.into_iter().filter(|a| a.run == job.run && a.n < n) {
+            let Some(response) = a.response else {
+                continue;
+            };
+            let repeated = answers.seen.contains(&response);
+            answers.repeats += u32::from(repeated);
+            answers.last_repeated = repeated && a.n == n - 1;
+            answers.seen.insert(response);
+        }
+        Ok(answers)
     }
 
     /// Runs the tests in the sandbox, retrying sandbox faults under their limit.
@@ -649,6 +690,32 @@ impl Pipeline {
             () = cancel.cancelled() => Err(Stop::Interrupted),
             () = tokio::time::sleep(duration) => Ok(()),
         }
+    }
+}
+
+/// Said first in a repair prompt after an answer that repeated an earlier
+/// one of the run byte for byte.
+pub const REPEAT_NOTE: &str = "Your previous answer was byte for byte the same as an earlier answer, which \
+     already failed. Do not send it again: read the failures below and change the code.";
+
+/// How much warmer a request is per repeated answer before it, up to
+/// [`MAX_WARMED_TEMPERATURE`].
+const REPEAT_WARMING: f32 = 0.3;
+const MAX_WARMED_TEMPERATURE: f32 = 1.2;
+
+/// The answers of a run before some attempt.
+#[derive(Default)]
+struct Answers {
+    seen: std::collections::HashSet<String>,
+    /// Answers that repeated an earlier one byte for byte.
+    repeats: u32,
+    /// Whether the latest of them was such a repeat.
+    last_repeated: bool,
+}
+
+impl Answers {
+    fn contains(&self, answer: &str) -> bool {
+        self.seen.contains(answer)
     }
 }
 

@@ -237,6 +237,52 @@ async fn the_temperature_and_the_token_field_are_sent_as_configured() {
     d.stop().await;
 }
 
+/// The same wrong answer again would fail the same way and be paid for
+/// again: after a repeat the next request is warmer and its prompt says so.
+#[tokio::test]
+async fn after_an_answer_repeats_an_earlier_one_the_next_request_is_warmer_and_says_so() {
+    let env = TestEnv::new().await;
+    let llm = mock(
+        r#"
+- name: stubborn
+  match: "`add_0`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def add_0(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a - b\n"
+"#,
+    )
+    .await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let (d, batch, ids) = run_batch(
+        &env,
+        &settings,
+        json!({"specs": [add_spec(0)], "options": {"max_attempts": 4}}),
+    )
+    .await;
+    assert_eq!(batch["counts"]["failed"], 1, "{batch}");
+    // Attempt 2 repeats attempt 1, attempt 3 repeats both: each repeat
+    // before a request warms it by 0.3.
+    let temperatures: Vec<i64> = llm
+        .requests()
+        .iter()
+        .map(|r| (r.params["temperature"].as_f64().unwrap() * 100.0).round() as i64)
+        .collect();
+    assert_eq!(temperatures, vec![20, 20, 50, 80]);
+    let attempts = d.attempts(&ids[0], true).await;
+    let leads: Vec<bool> = attempts
+        .iter()
+        .map(|a| {
+            a["prompt"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .starts_with(kiln::pipeline::REPEAT_NOTE)
+        })
+        .collect();
+    assert_eq!(leads, vec![false, false, true, true]);
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn when_provider_faults_outlast_their_limit_the_job_fails_with_llm_unavailable() {
     let env = TestEnv::new().await;
