@@ -341,6 +341,9 @@ pub(crate) fn clip_provider_message(body: &str) -> String {
                 .and_then(|m| m.as_str().map(str::to_owned))
         })
         .unwrap_or_else(|| body.to_owned());
+    // One line: it ends up in a job's error, a log line and the check's
+    // report (servers put tracebacks in theirs).
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let redacted = redact_keys(&text);
     let mut clipped: String = redacted.chars().take(500).collect();
     if clipped.len() < redacted.len() {
