@@ -1757,7 +1757,10 @@ def tests_main(config_fd, result_fd, forked=False):
     results, collected = SPEC_RUN["results"], SPEC_RUN["collected"]
     # Stopped first: its output pipe closes only when it is gone.
     candidate.stop()
-    send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code), "output": candidate.output()})
+    # The solution's own import failure, so the report names it rather than
+    # the collection errors it caused in the tests.
+    send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code), "output": candidate.output(),
+                     "import_error": candidate.import_error})
     os._exit(0)
 
 
@@ -1981,6 +1984,7 @@ def check_function(request, deadline, prefork):
     cases = []
     problem = None
     outputs = []
+    import_error = None
     if fn.get("cases"):
         candidate = Candidate(limit, deadline, fn["call_cpu_s"], adopt=prefork.take_runner())
         for i, case in enumerate(fn["cases"]):
@@ -2007,6 +2011,7 @@ def check_function(request, deadline, prefork):
             except (ValueError, TypeError, IndexError, RecursionError) as e:
                 cases.append({"name": name, "error": "undecodable result: %s" % type(e).__name__})
         candidate.stop()
+        import_error = candidate.import_error
         outputs.append(candidate.output())
         # Whatever the candidate left running must not meet the tests process.
         kill_all_others()
@@ -2053,7 +2058,8 @@ def check_function(request, deadline, prefork):
         if pytest_results is not None:
             outputs.append(str(pytest_results.pop("output", "")))
         outputs.append(capture.text())
-    return {"cases": cases, "pytest": pytest_results, "problem": problem, "output": "".join(outputs)}
+    return {"cases": cases, "pytest": pytest_results, "problem": problem, "output": "".join(outputs),
+            "import_error": import_error}
 
 
 def case_arguments(value):

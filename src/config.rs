@@ -74,6 +74,36 @@ pub enum JsonMode {
     Off,
 }
 
+/// Which request field carries the completion cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokensParam {
+    /// `max_tokens`: every OpenAI-compatible server (vLLM, Ollama,
+    /// llama.cpp, LM Studio) and OpenAI's older models.
+    MaxTokens,
+    /// `max_completion_tokens`: OpenAI's reasoning models refuse `max_tokens`.
+    MaxCompletionTokens,
+}
+
+impl TokensParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokensParam::MaxTokens => "max_tokens",
+            TokensParam::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
+impl JsonMode {
+    /// The value of `KILN_LLM_JSON_MODE` that selects this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonMode::Object => "json_object",
+            JsonMode::Schema => "json_schema",
+            JsonMode::Off => "off",
+        }
+    }
+}
+
 /// Price of a model's tokens, US dollars per million.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
@@ -151,6 +181,19 @@ pub struct LlmSettings {
     pub model: Option<String>,
     /// `KILN_LLM_MAX_TOKENS` (default 8192): completion cap per request.
     pub max_tokens: u32,
+    /// `KILN_LLM_TOKENS_PARAM` (`max_tokens` or `max_completion_tokens`,
+    /// default `max_tokens`): the field the cap is sent in
+    /// (OpenAI-compatible providers; Anthropic always takes `max_tokens`).
+    pub tokens_param: TokensParam,
+    /// `KILN_LLM_TEMPERATURE` (default 0.2; `off` sends none, for models
+    /// that accept only their own): sampling temperature of first requests.
+    /// A retry whose answer repeated an earlier one is sent warmer.
+    pub temperature: Option<f32>,
+    /// `KILN_LLM_MAX_IN_FLIGHT` (default 0 = no cap): requests in flight at
+    /// once per provider across every worker, through Redis. Local servers
+    /// have one or few slots; waiting for this cap does not count toward
+    /// `KILN_LLM_TIMEOUT_S`.
+    pub max_in_flight: u32,
     /// `KILN_LLM_TIMEOUT_S` (default 300): one request, headers to last byte.
     pub request_timeout: Duration,
     /// `KILN_LLM_MAX_RETRIES` (default 8): provider faults (429, 5xx,
@@ -324,6 +367,29 @@ impl Settings {
                 });
             }
         };
+        let tokens_param = match src.get("KILN_LLM_TOKENS_PARAM").as_deref() {
+            None | Some("max_tokens") => TokensParam::MaxTokens,
+            Some("max_completion_tokens") => TokensParam::MaxCompletionTokens,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "KILN_LLM_TOKENS_PARAM",
+                    message: format!("unknown field {other:?}, expected \"max_tokens\" or \"max_completion_tokens\""),
+                });
+            }
+        };
+        let temperature = match src.get("KILN_LLM_TEMPERATURE").as_deref().map(str::trim) {
+            None => Some(0.2),
+            Some("off") => None,
+            Some(raw) => match raw.parse::<f32>() {
+                Ok(t) if (0.0..=2.0).contains(&t) => Some(t),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: "KILN_LLM_TEMPERATURE",
+                        message: format!("{raw:?}: expected a number from 0 to 2, or \"off\""),
+                    });
+                }
+            },
+        };
         let prices = match src.get("KILN_LLM_PRICES") {
             None => std::collections::BTreeMap::new(),
             Some(raw) => parse_prices(&raw).map_err(|message| ConfigError::Invalid {
@@ -376,7 +442,10 @@ impl Settings {
                     .to_owned(),
                 api_key,
                 model: src.get("KILN_LLM_MODEL"),
-                max_tokens: src.parse("KILN_LLM_MAX_TOKENS", 8192)?,
+                max_tokens: src.positive("KILN_LLM_MAX_TOKENS", 8192)?,
+                tokens_param,
+                temperature,
+                max_in_flight: src.parse("KILN_LLM_MAX_IN_FLIGHT", 0)?,
                 request_timeout: src.secs("KILN_LLM_TIMEOUT_S", 300)?,
                 max_retries: src.parse("KILN_LLM_MAX_RETRIES", 8)?,
                 backoff_base: src.millis("KILN_LLM_BACKOFF_MS", 500)?,
@@ -617,6 +686,32 @@ mod tests {
         assert!((s.llm.prices["claude-x"].completion_per_mtok - 15.0).abs() < 1e-12);
         let err = Settings::from_vars(vars(&[("KILN_LLM_PRICES", "gpt=cheap")])).unwrap_err();
         assert!(err.to_string().starts_with("KILN_LLM_PRICES:"), "{err}");
+    }
+
+    #[test]
+    fn request_parameters_are_read_and_bad_ones_name_their_variable() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.llm.temperature, Some(0.2));
+        assert_eq!(s.llm.tokens_param, TokensParam::MaxTokens);
+        assert_eq!(s.llm.max_in_flight, 0);
+        let s = Settings::from_vars(vars(&[
+            ("KILN_LLM_TEMPERATURE", "off"),
+            ("KILN_LLM_TOKENS_PARAM", "max_completion_tokens"),
+            ("KILN_LLM_MAX_IN_FLIGHT", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(s.llm.temperature, None);
+        assert_eq!(s.llm.tokens_param, TokensParam::MaxCompletionTokens);
+        assert_eq!(s.llm.max_in_flight, 2);
+        for (var, value) in [
+            ("KILN_LLM_TEMPERATURE", "hot"),
+            ("KILN_LLM_TEMPERATURE", "3"),
+            ("KILN_LLM_TOKENS_PARAM", "tokens"),
+            ("KILN_LLM_MAX_TOKENS", "0"),
+        ] {
+            let err = Settings::from_vars(vars(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{var}:")), "{err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.
 //! - [`worker`]: the worker process (claims, heartbeats, shutdown).
+//! - [`preflight`]: `kiln-worker check`: each dependency tried for real.
 //! - [`http`]: the dispatcher's HTTP API v1.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
@@ -41,6 +42,7 @@ pub mod llm;
 pub mod mock_llm;
 pub mod parse;
 pub mod pipeline;
+pub mod preflight;
 pub mod prompt;
 pub mod queue;
 pub mod report;

@@ -40,6 +40,10 @@
 //! `POST /_mock/outage {"status": 503}` starts an outage (every request
 //! answered with that status) and `{"status": null}` ends it.
 //!
+//! A worker's pre-flight check (`X-Kiln-Attempt-Id: preflight-…`) is
+//! answered `{"files": [], "notes": "ok"}` at once and left out of the log
+//! and counters: it belongs to no job, and scripts and counts are per job.
+//!
 //! `GET /_mock/stats` returns counters (requests, by status, by script,
 //! attempt ids requested more than once); `GET /_mock/requests` the log of
 //! requests (attempt id, script, attempt, status, authorization, time).
@@ -153,6 +157,11 @@ pub struct RequestRecord {
     /// supposed to see the key; tests check nobody else does).
     pub authorization: Option<String>,
     pub at_ms: u128,
+    /// The request's parameters that Kiln's settings choose: `temperature`,
+    /// `max_tokens` / `max_completion_tokens` and `response_format`'s type
+    /// (absent ones are null).
+    #[serde(default)]
+    pub params: Value,
 }
 
 #[derive(Default)]
@@ -396,7 +405,14 @@ impl MockState {
         }
     }
 
-    fn answer(&self, headers: &HeaderMap, model: String, messages: &[Value], system_chars: usize) -> Answer {
+    fn answer(
+        &self,
+        headers: &HeaderMap,
+        model: String,
+        messages: &[Value],
+        system_chars: usize,
+        params: Value,
+    ) -> Answer {
         let spec_prompt = messages
             .iter()
             .find(|m| m["role"] == "user")
@@ -430,6 +446,7 @@ impl MockState {
             status: 200,
             authorization,
             at_ms: now_ms(),
+            params,
         });
         let record_index = log.requests.len() - 1;
         drop(log);
@@ -582,10 +599,39 @@ async fn respond(
     with_headers(response, &fault.headers)
 }
 
+/// What [`RequestRecord::params`] keeps of a request body.
+fn params_of(body: &Value) -> Value {
+    json!({
+        "temperature": body["temperature"],
+        "max_tokens": body["max_tokens"],
+        "max_completion_tokens": body["max_completion_tokens"],
+        "response_format": body["response_format"]["type"],
+    })
+}
+
+/// True for a worker's pre-flight request (see the module doc).
+fn preflight(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-kiln-attempt-id")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|id| id.starts_with("preflight-"))
+}
+
+const PREFLIGHT_ANSWER: &str = r#"{"files": [], "notes": "ok"}"#;
+
 async fn openai(State(state): State<MockState>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if preflight(&headers) {
+        return Json(json!({
+            "id": "chatcmpl-mock-preflight",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": PREFLIGHT_ANSWER}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }))
+        .into_response();
+    }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("deployment").to_owned();
-    let answer = state.answer(&headers, model, &messages, 0);
+    let answer = state.answer(&headers, model, &messages, 0, params_of(&body));
     let (model, prompt_chars) = (answer.model.clone(), answer.prompt_chars);
     respond(&state, Protocol::OpenAi, answer, move |content, finish| {
         json!({
@@ -605,11 +651,22 @@ async fn openai(State(state): State<MockState>, headers: HeaderMap, Json(body): 
 }
 
 async fn anthropic(State(state): State<MockState>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if preflight(&headers) {
+        return Json(json!({
+            "id": "msg_mock_preflight",
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "text", "text": PREFLIGHT_ANSWER}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }))
+        .into_response();
+    }
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let model = body["model"].as_str().unwrap_or("claude").to_owned();
     let system_chars = body["system"].as_str().map_or(0, str::len);
     let forced_tool = body["tool_choice"]["name"].as_str().map(str::to_owned);
-    let answer = state.answer(&headers, model, &messages, system_chars);
+    let answer = state.answer(&headers, model, &messages, system_chars, params_of(&body));
     let (model, prompt_chars) = (answer.model.clone(), answer.prompt_chars);
     respond(&state, Protocol::Anthropic, answer, move |content, finish| {
         // With a forced tool, the answer is the tool call's input, when it

@@ -40,6 +40,8 @@ pub struct PipelineSettings {
     /// Model used when the batch names none.
     pub default_model: Option<String>,
     pub max_tokens: u32,
+    /// Temperature of a first request (`None`: the model's default).
+    pub temperature: Option<f32>,
     /// Provider faults tolerated per attempt.
     pub llm_max_retries: u32,
     /// Sandbox faults tolerated per attempt.
@@ -261,7 +263,7 @@ impl Pipeline {
             });
         };
         let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
-        let messages = match previous {
+        let mut messages = match previous {
             None => vec![
                 Message::system(prompt::system_prompt(&job.spec)),
                 Message::user(prompt::spec_prompt(&job.spec)),
@@ -285,6 +287,12 @@ impl Pipeline {
                 )
             }
         };
+        if n > 1 && self.answers_of_run(job, n, cancel).await?.last_repeated {
+            // The same answer again would fail the same way: say so first.
+            if let Some(last) = messages.last_mut() {
+                last.content = format!("{REPEAT_NOTE}\n\n{}", last.content);
+            }
+        }
         let prompt = serde_json::to_value(&messages).expect("messages serialise");
         if job.options.cache
             && previous.is_none()
@@ -394,10 +402,22 @@ impl Pipeline {
     ) -> Result<Generated, Stop> {
         let lease = &job.lease;
         let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        // Each earlier answer of the run that repeated one before it makes
+        // this request warmer, so the model does not send it yet again (a
+        // temperature left to the model, `off`, is not touched).
+        let repeats = if attempt.n > 1 {
+            self.answers_of_run(job, attempt.n, cancel).await?.repeats
+        } else {
+            0
+        };
         let request = ChatRequest {
             model: attempt.model.clone(),
             messages,
             max_tokens: self.settings.max_tokens,
+            temperature: self
+                .settings
+                .temperature
+                .map(|t| (t + REPEAT_WARMING * repeats as f32).min(MAX_WARMED_TEMPERATURE)),
             json: true,
             attempt_id: attempt.id.to_string(),
         };
@@ -426,10 +446,20 @@ impl Pipeline {
             }
             self.sleep(self.guard.pace(&request.model, tokens).await, cancel)
                 .await?;
+            // Waiting for a place happens before the request is sent, so
+            // it never counts toward the request's timeout.
+            let place = tokio::select! {
+                () = cancel.cancelled() => return Err(Stop::Interrupted),
+                p = self.guard.take_place() => p,
+            };
             let started = Instant::now();
             let result = tokio::select! {
-                () = cancel.cancelled() => return Err(Stop::Interrupted),
-                r = self.llm.chat(&request) => r,
+                () = cancel.cancelled() => None,
+                r = self.llm.chat(&request) => Some(r),
+            };
+            self.guard.leave(place).await;
+            let Some(result) = result else {
+                return Err(Stop::Interrupted);
             };
             self.guard.record(&request.model, result.as_ref().map(|_| ())).await;
             match result {
@@ -449,6 +479,12 @@ impl Pipeline {
                     };
                     self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
                         .await?;
+                    if attempt.n > 1 {
+                        let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
+                        if earlier.contains(&answer.content) {
+                            warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
+                        }
+                    }
                     return Ok(Generated {
                         content: answer.content,
                         finish_reason: answer.finish_reason,
@@ -481,6 +517,24 @@ impl Pipeline {
                 },
             }
         }
+    }
+
+    /// The stored answers of the job's current run before attempt `n`.
+    async fn answers_of_run(&self, job: &Claimed, n: i32, cancel: &CancellationToken) -> Result<Answers, Stop> {
+        let attempts = self
+            .retry_db(cancel, || self.store.attempts(job.lease.job_id, true))
+            .await?;
+        let mut answers = Answers::default();
+        for a in attempts.into_iter().filter(|a| a.run == job.run && a.n < n) {
+            let Some(response) = a.response else {
+                continue;
+            };
+            let repeated = answers.seen.contains(&response);
+            answers.repeats += u32::from(repeated);
+            answers.last_repeated = repeated && a.n == n - 1;
+            answers.seen.insert(response);
+        }
+        Ok(answers)
     }
 
     /// Runs the tests in the sandbox, retrying sandbox faults under their
@@ -687,6 +741,32 @@ impl Pipeline {
     }
 }
 
+/// Said first in a repair prompt after an answer that repeated an earlier
+/// one of the run byte for byte.
+pub const REPEAT_NOTE: &str = "Your previous answer was byte for byte the same as an earlier answer, which \
+     already failed. Do not send it again: read the failures below and change the code.";
+
+/// How much warmer a request is per repeated answer before it, up to
+/// [`MAX_WARMED_TEMPERATURE`].
+const REPEAT_WARMING: f32 = 0.3;
+const MAX_WARMED_TEMPERATURE: f32 = 1.2;
+
+/// The answers of a run before some attempt.
+#[derive(Default)]
+struct Answers {
+    seen: std::collections::HashSet<String>,
+    /// Answers that repeated an earlier one byte for byte.
+    repeats: u32,
+    /// Whether the latest of them was such a repeat.
+    last_repeated: bool,
+}
+
+impl Answers {
+    fn contains(&self, answer: &str) -> bool {
+        self.seen.contains(answer)
+    }
+}
+
 /// The stored or fresh answer of an attempt.
 struct Generated {
     content: String,
@@ -861,6 +941,7 @@ mod tests {
         let s = PipelineSettings {
             default_model: None,
             max_tokens: 1,
+            temperature: None,
             llm_max_retries: 1,
             sandbox_max_retries: 1,
             backoff_base: Duration::from_millis(100),

@@ -33,13 +33,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::config::{SandboxKind, Settings};
+use crate::config::Settings;
 use crate::llm::LlmClient;
 use crate::llm::guard::Guard;
 use crate::pipeline::{JobEnd, Pipeline, PipelineSettings};
 use crate::queue::coordination::Coordination;
 use crate::queue::{self, Handler};
-use crate::sandbox::process::ProcessSandbox;
 use crate::sandbox::{Limits, Sandbox, Slots};
 use crate::store::liveness::Registration;
 use crate::store::{Store, StoreError};
@@ -106,22 +105,7 @@ impl Worker {
         let store = Store::connect(&settings.database_url, settings.worker.db_connections).await?;
         let llm = crate::llm::build(&settings.llm)?;
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
-        let sandbox: Arc<dyn Sandbox> = match settings.sandbox.kind {
-            SandboxKind::Process => {
-                let sandbox = ProcessSandbox::with_pool(&settings.sandbox.runtime, settings.sandbox.slots)?;
-                // A worker's first jobs should not wait for the servers to warm up.
-                sandbox.prewarm();
-                Arc::new(sandbox)
-            }
-            SandboxKind::Docker => Arc::new(
-                crate::sandbox::docker::DockerSandbox::connect(
-                    &settings.sandbox.image,
-                    &Limits::from_settings(&settings.sandbox),
-                    settings.sandbox.slots,
-                )
-                .await?,
-            ),
-        };
+        let sandbox = crate::sandbox::build(&settings.sandbox).await?;
         Ok(Worker::from_parts(
             settings,
             store,
@@ -150,6 +134,7 @@ impl Worker {
             settings: PipelineSettings {
                 default_model: settings.llm.model.clone(),
                 max_tokens: settings.llm.max_tokens,
+                temperature: settings.llm.temperature,
                 llm_max_retries: settings.llm.max_retries,
                 sandbox_max_retries: settings.worker.sandbox_max_retries,
                 backoff_base: settings.llm.backoff_base,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use kiln::report::{Outcome, TestReport};
 use kiln::sandbox::Limits;
 use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive};
+use serde_json::json;
 
 fn limits() -> Limits {
     Limits {
@@ -742,7 +743,52 @@ def test_roundtrip():
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
+/// A solution that raises while it is imported (no static check can see
+/// this one) is reported as not importing, at its line, once, whichever
+/// way the spec tests it; never as "collected no tests", and without the
+/// harness's frames.
+async fn a_solution_that_does_not_import_is_reported_as_such_once_without_harness_frames(backend: Backend) {
+    let _lock = exclusive().await;
+    let sandbox = TestSandbox::new(backend, &limits(), 1).await;
+    let solution = "import os\nCONFIG = dict(os.environ)['KILN_NOT_SET']\n\ndef add(a, b):\n    return a + b\n";
+    let test_code = "from solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n";
+    for (cases, code) in [(true, false), (false, true), (true, true)] {
+        let job = FunctionJob {
+            entry_point: "add".into(),
+            solution: solution.into(),
+            cases: if cases { vec![(json!([1, 2]), json!(3))] } else { vec![] },
+            test_code: code.then(|| test_code.to_owned()),
+        };
+        let report = sandbox.function_job(&job, &limits()).await;
+        assert!(!report.all_passed());
+        let problem = report.problem.clone().unwrap_or_default();
+        assert!(
+            problem
+                .starts_with("solution.py does not import: KeyError: 'KILN_NOT_SET' (solution.py line 2)\nTraceback"),
+            "cases {cases}, test_code {code}: {problem}"
+        );
+        let feedback = kiln::prompt::feedback(
+            &kiln::prompt::Failure {
+                validation: None,
+                tests: Some(&report),
+                other: None,
+            },
+            2,
+            3,
+        );
+        assert_eq!(feedback.matches("KeyError").count(), 1, "{feedback}");
+        for harness_frame in ["<string>", "runner_main", "in missing", "collected no tests", "harness"] {
+            assert!(!feedback.contains(harness_frame), "{harness_frame}: {feedback}");
+        }
+        assert!(
+            feedback.contains("CONFIG = dict(os.environ)['KILN_NOT_SET']"),
+            "{feedback}"
+        );
+    }
+}
+
 for_both_backends!(
+    a_solution_that_does_not_import_is_reported_as_such_once_without_harness_frames,
     python_semantics_are_judged_as_plain_pytest_judges_them,
     tricks_that_fool_plain_pytest_are_judged_failed,
     a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy,

@@ -159,6 +159,130 @@ async fn a_quota_error_fails_the_job_at_once_with_llm_quota() {
     d.stop().await;
 }
 
+/// llama-cpp-python's server answers a `response_format` it cannot do with
+/// a 500 and a validation error, every time: that is a setting's fault, so
+/// the job fails at once naming the setting, rather than retrying, opening
+/// the breaker and requeueing in silence.
+#[tokio::test]
+async fn a_setting_the_server_refuses_fails_the_job_at_once_naming_the_setting_even_behind_a_500() {
+    let env = TestEnv::new().await;
+    let refusal = r#"{"error": {"message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\"}]", "type": "internal_server_error"}}"#;
+    let script = format!(
+        r#"
+- name: no-schema
+  match: "`add_0`"
+  faults:
+    - {{status: 500, body: {}}}
+  responses:{}"#,
+        serde_json::to_string(refusal).unwrap(),
+        good_add("add_0")
+    );
+    let llm = mock(&script).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_LLM_JSON_MODE", "json_schema")]);
+    let (d, batch, ids) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
+    assert_eq!(batch["counts"]["failed"], 1, "{batch}");
+    let job = d.client.job(&ids[0]).await.unwrap();
+    assert_eq!(job["error"]["code"], "llm_config", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the server rejects response_format json_schema (HTTP 500: [{'type': 'literal_error'")
+            && message.ends_with("set KILN_LLM_JSON_MODE=json_object or off"),
+        "{message}"
+    );
+    assert_eq!(llm.requests().len(), 1, "a refused setting is not retried");
+    let a = d.attempts(&ids[0], false).await;
+    assert_eq!(
+        (a[0]["state"].as_str(), a[0]["llm_faults"].as_i64()),
+        (Some("error"), Some(0)),
+        "{a:?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn the_temperature_and_the_token_field_are_sent_as_configured() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(
+        &llm.base_url(),
+        &[
+            ("KILN_LLM_TEMPERATURE", "off"),
+            ("KILN_LLM_TOKENS_PARAM", "max_completion_tokens"),
+            ("KILN_LLM_MAX_TOKENS", "1234"),
+        ],
+    );
+    let (d, batch, _) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert_eq!(
+        llm.requests()[0].params,
+        json!({"temperature": null, "max_tokens": null, "max_completion_tokens": 1234, "response_format": "json_object"})
+    );
+    d.stop().await;
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(
+        &llm.base_url(),
+        &[("KILN_LLM_TEMPERATURE", "0.7"), ("KILN_LLM_JSON_MODE", "off")],
+    );
+    let (d, _, _) = run_batch(&env, &settings, json!({"specs": [add_spec(0)]})).await;
+    let params = &llm.requests()[0].params;
+    assert_eq!(
+        (
+            params["temperature"].as_f64().map(|t| (t * 100.0).round()),
+            &params["max_tokens"],
+            &params["response_format"]
+        ),
+        (Some(70.0), &json!(8192), &Value::Null)
+    );
+    d.stop().await;
+}
+
+/// The same wrong answer again would fail the same way and be paid for
+/// again: after a repeat the next request is warmer and its prompt says so.
+#[tokio::test]
+async fn after_an_answer_repeats_an_earlier_one_the_next_request_is_warmer_and_says_so() {
+    let env = TestEnv::new().await;
+    let llm = mock(
+        r#"
+- name: stubborn
+  match: "`add_0`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def add_0(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a - b\n"
+"#,
+    )
+    .await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let (d, batch, ids) = run_batch(
+        &env,
+        &settings,
+        json!({"specs": [add_spec(0)], "options": {"max_attempts": 4}}),
+    )
+    .await;
+    assert_eq!(batch["counts"]["failed"], 1, "{batch}");
+    // Attempt 2 repeats attempt 1, attempt 3 repeats both: each repeat
+    // before a request warms it by 0.3.
+    let temperatures: Vec<i64> = llm
+        .requests()
+        .iter()
+        .map(|r| (r.params["temperature"].as_f64().unwrap() * 100.0).round() as i64)
+        .collect();
+    assert_eq!(temperatures, vec![20, 20, 50, 80]);
+    let attempts = d.attempts(&ids[0], true).await;
+    let leads: Vec<bool> = attempts
+        .iter()
+        .map(|a| {
+            a["prompt"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .starts_with(kiln::pipeline::REPEAT_NOTE)
+        })
+        .collect();
+    assert_eq!(leads, vec![false, false, true, true]);
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn when_provider_faults_outlast_their_limit_the_job_fails_with_llm_unavailable() {
     let env = TestEnv::new().await;
@@ -451,6 +575,7 @@ async fn replay(
         model: "m".into(),
         messages: vec![Message::system("s"), Message::user("spec")],
         max_tokens: 100,
+        temperature: Some(0.2),
         json: true,
         attempt_id: uuid::Uuid::new_v4().to_string(),
     };

@@ -1,5 +1,6 @@
-//! The LLM layer across real worker processes: one rate limit shared by all
-//! of them, and the API key staying inside the worker.
+//! The LLM layer across real worker processes: one rate limit and one cap
+//! on requests in flight shared by all of them, and the API key staying
+//! inside the worker.
 
 mod support;
 
@@ -140,5 +141,61 @@ def test_the_environment_is_reported_for_inspection():
         !log.contains(&key) && !log.contains("kiln-planted"),
         "the key leaked into the worker's log"
     );
+    d.stop().await;
+}
+
+/// Answers every `add_N` spec correctly, slowly: each request takes 400 ms
+/// at the server, like a local model server's one slot.
+const SLOW_ADD_SCRIPT: &str = r#"
+- name: slow-add
+  match: "`(?P<name>add_\\d+)`"
+  latency_ms: 400
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_keep_to_one_shared_in_flight_cap_and_waiting_for_it_never_times_a_request_out() {
+    let env = TestEnv::new().await;
+    let llm = support::mock(SLOW_ADD_SCRIPT).await;
+    let d = Dispatcher::start(&env.settings(&llm.base_url(), &[])).await;
+    // 24 jobs queue for 2 places far longer than the 1 s request timeout;
+    // each request itself takes 0.4 s.
+    let vars = env.vars(
+        &llm.base_url(),
+        &[
+            ("KILN_LLM_MAX_IN_FLIGHT", "2"),
+            ("KILN_LLM_TIMEOUT_S", "1"),
+            ("KILN_WORKER_CONCURRENCY", "8"),
+        ],
+    );
+    let _workers: Vec<Proc> = (0..2).map(|_| Proc::spawn("kiln-worker", &vars)).collect();
+    let specs: Vec<Value> = (0..24).map(add_spec).collect();
+    let started = Instant::now();
+    let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
+    let batch = wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(180),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(batch["counts"]["succeeded"], 24, "{batch}");
+    let faults: i64 = sqlx::query_scalar("SELECT COALESCE(sum(llm_faults), 0)::bigint FROM attempts")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(faults, 0, "a request timed out or failed while waiting for its place");
+
+    // A third request can only arrive once one of the two before it was
+    // answered (400 ms at the server): at most two in flight at any time.
+    let mut arrivals: Vec<u128> = llm.requests().iter().map(|r| r.at_ms).collect();
+    assert_eq!(arrivals.len(), 24, "each job asked the model once");
+    arrivals.sort_unstable();
+    let tightest = arrivals.windows(3).map(|w| w[2] - w[0]).min().unwrap();
+    eprintln!("24 jobs in {elapsed:?} with 2 in flight; tightest three arrivals {tightest} ms apart");
+    assert!(tightest >= 380, "three requests in flight at once: {tightest} ms");
     d.stop().await;
 }

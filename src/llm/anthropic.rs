@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::wire::{parse_body, post_json};
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, files_schema, http_client};
-use crate::config::{JsonMode, LlmSettings};
+use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, Sent, files_schema, http_client, name_the_setting};
+use crate::config::{JsonMode, LlmSettings, TokensParam};
 use crate::store::attempts::TokenUsage;
 
 /// The Messages API version Kiln speaks.
@@ -100,10 +100,12 @@ impl LlmClient for AnthropicClient {
             let mut body = json!({
                 "model": request.model,
                 "max_tokens": request.max_tokens,
-                "temperature": 0.2,
                 "system": system.join("\n\n"),
                 "messages": messages,
             });
+            if let Some(t) = request.temperature {
+                body["temperature"] = t.into();
+            }
             if request.json && self.json_mode != JsonMode::Off {
                 body["tools"] = json!([{
                     "name": TOOL,
@@ -112,7 +114,14 @@ impl LlmClient for AnthropicClient {
                 }]);
                 body["tool_choice"] = json!({"type": "tool", "name": TOOL});
             }
-            let text = post_json(&self.http, &self.url, &request.attempt_id, &body, self.timeout).await?;
+            let sent = Sent {
+                json_mode: (request.json && self.json_mode != JsonMode::Off).then_some(self.json_mode),
+                tokens_param: TokensParam::MaxTokens,
+                temperature: request.temperature,
+            };
+            let text = post_json(&self.http, &self.url, &request.attempt_id, &body, self.timeout)
+                .await
+                .map_err(|e| name_the_setting(e, sent, &request.model))?;
             parse_message(&text)
         })
     }

@@ -13,6 +13,13 @@
 //!   after the cooldown one probe request at a time tests the provider, and
 //!   the first success closes it.
 //!
+//! - In flight: at most `KILN_LLM_MAX_IN_FLIGHT` requests at once per
+//!   provider across all workers (local servers have one or few slots, and
+//!   a request queued inside the server burns its timeout there). A request
+//!   waits for a place before it is sent, so that wait never counts toward
+//!   `KILN_LLM_TIMEOUT_S`; a place held by a worker that died lapses after
+//!   the request timeout.
+//!
 //! Redis trouble never blocks a request: the guard fails open.
 
 use std::time::Duration;
@@ -36,7 +43,17 @@ pub struct Guard {
     tpm: u32,
     breaker_failures: u32,
     breaker_cooldown: Duration,
+    max_in_flight: u32,
+    /// How long a place in flight is held at most: the request's timeout
+    /// plus a margin for reading the answer.
+    hold: Duration,
 }
+
+/// A place among the provider's requests in flight; give it back with
+/// [`Guard::leave`].
+#[derive(Debug)]
+#[must_use = "a place is held until it is given back or lapses"]
+pub struct Place(Option<String>);
 
 impl Guard {
     pub fn new(shared: Coordination, settings: &LlmSettings) -> Guard {
@@ -47,6 +64,44 @@ impl Guard {
             tpm: settings.tpm,
             breaker_failures: settings.breaker_failures,
             breaker_cooldown: settings.breaker_cooldown,
+            max_in_flight: settings.max_in_flight,
+            hold: settings.request_timeout + Duration::from_secs(30),
+        }
+    }
+
+    /// Waits for a place among the provider's requests in flight (at once
+    /// when there is no cap). Polls: a place frees when a request ends,
+    /// which no worker can be told about cheaper than this.
+    pub async fn take_place(&self) -> Place {
+        if self.max_in_flight == 0 {
+            return Place(None);
+        }
+        let holder = uuid::Uuid::new_v4().simple().to_string();
+        loop {
+            match self
+                .shared
+                .take_in_flight(self.provider, self.max_in_flight, &holder, self.hold)
+                .await
+            {
+                Ok(true) => return Place(Some(holder)),
+                Ok(false) => {
+                    let jitter = rand::random_range(0..100);
+                    tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "in-flight cap unreadable; proceeding");
+                    return Place(None);
+                }
+            }
+        }
+    }
+
+    /// Gives a place back.
+    pub async fn leave(&self, place: Place) {
+        if let Some(holder) = place.0
+            && let Err(e) = self.shared.release_in_flight(self.provider, &holder).await
+        {
+            warn!(error = %e, "in-flight place not given back; it lapses by itself");
         }
     }
 
@@ -142,7 +197,12 @@ impl Guard {
                 Err(e) => warn!(error = %e, "breaker state not updated"),
             },
             // The provider answered, just not with what we wanted.
-            Err(LlmError::Quota { .. } | LlmError::Auth { .. } | LlmError::Rejected { .. }) => {}
+            Err(
+                LlmError::Quota { .. }
+                | LlmError::Auth { .. }
+                | LlmError::Rejected { .. }
+                | LlmError::Misconfigured { .. },
+            ) => {}
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{LlmProvider, LlmSettings};
+use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
 use crate::store::attempts::TokenUsage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +63,8 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub max_tokens: u32,
+    /// Sampling temperature; `None` sends none (the model's own default).
+    pub temperature: Option<f32>,
     /// Ask for a JSON object (provider's JSON mode where supported).
     pub json: bool,
     /// The attempt this request belongs to, sent as `X-Kiln-Attempt-Id` so
@@ -113,6 +115,17 @@ pub enum LlmError {
     /// The provider refused the request itself (unknown model, too long…).
     #[error("request rejected (HTTP {status}): {message}")]
     Rejected { status: u16, message: String },
+    /// The provider refuses a parameter that a Kiln setting chose (the JSON
+    /// mode, the token field, the temperature, the model): every request
+    /// would fail the same way, so retrying cannot help. `fix` names the
+    /// setting to change; some servers answer such a request with a 500.
+    #[error("the server rejects {what} (HTTP {status}: {message}): {fix}")]
+    Misconfigured {
+        status: u16,
+        what: String,
+        message: String,
+        fix: String,
+    },
 }
 
 /// What the pipeline does with an [`LlmError`].
@@ -136,6 +149,7 @@ impl LlmError {
             LlmError::Quota { .. } => Disposition::Fail("llm_quota"),
             LlmError::Auth { .. } => Disposition::Fail("llm_auth"),
             LlmError::Rejected { .. } => Disposition::Fail("llm_rejected"),
+            LlmError::Misconfigured { .. } => Disposition::Fail("llm_config"),
         }
     }
 }
@@ -212,7 +226,106 @@ impl LlmError {
             LlmError::Quota { .. } => "quota",
             LlmError::Auth { .. } => "auth",
             LlmError::Rejected { .. } => "rejected",
+            LlmError::Misconfigured { .. } => "misconfigured",
         }
+    }
+}
+
+/// The request parameters Kiln's settings chose, as sent: what a provider's
+/// complaint is matched against to name the setting to change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    pub json_mode: Option<JsonMode>,
+    pub tokens_param: TokensParam,
+    pub temperature: Option<f32>,
+}
+
+/// Turns a refusal that names a parameter Kiln's settings chose into
+/// [`LlmError::Misconfigured`], naming the setting; other errors pass
+/// through. Only refusals are looked at (4xx other than 429, and 5xx whose
+/// text names the parameter: llama.cpp's Python server answers a
+/// `response_format` it cannot do with a 500), never transport faults.
+pub(crate) fn name_the_setting(error: LlmError, sent: Sent, model: &str) -> LlmError {
+    let (status, message) = match &error {
+        LlmError::Rejected { status, message } | LlmError::Unavailable { status, message } => (*status, message),
+        _ => return error,
+    };
+    let lower = message.to_ascii_lowercase();
+    let refusal = |word: &str| {
+        lower.contains(word)
+            && [
+                "unsupported",
+                "not supported",
+                "should be",
+                "must be",
+                "invalid",
+                "unrecognized",
+                "not allowed",
+                "unknown",
+                "extra",
+                "not permitted",
+                "does not support",
+                "instead",
+                "expected",
+            ]
+            .iter()
+            .any(|w| lower.contains(w))
+    };
+    let found = if let Some(mode) = sent.json_mode
+        && (refusal("response_format") || refusal("json_schema") || refusal("json_object"))
+    {
+        let others = match mode {
+            JsonMode::Schema => "json_object or off",
+            JsonMode::Object => "off (or json_schema)",
+            JsonMode::Off => unreachable!("no response_format is sent with off"),
+        };
+        Some((
+            format!("response_format {}", mode.as_str()),
+            format!("set KILN_LLM_JSON_MODE={others}"),
+        ))
+    } else if refusal(sent.tokens_param.as_str()) {
+        let other = match sent.tokens_param {
+            TokensParam::MaxTokens => TokensParam::MaxCompletionTokens,
+            TokensParam::MaxCompletionTokens => TokensParam::MaxTokens,
+        };
+        Some((
+            format!("the field {}", sent.tokens_param.as_str()),
+            format!("set KILN_LLM_TOKENS_PARAM={}", other.as_str()),
+        ))
+    } else if let Some(t) = sent.temperature
+        && refusal("temperature")
+    {
+        Some((
+            format!("temperature {t}"),
+            "set KILN_LLM_TEMPERATURE=off (or a value the model accepts)".to_owned(),
+        ))
+    } else if (400..500).contains(&status)
+        && lower.contains("model")
+        && [
+            "not found",
+            "does not exist",
+            "unknown model",
+            "no such model",
+            "not exist",
+        ]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        Some((
+            format!("the model {model:?}"),
+            "set KILN_LLM_MODEL (or the batch's options.model) to a model the server serves".to_owned(),
+        ))
+    } else {
+        None
+    };
+    match found {
+        Some((what, fix)) => LlmError::Misconfigured {
+            status,
+            what,
+            message: message.clone(),
+            fix,
+        },
+        None => error,
     }
 }
 
@@ -228,6 +341,9 @@ pub(crate) fn clip_provider_message(body: &str) -> String {
                 .and_then(|m| m.as_str().map(str::to_owned))
         })
         .unwrap_or_else(|| body.to_owned());
+    // One line: it ends up in a job's error, a log line and the check's
+    // report (servers put tracebacks in theirs).
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let redacted = redact_keys(&text);
     let mut clipped: String = redacted.chars().take(500).collect();
     if clipped.len() < redacted.len() {
@@ -270,6 +386,79 @@ mod tests {
             .disposition(),
             Disposition::Fail("llm_quota")
         );
+    }
+
+    fn sent(json_mode: Option<JsonMode>) -> Sent {
+        Sent {
+            json_mode,
+            tokens_param: TokensParam::MaxTokens,
+            temperature: Some(0.2),
+        }
+    }
+
+    #[test]
+    fn a_refused_setting_is_named_with_the_variable_to_change() {
+        // llama-cpp-python's server: a 500 for a response_format it cannot do.
+        let e = name_the_setting(
+            LlmError::Unavailable {
+                status: 500,
+                message: "response_format.type should be 'text' or 'json_object'".into(),
+            },
+            sent(Some(JsonMode::Schema)),
+            "m",
+        );
+        assert_eq!(e.disposition(), Disposition::Fail("llm_config"));
+        assert!(
+            e.to_string()
+                .contains("rejects response_format json_schema (HTTP 500: response_format.type should be"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().ends_with("set KILN_LLM_JSON_MODE=json_object or off"),
+            "{e}"
+        );
+        // OpenAI's reasoning models.
+        let e = name_the_setting(
+            LlmError::Rejected {
+                status: 400,
+                message: "Unsupported parameter: 'max_tokens' is not supported with this model. Use                           'max_completion_tokens' instead."
+                    .into(),
+            },
+            sent(Some(JsonMode::Object)),
+            "m",
+        );
+        assert!(
+            e.to_string()
+                .ends_with("set KILN_LLM_TOKENS_PARAM=max_completion_tokens"),
+            "{e}"
+        );
+        let e = name_the_setting(
+            LlmError::Rejected {
+                status: 404,
+                message: "The model `gpt-9` does not exist".into(),
+            },
+            sent(None),
+            "gpt-9",
+        );
+        assert!(e.to_string().contains("KILN_LLM_MODEL"), "{e}");
+    }
+
+    #[test]
+    fn an_ordinary_outage_is_not_taken_for_a_setting() {
+        for e in [
+            LlmError::Unavailable {
+                status: 503,
+                message: "upstream overloaded".into(),
+            },
+            LlmError::Unavailable {
+                status: 500,
+                message: "response_format handling crashed: CUDA out of memory".into(),
+            },
+            LlmError::Timeout(Duration::from_secs(1)),
+        ] {
+            let before = e.clone();
+            assert_eq!(name_the_setting(e, sent(Some(JsonMode::Object)), "m"), before);
+        }
     }
 
     #[test]

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::wire::{parse_body, post_json};
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, files_schema, http_client};
-use crate::config::{JsonMode, LlmProvider, LlmSettings};
+use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Sent, files_schema, http_client, name_the_setting};
+use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
 use crate::store::attempts::TokenUsage;
 
 /// A client for one OpenAI-compatible (or Azure OpenAI) endpoint.
@@ -24,6 +24,7 @@ pub struct OpenAiClient {
     base: String,
     azure_api_version: Option<String>,
     json_mode: JsonMode,
+    tokens_param: TokensParam,
     timeout: Duration,
 }
 
@@ -42,6 +43,7 @@ impl OpenAiClient {
             base: settings.base_url.trim_end_matches('/').to_owned(),
             azure_api_version: (settings.provider == LlmProvider::Azure).then(|| settings.api_version.clone()),
             json_mode: settings.json_mode,
+            tokens_param: settings.tokens_param,
             timeout: settings.request_timeout,
         })
     }
@@ -91,11 +93,11 @@ struct CompletionUsage {
 impl LlmClient for OpenAiClient {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
-            let mut body = json!({
-                "messages": request.messages,
-                "max_tokens": request.max_tokens,
-                "temperature": 0.2,
-            });
+            let mut body = json!({ "messages": request.messages });
+            body[self.tokens_param.as_str()] = request.max_tokens.into();
+            if let Some(t) = request.temperature {
+                body["temperature"] = t.into();
+            }
             if self.azure_api_version.is_none() {
                 body["model"] = request.model.clone().into();
             }
@@ -111,6 +113,11 @@ impl LlmClient for OpenAiClient {
                     JsonMode::Off => {}
                 }
             }
+            let sent = Sent {
+                json_mode: (request.json && self.json_mode != JsonMode::Off).then_some(self.json_mode),
+                tokens_param: self.tokens_param,
+                temperature: request.temperature,
+            };
             let text = post_json(
                 &self.http,
                 &self.url(&request.model),
@@ -118,7 +125,8 @@ impl LlmClient for OpenAiClient {
                 &body,
                 self.timeout,
             )
-            .await?;
+            .await
+            .map_err(|e| name_the_setting(e, sent, &request.model))?;
             parse_completion(&text)
         })
     }

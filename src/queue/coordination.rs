@@ -99,6 +99,24 @@ static BREAKER_FAIL: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Takes one of ARGV[1] places in the in-flight set KEYS[1] (a sorted set
+/// of holders scored by when their hold lapses, so a holder that died
+/// frees its place after ARGV[3] ms). ARGV[2]: the holder's id.
+/// Returns 1 when taken, 0 when every place is held.
+static IN_FLIGHT_TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+        redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 60000)
+        return 1
+        ",
+    )
+});
+
 /// A handle on the shared state of one deployment (one queue namespace).
 #[derive(Clone)]
 pub struct Coordination {
@@ -217,6 +235,54 @@ impl Coordination {
             .invoke_async(&mut conn)
             .await?;
         Ok(Duration::from_millis(ms.max(0) as u64))
+    }
+
+    /// Answers when Redis does: the pre-flight check's probe.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Tries to take one of `cap` places of the in-flight set `name` for
+    /// `holder`, held at most `hold` (then it lapses by itself, so a worker
+    /// that died holding one blocks nobody for longer). True when taken.
+    pub async fn take_in_flight(&self, name: &str, cap: u32, holder: &str, hold: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let taken: i64 = IN_FLIGHT_TAKE
+            .key(self.key(&["in_flight", name]))
+            .arg(cap)
+            .arg(holder)
+            .arg(hold.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives back `holder`'s place in the in-flight set `name`.
+    pub async fn release_in_flight(&self, name: &str, holder: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.key(&["in_flight", name]))
+            .arg(holder)
+            .query_async::<i64>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// How many places of the in-flight set `name` are held now.
+    pub async fn in_flight(&self, name: &str) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let held: u64 = redis::cmd("ZCOUNT")
+            .arg(self.key(&["in_flight", name]))
+            .arg(now_ms as u64)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        Ok(held)
     }
 
     /// A success closes the breaker and forgets its history.

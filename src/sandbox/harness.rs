@@ -215,6 +215,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 struct RawPytest {
     collected: Vec<String>,
     results: Vec<RawPytestResult>,
+    /// Why the solution did not import in the tests' runner, if it did not.
+    #[serde(default)]
+    import_error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +238,61 @@ struct RawReport {
     problem: Option<String>,
     #[serde(default)]
     output: String,
+    /// Why the solution did not import for the test cases, if it did not.
+    #[serde(default)]
+    import_error: Option<String>,
+}
+
+/// The report of a solution that does not import: that is the cause,
+/// stated once (the solution's own frames only), and no test ran. The
+/// collection errors and per-case errors it caused, and pytest's output of
+/// them (which shows the harness's proxy frames), would only repeat it and
+/// blame the tests.
+fn import_failure_report(spec: &FunctionSpec, import_error: &str) -> TestReport {
+    let traceback = import_error
+        .strip_prefix("importing solution failed:\n")
+        .unwrap_or(import_error)
+        .trim();
+    let exception = traceback
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    // The innermost frame of the answer's own files: `File "/work/src/x.py", line 3`.
+    let place = traceback.lines().rev().find_map(|l| {
+        let rest = l.trim().strip_prefix("File \"")?;
+        let (path, rest) = rest.split_once('"')?;
+        let line = rest.strip_prefix(", line ")?.split(',').next()?;
+        // The answer's files are under the sandbox's `/work/src/`.
+        let (_, path) = path.rsplit_once("/work/src/")?;
+        Some(format!("{path} line {line}"))
+    });
+    let summary = match place {
+        Some(place) => format!("solution.py does not import: {exception} ({place})"),
+        None => format!("solution.py does not import: {exception}"),
+    };
+    // The frames that lead there, without the exception line the summary
+    // already states.
+    let frames = traceback.strip_suffix(exception).unwrap_or(traceback).trim_end();
+    let problem = if frames.is_empty() {
+        summary
+    } else {
+        format!("{summary}\n{frames}")
+    };
+    let not_run = |name: String| TestCase {
+        name,
+        outcome: Outcome::Error,
+        message: "not run: solution.py does not import".into(),
+    };
+    let mut cases: Vec<TestCase> = (0..spec.test_cases.len())
+        .map(|i| not_run(format!("case_{i}")))
+        .collect();
+    if spec.test_code.is_some() {
+        cases.push(not_run("test_code".into()));
+    }
+    let expected = cases.len().max(1);
+    TestReport::from_cases(cases, expected, String::new(), Some(problem))
 }
 
 fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
@@ -242,6 +300,13 @@ fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
         Ok(r) => r,
         Err(e) => return TestReport::from_cases(Vec::new(), 1, String::new(), Some(format!("unreadable report: {e}"))),
     };
+    if let Some(import_error) = raw
+        .import_error
+        .as_deref()
+        .or_else(|| raw.pytest.as_ref().and_then(|p| p.import_error.as_deref()))
+    {
+        return import_failure_report(spec, import_error);
+    }
     let name = spec.entry_point.as_deref().unwrap_or("function");
     let mut cases = Vec::new();
     for (case, expected) in raw.cases.into_iter().zip(&spec.test_cases) {

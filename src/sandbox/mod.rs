@@ -96,6 +96,21 @@ pub enum SandboxError {
     Harness(String),
 }
 
+/// The configured backend, ready to run.
+pub async fn build(settings: &crate::config::SandboxSettings) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
+    Ok(match settings.kind {
+        crate::config::SandboxKind::Process => {
+            let sandbox = process::ProcessSandbox::with_pool(&settings.runtime, settings.slots)?;
+            // A worker's first jobs should not wait for the servers to warm up.
+            sandbox.prewarm();
+            std::sync::Arc::new(sandbox)
+        }
+        crate::config::SandboxKind::Docker => std::sync::Arc::new(
+            docker::DockerSandbox::connect(&settings.image, &Limits::from_settings(settings), settings.slots).await?,
+        ),
+    })
+}
+
 /// A place where untrusted code can run.
 pub trait Sandbox: Send + Sync {
     /// `process` or `docker`.

@@ -28,6 +28,9 @@
 //! | `missing-file` | error | `solution.py`, or a file every service needs |
 //! | `entry-point` | error | the function spec's entry point is not bound at module level |
 //! | `entry-signature` | error | `async def`, or parameters the harness's calls do not fit |
+//! | `name-undefined` | error (warning in tests) | a name read that nothing in the module binds and no builtin provides (ruff's F821) |
+//! | `empty-body` | error | the entry point's body is only a docstring, `pass` or `...` |
+//! | `import-self` | error | a module importing itself (`from solution import f` in `solution.py`) |
 //! | `security-eval` | error (warning in function solutions and tests) | `eval`, `exec`, `compile` |
 //! | `security-import` | error | `__import__`, `importlib.import_module` and other dynamic imports |
 //! | `security-shell` | error | `os.system`, `os.popen`, `subprocess` with `shell=True` |
@@ -74,6 +77,7 @@
 //! - [`paths`]: file names and sizes.
 //! - [`python`]: parsing every `.py` file, positions, shared syntax helpers.
 //! - [`entry`]: the function spec's entry point and its signature.
+//! - [`names`]: undefined names, empty bodies, self-imports.
 //! - [`security`]: the security policy on the syntax tree.
 //! - [`imports`]: the import allow-list, with [`stdlib`] (Python 3.11's
 //!   module names) and [`packages`] (what the sandbox runtime installs).
@@ -87,6 +91,7 @@ pub mod compose;
 pub mod dockerfile;
 pub mod entry;
 pub mod imports;
+pub mod names;
 pub mod packages;
 pub mod paths;
 pub mod python;
@@ -124,6 +129,11 @@ pub fn validate(spec: &Spec, files: &[File]) -> ValidationReport {
     for module in modules.iter().filter(|m| m.has_valid_syntax()) {
         diagnostics.extend(imports::check(module, &context, service));
         diagnostics.extend(security::check(module, policy(spec, module)));
+        let entry_point = match spec {
+            Spec::Function(f) if module.path() == "solution.py" => f.entry_point.as_deref(),
+            _ => None,
+        };
+        diagnostics.extend(names::check(module, entry_point));
     }
     match spec {
         Spec::Function(f) => match modules.iter().find(|m| m.path() == "solution.py") {
