@@ -1717,14 +1717,24 @@ def run_prepared_pytest():
         session.exitstatus = ExitCode.USAGE_ERROR
     except Failed:
         session.exitstatus = ExitCode.TESTS_FAILED
-    except (KeyboardInterrupt, pytest.exit.Exception) as e:
-        code = getattr(e, "returncode", None)
+    except (KeyboardInterrupt, pytest.exit.Exception):
+        # Collection errors end here too (pytest's `Interrupted`); the
+        # terminal summary needs the hook call to report them.
+        excinfo = pytest.ExceptionInfo.from_current()
+        code = getattr(excinfo.value, "returncode", None)
         session.exitstatus = code if code is not None else ExitCode.INTERRUPTED
+        config.hook.pytest_keyboard_interrupt(excinfo=excinfo)
     except BaseException:  # noqa: BLE001 - as pytest: an internal error of the run
         session.exitstatus = ExitCode.INTERNAL_ERROR
-        traceback.print_exc()
+        try:
+            config.notify_exception(pytest.ExceptionInfo.from_current(), config.option)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
     finally:
-        config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+        try:
+            config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+        except BaseException:  # noqa: BLE001 - the results are recorded already
+            traceback.print_exc()
     return session.exitstatus
 
 
