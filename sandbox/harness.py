@@ -211,14 +211,19 @@ def kill_all_others(spare=()):
             return
         except PermissionError:
             return
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        reap_children()
         time.sleep(0.005)
+
+
+def reap_children():
+    """Reaps every child of ours that has exited, without waiting."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def kill_all_but(keep):
@@ -231,13 +236,7 @@ def kill_all_but(keep):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        reap_children()
         time.sleep(0.005)
 
 

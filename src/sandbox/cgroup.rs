@@ -168,21 +168,10 @@ impl RunGroup {
         }
     }
 
-    /// Whether the kernel killed something for exceeding the memory limit.
+    /// Whether the kernel killed something for exceeding the memory limit
+    /// (or, on v1, the limit was hit) since the group was made.
     pub fn oom_killed(&self) -> bool {
-        let dir = &self.dirs[0];
-        let count = |text: String, key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse::<u64>().unwrap_or(0)))
-                .unwrap_or(0)
-        };
-        if self.version == 2 {
-            fs::read_to_string(dir.join("memory.events")).is_ok_and(|t| count(t, "oom_kill ") > 0)
-        } else {
-            fs::read_to_string(dir.join("memory.oom_control")).is_ok_and(|t| count(t, "oom_kill ") > 0)
-                || fs::read_to_string(dir.join("memory.failcnt"))
-                    .is_ok_and(|t| t.trim().parse::<u64>().unwrap_or(0) > 0)
-        }
+        self.memory_limit_events() > 0
     }
 
     /// Kills every process in the run's groups and waits until they are gone.

@@ -165,6 +165,16 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// Waits for a free slot; held until the permit is dropped.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SandboxError> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))
+    }
+}
+
 impl Sandbox for Slots {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -177,11 +187,7 @@ impl Sandbox for Slots {
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
-            let _slot = self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))?;
+            let _slot = self.slot().await?;
             self.inner.run_python(args, stdin, limits).await
         })
     }
@@ -193,11 +199,7 @@ impl Sandbox for Slots {
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
-            let _slot = self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| SandboxError::Unavailable("the sandbox is shutting down".into()))?;
+            let _slot = self.slot().await?;
             self.inner.run_harness(request, hint, limits).await
         })
     }

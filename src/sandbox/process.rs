@@ -554,20 +554,22 @@ impl Inner {
         }
     }
 
+    /// Fresh cgroups for a run or a server, where the machine allows them.
+    fn new_group(&self) -> Result<Option<RunGroup>, SandboxError> {
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(None);
+        };
+        let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+        cgroups
+            .create(&name)
+            .map(Some)
+            .map_err(|e| SandboxError::Unavailable(format!("creating a sandbox cgroup: {e}")))
+    }
+
     /// Starts a server in a sandbox and cgroup of its own and waits until
     /// it is warm.
     async fn spawn_server(&self) -> Result<Server, SandboxError> {
-        let group = match &self.cgroups {
-            None => None,
-            Some(cgroups) => {
-                let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
-                Some(
-                    cgroups
-                        .create(&name)
-                        .map_err(|e| SandboxError::Unavailable(format!("creating a server's cgroup: {e}")))?,
-                )
-            }
-        };
+        let group = self.new_group()?;
         let mut command = Command::new("/bin/sh");
         command
             .args(["-c", r#"read -r go || exit 111; exec "$@""#, "kiln-sandbox"])
@@ -726,17 +728,7 @@ impl Inner {
 
     /// Starts a run's shell and moves it into fresh cgroups.
     async fn spawn_zygote(&self, key: &Key) -> Result<Zygote, SandboxError> {
-        let group = match &self.cgroups {
-            None => None,
-            Some(cgroups) => {
-                let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
-                Some(
-                    cgroups
-                        .create(&name)
-                        .map_err(|e| SandboxError::Unavailable(format!("creating the run's cgroup: {e}")))?,
-                )
-            }
-        };
+        let group = self.new_group()?;
         let mut command = Command::new("/bin/sh");
         command
             .args(["-c", PREPARE, "kiln-sandbox"])
