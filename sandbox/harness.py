@@ -416,22 +416,32 @@ def prefork_waiting(main):
     out_r, out_w = os.pipe()
 
     def role():
-        try:
-            if recv(start_r).get("start") is not True:
-                return
-        except (EOFError, ValueError):
-            return
-        os.close(start_r)
-        confine()
-        import ctypes
-
-        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, as a fresh process
-        main(out_w)
+        if await_start(start_r):
+            os.close(start_r)
+            main(out_w)
 
     proc = fork_role(role, (start_r, out_w))
     os.close(start_r)
     os.close(out_w)
     return proc, start_w, out_r
+
+
+def await_start(fd):
+    """In a role forked before the run (`Prefork`): waits for the start
+    message on `fd`, then installs the seccomp filter (the role was forked
+    before the checker installed it) and becomes dumpable again, as a fresh
+    process is, so the candidate's code may read its own /proc/self files.
+    False when the run ends without starting it."""
+    try:
+        if recv(fd).get("start") is not True:
+            return False
+    except (EOFError, ValueError):
+        return False
+    confine()
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    return True
 
 
 def start_waiting(role):
@@ -1252,18 +1262,8 @@ def runner_main(req_fd, resp_fd, forked=False):
     (`Prefork`) waits for its start message, sent once the files are
     written, and installs the seccomp filter itself: it was forked before
     the checker installed it."""
-    if forked:
-        try:
-            if recv(req_fd).get("start") is not True:
-                return
-        except (EOFError, ValueError):
-            return
-        confine()
-        # Forked from a non-dumpable process, but the candidate's code may
-        # read its own /proc/self files, as it could in a fresh process.
-        import ctypes
-
-        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    if forked and not await_start(req_fd):
+        return
     prefer_oom_kill()
     sys.path.insert(0, SRC_DIR)
     os.chdir(SRC_DIR)
@@ -2219,10 +2219,8 @@ def warm_up():
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
             prepare_pytest()
-        except Exception:  # noqa: BLE001 - private pytest API; runs then call pytest.main
-            global PREPARED_PYTEST
-            PREPARED_PYTEST = None
-            import pytest  # noqa: F401 - still imported ahead
+        except Exception:  # noqa: BLE001 - private pytest API; PREPARED_PYTEST stays None and runs call pytest.main
+            pass
     for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
         try:
             __import__(name)
