@@ -270,6 +270,27 @@ fn python_cases() -> Vec<Case> {
             "type Pair = tuple[int, int]\n\n\ndef solve(a, b):\n    return a\n",
         )
         .expect(&["solution.py:1:1 error python-version"]),
+        Case::function(
+            "a_name_read_on_import_before_it_is_bound_is_flagged",
+            "def solve(a, b):\n    return a\n\n\nresult = solve(x, 1)\nx = 2\n",
+        )
+        .expect(&["solution.py:5:16 error name-undefined"]),
+        Case::function(
+            "a_name_bound_nowhere_is_flagged",
+            "def solve(a: List[int], b):\n    return a\n",
+        )
+        .expect(&["solution.py:1:14 error name-undefined"]),
+        Case::function(
+            "a_name_bound_later_but_read_only_when_called_is_accepted",
+            "def solve(a, b):\n    return helper(a) + b\n\n\ndef helper(a):\n    return a\n",
+        ),
+        Case::function("an_entry_point_left_a_stub_is_flagged", "def solve(a, b):\n    \"\"\"Add.\"\"\"\n")
+            .expect(&["solution.py:1:5 error empty-body"]),
+        Case::function(
+            "a_solution_importing_itself_is_flagged",
+            "from solution import helper\n\n\ndef helper(a):\n    return a\n\n\ndef solve(a, b):\n    return helper(a)\n",
+        )
+        .expect(&["solution.py:1:1 error import-self"]),
         Case::function("a_missing_entry_point_is_reported", "def other(a, b):\n    return a\n")
             .expect(&["solution.py:0:0 error entry-point"]),
         Case::function(
@@ -817,7 +838,7 @@ fn a_word_in_a_comment_is_not_flagged() {
 }
 
 /// Every rule documented in `src/validate/mod.rs`.
-const RULES: [&str; 49] = [
+const RULES: [&str; 52] = [
     "path-invalid",
     "path-extension",
     "path-size",
@@ -867,6 +888,9 @@ const RULES: [&str; 49] = [
     "missing-tests",
     "route-missing",
     "route-method",
+    "name-undefined",
+    "empty-body",
+    "import-self",
 ];
 
 /// Rules whose failing cases are megabyte-sized answers, covered by the unit

@@ -22,6 +22,8 @@ use std::collections::HashSet;
 use ruff_python_ast::visitor::{self, Visitor};
 use ruff_python_ast::{ExceptHandler, Expr, ExprContext, Parameter, Pattern, Stmt, TypeParam};
 
+use ruff_text_size::Ranged;
+
 use crate::report::{Diagnostic, Severity};
 
 use super::python::Module;
@@ -127,8 +129,14 @@ fn undefined(module: &Module<'_>) -> Vec<Diagnostic> {
     };
     reads.visit_body(module.body());
     let mut reported = HashSet::new();
-    reads
-        .found
+    let mut found = reads.found;
+    found.extend(read_before_binding(
+        module.body(),
+        &bindings.globals,
+        future_annotations,
+    ));
+    found.sort_by_key(|e| e.range().start());
+    found
         .into_iter()
         .filter(|e| reported.insert(e.as_name_expr().map(|n| n.id.to_string())))
         .map(|e| {
@@ -144,14 +152,142 @@ fn undefined(module: &Module<'_>) -> Vec<Diagnostic> {
             } else {
                 Severity::Error
             };
-            module.at(
-                e,
-                severity,
-                "name-undefined",
-                format!("`{name}` is not defined anywhere in {}{hint}", module.path()),
-            )
+            let message = if bindings.names.contains(name) {
+                format!(
+                    "`{name}` is read when {} is imported, before any statement binds it: a NameError; \
+                     define it before this line, or move the code that reads it into a function",
+                    module.path()
+                )
+            } else {
+                format!("`{name}` is not defined anywhere in {}{hint}", module.path())
+            };
+            module.at(e, severity, "name-undefined", message)
         })
         .collect()
+}
+
+/// Reads that run when the module is imported (top-level statements,
+/// decorators, default values, base classes, eager annotations) of names
+/// that only a later statement binds: Python raises NameError on import,
+/// as ruff's F821 also reports. Conservative: only statements that always
+/// run when reached are read (not the bodies of `if`, loops, `try`, `with`
+/// or classes); a name bound anywhere in an earlier statement, by a walrus
+/// in the same statement, or through `global` in some function counts as
+/// bound; lambda bodies and comprehension bodies are not read.
+fn read_before_binding<'a>(body: &'a [Stmt], globals: &HashSet<String>, future_annotations: bool) -> Vec<&'a Expr> {
+    let mut bound: HashSet<String> = globals.clone();
+    let mut found = Vec::new();
+    for stmt in body {
+        let mut here = Bindings::default();
+        here.visit_stmt(stmt);
+        let mut eager = EagerReads {
+            future_annotations,
+            reads: Vec::new(),
+            walrus: HashSet::new(),
+        };
+        eager.visit_top_level(stmt);
+        for read in eager.reads {
+            let Expr::Name(n) = read else { continue };
+            let name = n.id.as_str();
+            if !bound.contains(name) && !eager.walrus.contains(name) && !BUILTINS.contains(&name) {
+                found.push(read);
+            }
+        }
+        bound.extend(here.names);
+    }
+    found
+}
+
+/// The name reads of one top-level statement that run when it runs.
+struct EagerReads<'a> {
+    future_annotations: bool,
+    reads: Vec<&'a Expr>,
+    /// Names a walrus binds within the statement, in whatever order.
+    walrus: HashSet<String>,
+}
+
+impl<'a> EagerReads<'a> {
+    fn visit_top_level(&mut self, stmt: &'a Stmt) {
+        match stmt {
+            Stmt::Expr(_) | Stmt::Assign(_) | Stmt::Assert(_) | Stmt::Delete(_) | Stmt::Raise(_) => {
+                visitor::walk_stmt(self, stmt);
+            }
+            // `x += 1` reads `x` first, though its target is a store.
+            Stmt::AugAssign(a) => {
+                if let Expr::Name(_) = &*a.target {
+                    self.reads.push(&a.target);
+                }
+                visitor::walk_stmt(self, stmt);
+            }
+            Stmt::AnnAssign(a) => {
+                if let Some(v) = &a.value {
+                    self.visit_expr(v);
+                }
+                self.visit_expr(&a.target);
+            }
+            Stmt::FunctionDef(f) => {
+                for d in &f.decorator_list {
+                    self.visit_decorator(d);
+                }
+                for p in f.parameters.iter_non_variadic_params() {
+                    if let Some(default) = &p.default {
+                        self.visit_expr(default);
+                    }
+                }
+                if !self.future_annotations && f.type_params.is_none() {
+                    for p in f.parameters.iter() {
+                        if let Some(annotation) = p.annotation() {
+                            self.visit_expr(annotation);
+                        }
+                    }
+                    if let Some(r) = &f.returns {
+                        self.visit_expr(r);
+                    }
+                }
+            }
+            Stmt::ClassDef(c) => {
+                for d in &c.decorator_list {
+                    self.visit_decorator(d);
+                }
+                if c.type_params.is_none()
+                    && let Some(arguments) = &c.arguments
+                {
+                    self.visit_arguments(arguments);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<'a> Visitor<'a> for EagerReads<'a> {
+    fn visit_expr(&mut self, expr: &'a Expr) {
+        match expr {
+            Expr::Name(n) if n.ctx == ExprContext::Load => self.reads.push(expr),
+            Expr::Named(n) => {
+                if let Expr::Name(target) = &*n.target {
+                    self.walrus.insert(target.id.to_string());
+                }
+                self.visit_expr(&n.value);
+            }
+            // A lambda's body runs when it is called; its defaults now.
+            Expr::Lambda(l) => {
+                if let Some(parameters) = &l.parameters {
+                    for p in parameters.iter_non_variadic_params() {
+                        if let Some(default) = &p.default {
+                            self.visit_expr(default);
+                        }
+                    }
+                }
+            }
+            // Only the first iterable is evaluated in the module's scope.
+            Expr::ListComp(c) => self.visit_expr(&c.generators[0].iter),
+            Expr::SetComp(c) => self.visit_expr(&c.generators[0].iter),
+            Expr::DictComp(c) => self.visit_expr(&c.generators[0].iter),
+            Expr::Generator(c) => self.visit_expr(&c.generators[0].iter),
+            _ => visitor::walk_expr(self, expr),
+        }
+    }
 }
 
 /// Every name the module binds, in any scope, and whether it reaches for
@@ -159,6 +295,9 @@ fn undefined(module: &Module<'_>) -> Vec<Diagnostic> {
 #[derive(Default)]
 struct Bindings {
     names: HashSet<String>,
+    /// Names some function declares `global`: calling it may bind them
+    /// at module level at any moment.
+    globals: HashSet<String>,
     dynamic: bool,
 }
 
@@ -188,7 +327,10 @@ impl<'a> Visitor<'a> for Bindings {
                     self.names.insert(a.asname.as_ref().unwrap_or(&a.name).to_string());
                 }
             }
-            Stmt::Global(g) => self.names.extend(g.names.iter().map(ToString::to_string)),
+            Stmt::Global(g) => {
+                self.names.extend(g.names.iter().map(ToString::to_string));
+                self.globals.extend(g.names.iter().map(ToString::to_string));
+            }
             Stmt::Nonlocal(n) => self.names.extend(n.names.iter().map(ToString::to_string)),
             _ => {}
         }
@@ -478,6 +620,57 @@ class Later:
         // A star import or dynamic names: nothing is judged.
         assert!(findings("solution.py", "from math import *\ndef f(x): return sqrt(x)\n", None).is_empty());
         assert!(findings("solution.py", "globals()['g'] = 1\ndef f(): return g\n", None).is_empty());
+    }
+
+    #[test]
+    fn a_name_read_on_import_before_any_statement_binds_it_is_reported() {
+        // A real SmolLM2 answer: the module reads `test_reverse` on import.
+        let source =
+            "def reverse(s: str) -> str:\n    return s[::-1]\n\ntest_reverse = test_reverse.__name__ + \".py\"\n";
+        let d = findings("solution.py", source, Some("reverse"));
+        assert_eq!(d, vec![("name-undefined".into(), 4, 16, Severity::Error)]);
+        let file = File::new("solution.py", source);
+        let message = &check(&Module::parse(&file), None)[0].message;
+        assert!(message.contains("before any statement binds it"), "{message}");
+        // Decorators, defaults, bases, eager annotations and `+=` run on import.
+        let source = "@app.get('/')\ndef root(limit=LIMIT) -> Item:\n    return 1\nclass B(Base): pass\ncount += 1\napp = 1\nLIMIT = 2\nclass Item: pass\nclass Base: pass\ncount = 0\n";
+        let names: Vec<(u32, u32)> = findings("app/main.py", source, None)
+            .iter()
+            .map(|d| (d.1, d.2))
+            .collect();
+        assert_eq!(names, vec![(1, 2), (2, 16), (2, 26), (4, 9), (5, 1)]);
+    }
+
+    #[test]
+    fn reads_that_may_not_run_on_import_or_follow_a_binding_are_not_reported() {
+        let source = r#"
+def f():
+    return later
+later = 1
+square = lambda x: x * factor
+values = [v * factor for v in range(3)]
+if later:
+    print(not_yet)
+try:
+    print(maybe)
+except NameError:
+    pass
+class K:
+    attr = helper
+(n := 3) and print(n)
+def setup():
+    global configured
+    configured = True
+print(configured)
+factor = 2
+maybe = not_yet = helper = 0
+"#;
+        assert_eq!(findings("solution.py", source, None), vec![]);
+        let future = "from __future__ import annotations
+def f(x: Node) -> Node: return x
+class Node: pass
+";
+        assert_eq!(findings("solution.py", future, None), vec![]);
     }
 
     #[test]
