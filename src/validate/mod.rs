@@ -28,7 +28,7 @@
 //! | `missing-file` | error | `solution.py`, or a file every service needs |
 //! | `entry-point` | error | the function spec's entry point is not bound at module level |
 //! | `entry-signature` | error | `async def`, or parameters the harness's calls do not fit |
-//! | `name-undefined` | error (warning in tests) | a name read that nothing in the module binds and no builtin provides (ruff's F821) |
+//! | `name-undefined` | error (warning in tests) | a name read that no scope the read can see binds and no builtin provides, or read on import before any line binds it (ruff's F821) |
 //! | `empty-body` | error | the entry point's body is only a docstring, `pass` or `...` |
 //! | `import-self` | error | a module importing itself (`from solution import f` in `solution.py`) |
 //! | `security-eval` | error (warning in function solutions and tests) | `eval`, `exec`, `compile` |

