@@ -187,11 +187,14 @@ async fn a_json_mode_the_real_server_rejects_fails_every_job_at_once_naming_the_
     let vars = worker_vars(&env, &server, "json_schema");
     let d = Dispatcher::start(&env.settings(&server.base_url, &[])).await;
     let mut worker = Proc::spawn("kiln-worker", &vars);
-    let created = d.client.submit(&json!({"specs": specs()}), None).await.unwrap();
+    // Ten jobs, as an operator's first batch would be.
+    let specs: Vec<Value> = specs().into_iter().cycle().take(10).collect();
+    let created = d.client.submit(&json!({"specs": specs}), None).await.unwrap();
     let batch_id = created["batch_id"].as_str().unwrap();
-    // No retrying in silence, no breaker: the refusal is a setting's.
-    let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(90)).await;
-    assert_eq!(batch["counts"]["failed"], 2, "{batch}");
+    // No retrying in silence, no breaker: the refusal is a setting's, and
+    // the batch shows it within three minutes.
+    let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(180)).await;
+    assert_eq!(batch["counts"]["failed"], 10, "{batch}");
     for job in d.client.all_jobs(batch_id, None).await.unwrap() {
         let id = job["job_id"].as_str().unwrap();
         let job = d.client.job(id).await.unwrap();
