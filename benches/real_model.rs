@@ -243,7 +243,7 @@ async fn load() -> bool {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     let scenario = std::env::var("KILN_BENCH_SCENARIO").unwrap_or_default();
     let mut ok = true;
     if scenario.is_empty() || scenario == "humaneval" {
@@ -252,5 +252,9 @@ async fn main() {
     if scenario.is_empty() || scenario == "load" {
         ok &= load().await;
     }
-    std::process::exit(if ok { 0 } else { 1 });
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }

@@ -248,7 +248,7 @@ impl<'a> EagerReads<'a> {
                     }
                 }
                 if !self.future_annotations && f.type_params.is_none() {
-                    for p in f.parameters.iter() {
+                    for p in &*f.parameters {
                         if let Some(annotation) = p.annotation() {
                             self.visit_expr(annotation);
                         }
@@ -462,7 +462,7 @@ impl<'a> Visitor<'a> for Reads<'_, 'a> {
                     self.visit_annotation(r);
                 }
                 let mut local = Bindings::shallow();
-                for p in f.parameters.iter() {
+                for p in &*f.parameters {
                     local.names.insert(p.name().to_string());
                 }
                 if let Some(tp) = &f.type_params {
@@ -497,7 +497,7 @@ impl<'a> Visitor<'a> for Reads<'_, 'a> {
                 let mut local = Bindings::shallow();
                 if let Some(parameters) = &l.parameters {
                     self.visit_parameters(parameters);
-                    for p in parameters.iter() {
+                    for p in &**parameters {
                         local.names.insert(p.name().to_string());
                     }
                 }
@@ -758,7 +758,7 @@ class Fixtures:
 
     #[test]
     fn reads_that_may_not_run_on_import_or_follow_a_binding_are_not_reported() {
-        let source = r#"
+        let source = r"
 def f():
     return later
 later = 1
@@ -779,7 +779,7 @@ def setup():
 print(configured)
 factor = 2
 maybe = not_yet = helper = 0
-"#;
+";
         assert_eq!(findings("solution.py", source, None), vec![]);
         let future = "from __future__ import annotations
 def f(x: Node) -> Node: return x
