@@ -1199,12 +1199,22 @@ class IoVec(ctypes.Structure):
     _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
 
 
+def _harness(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return b'KILN-REPORT' in f.read()
+    except OSError:
+        return False
+
+
 def _reached():
     me = os.getpid()
     found = []
     for pid in sorted({1} | {int(p) for p in os.listdir('/proc') if p.isdigit()}):
         if pid == me:
             continue
+        if pid != 1 and _harness(pid):
+            TRUSTED.append(pid)
         for request in (PTRACE_ATTACH, PTRACE_SEIZE):
             if libc.ptrace(request, pid, None, None) == 0:
                 found.append('ptrace %d of pid %d' % (request, pid))
@@ -1215,21 +1225,24 @@ def _reached():
         # process_vm_readv: EPERM when refused, EFAULT when allowed.
         if libc.syscall(310, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
             found.append('process_vm_readv of pid %d' % pid)
-    try:
-        with open('/proc/1/cmdline', 'rb') as f:
-            if b'KILN-REPORT' not in f.read():
-                found.append('pid 1 is not the harness')
-    except OSError:
-        pass
+    if not _harness(1):
+        found.append('pid 1 is not the harness')
     return found
 
 
+# Harness processes other than pid 1 that were probed: the trusted tests
+# process is the parent of the pytest stage's runner.
+TRUSTED = []
 REACHED = _reached()
 
 
 def escaped():
-    return bool(REACHED)
+    return True if REACHED else 'reached nothing; probed pid 1 and %d other trusted' % len(TRUSTED)
 ";
+
+/// `ESCAPED_TESTS` for an `escaped` that says what it saw when it did not
+/// escape (a string, which is true too).
+const ESCAPED_IS_TRUE_TESTS: &str = "from solution import *\n\n\ndef test_escaped():\n    assert escaped() is True\n";
 
 async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(backend: Backend) {
     let (report, _) = judged_failed(backend, |m| {
@@ -1238,17 +1251,28 @@ async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(bac
             TRACE_OTHERS,
             m,
             vec![(json!([]), json!(true))],
-            Some(ESCAPED_TESTS),
+            Some(ESCAPED_IS_TRUE_TESTS),
         )
     })
     .await;
-    // Judged on what it found, in the runner and under the trusted tests.
-    assert!(
+    // Judged on what it found, in the runner of the test cases (where the
+    // checker, pid 1, is the one trusted process) and in the runner of the
+    // pytest stage (where the trusted tests process is alive too).
+    let message = |name: &str| {
         report
             .cases
             .iter()
-            .any(|c| c.message.contains("expected True, got False")),
-        "the probe ran and found nothing: {report:#?}"
+            .find(|c| c.name == name)
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| panic!("no {name}: {report:#?}"))
+    };
+    assert!(
+        message("case_0").contains("reached nothing; probed pid 1 and 0 other trusted"),
+        "{report:#?}"
+    );
+    assert!(
+        message("test_escaped").contains("reached nothing; probed pid 1 and 1 other trusted"),
+        "{report:#?}"
     );
 }
 
@@ -1356,14 +1380,13 @@ def escaped():
 "#;
 
 async fn taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed(backend: Backend) {
-    let tests = "from solution import *\n\n\ndef test_escaped():\n    assert escaped() is True\n";
     let (report, _) = judged_failed(backend, |m| {
         job(
             "escaped",
             PID_1_TAKEOVER,
             m,
             vec![(json!([]), json!(true))],
-            Some(tests),
+            Some(ESCAPED_IS_TRUE_TESTS),
         )
     })
     .await;
