@@ -181,8 +181,23 @@ fn returns_one(entry: &str) -> String {
     format!("def {entry}() -> int:\n    \"\"\"One.\"\"\"\n    return 1\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+/// NUL in the sandbox's output crosses each backend's own plumbing (pipes
+/// or the Docker engine's streams), so the test runs on both.
+mod process {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+        super::nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop("process").await;
+    }
+}
+
+mod docker {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+        super::nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop("docker").await;
+    }
+}
+
+async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop(sandbox: &str) {
     let env = TestEnv::new().await;
     let scripts = vec![
         files_script(
@@ -213,7 +228,7 @@ async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_sto
         ),
     ];
     let llm = mock_of(scripts).await;
-    let settings = env.settings(&llm.base_url(), &[]);
+    let settings = env.settings(&llm.base_url(), &[("KILN_SANDBOX", sandbox)]);
     let d = Dispatcher::start(&settings).await;
     let w = support::InProcessWorker::start(&settings).await;
     let entries = [
