@@ -269,9 +269,9 @@ fn odd_query(rng: &mut StdRng) -> String {
 fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
     match rng.random_range(0..20) {
         0 | 1 => Some(format!("key-{}", rng.random_range(0..5)).into_bytes()),
-        1 => Some(Vec::new()),
-        2 => Some("k".repeat(rng.random_range(150..400)).into_bytes()),
-        3 => Some(vec![b'k', 0xff, 0xfe, b' ', b'\t']),
+        2 => Some(Vec::new()),
+        3 => Some("k".repeat(rng.random_range(150..400)).into_bytes()),
+        4 => Some(vec![b'k', 0xff, 0xfe, b' ', b'\t']),
         _ => None,
     }
 }
@@ -311,7 +311,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
     let q = odd_query(rng);
     let b = odd_id(rng, known_batches);
     let j = odd_id(rng, known_jobs);
-    let patch = json!({"options": {
+    let patch_body = json!({"options": {
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
@@ -319,7 +319,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
     let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
-        11 => (Method::PATCH, format!("/v1/batches/{b}"), render(&patch)),
+        11 => (Method::PATCH, format!("/v1/batches/{b}"), render(&patch_body)),
         12 => (Method::GET, format!("/v1/batches/{b}/jobs?{q}"), Vec::new()),
         13 => (
             Method::POST,

@@ -1263,8 +1263,7 @@ async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(bac
             .cases
             .iter()
             .find(|c| c.name == name)
-            .map(|c| c.message.clone())
-            .unwrap_or_else(|| panic!("no {name}: {report:#?}"))
+            .map_or_else(|| panic!("no {name}: {report:#?}"), |c| c.message.clone())
     };
     assert!(
         message("case_0").contains("reached nothing; probed pid 1 and 0 other trusted"),
