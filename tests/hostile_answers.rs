@@ -338,6 +338,28 @@ async fn the_archive_of_an_answer_with_escaping_paths_leaves_those_files_out() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, vec!["solution.py".to_owned()]);
+    // Left out of the archive, each stays readable on its own as text,
+    // never as a 5xx.
+    for path in ["../up.py", "/etc/abs.py", "..\\..\\win.py"] {
+        let encoded: String = path
+            .bytes()
+            .map(|b| match b {
+                b'/' => "%2F".to_owned(),
+                b'\\' => "%5C".to_owned(),
+                _ => (b as char).to_string(),
+            })
+            .collect();
+        let response = reqwest::get(format!("{}/v1/jobs/{job}/files/{encoded}?run=1&attempt=1", d.url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8",
+            "{path}"
+        );
+        assert_eq!(response.text().await.unwrap(), "x = 1\n", "{path}");
+    }
     w.stop().await;
     d.stop().await;
 }
