@@ -1185,7 +1185,8 @@ async fn secret_stays_unreadable(backend: Backend, secret: &str) {
 /// dumpable and of the same uid), made it exec its own program, which
 /// escaped `kill(-1)` and rewrote the trusted pytest process's output. Each
 /// step needs one of these calls; every one must be refused, against pid 1
-/// and every other process of the run, trusted or not.
+/// and every other process of the run, trusted or not; so must
+/// `process_vm_writev` and copying a descriptor with `pidfd_getfd`.
 const TRACE_OTHERS: &str = r"
 import ctypes, os
 
@@ -1225,6 +1226,19 @@ def _reached():
         # process_vm_readv: EPERM when refused, EFAULT when allowed.
         if libc.syscall(310, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
             found.append('process_vm_readv of pid %d' % pid)
+        # process_vm_writev to page 0, never mapped: EFAULT when allowed.
+        nowhere = IoVec(ctypes.c_void_p(8), 8)
+        if libc.syscall(311, pid, ctypes.byref(local), 1, ctypes.byref(nowhere), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
+            found.append('process_vm_writev of pid %d' % pid)
+        # pidfd_getfd: a copy of another process's descriptor (its pipes).
+        pidfd = libc.syscall(434, pid, 0)
+        if pidfd >= 0:
+            for fd in range(8):
+                stolen = libc.syscall(438, pidfd, fd, 0)
+                if stolen >= 0:
+                    found.append('pidfd_getfd of fd %d of pid %d' % (fd, pid))
+                    os.close(stolen)
+            os.close(pidfd)
     if not _harness(1):
         found.append('pid 1 is not the harness')
     return found
