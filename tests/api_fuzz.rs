@@ -546,3 +546,182 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
     assert_eq!(health.status(), 200, "the dispatcher is alive");
     d.stop().await;
 }
+
+/// Who an `Authorization` header claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    /// No header, a malformed one, or a token that is unknown or revoked.
+    Nobody,
+    Read,
+    Submit,
+}
+
+/// A generated `Authorization` header (raw bytes) and who it claims to be.
+fn authorization(rng: &mut StdRng, read: &str, submit: &str, revoked: &str) -> (Option<Vec<u8>>, Claim) {
+    let hex: String = (0..64)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("a hex digit"))
+        .collect();
+    let (value, claim) = match rng.random_range(0..16) {
+        0 => (None, Claim::Nobody),
+        1 => (Some(format!("Bearer kiln_{hex}")), Claim::Nobody),
+        2 => (Some(format!("Bearer kiln_{}", &hex[1..])), Claim::Nobody),
+        3 => (
+            Some(format!("Bearer {}", "k".repeat(rng.random_range(1..20_000)))),
+            Claim::Nobody,
+        ),
+        4 => (Some(format!("Bearer {revoked}")), Claim::Nobody),
+        5 => (Some(format!("Basic {read}")), Claim::Nobody),
+        6 => (Some(format!("Bearer{read}")), Claim::Nobody),
+        7 => (Some("Bearer ".to_owned()), Claim::Nobody),
+        8 => (Some(format!("Bearer {read}x")), Claim::Nobody),
+        9 => {
+            let mut bytes = format!("Bearer {read}").into_bytes();
+            bytes.insert(rng.random_range(7..bytes.len()), 0xff);
+            return (Some(bytes), Claim::Nobody);
+        }
+        10 | 11 => (Some(format!("Bearer {read}")), Claim::Read),
+        12 => (Some(format!("bearer   {read} ")), Claim::Read),
+        _ => (Some(format!("Bearer {submit}")), Claim::Submit),
+    };
+    (value.map(String::into_bytes), claim)
+}
+
+/// The generated requests again, against a dispatcher that asks for
+/// tokens, each with a generated `Authorization` header: no or a bad token
+/// is 401 on every route, a read token's change is 403, and nothing but a
+/// submit token's accepted batch writes a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_5xx() {
+    const AUTH_REQUESTS: usize = 2_000;
+    let seed: u64 = std::env::var("KILN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6175_7468);
+    let env = TestEnv::new().await;
+    let d = Dispatcher::start(&env.settings(
+        "http://127.0.0.1:9",
+        &[
+            ("KILN_AUTH", "required"),
+            ("KILN_HTTP_BODY_TIMEOUT_S", "2"),
+            ("KILN_MAX_BODY_MB", "1"),
+        ],
+    ))
+    .await;
+    let read = env.token(kiln::auth::Scope::Read).await;
+    let submit = env.token(kiln::auth::Scope::Submit).await;
+    let revoked = kiln::auth::issue(&env.store, kiln::auth::Scope::Admin, None)
+        .await
+        .unwrap();
+    env.store.revoke_token(revoked.record.id).await.unwrap();
+    let created = kiln::client::Client::with_token(&d.url, &submit)
+        .unwrap()
+        .submit(&json!({"specs": [add_spec(0)]}), None)
+        .await
+        .unwrap();
+    let batches = vec![created["batch_id"].as_str().unwrap().to_owned()];
+    let jobs = vec![created["job_ids"][0].as_str().unwrap().to_owned()];
+    let before = (env.count("batches").await, env.count("jobs").await);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests: Vec<(Request, Option<Vec<u8>>, Claim)> = (0..AUTH_REQUESTS)
+        .map(|_| {
+            let r = request(&mut rng, &batches, &jobs);
+            let (header, claim) = authorization(&mut rng, &read, &submit, &revoked.token);
+            (r, header, claim)
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let created = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let answers = Arc::new(Mutex::new(BTreeMap::<(Claim, u16), usize>::new()));
+    let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(i, (r, header, claim))| {
+            let client = client.clone();
+            let url = format!("{}{}", d.url, r.path);
+            let (created, answers) = (created.clone(), answers.clone());
+            async move {
+                let attempt = || {
+                    let mut request = client
+                        .request(r.method.clone(), &url)
+                        .header("content-type", "application/json")
+                        .body(r.body.clone());
+                    if let Some(value) = &header {
+                        request = request.header(
+                            "authorization",
+                            reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
+                        );
+                    }
+                    request.send()
+                };
+                let shown: String = String::from_utf8_lossy(header.as_deref().unwrap_or_default())
+                    .chars()
+                    .take(80)
+                    .collect();
+                let what = format!(
+                    "#{i} {} {} as {claim:?} ({shown:?})",
+                    r.method,
+                    &r.path[..r.path.len().min(120)]
+                );
+                // A refused request's body is not read, so the server closes
+                // that connection; one the client reused meanwhile fails
+                // unread: send that once more. A timeout is a hang.
+                let response = match attempt().await {
+                    Err(e) if !e.is_timeout() => attempt().await,
+                    other => other,
+                };
+                let response = match response {
+                    Ok(response) => response,
+                    Err(e) => return Some(format!("{what}: no answer ({e})")),
+                };
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                *answers.lock().unwrap().entry((claim, status)).or_default() += 1;
+                if status == 201 {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    let jobs = v["job_ids"].as_array().map_or(0, Vec::len);
+                    created
+                        .lock()
+                        .unwrap()
+                        .insert(v["batch_id"].as_str().unwrap_or_default().to_owned(), jobs);
+                }
+                let expected: Option<&[u16]> = match (claim, r.route) {
+                    // No route has the method: the same 405 for everyone.
+                    (_, None) => Some(&[405]),
+                    (Claim::Nobody, Some(_)) => Some(&[401]),
+                    (Claim::Read, Some(_)) if r.method != reqwest::Method::GET => Some(&[403]),
+                    _ => None,
+                };
+                let wrong = status >= 500
+                    || expected.is_some_and(|e| !e.contains(&status))
+                    || (expected.is_none() && (status == 401 || status == 403));
+                wrong.then(|| format!("{what}: {status} {}", &text[..text.len().min(300)]))
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} failures, first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let answers = answers.lock().unwrap().clone();
+    eprintln!("seed {seed}: {AUTH_REQUESTS} requests, by claim and status: {answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), AUTH_REQUESTS);
+    let after = (env.count("batches").await, env.count("jobs").await);
+    let accepted = {
+        let created = created.lock().unwrap();
+        (created.len() as i64, created.values().sum::<usize>() as i64)
+    };
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        accepted,
+        "seed {seed}: rows written beyond a submit token's accepted batches"
+    );
+    assert!(accepted.0 > 0, "seed {seed}: no batch was accepted at all");
+    d.stop().await;
+}
