@@ -5,7 +5,9 @@
 //! strings, slow and truncated bodies). Asserts every request answered, no
 //! 5xx, no request left hanging, no row written by a rejected request, and
 //! the dispatcher still healthy at the end; prints the answers per route
-//! and status. `KILN_FUZZ_SEED` replays a run.
+//! and status. A second test sends the same kind of requests with generated
+//! `Authorization` headers to a dispatcher that asks for tokens.
+//! `KILN_FUZZ_SEED` replays a run.
 
 mod support;
 
