@@ -1,14 +1,18 @@
 //! A seeded fuzz of the HTTP API against a live dispatcher: at least 10,000
 //! generated requests (every field of a batch replaced by values of every
-//! type, NUL and invalid UTF-8, extreme numbers, deep nesting, every route
-//! with odd ids and query strings, slow and truncated bodies). Asserts no
+//! type, NUL and invalid UTF-8, extreme numbers, deep nesting, odd
+//! `Idempotency-Key`s, every route of the router with odd ids and query
+//! strings, slow and truncated bodies). Asserts every request answered, no
 //! 5xx, no request left hanging, no row written by a rejected request, and
-//! the dispatcher still healthy at the end. `KILN_FUZZ_SEED` replays a run.
+//! the dispatcher still healthy at the end; prints the answers per route
+//! and status. A second test sends the same kind of requests with generated
+//! `Authorization` headers to a dispatcher that asks for tokens.
+//! `KILN_FUZZ_SEED` replays a run.
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -88,18 +92,35 @@ fn value(rng: &mut StdRng, depth: usize) -> Value {
     }
 }
 
+/// A batch the API accepts, with every field a batch can have present in
+/// some of them, so that each one is a place a mutation can land.
 fn valid_batch(rng: &mut StdRng) -> Value {
-    let specs: Vec<Value> = (0..rng.random_range(1..4)).map(add_spec).collect();
-    let service = json!({"kind": "service", "service_name": "notes", "description": "Notes.",
-        "endpoints": [{"method": "GET", "path": "/notes", "description": "list"}],
-        "database_tables": [{"name": "notes", "columns": ["id"]}]});
-    let mut specs = specs;
-    if rng.random_bool(0.3) {
-        specs.push(service);
+    let mut specs: Vec<Value> = (0..rng.random_range(1..4)).map(add_spec).collect();
+    if rng.random_bool(0.5) {
+        specs[0]["prompt"] = json!("def add_0(a: int, b: int) -> int:\n    \"\"\"Sum.\"\"\"\n");
+        specs[0]["input_types"] = json!({"a": "int", "b": "int"});
+        specs[0]["output_type"] = json!("int");
+        specs[0]["constraints"] = json!(["no imports"]);
+        specs[0]["test_code"] = json!("from solution import add_0\n\n\ndef test_add():\n    assert add_0(1, 2) == 3\n");
     }
-    json!({"name": "fuzz", "specs": specs,
-           "options": {"max_attempts": 2, "model": "m", "budget_tokens": 1000, "cache": true,
-                       "priority": 5, "timeout_s": 30}})
+    if rng.random_bool(0.3) {
+        specs.push(
+            json!({"kind": "service", "service_name": "notes", "description": "Notes.",
+            "endpoints": [{"method": "GET", "path": "/notes", "description": "list"}],
+            "database_tables": [{"name": "notes", "columns": ["id"]}],
+            "external_apis": [{"name": "mail"}], "authentication": {"kind": "none"},
+            "rate_limiting": {"per_minute": 60}, "caching": {"ttl_s": 5}}),
+        );
+    }
+    let mut options = json!({"max_attempts": 2, "budget_tokens": 1000, "cache": true, "priority": 5,
+                             "timeout_s": 30});
+    // One model, or a ladder of them; not both.
+    if rng.random_bool(0.5) {
+        options["model"] = json!("m");
+    } else {
+        options["models"] = json!(["m", "n"]);
+    }
+    json!({"name": "fuzz", "specs": specs, "options": options})
 }
 
 /// Every place a value can go in a batch body: (parent path, key or index).
@@ -203,7 +224,17 @@ fn odd_id(rng: &mut StdRng, known: &[String]) -> String {
 }
 
 fn odd_query(rng: &mut StdRng) -> String {
-    let names = ["limit", "cursor", "state", "full", "run", "attempt"];
+    let names = [
+        "limit",
+        "cursor",
+        "state",
+        "full",
+        "run",
+        "attempt",
+        "name",
+        "created_after",
+        "created_before",
+    ];
     let values = [
         "0",
         "-1",
@@ -217,6 +248,10 @@ fn odd_query(rng: &mut StdRng) -> String {
         "%FF",
         "1e300",
         "",
+        "2026-01-31T12:00:00Z",
+        "9999-12-31T23:59:59%2B99:00",
+        "%C3%28",
+        "a%00b",
     ];
     (0..rng.random_range(0..4))
         .map(|_| {
@@ -230,32 +265,97 @@ fn odd_query(rng: &mut StdRng) -> String {
         .join("&")
 }
 
-/// One generated request: method, path and query, body.
-fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) -> (reqwest::Method, String, Vec<u8>) {
+/// An `Idempotency-Key` header for a batch, or none: valid keys (repeated,
+/// so some are replays or conflicts), empty, too long, and bytes beyond
+/// ASCII.
+fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
+    match rng.random_range(0..20) {
+        0 | 1 => Some(format!("key-{}", rng.random_range(0..5)).into_bytes()),
+        2 => Some(Vec::new()),
+        3 => Some("k".repeat(rng.random_range(150..400)).into_bytes()),
+        4 => Some(vec![b'k', 0xff, 0xfe, b' ', b'\t']),
+        _ => None,
+    }
+}
+
+/// The routes of API v1 the generated requests reach, in `request`'s
+/// order; checked against the router's own list.
+const FUZZED_ROUTES: [(&str, &str); 14] = [
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("PATCH", "/v1/batches/{id}"),
+    ("GET", "/v1/batches/{id}/jobs"),
+    ("POST", "/v1/batches/{id}/retry"),
+    ("POST", "/v1/batches/{id}/cancel"),
+    ("GET", "/v1/jobs/{id}"),
+    ("GET", "/v1/jobs/{id}/attempts"),
+    ("GET", "/v1/jobs/{id}/artifacts"),
+    ("GET", "/v1/jobs/{id}/files/{*path}"),
+    ("POST", "/v1/jobs/{id}/cancel"),
+    ("POST", "/v1/jobs/{id}/retry"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/workers"),
+];
+
+/// One generated request.
+struct Request {
+    method: reqwest::Method,
+    /// Path and query.
+    path: String,
+    body: Vec<u8>,
+    idempotency_key: Option<Vec<u8>>,
+    /// Index of its route in `FUZZED_ROUTES` (none for a method no route has).
+    route: Option<usize>,
+}
+
+fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) -> Request {
     use reqwest::Method;
     let q = odd_query(rng);
     let b = odd_id(rng, known_batches);
     let j = odd_id(rng, known_jobs);
-    let patch = json!({"options": {
+    let patch_body = json!({"options": {
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
-    match rng.random_range(0..20) {
+    let arm = rng.random_range(0..24);
+    let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
-        11 => (Method::PATCH, format!("/v1/batches/{b}"), render(&patch)),
+        11 => (Method::PATCH, format!("/v1/batches/{b}"), render(&patch_body)),
         12 => (Method::GET, format!("/v1/batches/{b}/jobs?{q}"), Vec::new()),
         13 => (
             Method::POST,
             format!("/v1/batches/{b}/retry"),
-            render(&json!({"states": [value(rng, 1)]})),
+            render(&json!({"states": [if rng.random_bool(0.5) {
+                json!(["failed", "cancelled", "succeeded", "queued"][rng.random_range(0..4)])
+            } else {
+                value(rng, 1)
+            }]})),
         ),
-        14 => (Method::GET, format!("/v1/jobs/{j}?{q}"), Vec::new()),
-        15 => (Method::GET, format!("/v1/jobs/{j}/attempts?{q}"), Vec::new()),
-        16 => (Method::GET, format!("/v1/jobs/{j}/artifacts?{q}"), Vec::new()),
-        17 => (Method::GET, format!("/v1/jobs/{j}/files/..%2F%00a.py?{q}"), Vec::new()),
-        18 => (Method::POST, format!("/v1/jobs/{j}/cancel"), Vec::new()),
+        14 => (Method::POST, format!("/v1/batches/{b}/cancel"), render(&value(rng, 0))),
+        15 => (Method::GET, format!("/v1/jobs/{j}?{q}"), Vec::new()),
+        16 => (Method::GET, format!("/v1/jobs/{j}/attempts?{q}"), Vec::new()),
+        17 => (Method::GET, format!("/v1/jobs/{j}/artifacts?{q}"), Vec::new()),
+        18 => (Method::GET, format!("/v1/jobs/{j}/files/..%2F%00a.py?{q}"), Vec::new()),
+        19 => (Method::POST, format!("/v1/jobs/{j}/cancel"), Vec::new()),
+        20 => (Method::POST, format!("/v1/jobs/{j}/retry"), render(&value(rng, 0))),
+        21 => (Method::GET, format!("/v1/batches?{q}"), Vec::new()),
+        22 => (Method::GET, format!("/v1/workers?{q}"), Vec::new()),
+        // No route has this method.
         _ => (Method::DELETE, format!("/v1/batches/{b}"), render(&value(rng, 0))),
+    };
+    let route = match arm {
+        0..=9 => Some(0),
+        10..=22 => Some(arm - 9),
+        _ => None,
+    };
+    let idempotency_key = if route == Some(0) { idempotency_key(rng) } else { None };
+    Request {
+        method,
+        path,
+        body,
+        idempotency_key,
+        route,
     }
 }
 
@@ -288,6 +388,16 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x6b69_6c6e);
+    // A route added to the API is fuzzed too, or this fails.
+    let fuzzed: HashSet<(String, String)> = FUZZED_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let routed: HashSet<(String, String)> = kiln::http::v1_routes()
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path.to_owned()))
+        .collect();
+    assert_eq!(fuzzed, routed, "the fuzzed routes are the router's");
     let env = TestEnv::new().await;
     let d = Dispatcher::start(&env.settings(
         "http://127.0.0.1:9",
@@ -311,26 +421,39 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
     let before = (env.count("batches").await, env.count("jobs").await);
 
     let mut rng = StdRng::seed_from_u64(seed);
-    let requests: Vec<_> = (0..REQUESTS).map(|_| request(&mut rng, &batches, &jobs)).collect();
+    let requests: Vec<Request> = (0..REQUESTS).map(|_| request(&mut rng, &batches, &jobs)).collect();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let created_batches = Arc::new(AtomicUsize::new(0));
-    let created_jobs = Arc::new(AtomicUsize::new(0));
+    // Batches the API created (a replay answers 201 with the same id): id → jobs.
+    let created = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    // (route, status) of every answer.
+    let answers = Arc::new(Mutex::new(BTreeMap::<(Option<usize>, u16), usize>::new()));
     let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
-        .map(|(i, (method, path, body))| {
+        .map(|(i, r)| {
             let client = client.clone();
-            let url = format!("{}{path}", d.url);
-            let (created_batches, created_jobs) = (created_batches.clone(), created_jobs.clone());
+            let url = format!("{}{}", d.url, r.path);
+            let (created, answers) = (created.clone(), answers.clone());
             async move {
+                let Request {
+                    method,
+                    path,
+                    body,
+                    idempotency_key,
+                    route,
+                } = r;
                 let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                 let attempt = || {
-                    client
+                    let mut request = client
                         .request(method.clone(), &url)
                         .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
+                        .body(body.clone());
+                    if let Some(key) = &idempotency_key {
+                        let key = reqwest::header::HeaderValue::from_bytes(key).expect("a header value");
+                        request = request.header("idempotency-key", key);
+                    }
+                    request.send()
                 };
                 // A pooled connection the server closed as it was reused
                 // fails without the request being read: send that once more.
@@ -348,10 +471,14 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
                 };
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
-                if status.as_u16() == 201 {
+                *answers.lock().unwrap().entry((route, status.as_u16())).or_default() += 1;
+                if route == Some(0) && status.as_u16() == 201 {
                     let v: Value = serde_json::from_str(&text).unwrap();
-                    created_batches.fetch_add(1, Ordering::Relaxed);
-                    created_jobs.fetch_add(v["job_ids"].as_array().unwrap().len(), Ordering::Relaxed);
+                    let jobs = v["job_ids"].as_array().unwrap().len();
+                    created
+                        .lock()
+                        .unwrap()
+                        .insert(v["batch_id"].as_str().unwrap().to_owned(), jobs);
                 }
                 status
                     .is_server_error()
@@ -368,6 +495,30 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    let answers = answers.lock().unwrap().clone();
+    let answered: usize = answers.values().sum();
+    assert_eq!(answered, REQUESTS, "seed {seed}: every request was answered");
+    let mut per_route = vec![(0, 0); FUZZED_ROUTES.len()];
+    for ((route, status), n) in &answers {
+        if let Some(r) = route {
+            per_route[*r].0 += n;
+            if (200..300).contains(status) {
+                per_route[*r].1 += n;
+            }
+        }
+    }
+    for ((method, path), (sent, accepted)) in FUZZED_ROUTES.iter().zip(&per_route) {
+        eprintln!("{method} {path}: {sent} requests, {accepted} answered 2xx");
+        assert!(
+            *sent >= 100,
+            "seed {seed}: {method} {path} was reached only {sent} times"
+        );
+    }
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for ((_, status), n) in &answers {
+        *statuses.entry(*status).or_default() += n;
+    }
+    eprintln!("seed {seed}: {answered} requests answered, by status: {statuses:?}");
 
     let addr = d.url.trim_start_matches("http://").to_owned();
     let raw: Vec<Option<String>> = futures::stream::iter(0..RAW_CONNECTIONS)
@@ -384,10 +535,10 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
     }
 
     let after = (env.count("batches").await, env.count("jobs").await);
-    let accepted = (
-        created_batches.load(Ordering::Relaxed) as i64,
-        created_jobs.load(Ordering::Relaxed) as i64,
-    );
+    let accepted = {
+        let created = created.lock().unwrap();
+        (created.len() as i64, created.values().sum::<usize>() as i64)
+    };
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
         accepted,
@@ -395,5 +546,184 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
     );
     let health = reqwest::get(format!("{}/healthz", d.url)).await.unwrap();
     assert_eq!(health.status(), 200, "the dispatcher is alive");
+    d.stop().await;
+}
+
+/// Who an `Authorization` header claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    /// No header, a malformed one, or a token that is unknown or revoked.
+    Nobody,
+    Read,
+    Submit,
+}
+
+/// A generated `Authorization` header (raw bytes) and who it claims to be.
+fn authorization(rng: &mut StdRng, read: &str, submit: &str, revoked: &str) -> (Option<Vec<u8>>, Claim) {
+    let hex: String = (0..64)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).expect("a hex digit"))
+        .collect();
+    let (value, claim) = match rng.random_range(0..16) {
+        0 => (None, Claim::Nobody),
+        1 => (Some(format!("Bearer kiln_{hex}")), Claim::Nobody),
+        2 => (Some(format!("Bearer kiln_{}", &hex[1..])), Claim::Nobody),
+        3 => (
+            Some(format!("Bearer {}", "k".repeat(rng.random_range(1..20_000)))),
+            Claim::Nobody,
+        ),
+        4 => (Some(format!("Bearer {revoked}")), Claim::Nobody),
+        5 => (Some(format!("Basic {read}")), Claim::Nobody),
+        6 => (Some(format!("Bearer{read}")), Claim::Nobody),
+        7 => (Some("Bearer ".to_owned()), Claim::Nobody),
+        8 => (Some(format!("Bearer {read}x")), Claim::Nobody),
+        9 => {
+            let mut bytes = format!("Bearer {read}").into_bytes();
+            bytes.insert(rng.random_range(7..bytes.len()), 0xff);
+            return (Some(bytes), Claim::Nobody);
+        }
+        10 | 11 => (Some(format!("Bearer {read}")), Claim::Read),
+        12 => (Some(format!("bearer   {read} ")), Claim::Read),
+        _ => (Some(format!("Bearer {submit}")), Claim::Submit),
+    };
+    (value.map(String::into_bytes), claim)
+}
+
+/// The generated requests again, against a dispatcher that asks for
+/// tokens, each with a generated `Authorization` header: no or a bad token
+/// is 401 on every route, a read token's change is 403, and nothing but a
+/// submit token's accepted batch writes a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_5xx() {
+    const AUTH_REQUESTS: usize = 2_000;
+    let seed: u64 = std::env::var("KILN_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6175_7468);
+    let env = TestEnv::new().await;
+    let d = Dispatcher::start(&env.settings(
+        "http://127.0.0.1:9",
+        &[
+            ("KILN_AUTH", "required"),
+            ("KILN_HTTP_BODY_TIMEOUT_S", "2"),
+            ("KILN_MAX_BODY_MB", "1"),
+        ],
+    ))
+    .await;
+    let read = env.token(kiln::auth::Scope::Read).await;
+    let submit = env.token(kiln::auth::Scope::Submit).await;
+    let revoked = kiln::auth::issue(&env.store, kiln::auth::Scope::Admin, None)
+        .await
+        .unwrap();
+    env.store.revoke_token(revoked.record.id).await.unwrap();
+    let created = kiln::client::Client::with_token(&d.url, &submit)
+        .unwrap()
+        .submit(&json!({"specs": [add_spec(0)]}), None)
+        .await
+        .unwrap();
+    let batches = vec![created["batch_id"].as_str().unwrap().to_owned()];
+    let jobs = vec![created["job_ids"][0].as_str().unwrap().to_owned()];
+    let before = (env.count("batches").await, env.count("jobs").await);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests: Vec<(Request, Option<Vec<u8>>, Claim)> = (0..AUTH_REQUESTS)
+        .map(|_| {
+            let r = request(&mut rng, &batches, &jobs);
+            let (header, claim) = authorization(&mut rng, &read, &submit, &revoked.token);
+            (r, header, claim)
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let created = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+    let answers = Arc::new(Mutex::new(BTreeMap::<(Claim, u16), usize>::new()));
+    let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(i, (r, header, claim))| {
+            let client = client.clone();
+            let url = format!("{}{}", d.url, r.path);
+            let (created, answers) = (created.clone(), answers.clone());
+            async move {
+                let attempt = || {
+                    let mut request = client
+                        .request(r.method.clone(), &url)
+                        .header("content-type", "application/json")
+                        .body(r.body.clone());
+                    if let Some(value) = &header {
+                        request = request.header(
+                            "authorization",
+                            reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
+                        );
+                    }
+                    request.send()
+                };
+                let shown: String = String::from_utf8_lossy(header.as_deref().unwrap_or_default())
+                    .chars()
+                    .take(80)
+                    .collect();
+                let what = format!(
+                    "#{i} {} {} as {claim:?} ({shown:?})",
+                    r.method,
+                    &r.path[..r.path.len().min(120)]
+                );
+                // A refused request's body is not read, so the server closes
+                // that connection; one the client reused meanwhile fails
+                // unread: send that once more. A timeout is a hang.
+                let response = match attempt().await {
+                    Err(e) if !e.is_timeout() => attempt().await,
+                    other => other,
+                };
+                let response = match response {
+                    Ok(response) => response,
+                    Err(e) => return Some(format!("{what}: no answer ({e})")),
+                };
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                *answers.lock().unwrap().entry((claim, status)).or_default() += 1;
+                if status == 201 {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    let jobs = v["job_ids"].as_array().map_or(0, Vec::len);
+                    created
+                        .lock()
+                        .unwrap()
+                        .insert(v["batch_id"].as_str().unwrap_or_default().to_owned(), jobs);
+                }
+                let expected: Option<&[u16]> = match (claim, r.route) {
+                    // No route has the method: the same 405 for everyone.
+                    (_, None) => Some(&[405]),
+                    (Claim::Nobody, Some(_)) => Some(&[401]),
+                    (Claim::Read, Some(_)) if r.method != reqwest::Method::GET => Some(&[403]),
+                    _ => None,
+                };
+                let wrong = status >= 500
+                    || expected.is_some_and(|e| !e.contains(&status))
+                    || (expected.is_none() && (status == 401 || status == 403));
+                wrong.then(|| format!("{what}: {status} {}", &text[..text.len().min(300)]))
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} failures, first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let answers = answers.lock().unwrap().clone();
+    eprintln!("seed {seed}: {AUTH_REQUESTS} requests, by claim and status: {answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), AUTH_REQUESTS);
+    let after = (env.count("batches").await, env.count("jobs").await);
+    let accepted = {
+        let created = created.lock().unwrap();
+        (created.len() as i64, created.values().sum::<usize>() as i64)
+    };
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        accepted,
+        "seed {seed}: rows written beyond a submit token's accepted batches"
+    );
+    assert!(accepted.0 > 0, "seed {seed}: no batch was accepted at all");
     d.stop().await;
 }

@@ -181,8 +181,23 @@ fn returns_one(entry: &str) -> String {
     format!("def {entry}() -> int:\n    \"\"\"One.\"\"\"\n    return 1\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+/// NUL in the sandbox's output crosses each backend's own plumbing (pipes
+/// or the Docker engine's streams), so the test runs on both.
+mod process {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+        super::nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop("process").await;
+    }
+}
+
+mod docker {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop() {
+        super::nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop("docker").await;
+    }
+}
+
+async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_storage_loop(sandbox: &str) {
     let env = TestEnv::new().await;
     let scripts = vec![
         files_script(
@@ -213,7 +228,7 @@ async fn nul_characters_from_the_model_or_the_sandbox_end_as_a_verdict_not_a_sto
         ),
     ];
     let llm = mock_of(scripts).await;
-    let settings = env.settings(&llm.base_url(), &[]);
+    let settings = env.settings(&llm.base_url(), &[("KILN_SANDBOX", sandbox)]);
     let d = Dispatcher::start(&settings).await;
     let w = support::InProcessWorker::start(&settings).await;
     let entries = [
@@ -323,18 +338,44 @@ async fn the_archive_of_an_answer_with_escaping_paths_leaves_those_files_out() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, vec!["solution.py".to_owned()]);
+    // Left out of the archive, each stays readable on its own as text,
+    // never as a 5xx.
+    for path in ["../up.py", "/etc/abs.py", "..\\..\\win.py"] {
+        let encoded: String = path
+            .bytes()
+            .map(|b| match b {
+                b'/' => "%2F".to_owned(),
+                b'\\' => "%5C".to_owned(),
+                _ => (b as char).to_string(),
+            })
+            .collect();
+        let response = reqwest::get(format!("{}/v1/jobs/{job}/files/{encoded}?run=1&attempt=1", d.url))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8",
+            "{path}"
+        );
+        assert_eq!(response.text().await.unwrap(), "x = 1\n", "{path}");
+    }
     w.stop().await;
     d.stop().await;
 }
 
-/// One generated hostile answer for the spec `entry`: (content, finish reason).
-fn fuzzed_answer(rng: &mut rand::rngs::StdRng, entry: &str) -> (String, &'static str) {
+/// Kinds of answer `fuzzed_answer` makes.
+const ANSWER_KINDS: usize = 24;
+
+/// One generated hostile answer of `kind` for the spec `entry`: (content,
+/// finish reason). Sizes, depths and the finish reason are random.
+fn fuzzed_answer(rng: &mut rand::rngs::StdRng, entry: &str, kind: usize) -> (String, &'static str) {
     use rand::Rng;
     let good = returns_one(entry);
     let depth = rng.random_range(1_000..30_000);
     let nest = |open: &str, close: &str| format!("{good}\nx = {}1{}\n", open.repeat(depth), close.repeat(depth));
     let files = |files: &[(&str, &str)]| answer_files(files);
-    let content = match rng.random_range(0..24) {
+    let content = match kind % ANSWER_KINDS {
         0 => files(&[("solution.py", &good)]),
         1 => files(&[("solution.py", &nest("[", "]"))]),
         2 => files(&[("solution.py", &nest("f(", ")"))]),
@@ -403,7 +444,7 @@ fn answer_files(files: &[(&str, &str)]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_answers_never_kill_the_worker_and_each_ends_as_a_pass_or_the_models_failure() {
     use rand::SeedableRng;
-    const ANSWERS: usize = 96;
+    const ANSWERS: usize = 10 * ANSWER_KINDS;
     let seed: u64 = std::env::var("KILN_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -413,7 +454,8 @@ async fn fuzzed_answers_never_kill_the_worker_and_each_ends_as_a_pass_or_the_mod
     let scripts: Vec<kiln::mock_llm::ScriptFile> = (0..ANSWERS)
         .map(|i| {
             let entry = format!("fuzz_{i}");
-            let (content, finish) = fuzzed_answer(&mut rng, &entry);
+            // Every kind, ten times over.
+            let (content, finish) = fuzzed_answer(&mut rng, &entry, i);
             serde_json::from_value(json!({
                 "name": entry,
                 "match": format!("`{entry}`"),
@@ -468,11 +510,18 @@ async fn fuzzed_answers_never_kill_the_worker_and_each_ends_as_a_pass_or_the_mod
             "seed {seed}: fuzz_{i} ended {state} {code:?} after {crashes} crashes; {batch}"
         );
     }
+    let mut tally = std::collections::BTreeMap::<(&str, Option<&str>), usize>::new();
+    for (state, code, _) in &ends {
+        *tally.entry((state.as_str(), code.as_deref())).or_default() += 1;
+    }
     eprintln!(
-        "seed {seed}: {:?}",
-        ends.iter()
-            .map(|e| (&e.0, &e.1))
-            .collect::<std::collections::BTreeSet<_>>()
+        "seed {seed}: {} answers of {ANSWER_KINDS} kinds ended {tally:?}",
+        ends.len()
+    );
+    assert_eq!(ends.len(), ANSWERS);
+    assert!(
+        worker.0.try_wait().unwrap().is_none(),
+        "seed {seed}: the worker died at the end"
     );
     assert_eq!(
         llm.requests().len(),

@@ -4,7 +4,8 @@
 //! and builtin-named functions. And it stays unforgeable: the tricks that
 //! make plain pytest pass wrong code (an object equal to everything, a
 //! lying `__eq__`, a `StopIteration` that ends the test's loop, exiting,
-//! printing a fake result) are still judged failed. On both backends.
+//! printing a fake result) are still judged failed, and integers of any
+//! size and values of every type are compared exactly. On both backends.
 
 #[path = "support/sandbox.rs"]
 #[macro_use]
@@ -416,6 +417,121 @@ async fn tricks_that_fool_plain_pytest_are_judged_failed(backend: Backend) {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// Tests of `is_even` that a `StopIteration` escaping into them would pass:
+/// it ends `map` and `filter` early, so `all` is true, `any` false, a
+/// counting loop or a `sum` stops short, and `zip` or `next` with a default
+/// see an empty sequence.
+const STOP_ITERATION_TESTS: &str = r"from solution import *
+
+def test_all():
+    assert all(map(is_even, [2, 4, 6]))
+
+def test_not_any():
+    assert not any(map(is_even, [1, 3]))
+
+def test_filter():
+    assert list(filter(is_even, [1, 3])) == []
+
+def test_counting_loop():
+    odd = 0
+    for even in map(is_even, [1, 2, 3]):
+        odd += not even
+    assert odd <= 2
+
+def test_sum():
+    assert sum(map(is_even, [1, 3])) == 0
+
+def test_zip():
+    assert [pair for pair in zip([1, 3], map(is_even, [1, 3])) if pair[1]] == []
+
+def test_next_with_default():
+    assert next(filter(is_even, [1, 3, 5]), None) is None
+";
+
+/// `StopIteration` (or a subclass, or the other exceptions that steer
+/// control flow) raised by the solution reaches the tests as an error,
+/// never as itself: re-raised inside the trusted test it ended the test's
+/// loop, so `assert all(map(f, xs))` passed for an `f` that raised it. Each
+/// of the tests above fails for such a solution, the same tests pass for a
+/// right one, and a test case of a function that raises it fails too.
+async fn a_stop_iteration_from_the_solution_never_ends_a_loop_in_the_tests(backend: Backend) {
+    let _lock = exclusive().await;
+    let limits = limits();
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let right = "def is_even(n):\n    return n % 2 == 0\n";
+    let report = sandbox
+        .function_job(&job("is_even", right, STOP_ITERATION_TESTS), &limits)
+        .await;
+    assert!(
+        report.all_passed() && report.passed == 7,
+        "a right is_even passes all 7: {}",
+        failures(&report)
+    );
+    let raisers = [
+        ("StopIteration", "def is_even(n):\n    raise StopIteration\n"),
+        (
+            "StopIteration with a value",
+            "def is_even(n):\n    raise StopIteration(True)\n",
+        ),
+        (
+            "a subclass of StopIteration",
+            "class Done(StopIteration):\n    pass\n\ndef is_even(n):\n    raise Done()\n",
+        ),
+        (
+            "a class named StopIteration",
+            "class StopIteration(Exception):\n    pass\n\ndef is_even(n):\n    raise StopIteration()\n",
+        ),
+        (
+            "StopIteration from a callable object",
+            "class IsEven:\n    def __call__(self, n):\n        raise StopIteration\n\nis_even = IsEven()\n",
+        ),
+        (
+            "StopIteration only for odd numbers",
+            "def is_even(n):\n    if n % 2:\n        raise StopIteration\n    return True\n",
+        ),
+        ("StopAsyncIteration", "def is_even(n):\n    raise StopAsyncIteration\n"),
+        ("GeneratorExit", "def is_even(n):\n    raise GeneratorExit\n"),
+    ];
+    let mut wrong = Vec::new();
+    for (what, solution) in raisers {
+        let report = sandbox
+            .function_job(&job("is_even", solution, STOP_ITERATION_TESTS), &limits)
+            .await;
+        let passed: Vec<&str> = report
+            .cases
+            .iter()
+            .filter(|c| c.outcome == Outcome::Passed)
+            .map(|c| c.name.as_str())
+            .collect();
+        // The odd-only raiser is right about 2, 4 and 6: only that test
+        // passes honestly.
+        let honest: &[&str] = if what == "StopIteration only for odd numbers" {
+            &["test_all"]
+        } else {
+            &[]
+        };
+        if report.total < 7 || passed.iter().any(|p| !honest.contains(p)) {
+            wrong.push(format!("{what}: passed {passed:?} of {}", report.total));
+        }
+        // Judged by test cases, the call fails as the solution's error.
+        let cases = FunctionJob {
+            entry_point: "is_even".into(),
+            solution: solution.into(),
+            cases: vec![(json!([2]), json!(true)), (json!([4]), json!(true))],
+            test_code: None,
+        };
+        let report = sandbox.function_job(&cases, &limits).await;
+        let honest = u32::from(what == "StopIteration only for odd numbers") * 2;
+        if report.passed != honest {
+            wrong.push(format!(
+                "{what} as test cases: passed {}/{}",
+                report.passed, report.total
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 /// A correct solution that needs seconds of CPU passes however many jobs
 /// share the machine: per-call limits count CPU time, not wall time.
 async fn a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy(backend: Backend) {
@@ -795,4 +911,5 @@ for_both_backends!(
     big_integers_are_compared_exactly_on_both_backends,
     values_of_the_wrong_type_are_judged_failed,
     solution_names_never_replace_the_tests_own_helpers,
+    a_stop_iteration_from_the_solution_never_ends_a_loop_in_the_tests,
 );

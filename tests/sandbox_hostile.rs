@@ -1185,7 +1185,8 @@ async fn secret_stays_unreadable(backend: Backend, secret: &str) {
 /// dumpable and of the same uid), made it exec its own program, which
 /// escaped `kill(-1)` and rewrote the trusted pytest process's output. Each
 /// step needs one of these calls; every one must be refused, against pid 1
-/// and every other process of the run, trusted or not.
+/// and every other process of the run, trusted or not; so must
+/// `process_vm_writev` and copying a descriptor with `pidfd_getfd`.
 const TRACE_OTHERS: &str = r"
 import ctypes, os
 
@@ -1199,12 +1200,22 @@ class IoVec(ctypes.Structure):
     _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
 
 
+def _harness(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return b'KILN-REPORT' in f.read()
+    except OSError:
+        return False
+
+
 def _reached():
     me = os.getpid()
     found = []
     for pid in sorted({1} | {int(p) for p in os.listdir('/proc') if p.isdigit()}):
         if pid == me:
             continue
+        if pid != 1 and _harness(pid):
+            TRUSTED.append(pid)
         for request in (PTRACE_ATTACH, PTRACE_SEIZE):
             if libc.ptrace(request, pid, None, None) == 0:
                 found.append('ptrace %d of pid %d' % (request, pid))
@@ -1215,21 +1226,37 @@ def _reached():
         # process_vm_readv: EPERM when refused, EFAULT when allowed.
         if libc.syscall(310, pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
             found.append('process_vm_readv of pid %d' % pid)
-    try:
-        with open('/proc/1/cmdline', 'rb') as f:
-            if b'KILN-REPORT' not in f.read():
-                found.append('pid 1 is not the harness')
-    except OSError:
-        pass
+        # process_vm_writev to page 0, never mapped: EFAULT when allowed.
+        nowhere = IoVec(ctypes.c_void_p(8), 8)
+        if libc.syscall(311, pid, ctypes.byref(local), 1, ctypes.byref(nowhere), 1, 0) >= 0 or ctypes.get_errno() not in (1, 3):
+            found.append('process_vm_writev of pid %d' % pid)
+        # pidfd_getfd: a copy of another process's descriptor (its pipes).
+        pidfd = libc.syscall(434, pid, 0)
+        if pidfd >= 0:
+            for fd in range(8):
+                stolen = libc.syscall(438, pidfd, fd, 0)
+                if stolen >= 0:
+                    found.append('pidfd_getfd of fd %d of pid %d' % (fd, pid))
+                    os.close(stolen)
+            os.close(pidfd)
+    if not _harness(1):
+        found.append('pid 1 is not the harness')
     return found
 
 
+# Harness processes other than pid 1 that were probed: the trusted tests
+# process is the parent of the pytest stage's runner.
+TRUSTED = []
 REACHED = _reached()
 
 
 def escaped():
-    return bool(REACHED)
+    return True if REACHED else 'reached nothing; probed pid 1 and %d other trusted' % len(TRUSTED)
 ";
+
+/// `ESCAPED_TESTS` for an `escaped` that says what it saw when it did not
+/// escape (a string, which is true too).
+const ESCAPED_IS_TRUE_TESTS: &str = "from solution import *\n\n\ndef test_escaped():\n    assert escaped() is True\n";
 
 async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(backend: Backend) {
     let (report, _) = judged_failed(backend, |m| {
@@ -1238,17 +1265,154 @@ async fn ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed(bac
             TRACE_OTHERS,
             m,
             vec![(json!([]), json!(true))],
-            Some(ESCAPED_TESTS),
+            Some(ESCAPED_IS_TRUE_TESTS),
         )
     })
     .await;
-    // Judged on what it found, in the runner and under the trusted tests.
-    assert!(
+    // Judged on what it found, in the runner of the test cases (where the
+    // checker, pid 1, is the one trusted process) and in the runner of the
+    // pytest stage (where the trusted tests process is alive too).
+    let message = |name: &str| {
         report
             .cases
             .iter()
-            .any(|c| c.message.contains("expected True, got False")),
-        "the probe ran and found nothing: {report:#?}"
+            .find(|c| c.name == name)
+            .map_or_else(|| panic!("no {name}: {report:#?}"), |c| c.message.clone())
+    };
+    assert!(
+        message("case_0").contains("reached nothing; probed pid 1 and 0 other trusted"),
+        "{report:#?}"
+    );
+    assert!(
+        message("test_escaped").contains("reached nothing; probed pid 1 and 1 other trusted"),
+        "{report:#?}"
+    );
+}
+
+/// The forged-verdict attack's first step, performed for real: the
+/// candidate of the test-cases stage ptrace-attaches pid 1 and makes it
+/// exec a loop of its own, which the checker's `kill(-1)` between stages
+/// cannot reach (the kernel exempts pid 1), so it lived on into the pytest
+/// stage. (The injection itself, execve through `PTRACE_SETREGS` at a
+/// process blocked in a syscall, works against a same-uid process on this
+/// kernel.) A double-forked daemon tries the plain way. The runner of the
+/// pytest stage reports what still beats; today the attach is refused and
+/// nothing of stage 1 survives.
+const PID_1_TAKEOVER: &str = r#"
+import ctypes, os, struct, sys, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PEEKTEXT, POKETEXT, POKEDATA, GETREGS, SETREGS, ATTACH, DETACH = 1, 4, 5, 12, 13, 16, 17
+
+
+class Regs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_ulonglong) for n in (
+        'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8', 'rax', 'rcx', 'rdx', 'rsi',
+        'rdi', 'orig_rax', 'rip', 'cs', 'eflags', 'rsp', 'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs')]
+
+
+def heartbeat(path):
+    return ("import ctypes, time\nctypes.CDLL(None).prctl(15, b'MARKER', 0, 0, 0)\nwhile True:\n"
+            "    with open(%r, 'w') as f:\n        f.write(repr(time.time()))\n    time.sleep(0.02)\n" % path)
+
+
+def take_over(pid, beat):
+    """The review's attack: ptrace-attach `pid` and make it exec a loop that
+    writes `beat` every 20 ms. Returns what happened."""
+    if libc.ptrace(ATTACH, pid, None, None) != 0:
+        return 'attach refused (errno %d)' % ctypes.get_errno()
+    os.waitpid(pid, 0x40000000)  # __WALL
+    regs = Regs()
+    if libc.ptrace(GETREGS, pid, None, ctypes.byref(regs)) != 0:
+        libc.ptrace(DETACH, pid, None, None)
+        return 'getregs refused (errno %d)' % ctypes.get_errno()
+    args = [sys.executable.encode() + b'\0', b'-c\0', heartbeat(beat).encode() + b'\0']
+    size = sum(len(a) for a in args)
+    sp = (regs.rsp - 8192 - size - 64) & ~0xf
+    blob, ptrs = b'', []
+    for a in args:
+        ptrs.append(sp + len(blob))
+        blob += a
+    blob = blob.ljust((len(blob) + 7) & ~7, b'\0')
+    argv = sp + len(blob)
+    blob += struct.pack('<4Q', ptrs[0], ptrs[1], ptrs[2], 0)
+    for off in range(0, len(blob), 8):
+        word = struct.unpack_from('<Q', blob, off)[0]
+        libc.ptrace(POKEDATA, pid, ctypes.c_void_p(sp + off), ctypes.c_void_p(word))
+    text = libc.ptrace(PEEKTEXT, pid, ctypes.c_void_p(regs.rip), None)
+    libc.ptrace(POKETEXT, pid, ctypes.c_void_p(regs.rip),
+                ctypes.c_void_p(((text & ~0xffff) | 0x050f) & 0xffffffffffffffff))  # syscall
+    regs.rax, regs.rdi, regs.rsi, regs.rdx = 59, ptrs[0], argv, 0  # execve
+    regs.orig_rax, regs.rsp = 0xffffffffffffffff, sp  # no syscall restart
+    libc.ptrace(SETREGS, pid, None, ctypes.byref(regs))
+    libc.ptrace(DETACH, pid, None, None)
+    return 'took over pid %d' % pid
+
+
+def alive(beat):
+    """Whether something still writes `beat`."""
+    try:
+        before = os.stat(beat).st_mtime_ns
+    except OSError:
+        return False
+    time.sleep(0.3)
+    try:
+        return os.stat(beat).st_mtime_ns != before
+    except OSError:
+        return False
+
+
+def daemon(beat):
+    """The same loop, in a double-forked process of its own session."""
+    if os.fork() != 0:
+        return
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)
+    os.execv(sys.executable, [sys.executable, '-c', heartbeat(beat)])
+
+
+STAGE = '/tmp/kiln-stage-MARKER'
+BEATS = {'pid 1': '/tmp/kiln-beat-pid1-MARKER', 'a daemon': '/tmp/kiln-beat-daemon-MARKER'}
+if not os.path.exists(STAGE):
+    # The test cases' runner: plant the survivors.
+    open(STAGE, 'w').close()
+    SEEN = 'stage 1: ' + take_over(1, BEATS['pid 1'])
+    daemon(BEATS['a daemon'])
+    SURVIVORS = []
+else:
+    # The runner of the spec's tests: is anything of stage 1 still running?
+    SURVIVORS = [who for who, beat in BEATS.items() if alive(beat)]
+    SEEN = 'stage 2: survivors %s' % SURVIVORS
+
+
+def escaped():
+    return True if SURVIVORS else SEEN
+"#;
+
+async fn taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed(backend: Backend) {
+    let (report, _) = judged_failed(backend, |m| {
+        job(
+            "escaped",
+            PID_1_TAKEOVER,
+            m,
+            vec![(json!([]), json!(true))],
+            Some(ESCAPED_IS_TRUE_TESTS),
+        )
+    })
+    .await;
+    // Both stages ran the probe: the first was refused pid 1, the second
+    // found nothing of the first alive.
+    let messages: Vec<&str> = report.cases.iter().map(|c| c.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("stage 1: attach refused")),
+        "{report:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("stage 2: survivors []")),
+        "{report:#?}"
     );
 }
 
@@ -1320,5 +1484,6 @@ for_both_backends!(
     stopping_every_other_process_is_judged_failed,
     stealing_the_nonce_to_forge_a_report_is_judged_failed,
     ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed,
+    taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed,
     the_kernel_keyrings_are_out_of_reach_and_judged_failed,
 );
