@@ -402,14 +402,18 @@ impl Pipeline {
     ) -> Result<Generated, Stop> {
         let lease = &job.lease;
         let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
-        // Each earlier answer of the run that repeated one before it makes
-        // this request warmer, so the model does not send it yet again (a
-        // temperature left to the model, `off`, is not touched).
+        // A repair is warmer than the first request by a step per earlier
+        // attempt, and a step more per earlier answer that repeated one
+        // before it: at the first request's temperature a small model
+        // answers a repair prompt with its previous answer about half the
+        // time (benches/real_model.rs). A temperature left to the model,
+        // `off`, is not touched.
         let repeats = if attempt.n > 1 {
             self.answers_of_run(job, attempt.n, cancel).await?.repeats
         } else {
             0
         };
+        let earlier = u32::try_from(attempt.n - 1).unwrap_or(0);
         let request = ChatRequest {
             model: attempt.model.clone(),
             messages,
@@ -417,7 +421,7 @@ impl Pipeline {
             temperature: self
                 .settings
                 .temperature
-                .map(|t| (t + REPEAT_WARMING * repeats as f32).min(MAX_WARMED_TEMPERATURE)),
+                .map(|t| (t + WARMING * (earlier + repeats) as f32).min(MAX_WARMED_TEMPERATURE)),
             json: true,
             attempt_id: attempt.id.to_string(),
         };
@@ -746,9 +750,9 @@ impl Pipeline {
 pub const REPEAT_NOTE: &str = "Your previous answer was byte for byte the same as an earlier answer, which \
      already failed. Do not send it again: read the failures below and change the code.";
 
-/// How much warmer a request is per repeated answer before it, up to
-/// [`MAX_WARMED_TEMPERATURE`].
-const REPEAT_WARMING: f32 = 0.3;
+/// How much warmer a request is per earlier attempt of its run and per
+/// repeated answer before it, up to [`MAX_WARMED_TEMPERATURE`].
+const WARMING: f32 = 0.3;
 const MAX_WARMED_TEMPERATURE: f32 = 1.2;
 
 /// The answers of a run before some attempt.

@@ -238,9 +238,10 @@ async fn the_temperature_and_the_token_field_are_sent_as_configured() {
 }
 
 /// The same wrong answer again would fail the same way and be paid for
-/// again: after a repeat the next request is warmer and its prompt says so.
+/// again: every repair is warmer than the request before it, after a repeat
+/// warmer still, and its prompt says so.
 #[tokio::test]
-async fn after_an_answer_repeats_an_earlier_one_the_next_request_is_warmer_and_says_so() {
+async fn each_repair_is_warmer_and_after_a_repeat_warmer_still_and_says_so() {
     let env = TestEnv::new().await;
     let llm = mock(
         r#"
@@ -261,14 +262,14 @@ async fn after_an_answer_repeats_an_earlier_one_the_next_request_is_warmer_and_s
     )
     .await;
     assert_eq!(batch["counts"]["failed"], 1, "{batch}");
-    // Attempt 2 repeats attempt 1, attempt 3 repeats both: each repeat
-    // before a request warms it by 0.3.
+    // 0.3 warmer per earlier attempt, and 0.3 more per earlier repeat:
+    // attempt 2 repeats attempt 1, attempt 3 repeats both (capped at 1.2).
     let temperatures: Vec<i64> = llm
         .requests()
         .iter()
         .map(|r| (r.params["temperature"].as_f64().unwrap() * 100.0).round() as i64)
         .collect();
-    assert_eq!(temperatures, vec![20, 20, 50, 80]);
+    assert_eq!(temperatures, vec![20, 50, 110, 120]);
     let attempts = d.attempts(&ids[0], true).await;
     let leads: Vec<bool> = attempts
         .iter()
