@@ -27,7 +27,6 @@
 //! - [`http`]: the dispatcher's HTTP API v1.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
-//! - [`mock_llm`]: the scripted OpenAI-compatible server for tests and demos.
 //! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
 
 pub mod auth;
@@ -39,7 +38,6 @@ pub mod feeder;
 pub mod files;
 pub mod http;
 pub mod llm;
-pub mod mock_llm;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;
