@@ -19,6 +19,8 @@
 //! - [`pipeline`]: one job from claim to outcome, resumable at each step.
 //!
 //! Around it:
+//! - [`domain`]: the shared vocabulary (token scopes, token usage, …) every
+//!   layer speaks, depending on none of them.
 //! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.
@@ -32,6 +34,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod domain;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feeder;

@@ -298,7 +298,8 @@ impl Pipeline {
             && previous.is_none()
             && let Some(cached) = self
                 .retry_db(cancel, || {
-                    self.store.reuse_cached(&job.lease, job.run, n, &model, &prompt)
+                    self.store
+                        .reuse_cached(&job.lease, job.run, n, &model, &prompt, prompt::PROMPT_VERSION)
                 })
                 .await?
         {
@@ -307,7 +308,8 @@ impl Pipeline {
         }
         let attempt = self
             .retry_db(cancel, || {
-                self.store.start_attempt(&job.lease, job.run, n, &model, &prompt)
+                self.store
+                    .start_attempt(&job.lease, job.run, n, &model, &prompt, prompt::PROMPT_VERSION)
             })
             .await?;
         self.leave(&job.lease, in_worker, Activity::Model, cancel).await?;

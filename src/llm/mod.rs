@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
-use crate::store::attempts::TokenUsage;
+use crate::domain::TokenUsage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

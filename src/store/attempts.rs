@@ -14,6 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Lease, Store, StoreError, storable, storable_json};
+pub use crate::domain::TokenUsage;
 use crate::files::File;
 
 /// The last step of an attempt that was persisted.
@@ -103,13 +104,6 @@ impl FaultKind {
             FaultKind::Sandbox => "sandbox",
         }
     }
-}
-
-/// Tokens the provider billed for one response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct TokenUsage {
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
 }
 
 /// One entry of `GET /v1/jobs/{id}/attempts`.
@@ -221,7 +215,9 @@ impl Store {
 
     /// Creates attempt `n` of `run` with the prompt about to be sent. If a
     /// row for (job, run, n) already exists it is returned unchanged: the
-    /// caller resumes it instead of starting over.
+    /// caller resumes it instead of starting over. `prompt_version` names
+    /// the wording of `prompt` (the caller's `prompt::PROMPT_VERSION`), so a
+    /// cached answer is only reused for the same wording.
     pub async fn start_attempt(
         &self,
         lease: &Lease,
@@ -229,6 +225,7 @@ impl Store {
         n: i32,
         model: &str,
         prompt: &Value,
+        prompt_version: &str,
     ) -> Result<AttemptRecord, StoreError> {
         let prompt = storable_json(prompt);
         let prompt = prompt.as_ref();
@@ -244,7 +241,7 @@ impl Store {
             n,
             model,
             prompt,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
             lease.owner,
             lease.epoch,
         )
@@ -473,6 +470,7 @@ impl Store {
         n: i32,
         model: &str,
         prompt: &Value,
+        prompt_version: &str,
     ) -> Result<Option<AttemptRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
@@ -487,7 +485,7 @@ impl Store {
                LIMIT 1"#,
             lease.job_id,
             model,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -506,7 +504,7 @@ impl Store {
             n,
             model,
             prompt,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
             source.response,
             source.finish_reason,
             source.validation,
