@@ -19,8 +19,8 @@
 //! - [`pipeline`]: one job from claim to outcome, resumable at each step.
 //!
 //! Around it:
-//! - [`domain`]: the shared vocabulary (token scopes, token usage, …) every
-//!   layer speaks, depending on none of them.
+//! - [`domain`]: the shared vocabulary (job and attempt states, phases, error
+//!   codes, token scopes and usage) every layer speaks, depending on none.
 //! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.

@@ -13,12 +13,11 @@ use uuid::Uuid;
 use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
+use crate::domain::JobState;
 use crate::spec::{
     BatchRequest, Limits, Options, Spec, canonical_numbers, check_budget_tokens, find_nul, number_message,
 };
 use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
-
-pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
 /// names the field at fault; this type only describes it).
@@ -166,11 +165,12 @@ pub async fn jobs(
 ) -> Result<Json<JobPage>, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     if let Some(s) = &q.state
-        && !JOB_STATES.contains(&s.as_str())
+        && s.parse::<JobState>().is_err()
     {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::invalid(
             "state",
-            format!("{s:?} is not one of {}", JOB_STATES.join(", ")),
+            format!("{s:?} is not one of {}", names.join(", ")),
         ));
     }
     let limit = match &q.limit {
