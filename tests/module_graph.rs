@@ -13,6 +13,7 @@
 //! the test feature `fault-injection`) is left out: it may use anything.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
@@ -71,7 +72,7 @@ fn is_cfg_test(group: &TokenStream) -> bool {
             TokenTree::Ident(i) => i == "test",
             TokenTree::Literal(l) => l.to_string() == "\"fault-injection\"",
             TokenTree::Group(g) => names_test(&g.stream()),
-            _ => false,
+            TokenTree::Punct(_) => false,
         })
     }
     let tokens: Vec<TokenTree> = group.clone().into_iter().collect();
@@ -334,18 +335,20 @@ fn the_library_has_no_import_cycles_between_modules() {
     let cycles = cycles(&edges);
     let mut report = String::new();
     for cycle in &cycles {
-        report.push_str(&format!(
-            "cycle: {}\n",
+        let _ = writeln!(
+            report,
+            "cycle: {}",
             cycle.iter().map(name).collect::<Vec<_>>().join(" -> ")
-        ));
+        );
         for pair in cycle.windows(2) {
             let evidence = &edges[&(pair[0].clone(), pair[1].clone())];
-            report.push_str(&format!(
-                "  {} -> {}: {}\n",
+            let _ = writeln!(
+                report,
+                "  {} -> {}: {}",
                 name(&pair[0]),
                 name(&pair[1]),
                 evidence.join(", ")
-            ));
+            );
         }
     }
     assert!(cycles.is_empty(), "import cycles between modules:\n{report}");
