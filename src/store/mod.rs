@@ -191,11 +191,6 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Wraps an existing pool (migrations are the caller's business).
-    pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
-    }
-
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
