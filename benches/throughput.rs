@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kiln::config::Settings;
 use kiln::http::Application;
-use kiln::mock_llm::{MockServer, ScriptFile};
+use kiln_mock_llm::{MockServer, ScriptFile};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

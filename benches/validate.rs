@@ -44,7 +44,7 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let batch = kiln::client::load_batch(&root.join("examples/specs/services.yaml")).expect("the demo specs load");
     let spec = Spec::from_value(batch["specs"][0].clone(), "specs[0]").expect("the notes spec is valid");
-    let scripts = kiln::mock_llm::load_scripts(&root.join("examples/mock-llm")).expect("the demo scripts load");
+    let scripts = kiln_mock_llm::load_scripts(&root.join("examples/mock-llm")).expect("the demo scripts load");
     let notes = scripts
         .iter()
         .find(|s| s.name == "notes-service")

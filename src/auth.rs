@@ -20,8 +20,6 @@
 //! - A revoked token is refused within [`CACHE_TTL`] by every dispatcher.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +27,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::AuthMode;
+pub use crate::domain::Scope;
 use crate::store::tokens::TokenRecord;
 use crate::store::{Store, StoreError};
 
@@ -40,55 +39,6 @@ use crate::store::{Store, StoreError};
 /// pgbench) and a pooled connection, while a status read, what polling
 /// clients send most, is three queries; the cache saves a quarter of them.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
-
-/// What a token allows. The order is the nesting: a scope allows every
-/// scope before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Every `GET` of `/v1`.
-    Read,
-    /// `read`, plus creating, changing, retrying and cancelling.
-    Submit,
-    /// Everything.
-    Admin,
-}
-
-impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Submit, Scope::Admin];
-
-    /// True when a token of this scope may do what needs `needed`.
-    pub fn allows(self, needed: Scope) -> bool {
-        self >= needed
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Submit => "submit",
-            Scope::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Scope {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Scope, String> {
-        match s {
-            "read" => Ok(Scope::Read),
-            "submit" => Ok(Scope::Submit),
-            "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown scope {other:?}, expected read, submit or admin")),
-        }
-    }
-}
 
 /// Who is making a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

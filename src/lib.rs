@@ -19,6 +19,8 @@
 //! - [`pipeline`]: one job from claim to outcome, resumable at each step.
 //!
 //! Around it:
+//! - [`domain`]: the shared vocabulary (job and attempt states, phases, error
+//!   codes, token scopes and usage) every layer speaks, depending on none.
 //! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.
@@ -27,19 +29,18 @@
 //! - [`http`]: the dispatcher's HTTP API v1.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
-//! - [`mock_llm`]: the scripted OpenAI-compatible server for tests and demos.
 //! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
 
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod domain;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod feeder;
 pub mod files;
 pub mod http;
 pub mod llm;
-pub mod mock_llm;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;

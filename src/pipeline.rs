@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
 use crate::config::Price;
+use crate::domain::ErrorCode;
 use crate::files::File;
 use crate::llm::guard::{Guard, estimate_tokens};
 use crate::llm::{ChatRequest, Disposition, LlmClient, Message};
@@ -63,7 +64,7 @@ pub struct PipelineSettings {
 pub enum JobEnd {
     Succeeded,
     Failed {
-        code: String,
+        code: ErrorCode,
     },
     /// Stopped on request (shutdown) before an outcome; the caller releases
     /// the lease so another worker resumes.
@@ -108,7 +109,7 @@ struct InWorker<'a> {
 enum Stop {
     /// Infrastructure limits ran out or the provider refused: job fails with `code`.
     Fail {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     Interrupted,
@@ -148,16 +149,22 @@ impl Pipeline {
             if let Some(a) = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
                 .await?
-                && a.state == "running"
+                && a.state == AttemptState::Running
             {
-                self.end_attempt(lease, &a, AttemptState::Error, Some(("crash_loop", &message)), cancel)
-                    .await?;
+                self.end_attempt(
+                    lease,
+                    &a,
+                    AttemptState::Error,
+                    Some((ErrorCode::CrashLoop, &message)),
+                    cancel,
+                )
+                .await?;
             }
             return self
                 .end_job(
                     lease,
                     JobOutcome::Failed {
-                        code: "crash_loop",
+                        code: ErrorCode::CrashLoop,
                         message: &message,
                     },
                     cancel,
@@ -172,21 +179,21 @@ impl Pipeline {
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
                 .await?;
             let attempt = match latest {
-                Some(a) if a.state == "running" => a,
-                Some(a) if a.state == "passed" => {
+                Some(a) if a.state == AttemptState::Running => a,
+                Some(a) if a.state == AttemptState::Passed => {
                     // Passed but the job was not marked: finish what a dead worker started.
                     return self
                         .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
                         .await;
                 }
-                Some(a) if a.state == "error" => {
-                    let code = a.error_code.clone().unwrap_or_else(|| "internal".into());
+                Some(a) if a.state == AttemptState::Error => {
+                    let code = a.error_code.unwrap_or(ErrorCode::Internal);
                     let message = a.error_message.clone().unwrap_or_default();
                     return self
                         .end_job(
                             lease,
                             JobOutcome::Failed {
-                                code: &code,
+                                code,
                                 message: &message,
                             },
                             cancel,
@@ -213,7 +220,7 @@ impl Pipeline {
                         .await;
                 }
                 previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
-                    Ok(a) if a.state == "passed" => {
+                    Ok(a) if a.state == AttemptState::Passed => {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
                         return self
                             .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
@@ -258,7 +265,7 @@ impl Pipeline {
             .or_else(|| self.settings.default_model.clone())
         else {
             return Err(Stop::Fail {
-                code: "no_model",
+                code: ErrorCode::NoModel,
                 message: "the batch names no model (options.model) and KILN_LLM_MODEL is not set".into(),
             });
         };
@@ -298,7 +305,8 @@ impl Pipeline {
             && previous.is_none()
             && let Some(cached) = self
                 .retry_db(cancel, || {
-                    self.store.reuse_cached(&job.lease, job.run, n, &model, &prompt)
+                    self.store
+                        .reuse_cached(&job.lease, job.run, n, &model, &prompt, prompt::PROMPT_VERSION)
                 })
                 .await?
         {
@@ -307,7 +315,8 @@ impl Pipeline {
         }
         let attempt = self
             .retry_db(cancel, || {
-                self.store.start_attempt(&job.lease, job.run, n, &model, &prompt)
+                self.store
+                    .start_attempt(&job.lease, job.run, n, &model, &prompt, prompt::PROMPT_VERSION)
             })
             .await?;
         self.leave(&job.lease, in_worker, Activity::Model, cancel).await?;
@@ -350,7 +359,7 @@ impl Pipeline {
             let (files, validation) = check_answer(&job.spec, &response.content, response.finish_reason.as_deref())
                 .await
                 .map_err(|e| Stop::Fail {
-                    code: "internal",
+                    code: ErrorCode::Internal,
                     message: format!("could not validate the answer: {e}"),
                 })?;
             let report = serde_json::to_value(&validation).expect("reports serialise");
@@ -440,7 +449,7 @@ impl Pipeline {
                 .await?;
             if !within_budget {
                 return Err(Stop::Fail {
-                    code: "budget_exhausted",
+                    code: ErrorCode::BudgetExhausted,
                     message: format!(
                         "the batch's budget_tokens would be exceeded: this request may use {tokens} tokens \
                          (prompt estimate + max_tokens); raise the budget (PATCH /v1/batches/{}) and retry the batch",
@@ -512,7 +521,7 @@ impl Pipeline {
                         warn!(job_id = %lease.job_id, attempt = attempt.n, faults = count, error = %message, "model provider fault");
                         if count > self.settings.llm_max_retries as i32 {
                             return Err(Stop::Fail {
-                                code: "llm_unavailable",
+                                code: ErrorCode::LlmUnavailable,
                                 message: format!("the model provider failed {count} times in a row; last: {message}"),
                             });
                         }
@@ -594,7 +603,7 @@ impl Pipeline {
             warn!(job_id = %job.lease.job_id, attempt = attempt.n, faults = count, error = %message, "sandbox fault");
             if count > self.settings.sandbox_max_retries as i32 {
                 return Err(Stop::Fail {
-                    code: "sandbox_unavailable",
+                    code: ErrorCode::SandboxUnavailable,
                     message: format!("the sandbox failed {count} times in a row; last: {message}"),
                 });
             }
@@ -616,7 +625,7 @@ impl Pipeline {
             Stop::LeaseLost => Ok(JobEnd::LeaseLost),
             Stop::Store(e) => Err(e.into()),
             Stop::Fail { code, message } => {
-                warn!(job_id = %lease.job_id, code, %message, "job stopped");
+                warn!(job_id = %lease.job_id, %code, %message, "job stopped");
                 if let Some(a) = attempt {
                     match self
                         .end_attempt(lease, a, AttemptState::Error, Some((code, &message)), cancel)
@@ -644,7 +653,7 @@ impl Pipeline {
         lease: &Lease,
         attempt: &AttemptRecord,
         state: AttemptState,
-        error: Option<(&str, &str)>,
+        error: Option<(ErrorCode, &str)>,
         cancel: &CancellationToken,
     ) -> Result<(), PipelineError> {
         Ok(self
@@ -661,7 +670,7 @@ impl Pipeline {
         match self.retry_db(cancel, || self.store.finish_job(lease, outcome)).await {
             Ok(()) => Ok(match outcome {
                 JobOutcome::Succeeded { .. } => JobEnd::Succeeded,
-                JobOutcome::Failed { code, .. } => JobEnd::Failed { code: code.to_owned() },
+                JobOutcome::Failed { code, .. } => JobEnd::Failed { code },
             }),
             Err(StoreError::LeaseLost) => Ok(JobEnd::LeaseLost),
             Err(e) => Err(e.into()),
@@ -845,7 +854,7 @@ fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) ->
 
 /// The job's error once its last attempt failed: a code naming what failed
 /// and a message with the last attempt's first problem.
-fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
+fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
     let validation: Option<ValidationReport> = last.validation.clone().and_then(|v| serde_json::from_value(v).ok());
     let tests: Option<TestReport> = last.tests.clone().and_then(|v| serde_json::from_value(v).ok());
     let prefix = format!("all {max} attempts failed; the last one: ");
@@ -856,9 +865,9 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
             .map(|d| format!("{} [{}] {}", d.location(), d.rule, d.message))
             .unwrap_or_default();
         let code = if v.errors().any(|d| d.rule.starts_with("response-")) {
-            "invalid_response"
+            ErrorCode::InvalidResponse
         } else {
-            "validation_failed"
+            ErrorCode::ValidationFailed
         };
         return (
             code,
@@ -877,7 +886,7 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
             })
             .unwrap_or_default();
         return (
-            "tests_failed",
+            ErrorCode::TestsFailed,
             format!(
                 "{prefix}{} of {} tests failed, first: {}",
                 t.failed,
@@ -886,7 +895,7 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (&'static str, String) {
             ),
         );
     }
-    ("attempts_exhausted", format!("all {max} attempts failed"))
+    (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed"))
 }
 
 /// Exponential backoff with full jitter, at least what the provider asked

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln::mock_llm::{MockServer, ScriptFile};
+use kiln_mock_llm::{MockServer, ScriptFile};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Proc, TestEnv, add_spec};

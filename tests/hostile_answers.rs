@@ -99,7 +99,7 @@ async fn nesting_within_what_python_compiles_is_not_flagged() {
 }
 
 /// A mock script answering `{entry}` specs with `content`, every attempt.
-fn script(entry: &str, content: &str) -> kiln::mock_llm::ScriptFile {
+fn script(entry: &str, content: &str) -> kiln_mock_llm::ScriptFile {
     serde_json::from_value(json!({
         "name": entry,
         "match": format!("`{entry}`"),
@@ -108,9 +108,9 @@ fn script(entry: &str, content: &str) -> kiln::mock_llm::ScriptFile {
     .unwrap()
 }
 
-async fn mock_of(scripts: Vec<kiln::mock_llm::ScriptFile>) -> kiln::mock_llm::MockServer {
+async fn mock_of(scripts: Vec<kiln_mock_llm::ScriptFile>) -> kiln_mock_llm::MockServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    kiln::mock_llm::MockServer::start(listener, scripts).expect("mock starts")
+    kiln_mock_llm::MockServer::start(listener, scripts).expect("mock starts")
 }
 
 fn spec_json(entry: &str) -> Value {
@@ -167,7 +167,7 @@ async fn a_worker_process_survives_deeply_nested_answers_and_fails_them_as_the_m
 }
 
 /// A mock script answering `{entry}` specs with these files, every attempt.
-fn files_script(entry: &str, files: &[(&str, &str)]) -> kiln::mock_llm::ScriptFile {
+fn files_script(entry: &str, files: &[(&str, &str)]) -> kiln_mock_llm::ScriptFile {
     let files: Vec<Value> = files.iter().map(|(p, c)| json!({"path": p, "content": c})).collect();
     serde_json::from_value(json!({
         "name": entry,
@@ -451,7 +451,7 @@ async fn fuzzed_answers_never_kill_the_worker_and_each_ends_as_a_pass_or_the_mod
         .unwrap_or(0x616e_7377);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let env = TestEnv::new().await;
-    let scripts: Vec<kiln::mock_llm::ScriptFile> = (0..ANSWERS)
+    let scripts: Vec<kiln_mock_llm::ScriptFile> = (0..ANSWERS)
         .map(|i| {
             let entry = format!("fuzz_{i}");
             // Every kind, ten times over.

@@ -58,7 +58,11 @@ async fn a_live_workers_lease_is_not_taken_over() {
         env.store.heartbeat(&a.lease, TTL).await.unwrap();
     }
     // The holder can still write.
-    let attempt = env.store.start_attempt(&a.lease, 1, 1, "m", &json!([])).await.unwrap();
+    let attempt = env
+        .store
+        .start_attempt(&a.lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+        .await
+        .unwrap();
     env.store
         .record_generation(&a.lease, attempt.id, &generation("answer"))
         .await
@@ -70,7 +74,11 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
     let env = TestEnv::new().await;
     let job = one_job(&env.store).await;
     let a = env.store.claim(job, "worker-a", TTL).await.unwrap().unwrap();
-    let attempt = env.store.start_attempt(&a.lease, 1, 1, "m", &json!([])).await.unwrap();
+    let attempt = env
+        .store
+        .start_attempt(&a.lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+        .await
+        .unwrap();
     expire_lease(&env.store, job).await;
 
     let b = env
@@ -100,7 +108,11 @@ async fn a_worker_whose_lease_was_taken_over_cannot_write() {
         .await;
     assert!(matches!(finish, Err(StoreError::LeaseLost)));
     // The new holder resumes the same attempt row rather than making another.
-    let resumed = env.store.start_attempt(&b.lease, 1, 1, "m", &json!([])).await.unwrap();
+    let resumed = env
+        .store
+        .start_attempt(&b.lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+        .await
+        .unwrap();
     assert_eq!(resumed.id, attempt.id);
     assert_eq!(env.count("attempts").await, 1);
     let job_row = env.store.job(job).await.unwrap();
@@ -112,7 +124,11 @@ async fn a_job_reaches_succeeded_at_most_once_per_run() {
     let env = TestEnv::new().await;
     let job = one_job(&env.store).await;
     let a = env.store.claim(job, "worker-a", TTL).await.unwrap().unwrap();
-    let attempt = env.store.start_attempt(&a.lease, 1, 1, "m", &json!([])).await.unwrap();
+    let attempt = env
+        .store
+        .start_attempt(&a.lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+        .await
+        .unwrap();
     env.store
         .finish_job(&a.lease, JobOutcome::Succeeded { attempt_id: attempt.id })
         .await

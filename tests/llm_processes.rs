@@ -12,10 +12,10 @@ use support::{ADD_SCRIPT, Dispatcher, Proc, TestEnv, add_spec, wait_for_batch};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_workers_share_one_rate_limit_and_see_under_five_percent_429s() {
     let env = TestEnv::new().await;
-    let scripts: Vec<kiln::mock_llm::ScriptFile> = serde_yaml_ng::from_str(ADD_SCRIPT).unwrap();
+    let scripts: Vec<kiln_mock_llm::ScriptFile> = serde_yaml_ng::from_str(ADD_SCRIPT).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let options = kiln::mock_llm::MockOptions { rate_limit_rpm: 600 };
-    let llm = kiln::mock_llm::MockServer::start_with(listener, scripts, options).unwrap();
+    let options = kiln_mock_llm::MockOptions { rate_limit_rpm: 600 };
+    let llm = kiln_mock_llm::MockServer::start_with(listener, scripts, options).unwrap();
     let settings = env.settings(&llm.base_url(), &[]);
     let d = Dispatcher::start(&settings).await;
     let vars = env.vars(

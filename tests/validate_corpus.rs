@@ -45,7 +45,7 @@ fn demo_specs() -> Vec<Spec> {
 
 /// Every scripted answer of the demo: (script name, answer index, files).
 fn demo_answers() -> Vec<(String, usize, Vec<File>)> {
-    let scripts = kiln::mock_llm::load_scripts(&root().join("examples/mock-llm")).expect("demo scripts load");
+    let scripts = kiln_mock_llm::load_scripts(&root().join("examples/mock-llm")).expect("demo scripts load");
     let mut out = Vec::new();
     for script in scripts {
         for (i, response) in script.responses.iter().enumerate() {
@@ -69,7 +69,7 @@ fn demo_answers() -> Vec<(String, usize, Vec<File>)> {
 /// The spec a demo script answers: the one whose prompt its pattern matches,
 /// as the mock server decides.
 fn demo_spec_for(script: &str) -> Spec {
-    let scripts = kiln::mock_llm::load_scripts(&root().join("examples/mock-llm")).expect("demo scripts load");
+    let scripts = kiln_mock_llm::load_scripts(&root().join("examples/mock-llm")).expect("demo scripts load");
     let pattern = &scripts
         .iter()
         .find(|s| s.name == script)

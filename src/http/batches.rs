@@ -10,13 +10,24 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::openapi::{BatchRequestBody, ErrorBody};
+use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
-use crate::spec::{BatchRequest, Limits, Options, canonical_numbers, check_budget_tokens, find_nul, number_message};
+use crate::domain::JobState;
+use crate::spec::{
+    BatchRequest, Limits, Options, Spec, canonical_numbers, check_budget_tokens, find_nul, number_message,
+};
 use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
 
-pub(crate) const JOB_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+/// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
+/// names the field at fault; this type only describes it).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchRequestBody {
+    pub name: Option<String>,
+    /// At most `KILN_MAX_SPECS`, each at most `KILN_MAX_SPEC_KB`.
+    pub specs: Vec<Spec>,
+    pub options: Option<Options>,
+}
 
 /// Reads a request body up to `limit` bytes within `timeout`: a client that
 /// promises a body and never sends it (slowloris) gets a 408 and its
@@ -154,11 +165,12 @@ pub async fn jobs(
 ) -> Result<Json<JobPage>, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     if let Some(s) = &q.state
-        && !JOB_STATES.contains(&s.as_str())
+        && s.parse::<JobState>().is_err()
     {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::invalid(
             "state",
-            format!("{s:?} is not one of {}", JOB_STATES.join(", ")),
+            format!("{s:?} is not one of {}", names.join(", ")),
         ));
     }
     let limit = match &q.limit {

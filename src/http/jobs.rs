@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::batches::{Cancelled, Requeued};
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::store::attempts::AttemptView;
 use crate::store::jobs::JobView;

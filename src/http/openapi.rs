@@ -12,42 +12,14 @@ use std::sync::OnceLock;
 use axum::Json;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{batches, jobs, ops, overview};
+use super::batches::{self, BatchRequestBody};
+use super::error::{ErrorBody, ErrorDetail};
+use super::{jobs, ops, overview};
 use crate::spec::{Options, Spec};
-
-/// Every error answer: `{"error": {"code", "message", "field"?}}`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `conflict`, `body_too_large`, `body_timeout`,
-    /// `unsupported_media_type`, `unavailable`, `internal`.
-    pub code: String,
-    /// For people; a 4xx's message starts with the offending field.
-    pub message: String,
-    /// The offending field of a 400 (`specs[3].endpoints[0].method`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-/// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
-/// names the field at fault; this type only describes it).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchRequestBody {
-    pub name: Option<String>,
-    /// At most `KILN_MAX_SPECS`, each at most `KILN_MAX_SPEC_KB`.
-    pub specs: Vec<Spec>,
-    pub options: Option<Options>,
-}
 
 struct BearerAuth;
 

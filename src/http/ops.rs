@@ -33,7 +33,7 @@ pub struct Readiness {
     pub redis: &'static str,
     /// Present when not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<super::openapi::ErrorDetail>,
+    pub error: Option<super::error::ErrorDetail>,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
@@ -66,7 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status: if ready { "ready" } else { "unavailable" },
         postgres,
         redis,
-        error: (!ready).then(|| super::openapi::ErrorDetail {
+        error: (!ready).then(|| super::error::ErrorDetail {
             code: "unavailable".into(),
             message: format!("service unavailable: {} unreachable", down.join(" and ")),
             field: None,
@@ -82,7 +82,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 503, body = super::openapi::ErrorBody), (status = 500, body = super::openapi::ErrorBody)))]
+        (status = 503, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let t = state.store.totals().await?;
     let mut out = String::new();

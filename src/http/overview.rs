@@ -6,7 +6,7 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::store::batches::BATCH_STATES;
 use crate::store::overview::{BatchCursor, BatchFilter, BatchPage, WorkerList};

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::wire::{parse_body, post_json};
 use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, Sent, files_schema, http_client, name_the_setting};
 use crate::config::{JsonMode, LlmSettings, TokensParam};
-use crate::store::attempts::TokenUsage;
+use crate::domain::TokenUsage;
 
 /// The Messages API version Kiln speaks.
 const API_VERSION: &str = "2023-06-01";

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
-use crate::store::attempts::TokenUsage;
+use crate::domain::{ErrorCode, TokenUsage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,7 +135,7 @@ pub enum Disposition {
     /// against the provider-fault limit, not the attempt budget.
     Retry(Option<Duration>),
     /// Stop the job now with this error code.
-    Fail(&'static str),
+    Fail(ErrorCode),
 }
 
 impl LlmError {
@@ -146,10 +146,10 @@ impl LlmError {
             | LlmError::Unavailable { .. }
             | LlmError::MalformedBody(_) => Disposition::Retry(None),
             LlmError::RateLimited { retry_after } => Disposition::Retry(*retry_after),
-            LlmError::Quota { .. } => Disposition::Fail("llm_quota"),
-            LlmError::Auth { .. } => Disposition::Fail("llm_auth"),
-            LlmError::Rejected { .. } => Disposition::Fail("llm_rejected"),
-            LlmError::Misconfigured { .. } => Disposition::Fail("llm_config"),
+            LlmError::Quota { .. } => Disposition::Fail(ErrorCode::LlmQuota),
+            LlmError::Auth { .. } => Disposition::Fail(ErrorCode::LlmAuth),
+            LlmError::Rejected { .. } => Disposition::Fail(ErrorCode::LlmRejected),
+            LlmError::Misconfigured { .. } => Disposition::Fail(ErrorCode::LlmConfig),
         }
     }
 }
@@ -384,7 +384,7 @@ mod tests {
                 message: String::new()
             }
             .disposition(),
-            Disposition::Fail("llm_quota")
+            Disposition::Fail(ErrorCode::LlmQuota)
         );
     }
 
@@ -407,7 +407,7 @@ mod tests {
             sent(Some(JsonMode::Schema)),
             "m",
         );
-        assert_eq!(e.disposition(), Disposition::Fail("llm_config"));
+        assert_eq!(e.disposition(), Disposition::Fail(ErrorCode::LlmConfig));
         assert!(
             e.to_string()
                 .contains("rejects response_format json_schema (HTTP 500: response_format.type should be"),

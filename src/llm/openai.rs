@@ -15,7 +15,7 @@ use serde_json::json;
 use super::wire::{parse_body, post_json};
 use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Sent, files_schema, http_client, name_the_setting};
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
-use crate::store::attempts::TokenUsage;
+use crate::domain::TokenUsage;
 
 /// A client for one OpenAI-compatible (or Azure OpenAI) endpoint.
 #[derive(Debug, Clone)]

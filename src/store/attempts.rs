@@ -14,49 +14,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Lease, Store, StoreError, storable, storable_json};
+pub use crate::domain::{AttemptState, ErrorCode, FaultKind, Phase, TokenUsage};
 use crate::files::File;
-
-/// The last step of an attempt that was persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    Prompted,
-    Generated,
-    Validated,
-    Tested,
-}
-
-impl Phase {
-    fn parse(s: &str) -> Phase {
-        match s {
-            "generated" => Phase::Generated,
-            "validated" => Phase::Validated,
-            "tested" => Phase::Tested,
-            _ => Phase::Prompted,
-        }
-    }
-}
-
-/// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptState {
-    /// The code passed: the job succeeds with this attempt's files.
-    Passed,
-    /// The model's output failed parsing, validation or tests; spends the attempt.
-    Failed,
-    /// Ended by something other than the model (provider or sandbox
-    /// unavailable, crashes, budget); `error_code` says what.
-    Error,
-}
-
-impl AttemptState {
-    fn as_str(self) -> &'static str {
-        match self {
-            AttemptState::Passed => "passed",
-            AttemptState::Failed => "failed",
-            AttemptState::Error => "error",
-        }
-    }
-}
 
 /// An attempt as the worker reads it back to resume or to build a repair prompt.
 #[derive(Debug, Clone)]
@@ -65,8 +24,7 @@ pub struct AttemptRecord {
     pub run: i32,
     pub n: i32,
     pub phase: Phase,
-    /// `running`, `passed`, `failed` or `error`.
-    pub state: String,
+    pub state: AttemptState,
     pub model: String,
     pub prompt: Value,
     pub response: Option<String>,
@@ -75,7 +33,7 @@ pub struct AttemptRecord {
     pub tests: Option<Value>,
     pub llm_faults: i32,
     pub sandbox_faults: i32,
-    pub error_code: Option<String>,
+    pub error_code: Option<ErrorCode>,
     pub error_message: Option<String>,
 }
 
@@ -87,29 +45,6 @@ pub struct Generation<'a> {
     pub usage: TokenUsage,
     pub cost_usd: Option<f64>,
     pub llm_ms: u64,
-}
-
-/// Which limit a fault counts against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultKind {
-    Llm,
-    Sandbox,
-}
-
-impl FaultKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Llm => "llm",
-            FaultKind::Sandbox => "sandbox",
-        }
-    }
-}
-
-/// Tokens the provider billed for one response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct TokenUsage {
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
 }
 
 /// One entry of `GET /v1/jobs/{id}/attempts`.
@@ -178,14 +113,19 @@ struct AttemptRow {
     error_message: Option<String>,
 }
 
-impl From<AttemptRow> for AttemptRecord {
-    fn from(r: AttemptRow) -> AttemptRecord {
-        AttemptRecord {
+impl TryFrom<AttemptRow> for AttemptRecord {
+    type Error = StoreError;
+
+    /// The CHECK constraints keep unknown phases and states out; a name
+    /// this build does not know (a newer version wrote it) is an error, not
+    /// a guess: resuming from a wrong phase would pay for an answer twice.
+    fn try_from(r: AttemptRow) -> Result<AttemptRecord, StoreError> {
+        Ok(AttemptRecord {
             id: r.id,
             run: r.run,
             n: r.n,
-            phase: Phase::parse(&r.phase),
-            state: r.state,
+            phase: r.phase.parse()?,
+            state: r.state.parse()?,
             model: r.model,
             prompt: r.prompt,
             response: r.response,
@@ -194,9 +134,9 @@ impl From<AttemptRow> for AttemptRecord {
             tests: r.tests,
             llm_faults: r.llm_faults,
             sandbox_faults: r.sandbox_faults,
-            error_code: r.error_code,
+            error_code: r.error_code.as_deref().map(str::parse).transpose()?,
             error_message: r.error_message,
-        }
+        })
     }
 }
 
@@ -216,12 +156,14 @@ impl Store {
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(AttemptRecord::from))
+        row.map(AttemptRecord::try_from).transpose()
     }
 
     /// Creates attempt `n` of `run` with the prompt about to be sent. If a
     /// row for (job, run, n) already exists it is returned unchanged: the
-    /// caller resumes it instead of starting over.
+    /// caller resumes it instead of starting over. `prompt_version` names
+    /// the wording of `prompt` (the caller's `prompt::PROMPT_VERSION`), so a
+    /// cached answer is only reused for the same wording.
     pub async fn start_attempt(
         &self,
         lease: &Lease,
@@ -229,6 +171,7 @@ impl Store {
         n: i32,
         model: &str,
         prompt: &Value,
+        prompt_version: &str,
     ) -> Result<AttemptRecord, StoreError> {
         let prompt = storable_json(prompt);
         let prompt = prompt.as_ref();
@@ -244,7 +187,7 @@ impl Store {
             n,
             model,
             prompt,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
             lease.owner,
             lease.epoch,
         )
@@ -473,6 +416,7 @@ impl Store {
         n: i32,
         model: &str,
         prompt: &Value,
+        prompt_version: &str,
     ) -> Result<Option<AttemptRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
@@ -487,7 +431,7 @@ impl Store {
                LIMIT 1"#,
             lease.job_id,
             model,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -506,7 +450,7 @@ impl Store {
             n,
             model,
             prompt,
-            crate::prompt::PROMPT_VERSION,
+            prompt_version,
             source.response,
             source.finish_reason,
             source.validation,
@@ -540,9 +484,9 @@ impl Store {
         lease: &Lease,
         attempt_id: Uuid,
         state: AttemptState,
-        error: Option<(&str, &str)>,
+        error: Option<(ErrorCode, &str)>,
     ) -> Result<(), StoreError> {
-        let (code, message) = (error.map(|e| storable(e.0)), error.map(|e| storable(e.1)));
+        let (code, message) = (error.map(|e| e.0.as_str()), error.map(|e| storable(e.1)));
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         sqlx::query!(
@@ -553,7 +497,7 @@ impl Store {
                WHERE id = $1"#,
             attempt_id,
             state.as_str(),
-            code.as_deref(),
+            code,
             message.as_deref(),
         )
         .execute(&mut *tx)

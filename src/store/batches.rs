@@ -221,15 +221,6 @@ impl Store {
         })
     }
 
-    /// The options a batch was submitted with.
-    pub async fn batch_options(&self, batch_id: Uuid) -> Result<Options, StoreError> {
-        let raw = sqlx::query_scalar!("SELECT options FROM batches WHERE id = $1", batch_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound("batch"))?;
-        Ok(serde_json::from_value(raw).unwrap_or_default())
-    }
-
     pub async fn batch(&self, batch_id: Uuid) -> Result<BatchView, StoreError> {
         let batch = sqlx::query!(
             r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?"

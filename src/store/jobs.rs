@@ -13,6 +13,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Lease, Store, StoreError, storable};
+use crate::domain::{ErrorCode, JobState};
 use crate::spec::{Options, Spec};
 
 /// What a successful claim hands the worker.
@@ -139,7 +140,7 @@ pub struct TakeoverView {
 #[derive(Debug, Clone, Copy)]
 pub enum JobOutcome<'a> {
     Succeeded { attempt_id: Uuid },
-    Failed { code: &'a str, message: &'a str },
+    Failed { code: ErrorCode, message: &'a str },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -418,18 +419,18 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         lease.fence(&mut tx).await?;
         let (state, code, message, attempt) = match outcome {
-            JobOutcome::Succeeded { attempt_id } => ("succeeded", None, None, Some(attempt_id)),
-            JobOutcome::Failed { code, message } => ("failed", Some(code), Some(message), None),
+            JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
+            JobOutcome::Failed { code, message } => (JobState::Failed, Some(code.as_str()), Some(message), None),
         };
-        let (code, message) = (code.map(storable), message.map(storable));
+        let message = message.map(storable);
         sqlx::query!(
             r#"UPDATE jobs
                SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
                    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
                WHERE id = $1"#,
             lease.job_id,
-            state,
-            code.as_deref(),
+            state.as_str(),
+            code,
             message.as_deref(),
             attempt,
         )

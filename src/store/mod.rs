@@ -129,6 +129,10 @@ pub enum StoreError {
     /// The request conflicts with the stored state (message says how).
     #[error("{0}")]
     Conflict(String),
+    /// A stored value this build cannot read (an unknown state, phase or
+    /// code): refused rather than read as a default.
+    #[error("unreadable stored value")]
+    Corrupt(#[from] crate::domain::UnknownName),
 }
 
 impl StoreError {
@@ -150,7 +154,11 @@ impl StoreError {
                 }),
                 _ => false,
             },
-            StoreError::Migrate(_) | StoreError::LeaseLost | StoreError::NotFound(_) | StoreError::Conflict(_) => false,
+            StoreError::Migrate(_)
+            | StoreError::LeaseLost
+            | StoreError::NotFound(_)
+            | StoreError::Conflict(_)
+            | StoreError::Corrupt(_) => false,
         }
     }
 }
@@ -181,11 +189,6 @@ impl Store {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Store { pool })
-    }
-
-    /// Wraps an existing pool (migrations are the caller's business).
-    pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
     }
 
     pub fn pool(&self) -> &PgPool {

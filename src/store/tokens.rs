@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::auth::Scope;
+use crate::domain::Scope;
 
 /// A row of `api_tokens`, without its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

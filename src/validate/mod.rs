@@ -94,6 +94,7 @@ pub mod imports;
 pub mod names;
 pub mod packages;
 pub mod paths;
+pub mod pep508;
 pub mod python;
 pub mod quality;
 pub mod requirements;

@@ -138,7 +138,7 @@ static PINS: LazyLock<Pins> = LazyLock::new(|| Pins {
 
 fn pins(content: &str) -> BTreeMap<String, String> {
     let file = File::new("requirements.txt", content);
-    super::requirements::read(&file)
+    super::pep508::read(&file)
         .requirements
         .into_iter()
         .filter_map(|(r, _, _)| {

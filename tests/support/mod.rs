@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use kiln::client::Client;
 use kiln::config::Settings;
 use kiln::http::Application;
-use kiln::mock_llm::{MockServer, ScriptFile};
 use kiln::store::Store;
+use kiln_mock_llm::{MockServer, ScriptFile};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -145,7 +145,7 @@ pub async fn mock(yaml: &str) -> MockServer {
 
 /// A mock LLM serving the demo's scripted answers (`examples/mock-llm`).
 pub async fn demo_mock() -> MockServer {
-    let scripts = kiln::mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).expect("demo scripts load");
+    let scripts = kiln_mock_llm::load_scripts(std::path::Path::new("examples/mock-llm")).expect("demo scripts load");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     MockServer::start(listener, scripts).expect("mock starts")
 }
