@@ -47,6 +47,8 @@ struct Outcome {
     repeated: usize,
     llm_faults: u64,
     timeouts: usize,
+    /// Why attempts failed: the first error rule, or the verdict.
+    causes: std::collections::BTreeMap<String, usize>,
 }
 
 async fn run(specs: Vec<Value>, options: Value, workers: usize, extra: &[(&str, &str)]) -> (Outcome, Duration) {
@@ -95,6 +97,17 @@ async fn run(specs: Vec<Value>, options: Value, workers: usize, extra: &[(&str, 
             if faults.contains("timed out") || faults.contains("timeout") {
                 out.timeouts += 1;
             }
+            let first_error = a["validation"]["diagnostics"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["severity"] == "error"))
+                .map(|d| d["rule"].as_str().unwrap_or("?").to_owned());
+            let cause = match (a["state"].as_str(), first_error) {
+                (Some("passed"), _) => "passed".to_owned(),
+                (_, Some(rule)) => rule,
+                _ if a["tests"].is_object() => "tests failed".to_owned(),
+                (state, None) => state.unwrap_or("?").to_owned(),
+            };
+            *out.causes.entry(cause).or_default() += 1;
             if a["tests"].is_object() {
                 out.sandbox_runs += 1;
                 let tests = &a["tests"];
@@ -147,6 +160,7 @@ fn print(name: &str, o: &Outcome, wall: Duration) {
         o.repeated, o.retries
     );
     println!("{name}: {} provider faults, {} timeouts", o.llm_faults, o.timeouts);
+    println!("{name}: attempts by outcome: {:?}", o.causes);
 }
 
 async fn humaneval() -> bool {
