@@ -33,6 +33,10 @@ pub const HARNESS: &str = include_str!("../../sandbox/harness.py");
 /// The run's wall clock stays the backstop.
 const CALL_CPU_S: f64 = 10.0;
 
+/// Names of the cases of Kiln's own requests to a service's endpoints
+/// (`kiln: GET /notes/{note_id}`), made by the harness's trusted checker.
+pub const PROBE_CASE_PREFIX: &str = "kiln: ";
+
 /// Arguments that start the harness in the sandbox's Python.
 pub fn harness_args() -> Vec<String> {
     vec!["-I".into(), "-B".into(), "-c".into(), HARNESS.into()]
