@@ -2096,7 +2096,7 @@ def check_service(request, deadline, prefork):
             why = "the app did not import again" if "import_error" in info else "the app did not start serving"
             probes = [{"name": probe_name(e), "outcome": "failed", "message": "not probed: %s" % why} for e in request["endpoints"]]
         else:
-            probes = probe_service(request["endpoints"], openapi, PROBE_SOCKET, deadline)
+            probes = probe_service(request["endpoints"], openapi, PROBE_SOCKET, deadline, request.get("probe") or {})
     finally:
         stop_app(server, info_r, prefork)
     cases.extend(probes)
@@ -2147,12 +2147,18 @@ def route_cases(endpoints, openapi):
 # endpoint, and so does never answering 2xx/3xx to a valid request, unless
 # the only answers are a 404 for ids Kiln had to make up (nothing it
 # created could be looked up), a 401/403 where the operation declares
-# security, or a 4xx where Kiln could not satisfy the schema (a `pattern`,
-# a non-JSON body). A made-up id must not bring a 5xx either.
+# security or the spec asks for authentication, a 502/503/504 where the
+# spec names external APIs (the sandbox has no network), or a 4xx where
+# Kiln could not satisfy the schema (a `pattern`, a non-JSON body). A
+# made-up id must not bring a 5xx either.
 
 PROBE_TIMEOUT_S = 5.0
 PROBE_DEPTH = 12
 PROBE_SHOWN = 300
+# How a service says an API it calls is unreachable (bad gateway,
+# unavailable, gateway timeout): acceptable when the spec names external
+# APIs, as the sandbox has no network.
+UPSTREAM_STATUSES = (502, 503, 504)
 
 
 def probe_name(endpoint):
@@ -2339,6 +2345,7 @@ class Probe:
                 params[(p["in"], p["name"])] = p
         self.params = list(params.values())
         self.secured = bool(operation.get("security", doc.get("security")))
+        self.external = False
         self.body_spec = resolve(doc, operation.get("requestBody"))
 
     def path_values(self, learned, made_up):
@@ -2491,7 +2498,10 @@ def probe_endpoint(probe, learned, socket_path, deadline):
         made_up, _ = probe.path_values(learned, made_up=True)
         if made_up != values:
             tried.append(probe.send(socket_path, deadline, made_up, False, uncertain))
-    broken = [r for r in tried if r["status"] is None or r["status"] >= 500]
+    # An API the sandbox cannot reach may be answered as unavailable, not
+    # as a server error.
+    unreachable = UPSTREAM_STATUSES if probe.external else ()
+    broken = [r for r in tried if r["status"] is None or (r["status"] >= 500 and r["status"] not in unreachable)]
     if broken:
         r = broken[0]
         if r["status"] is None:
@@ -2519,6 +2529,8 @@ def probe_endpoint(probe, learned, socket_path, deadline):
         return "passed", "only %s for path parameters Kiln made up (no endpoint it called handed one out)" % "/".join(map(str, statuses))
     if probe.secured and set(statuses) <= {401, 403}:
         return "passed", "answered %s: the operation declares security and Kiln has no credentials" % "/".join(map(str, statuses))
+    if probe.external and set(statuses) <= set(UPSTREAM_STATUSES):
+        return "passed", "answered %s: the service calls external APIs, which the sandbox cannot reach" % "/".join(map(str, statuses))
     if uncertain:
         return "passed", "answered %s, but Kiln could not generate %s" % ("/".join(map(str, statuses)), "; ".join(sorted(set(uncertain))))
     message = "never answered 2xx to a valid request: %s answered %d: %s" % (first["what"], first["status"], shown_body(first))
@@ -2541,9 +2553,11 @@ def probe_order(pair):
     return rank, -depth if method == "DELETE" else depth
 
 
-def probe_service(endpoints, openapi, socket_path, deadline):
+def probe_service(endpoints, openapi, socket_path, deadline, allowed):
     """Kiln's own requests to every spec endpoint: a case each, in the
-    spec's order, named `kiln: METHOD path`."""
+    spec's order, named `kiln: METHOD path`. `allowed`: what the spec says
+    Kiln cannot provide (`authentication`: credentials; `external_apis`:
+    a network to reach them)."""
     paths = openapi.get("paths") if isinstance(openapi.get("paths"), dict) else {}
     by_shape = {}
     for path, item in paths.items():
@@ -2558,7 +2572,10 @@ def probe_service(endpoints, openapi, socket_path, deadline):
             verdicts[i] = ("failed", "not probed: the app's OpenAPI has no %s %s" % (str(endpoint["method"]).upper(), endpoint["path"]))
             continue
         try:
-            verdicts[i] = probe_endpoint(Probe(openapi, endpoint, app_path, item, operation), learned, socket_path, deadline)
+            probe = Probe(openapi, endpoint, app_path, item, operation)
+            probe.secured = probe.secured or bool(allowed.get("authentication"))
+            probe.external = bool(allowed.get("external_apis"))
+            verdicts[i] = probe_endpoint(probe, learned, socket_path, deadline)
         except Exception as e:  # noqa: BLE001 - an OpenAPI document Kiln cannot read; says so
             verdicts[i] = ("failed", "Kiln could not probe it from the app's OpenAPI: %s: %s" % (type(e).__name__, clip_text(str(e), 200)))
     return [{"name": probe_name(e), "outcome": verdicts[i][0], "message": verdicts[i][1]} for i, e in enumerate(endpoints)]

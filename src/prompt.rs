@@ -49,7 +49,7 @@ Deliver these files:
 - Every endpoint of the spec, with exactly its HTTP method and path (path parameters in braces, e.g. `/items/{item_id}`).
 - `GET /health` answering 200 with `{"status": "ok"}`.
 - `tests/__init__.py` and `tests/test_*.py`: pytest tests using `fastapi.testclient.TestClient`, at least one test per endpoint (a test that requests the endpoint's path with its method), covering success and error cases. `conftest.py` may hold fixtures only: pytest hooks and `pytest_plugins` are refused, and ini settings (`pytest.ini`, `pyproject.toml`) are ignored when the tests run.
-- Kiln also sends its own requests to every endpoint of a freshly started app (bodies generated from your request models, ids taken from what your endpoints return): every endpoint must answer a valid request with a 2xx, and never with a 5xx, also for an id that does not exist (answer 404).
+- Kiln also sends its own requests to every endpoint of a freshly started app (bodies generated from your request models, ids taken from what your endpoints return): every endpoint must answer a valid request with a 2xx, and never with a 5xx, also for an id that does not exist (answer 404). The sandbox has no network: when an external API cannot be reached, answer 502 or 503, not 500.
 - `requirements.txt` listing only packages from the allowed list below, each pinned with `==` to the version shown.
 - `Dockerfile` starting `FROM python:3.11-slim`, running as a non-root `USER`, with a `HEALTHCHECK` and a `CMD` that starts uvicorn on port 8000.
 - `docker-compose.yml` defining the service.

@@ -798,7 +798,319 @@ async fn broken_services_fail_and_fixed_ones_pass(backend: Backend) {
     );
 }
 
+/// The notes service with an API key on every notes endpoint, its tests
+/// sending the key.
+fn keyed_service() -> Vec<File> {
+    let mut main = main_with(&[
+        (
+            "from fastapi import Depends, FastAPI, HTTPException, Response, status\n",
+            "from fastapi import Depends, FastAPI, Header, HTTPException, Response, status\n",
+        ),
+        (
+            "app = FastAPI(title=\"notes-service\", version=\"1.0.0\")\n",
+            "app = FastAPI(title=\"notes-service\", version=\"1.0.0\")\n\n\ndef require_key(x_api_key: str = Header(default=\"\")) -> None:\n    \"\"\"Only callers with the service's key.\"\"\"\n    if x_api_key != \"secret\":\n        raise HTTPException(status_code=401, detail=\"missing or wrong API key\")\n",
+        ),
+    ]);
+    for route in [
+        "@app.get(\"/notes\", response_model=list[NoteOut]",
+        "@app.post(\"/notes\", response_model=NoteOut, status_code=status.HTTP_201_CREATED",
+        "@app.get(\"/notes/{note_id}\", response_model=NoteOut",
+        "@app.delete(\"/notes/{note_id}\", status_code=status.HTTP_204_NO_CONTENT",
+    ] {
+        assert!(main.contains(route), "{route}");
+        main = main.replacen(route, &format!("{route}, dependencies=[Depends(require_key)]"), 1);
+    }
+    let tests = demo_tests().replace(
+        "    with TestClient(app) as c:\n",
+        "    with TestClient(app, headers={\"X-API-Key\": \"secret\"}) as c:\n",
+    );
+    service(&vec![("app/main.py", some(main)), ("tests/test_notes.py", some(tests))])
+}
+
+/// The notes service with `GET /quote` from an external API, which answers
+/// 502 when the API is unreachable (`caught`) or lets the error out.
+fn quoting_service(caught: bool) -> Vec<File> {
+    let handler = if caught {
+        "    try:\n        return {\"quote\": fetch_quote()}\n    except httpx.HTTPError as e:\n        raise HTTPException(status_code=502, detail=\"the quotes API is unreachable\") from e\n"
+    } else {
+        "    return {\"quote\": fetch_quote()}\n"
+    };
+    let main = format!(
+        "{}\n\nQUOTES_URL = \"https://quotes.example.com/random\"\n\n\ndef fetch_quote() -> str:\n    \"\"\"A quote from the quotes API.\"\"\"\n    return str(httpx.get(QUOTES_URL, timeout=2).json()[\"quote\"])\n\n\n@app.get(\"/quote\")\ndef quote() -> dict[str, str]:\n    \"\"\"A quote to head the notes with.\"\"\"\n{handler}",
+        main_with(&[(
+            "from datetime import datetime\n",
+            "from datetime import datetime\n\nimport httpx\n"
+        )])
+    );
+    let tests = format!(
+        "{}\n\ndef test_quote(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:\n    monkeypatch.setattr(\"app.main.fetch_quote\", lambda: \"carpe diem\")\n    assert client.get(\"/quote\").json() == {{\"quote\": \"carpe diem\"}}\n",
+        demo_tests()
+    );
+    service(&vec![("app/main.py", some(main)), ("tests/test_notes.py", some(tests))])
+}
+
+async fn probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more(backend: Backend) {
+    let (spec, _) = notes_service();
+    let spec_with = |change: &dyn Fn(&mut Value)| {
+        let mut value = serde_json::to_value(&spec).expect("a spec serialises");
+        change(&mut value);
+        serde_json::from_value::<Spec>(value).expect("a valid spec")
+    };
+    let keyed = spec_with(&|v| v["authentication"] = "An API key in the X-API-Key header.".into());
+    let quoting = spec_with(&|v| {
+        v["endpoints"].as_array_mut().expect("endpoints").push(
+            serde_json::json!({"method": "GET", "path": "/quote", "description": "A quote from the quotes API."}),
+        );
+        v["external_apis"] = serde_json::json!(["the quotes API at quotes.example.com"]);
+    });
+    let runs = [
+        ("an API key the spec asks for", &keyed, keyed_service(), None),
+        (
+            "an API key the spec does not ask for",
+            &spec,
+            keyed_service(),
+            Some("kiln: GET /notes"),
+        ),
+        (
+            "an unreachable external API answered with 502",
+            &quoting,
+            quoting_service(true),
+            None,
+        ),
+        (
+            "an unreachable external API answered with 500",
+            &quoting,
+            quoting_service(false),
+            Some("kiln: GET /quote"),
+        ),
+    ];
+    let sandbox = TestSandbox::new(backend, &limits(), 1).await;
+    let mut problems = Vec::new();
+    for (name, spec, files, fails) in runs {
+        let errors: Vec<String> = kiln::validate::validate(spec, &files)
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| format!("{d:?}"))
+            .collect();
+        if !errors.is_empty() {
+            problems.push(format!("{name}: static errors {errors:#?}"));
+        }
+        let report = judge(&sandbox, spec, &files).await;
+        let failed = !report.all_passed()
+            && fails.is_none_or(|f| report.cases.iter().any(|c| c.outcome != Outcome::Passed && c.name == f));
+        if failed != fails.is_some() {
+            problems.push(format!("{name}: expected {fails:?}, got {:#?}", failing(&report)));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// A correct service whose request models use what generated services
+/// commonly use (bounds, patterns, enums, dates, e-mail addresses, nested
+/// models, lists, UUID ids, a required query parameter, a partial update):
+/// Kiln's requests must be valid for all of it.
+const ITEMS_MAIN: &str = r#""""Items: a small inventory kept in memory."""
+
+import enum
+import uuid
+from datetime import date
+
+from fastapi import FastAPI, HTTPException, Query, Response, status
+from pydantic import BaseModel, EmailStr, Field
+
+app = FastAPI(title="items", version="1.0.0")
+
+
+class Kind(str, enum.Enum):
+    """What an item is."""
+
+    tool = "tool"
+    part = "part"
+
+
+class Owner(BaseModel):
+    """Who is responsible for an item."""
+
+    email: EmailStr
+    name: str | None = None
+
+
+class ItemIn(BaseModel):
+    """An item as clients submit it."""
+
+    name: str = Field(min_length=3, max_length=20, pattern=r"^[a-z]+$")
+    price: float = Field(gt=0, le=1000)
+    quantity: int = Field(ge=1, le=10)
+    kind: Kind
+    tags: list[str] = Field(min_length=1)
+    due: date
+    owner: Owner
+    note: str | None = None
+
+
+class ItemPatch(BaseModel):
+    """Fields to change."""
+
+    price: float | None = Field(default=None, gt=0)
+    quantity: int | None = Field(default=None, ge=1, le=10)
+
+
+class ItemOut(ItemIn):
+    """A stored item."""
+
+    id: uuid.UUID
+
+
+ITEMS: dict[uuid.UUID, ItemOut] = {}
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    """Liveness probe."""
+    return {"status": "ok"}
+
+
+@app.post("/items", response_model=ItemOut, status_code=status.HTTP_201_CREATED)
+def create_item(item: ItemIn) -> ItemOut:
+    """Store an item."""
+    stored = ItemOut(id=uuid.uuid4(), **item.model_dump())
+    ITEMS[stored.id] = stored
+    return stored
+
+
+@app.get("/items", response_model=list[ItemOut])
+def list_items(kind: Kind = Query(...)) -> list[ItemOut]:
+    """Items of one kind."""
+    return [i for i in ITEMS.values() if i.kind == kind]
+
+
+def _find(item_id: uuid.UUID) -> ItemOut:
+    """The item, or a 404."""
+    if item_id not in ITEMS:
+        raise HTTPException(status_code=404, detail="no such item")
+    return ITEMS[item_id]
+
+
+@app.get("/items/{item_id}", response_model=ItemOut)
+def get_item(item_id: uuid.UUID) -> ItemOut:
+    """One item."""
+    return _find(item_id)
+
+
+@app.patch("/items/{item_id}", response_model=ItemOut)
+def patch_item(item_id: uuid.UUID, patch: ItemPatch) -> ItemOut:
+    """Change an item's price or quantity."""
+    item = _find(item_id).model_copy(update=patch.model_dump(exclude_none=True))
+    ITEMS[item_id] = item
+    return item
+
+
+@app.delete("/items/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_item(item_id: uuid.UUID) -> Response:
+    """Remove an item."""
+    _find(item_id)
+    del ITEMS[item_id]
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+"#;
+
+const ITEMS_TESTS: &str = r#"from fastapi.testclient import TestClient
+
+from app.main import app
+
+client = TestClient(app)
+ITEM = {
+    "name": "hammer",
+    "price": 9.5,
+    "quantity": 2,
+    "kind": "tool",
+    "tags": ["steel"],
+    "due": "2030-01-01",
+    "owner": {"email": "ann@example.com"},
+}
+
+
+def test_health():
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_create_and_list():
+    created = client.post("/items", json=ITEM)
+    assert created.status_code == 201
+    assert created.json()["id"] in [i["id"] for i in client.get("/items", params={"kind": "tool"}).json()]
+
+
+def test_create_rejects_a_bad_name():
+    assert client.post("/items", json={**ITEM, "name": "Hammer!"}).status_code == 422
+
+
+def test_get_patch_delete():
+    item_id = client.post("/items", json=ITEM).json()["id"]
+    assert client.get(f"/items/{item_id}").json()["name"] == "hammer"
+    assert client.patch(f"/items/{item_id}", json={"quantity": 3}).json()["quantity"] == 3
+    assert client.delete(f"/items/{item_id}").status_code == 204
+    assert client.get(f"/items/{item_id}").status_code == 404
+"#;
+
+fn items_service() -> (Spec, Vec<File>) {
+    let spec = serde_json::json!({
+        "kind": "service",
+        "service_name": "items",
+        "description": "An inventory of items.",
+        "endpoints": [
+            {"method": "POST", "path": "/items", "description": "Create an item."},
+            {"method": "GET", "path": "/items", "description": "List items of one kind."},
+            {"method": "GET", "path": "/items/{item_id}", "description": "One item."},
+            {"method": "PATCH", "path": "/items/{item_id}", "description": "Change price or quantity."},
+            {"method": "DELETE", "path": "/items/{item_id}", "description": "Remove an item."},
+        ],
+    });
+    let mut files: Vec<File> = notes_service()
+        .1
+        .into_iter()
+        .filter(|f| !f.path.starts_with("app/") && !f.path.starts_with("tests/"))
+        .collect();
+    files.extend([
+        File::new("app/__init__.py", "\"\"\"Items service.\"\"\"\n"),
+        File::new("app/main.py", ITEMS_MAIN),
+        File::new("tests/__init__.py", ""),
+        File::new("tests/test_items.py", ITEMS_TESTS),
+    ]);
+    for f in &mut files {
+        if f.path == "requirements.txt" {
+            f.content.push_str("email-validator==2.4.0\n");
+        }
+    }
+    (serde_json::from_value(spec).expect("a valid spec"), files)
+}
+
+async fn a_service_with_rich_request_models_passes_kilns_requests(backend: Backend) {
+    let (spec, files) = items_service();
+    let errors: Vec<String> = kiln::validate::validate(&spec, &files)
+        .diagnostics
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| format!("{d:?}"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let sandbox = TestSandbox::new(backend, &limits(), 1).await;
+    let report = judge(&sandbox, &spec, &files).await;
+    assert!(report.all_passed(), "{:#?}\n{}", failing(&report), report.output);
+    let probed = report.cases.iter().filter(|c| c.name.starts_with("kiln: ")).count();
+    assert_eq!(probed, 5, "{:#?}", report.cases);
+    assert!(
+        report
+            .cases
+            .iter()
+            .all(|c| !c.name.starts_with("kiln: ") || c.message.is_empty()),
+        "every endpoint got a 2xx, none passed by an exception: {:#?}",
+        report.cases
+    );
+}
+
 for_both_backends!(
+    a_service_with_rich_request_models_passes_kilns_requests,
+    probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more,
     the_demo_service_passes_with_kilns_own_requests,
     broken_services_fail_and_fixed_ones_pass,
 );

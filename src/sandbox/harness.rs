@@ -101,6 +101,13 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
                 .map(|e| json!({"method": e.method, "path": e.path}))
                 .collect::<Vec<_>>()
                 .into();
+            // What Kiln's own requests may meet without it being the code's
+            // fault: credentials Kiln does not have, APIs the sandbox's
+            // network cannot reach.
+            request["probe"] = json!({
+                "authentication": requires(s.authentication.as_ref()),
+                "external_apis": !s.external_apis.is_empty(),
+            });
         }
     }
     // Which role the run starts with, so a warm backend can fork it ahead.
@@ -114,6 +121,19 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
         nonce,
         hint,
         stdin: serde_json::to_vec(&request).expect("requests serialise"),
+    }
+}
+
+/// Whether a free-form spec requirement (`authentication`) asks for
+/// anything: absent, `null`, `false` and "none"-like strings do not.
+fn requires(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "" | "none" | "no" | "false" | "n/a"
+        ),
+        Some(_) => true,
     }
 }
 
@@ -546,6 +566,17 @@ mod tests {
             tmpfs_mb: 16,
             output_bytes: 4096,
         }
+    }
+
+    #[test]
+    fn only_a_stated_authentication_requirement_lets_probes_accept_401() {
+        for v in [json!("API key in X-API-Key"), json!({"type": "bearer"}), json!(true)] {
+            assert!(requires(Some(&v)), "{v}");
+        }
+        for v in [json!(null), json!(false), json!("none"), json!(" None "), json!("")] {
+            assert!(!requires(Some(&v)), "{v}");
+        }
+        assert!(!requires(None));
     }
 
     #[test]
