@@ -19,6 +19,7 @@
 #[macro_use]
 mod sandbox_support;
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -217,7 +218,7 @@ def working_routes():
     main.app.router.routes[:] = saved
 "#;
 
-const OVERRIDDEN_DEPENDENCY: &str = r#"import pytest
+const OVERRIDDEN_DEPENDENCY: &str = r"import pytest
 
 from app.db import SessionLocal
 from app.main import app, get_session
@@ -236,7 +237,7 @@ def override():
     app.dependency_overrides[get_session] = working_session
     yield
     app.dependency_overrides.clear()
-"#;
+";
 
 const FORGING_HOOK: &str = r#"import pytest
 
@@ -287,7 +288,10 @@ def test_health():
 "#;
 
 fn hex(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
+    text.bytes().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// A conftest that rewrites app/main.py on disk to the demo's working app
@@ -299,41 +303,37 @@ fn rewriting_conftest() -> String {
     )
 }
 
-fn some(text: impl Into<String>) -> Option<String> {
-    Some(text.into())
-}
-
 fn cases() -> Vec<Case> {
     let raise = |what: &str| format!("    raise {what}\n");
     let broken_create = main_with(&[(CREATE_BODY, &raise("RuntimeError(\"database offline\")"))]);
-    let fixed = || ("app/main.py", some(demo_file("app/main.py")));
+    let fixed = || ("app/main.py", Some(demo_file("app/main.py")));
     vec![
         Case {
             name: "an endpoint that always answers 500, with tests that accept it",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(
+                    Some(main_with(&[(
                         CREATE_BODY,
                         "    from fastapi.responses import JSONResponse\n\n    return JSONResponse({\"detail\": \"later\"}, status_code=500)\n",
                     )])),
                 ),
-                ("tests/test_notes.py", some(PERMISSIVE_TESTS)),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
             ],
             fails: "kiln: POST /notes",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(PERMISSIVE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
             name: "a NotImplementedError handler whose test expects the error",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(GET_BODY, "    \"\"\"One note by id.\"\"\"\n    raise NotImplementedError(\"get_note\")\n")])),
+                    Some(main_with(&[(GET_BODY, "    \"\"\"One note by id.\"\"\"\n    raise NotImplementedError(\"get_note\")\n")])),
                 ),
                 (
                     "tests/test_notes.py",
-                    some(demo_tests().replace(
+                    Some(demo_tests().replace(
                         "    created = client.post(\"/notes\", json={\"title\": \"t\", \"body\": \"b\"}).json()\n    assert client.get(f\"/notes/{created['id']}\").json()[\"body\"] == \"b\"\n",
                         "    with pytest.raises(NotImplementedError):\n        client.get(\"/notes/1\")\n",
                     )),
@@ -346,20 +346,20 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a NotImplementedError handler whose test asserts True",
             broken: vec![
-                ("app/main.py", some(main_with(&[(DELETE_BODY, "    \"\"\"Delete one note by id.\"\"\"\n    raise NotImplementedError\n")]))),
-                ("tests/test_notes.py", some(PERMISSIVE_TESTS)),
+                ("app/main.py", Some(main_with(&[(DELETE_BODY, "    \"\"\"Delete one note by id.\"\"\"\n    raise NotImplementedError\n")]))),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
             ],
             fails: "kiln: DELETE /notes/{note_id}",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(PERMISSIVE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
             name: "a NotImplementedError handler whose test calls it and asserts nothing",
             broken: vec![
-                ("app/main.py", some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
+                ("app/main.py", Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
                 (
                     "tests/test_notes.py",
-                    some(PERMISSIVE_TESTS.replace(
+                    Some(PERMISSIVE_TESTS.replace(
                         "    assert client.get(\"/notes\").status_code in (200, 500)\n",
                         "    client.get(\"/notes\")\n",
                     )),
@@ -369,7 +369,7 @@ fn cases() -> Vec<Case> {
             rule: None,
             fixed: vec![(
                 "tests/test_notes.py",
-                some(PERMISSIVE_TESTS.replace(
+                Some(PERMISSIVE_TESTS.replace(
                     "    assert client.get(\"/notes\").status_code in (200, 500)\n",
                     "    client.get(\"/notes\")\n",
                 )),
@@ -380,35 +380,35 @@ fn cases() -> Vec<Case> {
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[
+                    Some(main_with(&[
                         (CREATE_BODY, &raise("NotImplementedError")),
                         (LIST_BODY, &raise("NotImplementedError")),
                         (GET_BODY, &raise("NotImplementedError")),
                         (DELETE_BODY, &raise("NotImplementedError")),
                     ])),
                 ),
-                ("tests/conftest.py", some(CANNED_CLIENT)),
-                ("tests/test_notes.py", some(SIMPLE_TESTS)),
+                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
             ],
             fails: "kiln: POST /notes",
             rule: None,
             fixed: vec![
-                ("tests/conftest.py", some(CANNED_CLIENT)),
-                ("tests/test_notes.py", some(SIMPLE_TESTS)),
+                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
             ],
         },
         Case {
             name: "a fixture that swaps the app's route for a working double",
             broken: vec![
-                ("app/main.py", some(broken_create.clone())),
-                ("tests/conftest.py", some(SWAPPED_ROUTES)),
-                ("tests/test_notes.py", some(SIMPLE_TESTS)),
+                ("app/main.py", Some(broken_create.clone())),
+                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
             ],
             fails: "kiln: POST /notes",
             rule: None,
             fixed: vec![
-                ("tests/conftest.py", some(SWAPPED_ROUTES)),
-                ("tests/test_notes.py", some(SIMPLE_TESTS)),
+                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
             ],
         },
         Case {
@@ -416,22 +416,22 @@ fn cases() -> Vec<Case> {
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(
+                    Some(main_with(&[(
                         "    session = SessionLocal()\n    try:",
                         "    raise RuntimeError(\"no database configured\")\n    session = SessionLocal()\n    try:",
                     )])),
                 ),
-                ("tests/conftest.py", some(OVERRIDDEN_DEPENDENCY)),
+                ("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY))),
             ],
             fails: "kiln: GET /notes",
             rule: None,
-            fixed: vec![("tests/conftest.py", some(OVERRIDDEN_DEPENDENCY))],
+            fixed: vec![("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY)))],
         },
         Case {
             name: "a conftest hook that rewrites every report to passed",
             broken: vec![
-                ("app/main.py", some(broken_create.clone())),
-                ("tests/conftest.py", some(FORGING_HOOK)),
+                ("app/main.py", Some(broken_create.clone())),
+                ("tests/conftest.py", Some(String::from(FORGING_HOOK))),
             ],
             fails: "tests: tests/test_notes.py::test_create_note",
             rule: Some("conftest-hook"),
@@ -440,8 +440,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a conftest hook that deselects every test but the health test",
             broken: vec![
-                ("app/main.py", some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
-                ("tests/conftest.py", some(DESELECTING_HOOK)),
+                ("app/main.py", Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
+                ("tests/conftest.py", Some(String::from(DESELECTING_HOOK))),
             ],
             fails: "tests: tests/test_notes.py::test_get_note",
             rule: Some("conftest-hook"),
@@ -450,8 +450,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a suite that only tests /health",
             broken: vec![
-                ("app/main.py", some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
-                ("tests/test_notes.py", some(HEALTH_ONLY_TESTS)),
+                ("app/main.py", Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
+                ("tests/test_notes.py", Some(String::from(HEALTH_ONLY_TESTS))),
             ],
             fails: "kiln: GET /notes",
             rule: Some("tests-endpoint"),
@@ -460,35 +460,35 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a pytest.ini whose addopts deselect all but the health test",
             broken: vec![
-                ("app/main.py", some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
-                ("pytest.ini", some("[pytest]\naddopts = -k health\n")),
+                ("app/main.py", Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
+                ("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n"))),
             ],
             fails: "tests: tests/test_notes.py::test_get_note",
             rule: None,
-            fixed: vec![("pytest.ini", some("[pytest]\naddopts = -k health\n"))],
+            fixed: vec![("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n")))],
         },
         Case {
             name: "pyproject.toml pytest options that deselect the failing test",
             broken: vec![
-                ("app/main.py", some(main_with(&[(DELETE_BODY, &raise("NotImplementedError"))]))),
+                ("app/main.py", Some(main_with(&[(DELETE_BODY, &raise("NotImplementedError"))]))),
                 (
                     "pyproject.toml",
-                    some("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n"),
+                    Some(String::from("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n")),
                 ),
             ],
             fails: "tests: tests/test_notes.py::test_delete_note",
             rule: None,
             fixed: vec![(
                 "pyproject.toml",
-                some("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n"),
+                Some(String::from("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n")),
             )],
         },
         Case {
             name: "a root conftest naming a forging plugin in pytest_plugins",
             broken: vec![
-                ("app/main.py", some(broken_create.clone())),
-                ("conftest.py", some("pytest_plugins = [\"tests.forge\"]\n")),
-                ("tests/forge.py", some(FORGING_HOOK)),
+                ("app/main.py", Some(broken_create.clone())),
+                ("conftest.py", Some(String::from("pytest_plugins = [\"tests.forge\"]\n"))),
+                ("tests/forge.py", Some(String::from(FORGING_HOOK))),
             ],
             fails: "tests: tests/test_notes.py::test_create_note",
             rule: Some("conftest-hook"),
@@ -497,8 +497,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a fixture that registers a forging plugin",
             broken: vec![
-                ("app/main.py", some(broken_create.clone())),
-                ("tests/conftest.py", some(REGISTERED_FORGER)),
+                ("app/main.py", Some(broken_create.clone())),
+                ("tests/conftest.py", Some(String::from(REGISTERED_FORGER))),
             ],
             fails: "tests: tests/test_notes.py::test_create_note",
             rule: None,
@@ -507,10 +507,10 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a suite whose every test is skipped",
             broken: vec![
-                ("app/main.py", some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
+                ("app/main.py", Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
                 (
                     "tests/test_notes.py",
-                    some(demo_tests().replace(
+                    Some(demo_tests().replace(
                         "from app.main import app\n",
                         "from app.main import app\n\npytestmark = pytest.mark.skip(reason=\"flaky\")\n",
                     )),
@@ -525,11 +525,11 @@ fn cases() -> Vec<Case> {
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(CREATE_BODY, &raise("HTTPException(status_code=400, detail=\"invalid note\")"))])),
+                    Some(main_with(&[(CREATE_BODY, &raise("HTTPException(status_code=400, detail=\"invalid note\")"))])),
                 ),
                 (
                     "tests/test_notes.py",
-                    some(SIMPLE_TESTS.replace(
+                    Some(SIMPLE_TESTS.replace(
                         "    assert response.status_code == 201\n    assert response.json()[\"title\"] == \"t\"\n",
                         "    assert response.status_code == 400\n",
                     )),
@@ -537,31 +537,31 @@ fn cases() -> Vec<Case> {
             ],
             fails: "kiln: POST /notes",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(SIMPLE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(SIMPLE_TESTS)))],
         },
         Case {
             name: "a read endpoint that answers 404 for notes that exist",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(GET_BODY, &raise("HTTPException(status_code=404, detail=\"not found\")"))])),
+                    Some(main_with(&[(GET_BODY, &raise("HTTPException(status_code=404, detail=\"not found\")"))])),
                 ),
-                ("tests/test_notes.py", some(PERMISSIVE_TESTS)),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
             ],
             fails: "kiln: GET /notes/{note_id}",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(PERMISSIVE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
             name: "a read endpoint that answers 500 for a missing note, untested",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(GET_BODY, "    \"\"\"One note by id.\"\"\"\n    return session.get(Note, note_id)\n")])),
+                    Some(main_with(&[(GET_BODY, "    \"\"\"One note by id.\"\"\"\n    return session.get(Note, note_id)\n")])),
                 ),
                 (
                     "tests/test_notes.py",
-                    some(demo_tests().replace(
+                    Some(demo_tests().replace(
                         "def test_get_missing_note_is_404(client: TestClient) -> None:\n    assert client.get(\"/notes/999\").status_code == 404\n",
                         "",
                     )),
@@ -576,20 +576,20 @@ fn cases() -> Vec<Case> {
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(
+                    Some(main_with(&[(
                         DELETE_BODY,
                         "    \"\"\"Delete one note by id.\"\"\"\n    import os\n\n    os._exit(3)\n",
                     )])),
                 ),
-                ("tests/test_notes.py", some(PERMISSIVE_TESTS)),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
             ],
             fails: "kiln: DELETE /notes/{note_id}",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(PERMISSIVE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
             name: "tables that only the tests create",
-            broken: vec![("app/main.py", some(main_with(&[("Base.metadata.create_all(engine)\n", "")])))],
+            broken: vec![("app/main.py", Some(main_with(&[("Base.metadata.create_all(engine)\n", "")])))],
             fails: "kiln: POST /notes",
             rule: None,
             fixed: vec![],
@@ -597,42 +597,42 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a suite that rewrites the app on disk to a working one",
             broken: vec![
-                ("app/main.py", some(broken_create.clone())),
-                ("tests/conftest.py", some(rewriting_conftest())),
+                ("app/main.py", Some(broken_create.clone())),
+                ("tests/conftest.py", Some(rewriting_conftest())),
             ],
             fails: "kiln: POST /notes",
             rule: None,
-            fixed: vec![("tests/conftest.py", some(rewriting_conftest()))],
+            fixed: vec![("tests/conftest.py", Some(rewriting_conftest()))],
         },
         Case {
             name: "a list endpoint whose answers break its response model, with tests that accept a 500",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(
+                    Some(main_with(&[(
                         LIST_BODY,
                         "    return [{\"title\": n.title} for n in session.scalars(select(Note))]\n",
                     )])),
                 ),
-                ("tests/test_notes.py", some(PERMISSIVE_TESTS)),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
             ],
             fails: "kiln: GET /notes",
             rule: None,
-            fixed: vec![("tests/test_notes.py", some(PERMISSIVE_TESTS))],
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
             name: "a route the app lacks, added by a test fixture",
             broken: vec![
                 (
                     "app/main.py",
-                    some(main_with(&[(
+                    Some(main_with(&[(
                         "@app.delete(\"/notes/{note_id}\", status_code=status.HTTP_204_NO_CONTENT)\n",
                         "",
                     )])),
                 ),
                 (
                     "tests/conftest.py",
-                    some("import pytest\nfrom fastapi import status\n\nfrom app import main\n\n\n@pytest.fixture(autouse=True)\ndef delete_route():\n    main.app.add_api_route(\"/notes/{note_id}\", main.delete_note, methods=[\"DELETE\"], status_code=status.HTTP_204_NO_CONTENT)\n"),
+                    Some(String::from("import pytest\nfrom fastapi import status\n\nfrom app import main\n\n\n@pytest.fixture(autouse=True)\ndef delete_route():\n    main.app.add_api_route(\"/notes/{note_id}\", main.delete_note, methods=[\"DELETE\"], status_code=status.HTTP_204_NO_CONTENT)\n")),
                 ),
             ],
             fails: "kiln: DELETE /notes/{note_id}",
@@ -824,7 +824,7 @@ fn keyed_service() -> Vec<File> {
         "    with TestClient(app) as c:\n",
         "    with TestClient(app, headers={\"X-API-Key\": \"secret\"}) as c:\n",
     );
-    service(&vec![("app/main.py", some(main)), ("tests/test_notes.py", some(tests))])
+    service(&vec![("app/main.py", Some(main)), ("tests/test_notes.py", Some(tests))])
 }
 
 /// The notes service with `GET /quote` from an external API, which answers
@@ -846,7 +846,7 @@ fn quoting_service(caught: bool) -> Vec<File> {
         "{}\n\ndef test_quote(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:\n    monkeypatch.setattr(\"app.main.fetch_quote\", lambda: \"carpe diem\")\n    assert client.get(\"/quote\").json() == {{\"quote\": \"carpe diem\"}}\n",
         demo_tests()
     );
-    service(&vec![("app/main.py", some(main)), ("tests/test_notes.py", some(tests))])
+    service(&vec![("app/main.py", Some(main)), ("tests/test_notes.py", Some(tests))])
 }
 
 async fn probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more(backend: Backend) {

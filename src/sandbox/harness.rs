@@ -128,7 +128,7 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
 /// anything: absent, `null`, `false` and "none"-like strings do not.
 fn requires(value: Option<&Value>) -> bool {
     match value {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        None | Some(Value::Null | Value::Bool(false)) => false,
         Some(Value::String(s)) => !matches!(
             s.trim().to_ascii_lowercase().as_str(),
             "" | "none" | "no" | "false" | "n/a"

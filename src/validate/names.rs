@@ -235,7 +235,7 @@ impl<'a> EagerReads<'a> {
                     }
                 }
                 if !self.future_annotations && f.type_params.is_none() {
-                    for p in f.parameters.iter() {
+                    for p in &f.parameters {
                         if let Some(annotation) = p.annotation() {
                             self.visit_expr(annotation);
                         }
@@ -643,7 +643,7 @@ class Later:
 
     #[test]
     fn reads_that_may_not_run_on_import_or_follow_a_binding_are_not_reported() {
-        let source = r#"
+        let source = r"
 def f():
     return later
 later = 1
@@ -664,7 +664,7 @@ def setup():
 print(configured)
 factor = 2
 maybe = not_yet = helper = 0
-"#;
+";
         assert_eq!(findings("solution.py", source, None), vec![]);
         let future = "from __future__ import annotations
 def f(x: Node) -> Node: return x
