@@ -2021,6 +2021,9 @@ def check_service(request, deadline, prefork):
     limit = capture_limit(request)
     cases = []
     outputs = []
+    # Time kept for Kiln's own requests, so that a suite that hangs still
+    # leaves them room (and they, not the hang, name what is broken).
+    suite_deadline = deadline - min(PROBE_RESERVE_S, (deadline - time.monotonic()) * 0.15)
     server, info_r = start_app(prefork.take_server(), SERVICE_SOCKET)
     outputs.append(Capture(server.stdout, limit))
     problem = None
@@ -2058,10 +2061,12 @@ def check_service(request, deadline, prefork):
             os.close(result_w)
     outputs.append(Capture(tests.stdout, limit))
     try:
-        suite = recv(result_r, deadline)
+        suite = recv(result_r, suite_deadline)
     except (EOFError, TimeoutError, ValueError) as e:
         suite = None
-        problem = "the service's test suite ended without results (%s)" % type(e).__name__
+        problem = "the service's test suite ended without results (%s)" % (
+            "time ran out" if isinstance(e, TimeoutError) else type(e).__name__
+        )
     finally:
         try:
             os.killpg(tests.pid, 9)
@@ -2092,8 +2097,14 @@ def check_service(request, deadline, prefork):
     outputs.append(Capture(server.stdout, limit))
     try:
         info, ready, openapi = await_app(server, info_r, PROBE_SOCKET, deadline)
-        if "import_error" in info or not ready:
-            why = "the app did not import again" if "import_error" in info else "the app did not start serving"
+        why = None
+        if time.monotonic() >= deadline:
+            why = "the run's time ran out first"
+        elif "import_error" in info:
+            why = "the app did not import again"
+        elif not ready:
+            why = "the app did not start serving"
+        if why is not None:
             probes = [{"name": probe_name(e), "outcome": "failed", "message": "not probed: %s" % why} for e in request["endpoints"]]
         else:
             probes = probe_service(request["endpoints"], openapi, PROBE_SOCKET, deadline, request.get("probe") or {})
@@ -2153,6 +2164,8 @@ def route_cases(endpoints, openapi):
 # made-up id must not bring a 5xx either.
 
 PROBE_TIMEOUT_S = 5.0
+# Most seconds of a run kept for the probes (15% of the run at most).
+PROBE_RESERVE_S = 8.0
 PROBE_DEPTH = 12
 PROBE_SHOWN = 300
 # How a service says an API it calls is unreachable (bad gateway,

@@ -1108,7 +1108,47 @@ async fn a_service_with_rich_request_models_passes_kilns_requests(backend: Backe
     );
 }
 
+async fn a_suite_that_hangs_still_leaves_kiln_time_for_its_own_requests(backend: Backend) {
+    let (spec, _) = notes_service();
+    let files = service(&vec![
+        (
+            "app/main.py",
+            Some(main_with(&[(
+                CREATE_BODY,
+                "    raise RuntimeError(\"database offline\")\n",
+            )])),
+        ),
+        (
+            "tests/test_hang.py",
+            Some("import time\n\n\ndef test_wait_for_the_database():\n    time.sleep(3600)\n".to_owned()),
+        ),
+    ]);
+    let limits = Limits {
+        timeout: Duration::from_secs(15),
+        ..limits()
+    };
+    let sandbox = TestSandbox::new(backend, &limits, 1).await;
+    let report = harness::run_tests(sandbox.sandbox(), &spec, &files, &limits)
+        .await
+        .expect("the run");
+    assert!(
+        report.problem.as_deref().is_some_and(|p| p.contains("time ran out")),
+        "{:?}",
+        report.problem
+    );
+    let create = report
+        .cases
+        .iter()
+        .find(|c| c.name == "kiln: POST /notes")
+        .expect("POST /notes was probed");
+    assert!(
+        create.outcome == Outcome::Failed && create.message.contains("answered 500"),
+        "{create:?}"
+    );
+}
+
 for_both_backends!(
+    a_suite_that_hangs_still_leaves_kiln_time_for_its_own_requests,
     a_service_with_rich_request_models_passes_kilns_requests,
     probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more,
     the_demo_service_passes_with_kilns_own_requests,
