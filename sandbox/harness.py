@@ -17,7 +17,11 @@ request on stdin. It never runs the code under test in its own process:
   a pipe, never read back from the writable work dir, and pytest reads no
   conftest, ini file or cache, so nothing the candidate writes reaches it.
 * server / svctests: import a generated service and serve it on a Unix
-  socket / run its own test suite.
+  socket / run its own test suite (sealed: no ini file, conftest hooks or
+  plugins of the answer's). After the suite, the checker itself sends
+  requests to every spec endpoint of a fresh server started from the
+  files as sent (`probe_service`): that, not the suite, is Kiln's evidence
+  about the service's behaviour.
 
 Invariants the verdict rests on:
 

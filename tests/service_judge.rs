@@ -1044,6 +1044,14 @@ def test_create_rejects_a_bad_name():
     assert client.post("/items", json={**ITEM, "name": "Hammer!"}).status_code == 422
 
 
+async def test_list_from_an_async_client():
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        assert (await c.get("/items", params={"kind": "part"})).json() == []
+
+
 def test_get_patch_delete():
     item_id = client.post("/items", json=ITEM).json()["id"]
     assert client.get(f"/items/{item_id}").json()["name"] == "hammer"
@@ -1075,6 +1083,8 @@ fn items_service() -> (Spec, Vec<File>) {
         File::new("app/main.py", ITEMS_MAIN),
         File::new("tests/__init__.py", ""),
         File::new("tests/test_items.py", ITEMS_TESTS),
+        // The one ini setting honoured: the async test runs without a marker.
+        File::new("pyproject.toml", "[tool.pytest.ini_options]\nasyncio_mode = \"auto\"\n"),
     ]);
     for f in &mut files {
         if f.path == "requirements.txt" {
