@@ -2163,7 +2163,8 @@ def route_cases(endpoints, openapi):
 # the only answers are a 404 for ids Kiln had to make up (nothing it
 # created could be looked up), a 401/403 where the operation declares
 # security or the spec asks for authentication, a 502/503/504 where the
-# spec names external APIs (the sandbox has no network), or a 4xx where
+# spec names external APIs (the sandbox has no network), a 429 where it
+# asks for rate limiting, or a 4xx where
 # Kiln could not satisfy the schema (a `pattern`, a non-JSON body). A
 # made-up id must not bring a 5xx either.
 
@@ -2363,6 +2364,7 @@ class Probe:
         self.params = list(params.values())
         self.secured = bool(operation.get("security", doc.get("security")))
         self.external = False
+        self.limited = False
         self.body_spec = resolve(doc, operation.get("requestBody"))
 
     def path_values(self, learned, made_up):
@@ -2546,6 +2548,8 @@ def probe_endpoint(probe, learned, socket_path, deadline):
         return "passed", "only %s for path parameters Kiln made up (no endpoint it called handed one out)" % "/".join(map(str, statuses))
     if probe.secured and set(statuses) <= {401, 403}:
         return "passed", "answered %s: the operation declares security and Kiln has no credentials" % "/".join(map(str, statuses))
+    if probe.limited and 429 in statuses and set(statuses) <= {429, 404}:
+        return "passed", "answered %s: the spec asks for rate limiting, and Kiln's requests ran into it" % "/".join(map(str, statuses))
     if probe.external and set(statuses) <= set(UPSTREAM_STATUSES):
         return "passed", "answered %s: the service calls external APIs, which the sandbox cannot reach" % "/".join(map(str, statuses))
     if uncertain:
@@ -2592,6 +2596,7 @@ def probe_service(endpoints, openapi, socket_path, deadline, allowed):
             probe = Probe(openapi, endpoint, app_path, item, operation)
             probe.secured = probe.secured or bool(allowed.get("authentication"))
             probe.external = bool(allowed.get("external_apis"))
+            probe.limited = bool(allowed.get("rate_limiting"))
             verdicts[i] = probe_endpoint(probe, learned, socket_path, deadline)
         except Exception as e:  # noqa: BLE001 - an OpenAPI document Kiln cannot read; says so
             verdicts[i] = ("failed", "Kiln could not probe it from the app's OpenAPI: %s: %s" % (type(e).__name__, clip_text(str(e), 200)))

@@ -849,6 +849,44 @@ fn quoting_service(caught: bool) -> Vec<File> {
     service(&vec![("app/main.py", Some(main)), ("tests/test_notes.py", Some(tests))])
 }
 
+/// The notes service limited to three requests a minute per client, the
+/// limit reset between tests.
+fn limited_service() -> Vec<File> {
+    let main = main_with(&[
+        (
+            "from fastapi import Depends, FastAPI, HTTPException, Response, status\n",
+            "from fastapi import Depends, FastAPI, HTTPException, Request, Response, status\n",
+        ),
+        (
+            "app = FastAPI(title=\"notes-service\", version=\"1.0.0\")\n",
+            "app = FastAPI(title=\"notes-service\", version=\"1.0.0\")\nSEEN: dict[str, int] = {}\nLIMIT = 3\n\n\ndef limit(request: Request) -> None:\n    \"\"\"At most LIMIT requests per client (the window is the process).\"\"\"\n    who = request.client.host if request.client else \"local\"\n    SEEN[who] = SEEN.get(who, 0) + 1\n    if SEEN[who] > LIMIT:\n        raise HTTPException(status_code=429, detail=\"too many requests\")\n",
+        ),
+        (
+            "def list_notes(session: Session = Depends(get_session)) -> list[Note]:",
+            "def list_notes(session: Session = Depends(get_session), _: None = Depends(limit)) -> list[Note]:",
+        ),
+        (
+            "def create_note(payload: NoteIn, session: Session = Depends(get_session)) -> Note:",
+            "def create_note(payload: NoteIn, session: Session = Depends(get_session), _: None = Depends(limit)) -> Note:",
+        ),
+        (
+            "def get_note(note_id: int, session: Session = Depends(get_session)) -> Note:",
+            "def get_note(note_id: int, session: Session = Depends(get_session), _: None = Depends(limit)) -> Note:",
+        ),
+        (
+            "def delete_note(note_id: int, session: Session = Depends(get_session)) -> Response:",
+            "def delete_note(note_id: int, session: Session = Depends(get_session), _: None = Depends(limit)) -> Response:",
+        ),
+    ]);
+    let tests = demo_tests()
+        .replace(
+            "    Base.metadata.drop_all(engine)\n",
+            "    SEEN.clear()\n    Base.metadata.drop_all(engine)\n",
+        )
+        .replace("from app.main import app\n", "from app.main import SEEN, app\n");
+    service(&vec![("app/main.py", Some(main)), ("tests/test_notes.py", Some(tests))])
+}
+
 async fn probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more(backend: Backend) {
     let (spec, _) = notes_service();
     let spec_with = |change: &dyn Fn(&mut Value)| {
@@ -863,7 +901,15 @@ async fn probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more(ba
         );
         v["external_apis"] = serde_json::json!(["the quotes API at quotes.example.com"]);
     });
+    let limited = spec_with(&|v| v["rate_limiting"] = "3 requests a minute per client.".into());
     let runs = [
+        ("a rate limit the spec asks for", &limited, limited_service(), None),
+        (
+            "a rate limit the spec does not ask for",
+            &spec,
+            limited_service(),
+            Some("kiln: DELETE /notes/{note_id}"),
+        ),
         ("an API key the spec asks for", &keyed, keyed_service(), None),
         (
             "an API key the spec does not ask for",

@@ -103,10 +103,11 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
                 .into();
             // What Kiln's own requests may meet without it being the code's
             // fault: credentials Kiln does not have, APIs the sandbox's
-            // network cannot reach.
+            // network cannot reach, a rate limit its requests run into.
             request["probe"] = json!({
                 "authentication": requires(s.authentication.as_ref()),
                 "external_apis": !s.external_apis.is_empty(),
+                "rate_limiting": requires(s.rate_limiting.as_ref()),
             });
         }
     }
@@ -124,8 +125,8 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
     }
 }
 
-/// Whether a free-form spec requirement (`authentication`) asks for
-/// anything: absent, `null`, `false` and "none"-like strings do not.
+/// Whether a free-form spec requirement (`authentication`,
+/// `rate_limiting`) asks for anything: absent, `null`, `false` and "none"-like strings do not.
 fn requires(value: Option<&Value>) -> bool {
     match value {
         None | Some(Value::Null | Value::Bool(false)) => false,
