@@ -1995,12 +1995,18 @@ def stop_app(server, info_r, prefork):
 
 
 def reset_files(request):
-    """The answer's files as they were sent, and nothing else in the work
-    dir or /tmp: what earlier stages of the run wrote (the suite above
-    all) cannot change the app Kiln probes."""
+    """The answer's files as they were sent, in a fresh directory, and
+    nothing else in /tmp: what earlier stages of the run wrote (the suite
+    above all) cannot change the app Kiln probes. The old tree is moved
+    away whole rather than deleted in place, so nothing in it survives
+    that the suite made undeletable (a directory without write permission,
+    a symlink standing for the directory)."""
     import shutil
 
-    shutil.rmtree(SRC_DIR, ignore_errors=True)
+    try:
+        os.rename(SRC_DIR, os.path.join(WORK, ".suite-%s" % os.urandom(8).hex()))
+    except FileNotFoundError:
+        pass
     tmp = os.environ.get("TMPDIR", "/tmp")
     for entry in os.listdir(tmp) if os.path.isdir(tmp) else ():
         path = os.path.join(tmp, entry)
@@ -2011,7 +2017,7 @@ def reset_files(request):
                 os.unlink(path)
             except OSError:
                 pass
-    os.makedirs(SRC_DIR, exist_ok=True)
+    os.makedirs(SRC_DIR)
     write_files(request["files"], SRC_DIR)
     try:
         os.unlink(PROBE_SOCKET)

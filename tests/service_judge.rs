@@ -303,6 +303,16 @@ fn rewriting_conftest() -> String {
     )
 }
 
+/// A conftest that plants a package `app/main/` (which Python imports in
+/// preference to `app/main.py`) holding the demo's working app, in a
+/// directory it then makes undeletable.
+fn shadowing_conftest() -> String {
+    format!(
+        "import os\nimport pathlib\n\nSHADOW = pathlib.Path(__file__).resolve().parent.parent / \"app\" / \"main\"\nSHADOW.mkdir(exist_ok=True)\n(SHADOW / \"__init__.py\").write_text(bytes.fromhex(\"{}\").decode())\nos.chmod(SHADOW, 0o500)\n",
+        hex(&demo_file("app/main.py"))
+    )
+}
+
 fn cases() -> Vec<Case> {
     let raise = |what: &str| format!("    raise {what}\n");
     let broken_create = main_with(&[(CREATE_BODY, &raise("RuntimeError(\"database offline\")"))]);
@@ -603,6 +613,16 @@ fn cases() -> Vec<Case> {
             fails: "kiln: POST /notes",
             rule: None,
             fixed: vec![("tests/conftest.py", Some(rewriting_conftest()))],
+        },
+        Case {
+            name: "a suite that plants an undeletable package shadowing app.main",
+            broken: vec![
+                ("app/main.py", Some(broken_create.clone())),
+                ("tests/conftest.py", Some(shadowing_conftest())),
+            ],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![("tests/conftest.py", Some(shadowing_conftest()))],
         },
         Case {
             name: "a list endpoint whose answers break its response model, with tests that accept a 500",
