@@ -73,6 +73,8 @@ TESTS_DIR = os.path.join(KILN_DIR, "tests")
 TEST_FILE = os.path.join(TESTS_DIR, "test_spec.py")
 SERVICE_SOCKET = os.path.join(KILN_DIR, "app.sock")
 PROBE_SOCKET = os.path.join(KILN_DIR, "probe.sock")
+# Prefix of what the probe stage moved out of the way (`move_away`).
+PROBE_MOVED = "kiln-moved"
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DEPTH = 200
 # pytest-asyncio warns on every run unless its loop scope is set.
@@ -1994,29 +1996,39 @@ def stop_app(server, info_r, prefork):
     kill_all_others(spare=prefork.waiting())
 
 
-def reset_files(request):
-    """The answer's files as they were sent, in a fresh directory, and
-    nothing else in /tmp: what earlier stages of the run wrote (the suite
-    above all) cannot change the app Kiln probes. The old tree is moved
-    away whole rather than deleted in place, so nothing in it survives
-    that the suite made undeletable (a directory without write permission,
-    a symlink standing for the directory)."""
+def move_away(root, keep=()):
+    """Empties `root` of everything but `keep`: each entry is first renamed
+    to a random hidden name (which works whatever its permissions), so no
+    path the suite used still leads to it, then deleted as far as it can be."""
     import shutil
 
-    try:
-        os.rename(SRC_DIR, os.path.join(WORK, ".suite-%s" % os.urandom(8).hex()))
-    except FileNotFoundError:
-        pass
-    tmp = os.environ.get("TMPDIR", "/tmp")
-    for entry in os.listdir(tmp) if os.path.isdir(tmp) else ():
-        path = os.path.join(tmp, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
+    moved = "." + PROBE_MOVED
+    for entry in os.listdir(root) if os.path.isdir(root) else ():
+        if entry in keep or entry.startswith(moved):
+            continue
+        path = os.path.join(root, entry)
+        away = os.path.join(root, "%s-%s" % (moved, os.urandom(8).hex()))
+        try:
+            os.rename(path, away)
+        except OSError:
+            continue
+        if os.path.isdir(away) and not os.path.islink(away):
+            shutil.rmtree(away, ignore_errors=True)
         else:
             try:
-                os.unlink(path)
+                os.unlink(away)
             except OSError:
                 pass
+
+
+def reset_files(request):
+    """The answer's files as they were sent, in a fresh directory, and
+    nothing else in the work dir or /tmp: what earlier stages of the run
+    wrote (the suite above all) cannot change the app Kiln probes, not
+    even what the suite made undeletable (a directory without write
+    permission, a symlink standing for a directory)."""
+    move_away(WORK, keep=(os.path.basename(KILN_DIR),))
+    move_away(os.environ.get("TMPDIR", "/tmp"))
     os.makedirs(SRC_DIR)
     write_files(request["files"], SRC_DIR)
     try:
