@@ -2023,12 +2023,13 @@ def move_away(root, keep=()):
 
 def reset_files(request):
     """The answer's files as they were sent, in a fresh directory, and
-    nothing else in the work dir or /tmp: what earlier stages of the run
-    wrote (the suite above all) cannot change the app Kiln probes, not
-    even what the suite made undeletable (a directory without write
+    nothing else in the work dir, /tmp or /dev/shm: what earlier stages of
+    the run wrote (the suite above all) cannot change the app Kiln probes,
+    not even what the suite made undeletable (a directory without write
     permission, a symlink standing for a directory)."""
     move_away(WORK, keep=(os.path.basename(KILN_DIR),))
-    move_away(os.environ.get("TMPDIR", "/tmp"))
+    for scratch in sorted({os.environ.get("TMPDIR", "/tmp"), "/tmp", "/dev/shm"}):
+        move_away(scratch)
     os.makedirs(SRC_DIR)
     write_files(request["files"], SRC_DIR)
     try:
