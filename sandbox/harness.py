@@ -1,6 +1,7 @@
 """Kiln's sandbox harness: the trusted side of every sandbox run.
 
-Started as `python -I -B -c <this source>` inside the sandbox, with a JSON
+Started as `python -I -B -c <source>` inside the sandbox (the source packed
+into a one-line bootstrap, src/sandbox/harness.rs), with a JSON
 request on stdin. It never runs the code under test in its own process:
 
 * checker (no role argument): reads the request, makes itself non-dumpable
@@ -2178,7 +2179,10 @@ def route_cases(endpoints, openapi):
 # that creates before it reads (POST, GET, PUT, PATCH, others, DELETE), so
 # ids the app handed out resolve. The verdict is made here, from statuses
 # the code under test cannot rewrite: a 5xx or no answer fails the
-# endpoint, and so does never answering 2xx/3xx to a valid request, unless
+# endpoint, and so does a 2xx whose JSON body does not fit the response
+# schema the operation declares for that status (types, required fields,
+# enums: an app that bypasses its response model with a JSONResponse), and
+# never answering 2xx/3xx to a valid request, unless
 # the only answers are a 404 for ids Kiln had to make up (nothing it
 # created could be looked up), a 401/403 where the operation declares
 # security or the spec asks for authentication, a 502/503/504 where the
@@ -2385,6 +2389,7 @@ class Probe:
         self.external = False
         self.limited = False
         self.body_spec = resolve(doc, operation.get("requestBody"))
+        self.operation = operation
 
     def path_values(self, learned, made_up):
         """Values of the path's parameters: what the app handed out for the
@@ -2520,6 +2525,92 @@ def collection_of(app_path):
     return "/".join(parts)
 
 
+def json_type(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def type_fits(kind, value):
+    actual = json_type(value)
+    if kind == "number":
+        return actual in ("integer", "number")
+    if kind == "integer":
+        return actual == "integer" or (actual == "number" and float(value).is_integer())
+    return actual == kind
+
+
+def schema_mismatch(doc, schema, value, where, depth=0):
+    """Where a JSON value breaks a response schema (types, required
+    properties, enums, recursively), or None. Formats, lengths, bounds and
+    extra properties are not checked: FastAPI's own response models are
+    what those are for."""
+    schema = resolve(doc, schema)
+    if depth > PROBE_DEPTH or not schema:
+        return None
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict)]
+        if options:
+            problems = [schema_mismatch(doc, o, value, where, depth + 1) for o in options]
+            if all(problems):
+                return problems[0]
+    for part in schema.get("allOf") or []:
+        problem = schema_mismatch(doc, part, value, where, depth + 1) if isinstance(part, dict) else None
+        if problem:
+            return problem
+    kind = schema.get("type")
+    kinds = [k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str)]
+    if kinds and not any(type_fits(k, value) for k in kinds):
+        return "%s is %s, not %s" % (where, json_type(value), " or ".join(kinds))
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and not any(type(value) is type(e) and value == e for e in enum):
+        return "%s is %s, not one of %s" % (where, clip_text(json.dumps(value), 60), clip_text(json.dumps(enum), 120))
+    if isinstance(value, dict):
+        for name in schema.get("required") or []:
+            if isinstance(name, str) and name not in value:
+                return "%s has no %r" % (where, name)
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        for name, sub in properties.items():
+            if name in value:
+                problem = schema_mismatch(doc, sub, value[name], "%s.%s" % (where, name), depth + 1)
+                if problem:
+                    return problem
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value[:20]):
+            problem = schema_mismatch(doc, schema["items"], item, "%s[%d]" % (where, i), depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def response_mismatch(probe, r):
+    """Why a successful answer does not fit the JSON schema the operation
+    declares for its status code, or None (no schema, not JSON, empty)."""
+    responses = probe.operation.get("responses") if isinstance(probe.operation.get("responses"), dict) else {}
+    declared = resolve(probe.doc, responses.get(str(r["status"])))
+    content = declared.get("content") if isinstance(declared.get("content"), dict) else {}
+    media = next((content[t] for t in content if "json" in str(t)), None)
+    if not isinstance(media, dict) or not media.get("schema") or "json" not in r["type"] or not r["body"]:
+        return None
+    if len(r["body"]) >= 1 << 20:
+        return None  # cut at the limit: not judged
+    try:
+        value = json.loads(r["body"])
+    except (ValueError, RecursionError):
+        return "the body is not JSON, though its content type says so"
+    return schema_mismatch(probe.doc, media["schema"], value, "the body")
+
+
 def probe_endpoint(probe, learned, socket_path, deadline):
     """Sends a handful of requests to one endpoint and judges them: a case."""
     uncertain = []
@@ -2548,6 +2639,11 @@ def probe_endpoint(probe, learned, socket_path, deadline):
             message = "%s answered %d (a server error): %s" % (r["what"], r["status"], shown_body(r))
         return "failed", message
     good = [r for r in tried if ok(r)]
+    for r in good:
+        mismatch = response_mismatch(probe, r)
+        if mismatch:
+            return "failed", "%s answered %d with a body its OpenAPI response schema does not describe: %s: %s" % (
+                r["what"], r["status"], mismatch, shown_body(r))
     if good:
         # What the first good request showed: the rest may be the made-up id.
         collection = collection_of(probe.app_path)

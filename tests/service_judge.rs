@@ -625,6 +625,22 @@ fn cases() -> Vec<Case> {
             fixed: vec![("tests/conftest.py", Some(shadowing_conftest()))],
         },
         Case {
+            name: "a read endpoint that bypasses its response model with a placeholder JSONResponse",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(
+                        GET_BODY,
+                        "    \"\"\"One note by id.\"\"\"\n    from fastapi.responses import JSONResponse\n\n    return JSONResponse({\"todo\": True})\n",
+                    )])),
+                ),
+                ("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS))),
+            ],
+            fails: "kiln: GET /notes/{note_id}",
+            rule: None,
+            fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
+        },
+        Case {
             name: "a list endpoint whose answers break its response model, with tests that accept a 500",
             broken: vec![
                 (
