@@ -1,6 +1,7 @@
 """Kiln's sandbox harness: the trusted side of every sandbox run.
 
-Started as `python -I -B -c <this source>` inside the sandbox, with a JSON
+Started as `python -I -B -c <source>` inside the sandbox (the source packed
+into a one-line bootstrap, src/sandbox/harness.rs), with a JSON
 request on stdin. It never runs the code under test in its own process:
 
 * checker (no role argument): reads the request, makes itself non-dumpable
@@ -17,7 +18,11 @@ request on stdin. It never runs the code under test in its own process:
   a pipe, never read back from the writable work dir, and pytest reads no
   conftest, ini file or cache, so nothing the candidate writes reaches it.
 * server / svctests: import a generated service and serve it on a Unix
-  socket / run its own test suite.
+  socket / run its own test suite (sealed: no ini file, conftest hooks or
+  plugins of the answer's). After the suite, the checker itself sends
+  requests to every spec endpoint of a fresh server started from the
+  files as sent (`probe_service`): that, not the suite, is Kiln's evidence
+  about the service's behaviour.
 
 Invariants the verdict rests on:
 
@@ -68,6 +73,9 @@ KILN_DIR = os.path.join(WORK, ".kiln")
 TESTS_DIR = os.path.join(KILN_DIR, "tests")
 TEST_FILE = os.path.join(TESTS_DIR, "test_spec.py")
 SERVICE_SOCKET = os.path.join(KILN_DIR, "app.sock")
+PROBE_SOCKET = os.path.join(KILN_DIR, "probe.sock")
+# Prefix of what the probe stage moved out of the way (`move_away`).
+PROBE_MOVED = "kiln-moved"
 MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DEPTH = 200
 # pytest-asyncio warns on every run unless its loop scope is set.
@@ -368,10 +376,16 @@ class Prefork:
         # once told to (`prefork_waiting`).
         self.server = prefork_waiting(lambda fd: server_main(fd, SERVICE_SOCKET)) if hint == "s" else None
         self.svctests = prefork_waiting(svctests_main) if hint == "s" else None
+        # The fresh app Kiln probes after the suite (`probe_service`).
+        self.probed = prefork_waiting(lambda fd: server_main(fd, PROBE_SOCKET)) if hint == "s" else None
 
     def take_server(self):
         server, self.server = self.server, None
         return self.started(server)
+
+    def take_probed(self):
+        probed, self.probed = self.probed, None
+        return self.started(probed)
 
     def take_svctests(self):
         svctests, self.svctests = self.svctests, None
@@ -379,7 +393,8 @@ class Prefork:
 
     def waiting(self):
         """Pids of roles still waiting for their stage."""
-        return [role[0].pid for role in (self.runner, self.tests, self.server, self.svctests) if role is not None]
+        roles = (self.runner, self.tests, self.server, self.svctests, self.probed)
+        return [role[0].pid for role in roles if role is not None]
 
     def take_runner(self):
         runner, self.runner = self.runner, None
@@ -1793,6 +1808,90 @@ def server_main(info_fd, socket_path):
     uvicorn.run(app, uds=socket_path, log_level="warning", lifespan="on")
 
 
+# The service's own suite runs sealed: pytest reads no ini file of the
+# answer's (-c /dev/null: no addopts, -k, deselection, python_files, plugins
+# by -p), no cache, and no conftest above the answer's root; conftest files
+# (and modules they name in `pytest_plugins`) give fixtures only, their
+# `pytest_*` hooks are removed before pytest registers them
+# (`seal_plugin_manager`). The suite remains the model's claims about its
+# own code; Kiln's verdict on behaviour is `probe_service`.
+SVCTESTS_ARGS = [
+    "tests", "-q", "--no-header", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", SRC_DIR,
+    "--confcutdir", SRC_DIR,
+] + PYTEST_QUIET
+# The one ini setting of the answer's that is honoured, as real projects
+# need it: whether pytest-asyncio runs `async def` tests without a marker.
+ASYNCIO_MODES = ("auto", "strict")
+
+
+def answer_asyncio_mode():
+    """`asyncio_mode` from the answer's pytest.ini, pyproject.toml,
+    setup.cfg or tox.ini (first found), if it is one of ASYNCIO_MODES."""
+    import configparser
+
+    for name, section in (("pytest.ini", "pytest"), ("pyproject.toml", None), ("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
+        path = os.path.join(SRC_DIR, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if section is None:
+                import tomllib
+
+                with open(path, "rb") as f:
+                    options = tomllib.load(f).get("tool", {}).get("pytest", {}).get("ini_options", {})
+                value = options.get("asyncio_mode") if isinstance(options, dict) else None
+            else:
+                parser = configparser.ConfigParser(interpolation=None)
+                parser.read(path, encoding="utf-8")
+                value = parser.get(section, "asyncio_mode", fallback=None)
+        except Exception:  # noqa: BLE001 - an unreadable file sets nothing
+            continue
+        if isinstance(value, str) and value.strip() in ASYNCIO_MODES:
+            return value.strip()
+    return None
+
+
+def from_answer(plugin):
+    """Whether a plugin object comes from the answer's files: a module
+    loaded from them, or an instance or class defined in one."""
+    import types
+
+    if isinstance(plugin, types.ModuleType):
+        module = plugin
+    else:
+        cls = plugin if isinstance(plugin, type) else type(plugin)
+        module = sys.modules.get(getattr(cls, "__module__", None) or "")
+        if module is None:
+            return True  # a class from nowhere: not one of the runtime's plugins
+    path = getattr(module, "__file__", None)
+    return isinstance(path, str) and os.path.realpath(path).startswith(SRC_DIR + os.sep)
+
+
+def seal_plugin_manager(ignored):
+    """Makes pytest register the answer's modules (conftest files, modules
+    they name in `pytest_plugins`) without their hooks, and nothing else of
+    the answer's as a plugin: fixtures keep working, while no hook can
+    rewrite reports, deselect or reorder tests. Names of what was dropped
+    go to `ignored`. Installed before any of the answer's code runs."""
+    import types
+
+    from _pytest.config import PytestPluginManager
+
+    register = PytestPluginManager.register
+
+    def sealed_register(self, plugin, name=None):
+        if from_answer(plugin):
+            if not isinstance(plugin, types.ModuleType):
+                ignored.append("plugin %s" % type(plugin).__name__)
+                return None
+            for attr in [a for a in list(vars(plugin)) if a.startswith("pytest_")]:
+                ignored.append("%s in %s" % (attr, os.path.relpath(str(plugin.__file__), SRC_DIR)))
+                delattr(plugin, attr)
+        return register(self, plugin, name)
+
+    PytestPluginManager.register = sealed_register
+
+
 def svctests_main(result_fd):
     """Runs the generated service's own test suite (its code is untrusted,
     and so are these results: they are the model's claims about its code)."""
@@ -1803,15 +1902,22 @@ def svctests_main(result_fd):
 
     results = []
     collected = []
-    exit_code = pytest.main(
-        ["tests", "-q", "-p", "no:cacheprovider", "--no-header"] + PYTEST_QUIET,
-        plugins=[pytest_recorder(results, collected, False)],
-    )
+    ignored = []
+    seal_plugin_manager(ignored)
+    args = list(SVCTESTS_ARGS)
+    mode = answer_asyncio_mode()
+    if mode is not None:
+        args += ["-o", "asyncio_mode=" + mode]
+    exit_code = pytest.main(args, plugins=[pytest_recorder(results, collected, False)])
+    if ignored:
+        print("kiln: ignored what the answer's conftest files would hook into pytest: %s" % ", ".join(sorted(set(ignored))))
     send(result_fd, {"collected": collected, "results": results, "exit_code": int(exit_code)})
     os._exit(0)
 
 
-def uds_get(socket_path, path, timeout):
+def uds_request(socket_path, method, path, timeout, body=None, headers=None):
+    """One HTTP request over the app's Unix socket: (status, body bytes,
+    content type), the body cut at 1 MiB."""
     import http.client
     import socket
 
@@ -1823,119 +1929,222 @@ def uds_get(socket_path, path, timeout):
 
     conn = Connection("localhost", timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, response.read(1 << 20)
+        return response.status, response.read(1 << 20), response.getheader("content-type") or ""
     finally:
         conn.close()
 
 
+def uds_get(socket_path, path, timeout):
+    status, body, _ = uds_request(socket_path, "GET", path, timeout)
+    return status, body
+
+
+def start_app(forked, socket_path):
+    """Starts an app server role (preforked, or by exec): (process, info fd)."""
+    if forked is not None:
+        return start_waiting(forked)
+    info_r, info_w = os.pipe()
+    try:
+        server = spawn("server", str(info_w), socket_path, pass_fds=(info_w,), cwd=SRC_DIR)
+    finally:
+        os.close(info_w)
+    return server, info_r
+
+
+def await_app(server, info_r, socket_path, deadline):
+    """Waits for a started app server: (info, serving, openapi). `info` has
+    `import_error` when the app did not import."""
+    try:
+        info = recv(info_r, min(deadline, time.monotonic() + 60))
+    except (EOFError, TimeoutError, ValueError) as e:
+        return {"import_error": "the app process ended before importing app.main (%s)" % type(e).__name__}, False, {}
+    if "import_error" in info:
+        return info, False, {}
+    ready = False
+    status, body = None, b""
+    serve_deadline = min(deadline, time.monotonic() + 30)
+    while time.monotonic() < serve_deadline:
+        if os.path.exists(socket_path):
+            try:
+                status, body = uds_get(socket_path, "/openapi.json", 5)
+                ready = True
+                break
+            except OSError:
+                pass
+        if server.poll() is not None:
+            break
+        time.sleep(0.05)
+    openapi = info.get("openapi") or {}
+    if ready and status == 200:
+        try:
+            openapi = json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+    return info, ready, openapi if isinstance(openapi, dict) else {}
+
+
+def stop_app(server, info_r, prefork):
+    try:
+        os.killpg(server.pid, 9)
+    except OSError:
+        pass
+    server.wait()
+    os.close(info_r)
+    # Whatever the app left running must not meet the next stage; roles
+    # forked before the run wait untouched.
+    kill_all_others(spare=prefork.waiting())
+
+
+def move_away(root, keep=()):
+    """Empties `root` of everything but `keep`: each entry is first renamed
+    to a random hidden name (which works whatever its permissions), so no
+    path the suite used still leads to it, then deleted as far as it can be."""
+    import shutil
+
+    moved = "." + PROBE_MOVED
+    for entry in os.listdir(root) if os.path.isdir(root) else ():
+        if entry in keep or entry.startswith(moved):
+            continue
+        path = os.path.join(root, entry)
+        away = os.path.join(root, "%s-%s" % (moved, os.urandom(8).hex()))
+        try:
+            os.rename(path, away)
+        except OSError:
+            continue
+        if os.path.isdir(away) and not os.path.islink(away):
+            shutil.rmtree(away, ignore_errors=True)
+        else:
+            try:
+                os.unlink(away)
+            except OSError:
+                pass
+
+
+def reset_files(request):
+    """The answer's files as they were sent, in a fresh directory, and
+    nothing else in the work dir, /tmp or /dev/shm: what earlier stages of
+    the run wrote (the suite above all) cannot change the app Kiln probes,
+    not even what the suite made undeletable (a directory without write
+    permission, a symlink standing for a directory)."""
+    move_away(WORK, keep=(os.path.basename(KILN_DIR),))
+    for scratch in sorted({os.environ.get("TMPDIR", "/tmp"), "/tmp", "/dev/shm"}):
+        move_away(scratch)
+    os.makedirs(SRC_DIR)
+    write_files(request["files"], SRC_DIR)
+    try:
+        os.unlink(PROBE_SOCKET)
+    except OSError:
+        pass
+
+
 def check_service(request, deadline, prefork):
-    """Import, routes, /health and the service's own tests."""
+    """Import, routes, /health, the service's own tests, then Kiln's own
+    requests to every endpoint in a fresh process of the app."""
     limit = capture_limit(request)
     cases = []
     outputs = []
-    socket_path = SERVICE_SOCKET
-    forked = prefork.take_server()
-    if forked is not None:
-        server, info_r = start_waiting(forked)
-    else:
-        info_r, info_w = os.pipe()
-        try:
-            server = spawn("server", str(info_w), socket_path, pass_fds=(info_w,), cwd=SRC_DIR)
-        finally:
-            os.close(info_w)
+    # Time kept for Kiln's own requests, so that a suite that hangs still
+    # leaves them room (and they, not the hang, name what is broken).
+    suite_deadline = deadline - min(PROBE_RESERVE_S, (deadline - time.monotonic()) * 0.15)
+    server, info_r = start_app(prefork.take_server(), SERVICE_SOCKET)
     outputs.append(Capture(server.stdout, limit))
     problem = None
     try:
-        try:
-            info = recv(info_r, min(deadline, time.monotonic() + 60))
-        except (EOFError, TimeoutError, ValueError) as e:
-            info = {"import_error": "the app process ended before importing app.main (%s)" % type(e).__name__}
+        info, ready, openapi = await_app(server, info_r, SERVICE_SOCKET, deadline)
         if "import_error" in info:
             cases.append({"name": "import app.main", "outcome": "failed", "message": str(info["import_error"])[-4000:]})
             problem = "the app does not import"
         else:
             cases.append({"name": "import app.main", "outcome": "passed", "message": ""})
-            ready = False
-            serve_deadline = min(deadline, time.monotonic() + 30)
-            while time.monotonic() < serve_deadline:
-                if os.path.exists(socket_path):
-                    try:
-                        status, body = uds_get(socket_path, "/openapi.json", 5)
-                        ready = True
-                        break
-                    except OSError:
-                        pass
-                if server.poll() is not None:
-                    break
-                time.sleep(0.05)
-            openapi = info.get("openapi") or {}
-            if ready and status == 200:
-                try:
-                    openapi = json.loads(body)
-                except ValueError:
-                    pass
             cases.extend(route_cases(request["endpoints"], openapi))
             if not ready:
                 cases.append({"name": "GET /health", "outcome": "failed", "message": "the app did not start serving"})
             else:
                 try:
-                    status, body = uds_get(socket_path, "/health", 10)
+                    status, body = uds_get(SERVICE_SOCKET, "/health", 10)
                     ok = status == 200
                     message = "" if ok else "GET /health answered %d: %s" % (status, body[:300].decode("utf-8", "replace"))
                 except OSError as e:
                     ok, message = False, "GET /health failed: %s" % e
                 cases.append({"name": "GET /health", "outcome": "passed" if ok else "failed", "message": message})
     finally:
+        stop_app(server, info_r, prefork)
+    if problem is not None:
+        return {"cases": cases, "problem": problem, "collected": 0, "output": "".join(o.text() for o in outputs)}
+
+    forked = prefork.take_svctests()
+    if forked is not None:
+        tests, result_r = start_waiting(forked)
+    else:
+        result_r, result_w = os.pipe()
         try:
-            os.killpg(server.pid, 9)
+            tests = spawn("svctests", str(result_w), pass_fds=(result_w,), cwd=SRC_DIR)
+        finally:
+            os.close(result_w)
+    outputs.append(Capture(tests.stdout, limit))
+    try:
+        suite = recv(result_r, suite_deadline)
+    except (EOFError, TimeoutError, ValueError) as e:
+        suite = None
+        problem = "the service's test suite ended without results (%s)" % (
+            "time ran out" if isinstance(e, TimeoutError) else type(e).__name__
+        )
+    finally:
+        try:
+            os.killpg(tests.pid, 9)
         except OSError:
             pass
-        server.wait()
-        os.close(info_r)
-        # Whatever the app left running must not meet its test suite; the
-        # suite's own process, forked before the run, waits untouched.
+        tests.wait()
+        os.close(result_r)
         kill_all_others(spare=prefork.waiting())
+    suite_cases = []
+    collected = 0
+    if suite is not None:
+        results = suite.get("results")
+        if not isinstance(results, list) or not isinstance(suite.get("collected"), list):
+            raise CandidateFault("the service's test suite sent malformed results")
+        for r in results:
+            suite_cases.append({"name": "tests: " + str(r["name"]), "outcome": r["outcome"], "message": str(r["message"])})
+        collected = len(suite["collected"])
+        ran = len([r for r in results if r["when"] == "call"])
+        if not collected:
+            problem = "the service's test suite collected no tests"
+        elif ran < collected:
+            problem = "only %d of %d collected tests of the service ran" % (ran, collected)
 
-    if problem is None:
-        forked = prefork.take_svctests()
-        if forked is not None:
-            tests, result_r = start_waiting(forked)
+    # Kiln's own evidence, ahead of the suite's results: the repair prompt
+    # reads failures in order, and these are the ones to trust.
+    reset_files(request)
+    server, info_r = start_app(prefork.take_probed(), PROBE_SOCKET)
+    outputs.append(Capture(server.stdout, limit))
+    try:
+        info, ready, openapi = await_app(server, info_r, PROBE_SOCKET, deadline)
+        why = None
+        if time.monotonic() >= deadline:
+            why = "the run's time ran out first"
+        elif "import_error" in info:
+            why = "the app did not import again"
+        elif not ready:
+            why = "the app did not start serving"
+        if why is not None:
+            probes = [{"name": probe_name(e), "outcome": "failed", "message": "not probed: %s" % why} for e in request["endpoints"]]
         else:
-            result_r, result_w = os.pipe()
-            try:
-                tests = spawn("svctests", str(result_w), pass_fds=(result_w,), cwd=SRC_DIR)
-            finally:
-                os.close(result_w)
-        outputs.append(Capture(tests.stdout, limit))
-        try:
-            suite = recv(result_r, deadline)
-        except (EOFError, TimeoutError, ValueError) as e:
-            suite = None
-            problem = "the service's test suite ended without results (%s)" % type(e).__name__
-        finally:
-            try:
-                os.killpg(tests.pid, 9)
-            except OSError:
-                pass
-            tests.wait()
-            os.close(result_r)
-        if suite is not None:
-            results = suite.get("results")
-            if not isinstance(results, list) or not isinstance(suite.get("collected"), list):
-                raise CandidateFault("the service's test suite sent malformed results")
-            for r in results:
-                cases.append({"name": "tests: " + str(r["name"]), "outcome": r["outcome"], "message": str(r["message"])})
-            if not suite["collected"]:
-                problem = "the service's test suite collected no tests"
-            elif len([r for r in results if r["when"] == "call"]) < len(suite["collected"]):
-                problem = "only %d of %d collected tests of the service ran" % (
-                    len([r for r in results if r["when"] == "call"]),
-                    len(suite["collected"]),
-                )
-            return {"cases": cases, "problem": problem, "collected": len(suite["collected"]), "output": "".join(o.text() for o in outputs)}
-    return {"cases": cases, "problem": problem, "collected": 0, "output": "".join(o.text() for o in outputs)}
+            probes = probe_service(request["endpoints"], openapi, PROBE_SOCKET, deadline, request.get("probe") or {})
+    finally:
+        stop_app(server, info_r, prefork)
+    cases.extend(probes)
+    cases.extend(suite_cases)
+    return {"cases": cases, "problem": problem, "collected": collected, "output": "".join(o.text() for o in outputs)}
+
+
+def route_shape(path):
+    """A path with every `{param}` segment as `{}`, no trailing slash."""
+    parts = []
+    for part in str(path).rstrip("/").split("/"):
+        parts.append("{}" if part.startswith("{") and part.endswith("}") else part)
+    return "/".join(parts)
 
 
 def route_cases(endpoints, openapi):
@@ -1943,21 +2152,14 @@ def route_cases(endpoints, openapi):
     paths = openapi.get("paths", {}) if isinstance(openapi, dict) else {}
     if not isinstance(paths, dict):
         paths = {}
-
-    def shape(path):
-        parts = []
-        for part in path.rstrip("/").split("/"):
-            parts.append("{}" if part.startswith("{") and part.endswith("}") else part)
-        return "/".join(parts)
-
     served = {}
     for path, ops in paths.items():
         if isinstance(ops, dict):
-            served.setdefault(shape(str(path)), set()).update(str(m).upper() for m in ops)
+            served.setdefault(route_shape(str(path)), set()).update(str(m).upper() for m in ops)
     cases = []
     for e in endpoints:
         name = "route %s %s" % (e["method"], e["path"])
-        methods = served.get(shape(e["path"]))
+        methods = served.get(route_shape(e["path"]))
         if methods is None:
             cases.append({"name": name, "outcome": "failed", "message": "the app serves no path %s" % e["path"]})
         elif e["method"] not in methods:
@@ -1966,6 +2168,554 @@ def route_cases(endpoints, openapi):
             cases.append({"name": name, "outcome": "passed", "message": ""})
     return cases
 
+
+# ---------------------------------------------------------------- Kiln's own evidence about a service
+#
+# After the service's own suite, and in a fresh process of the app started
+# from the files as sent (`reset_files`), the checker itself sends requests
+# to every spec endpoint over the app's socket: path parameters, required
+# query parameters and headers, and a JSON body generated from the app's
+# OpenAPI schema (required fields first, then every field), in an order
+# that creates before it reads (POST, GET, PUT, PATCH, others, DELETE), so
+# ids the app handed out resolve. The verdict is made here, from statuses
+# the code under test cannot rewrite: a 5xx or no answer fails the
+# endpoint, and so does a 2xx whose JSON body does not fit the response
+# schema the operation declares for that status (types, required fields,
+# enums: an app that bypasses its response model with a JSONResponse), and
+# never answering 2xx/3xx to a valid request, unless
+# the only answers are a 404 for ids Kiln had to make up (nothing it
+# created could be looked up), a 401/403 where the operation declares
+# security or the spec asks for authentication, a 502/503/504 where the
+# spec names external APIs (the sandbox has no network), a 429 where it
+# asks for rate limiting, or a 4xx where
+# Kiln could not satisfy the schema (a `pattern`, a non-JSON body). A
+# made-up id must not bring a 5xx either.
+
+PROBE_TIMEOUT_S = 5.0
+# Most seconds of a run kept for the probes (15% of the run at most).
+PROBE_RESERVE_S = 8.0
+PROBE_DEPTH = 12
+PROBE_SHOWN = 300
+# How a service says an API it calls is unreachable (bad gateway,
+# unavailable, gateway timeout): acceptable when the spec names external
+# APIs, as the sandbox has no network.
+UPSTREAM_STATUSES = (502, 503, 504)
+
+
+def probe_name(endpoint):
+    return "kiln: %s %s" % (str(endpoint["method"]).upper(), endpoint["path"])
+
+
+def resolve(doc, value, hops=0):
+    """`value` with `$ref`s (local JSON pointers) followed; {} when broken."""
+    while isinstance(value, dict) and isinstance(value.get("$ref"), str) and hops < 32:
+        ref = value["$ref"]
+        if not ref.startswith("#/"):
+            return {}
+        target = doc
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) else None
+        value = target
+        hops += 1
+    return value if isinstance(value, dict) else {}
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def number_value(schema, integer, base):
+    import math as m
+
+    v = base
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    step = 1 if integer else 0.5
+    if is_number(lo):
+        v = max(v, lo)
+    if is_number(xlo):
+        v = max(v, xlo + step) if v <= xlo else v
+    if is_number(hi):
+        v = min(v, hi)
+    if is_number(xhi):
+        v = min(v, xhi - step) if v >= xhi else v
+    multiple = schema.get("multipleOf")
+    if is_number(multiple) and multiple > 0:
+        v = m.ceil(v / multiple) * multiple
+    return int(m.ceil(v)) if integer else float(v)
+
+
+STRING_CANDIDATES = ("kiln", "abc", "ABC", "a", "A", "1", "123", "abc123", "kiln-1", "kiln_1", "A1", "2024-01-02", "ab")
+
+
+def string_value(schema, name, uncertain, made_up):
+    import re
+
+    fmt = str(schema.get("format") or "")
+    lname = name.lower()
+    if fmt == "email" or "email" in lname:
+        v = "kiln@example.com"
+    elif fmt in ("uri", "url", "iri", "uri-reference") or lname in ("url", "uri", "link", "href", "website") or lname.endswith("_url"):
+        v = "https://example.com/kiln"
+    elif fmt == "date-time":
+        v = "2024-01-02T03:04:05Z"
+    elif fmt == "date":
+        v = "2024-01-02"
+    elif fmt == "time":
+        v = "03:04:05"
+    elif fmt == "duration":
+        v = "P1D"
+    elif fmt == "uuid":
+        v = "00000000-0000-4000-8000-000000000000" if made_up else "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+    elif fmt == "ipv4":
+        v = "192.0.2.1"
+    elif fmt == "ipv6":
+        v = "2001:db8::1"
+    else:
+        v = "kiln-missing" if made_up else "kiln"
+    shortest, longest = schema.get("minLength"), schema.get("maxLength")
+
+    def fit(text):
+        if isinstance(shortest, int) and len(text) < shortest:
+            text += "x" * (shortest - len(text))
+        if isinstance(longest, int) and len(text) > longest:
+            text = text[:max(longest, 0)]
+        return text
+
+    v = fit(v)
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        try:
+            rx = re.compile(pattern)
+        except (re.error, RecursionError, ValueError):
+            uncertain.append("a string matching %r" % pattern)
+            return v
+        if not rx.search(v):
+            for candidate in STRING_CANDIDATES:
+                candidate = fit(candidate)
+                if rx.search(candidate):
+                    return candidate
+            uncertain.append("a string matching %r" % pattern)
+    return v
+
+
+def generate(doc, schema, name, full, uncertain, made_up=False, depth=0):
+    """A value valid for `schema`: required properties only, or every
+    property when `full`; `made_up` picks ids unlikely to exist.
+    What could not be satisfied is noted in `uncertain`."""
+    schema = resolve(doc, schema)
+    if depth > PROBE_DEPTH:
+        uncertain.append("a value nested deeper than %d levels" % PROBE_DEPTH)
+        return None
+    gen = lambda s, n="": generate(doc, s, n or name, full, uncertain, made_up, depth + 1)  # noqa: E731
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    for key in ("anyOf", "oneOf"):
+        options = [resolve(doc, o) for o in schema.get(key) or [] if isinstance(o, dict)]
+        if options:
+            usable = [o for o in options if o.get("type") != "null"] or options
+            return gen(usable[0])
+    if isinstance(schema.get("allOf"), list):
+        merged = {"type": "object", "properties": {}, "required": []}
+        for part in schema["allOf"]:
+            part = resolve(doc, part)
+            for k, v in part.items():
+                if k == "properties" and isinstance(v, dict):
+                    merged["properties"].update(v)
+                elif k == "required" and isinstance(v, list):
+                    merged["required"] += v
+                elif k not in ("allOf",):
+                    merged.setdefault(k, v)
+        if len(schema["allOf"]) == 1 and not merged["properties"]:
+            return gen(schema["allOf"][0])
+        return gen(merged)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema or "prefixItems" in schema else "string"
+    if kind == "string":
+        return string_value(schema, name, uncertain, made_up)
+    if kind == "integer":
+        return number_value(schema, True, 424242 if made_up else 1)
+    if kind == "number":
+        return number_value(schema, False, 424242.5 if made_up else 1.5)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    if kind == "array":
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list):
+            return [gen(s) for s in prefix]
+        fewest = schema.get("minItems") if isinstance(schema.get("minItems"), int) else 0
+        count = min(max(fewest, 1 if full else 0), 8)
+        return [gen(schema.get("items") or {}) for _ in range(count)]
+    if kind == "object":
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = [k for k in schema.get("required") or [] if isinstance(k, str)]
+        keys = list(dict.fromkeys(required + (list(properties) if full else [])))
+        return {k: gen(properties.get(k) or {}, k) for k in keys}
+    uncertain.append("a value of type %r" % kind)
+    return None
+
+
+def query_text(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+class Probe:
+    """One endpoint's requests and what they showed."""
+
+    def __init__(self, doc, endpoint, app_path, path_item, operation):
+        self.doc = doc
+        self.method = str(endpoint["method"]).upper()
+        self.app_path = app_path
+        params = {}
+        for p in list(path_item.get("parameters") or []) + list(operation.get("parameters") or []):
+            p = resolve(doc, p)
+            if isinstance(p.get("name"), str) and p.get("in") in ("path", "query", "header", "cookie"):
+                params[(p["in"], p["name"])] = p
+        self.params = list(params.values())
+        self.secured = bool(operation.get("security", doc.get("security")))
+        self.external = False
+        self.limited = False
+        self.body_spec = resolve(doc, operation.get("requestBody"))
+        self.operation = operation
+
+    def path_values(self, learned, made_up):
+        """Values of the path's parameters: what the app handed out for the
+        collection they belong to, unless `made_up`. Returns (values, the
+        endpoint that handed each out (None where made up))."""
+        segments = self.app_path.split("/")
+        values, sources = {}, {}
+        for i, segment in enumerate(segments):
+            if not (segment.startswith("{") and segment.endswith("}")):
+                continue
+            name = segment[1:-1].split(":")[0]
+            schema = next((resolve(self.doc, p.get("schema")) for p in self.params if p["in"] == "path" and p["name"] == name), {})
+            collection = route_shape("/".join(segments[:i]))
+            value, source = None, None
+            if not made_up:
+                for key in (name, "id"):
+                    known = learned.get((collection, key))
+                    if known is not None and fits(schema, known[0]):
+                        value, source = known
+                        break
+            if value is None:
+                value = generate(self.doc, schema, name, False, [], made_up=True)
+            values[segment], sources[name] = value, source
+        return values, sources
+
+    def build(self, values, full, uncertain):
+        """(method, target, body bytes, headers, shown body value)."""
+        import urllib.parse
+
+        path = self.app_path
+        for segment, value in values.items():
+            path = path.replace(segment, urllib.parse.quote(query_text(value), safe=""))
+        query, headers, cookies = [], {}, []
+        for p in self.params:
+            if p["in"] == "path" or not p.get("required"):
+                continue
+            value = generate(self.doc, p.get("schema") or {}, p["name"], full, uncertain)
+            if p["in"] == "query":
+                for v in value if isinstance(value, list) else [value]:
+                    query.append((p["name"], query_text(v)))
+            elif p["in"] == "header":
+                headers[p["name"]] = query_text(value)
+            else:
+                cookies.append("%s=%s" % (p["name"], query_text(value)))
+        if cookies:
+            headers["Cookie"] = "; ".join(cookies)
+        target = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        body, shown = None, None
+        content = self.body_spec.get("content") if isinstance(self.body_spec.get("content"), dict) else {}
+        if content:
+            json_type = next((t for t in content if "json" in str(t)), None)
+            if json_type is not None:
+                shown = generate(self.doc, (content[json_type] or {}).get("schema") or {}, "", full, uncertain)
+                body = json.dumps(shown).encode()
+                headers["Content-Type"] = "application/json"
+            elif "application/x-www-form-urlencoded" in content:
+                shown = generate(self.doc, (content["application/x-www-form-urlencoded"] or {}).get("schema") or {}, "", full, uncertain)
+                pairs = shown.items() if isinstance(shown, dict) else []
+                body = urllib.parse.urlencode([(k, query_text(v)) for k, v in pairs]).encode()
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            else:
+                uncertain.append("a %s body" % next(iter(content)))
+        return target, body, headers, shown
+
+    def send(self, socket_path, deadline, values, full, uncertain):
+        target, body, headers, shown = self.build(values, full, uncertain)
+        what = "%s %s" % (self.method, target)
+        if shown is not None:
+            what += " with " + clip_text(json.dumps(shown), 200)
+        remaining = min(PROBE_TIMEOUT_S, deadline - time.monotonic())
+        if remaining <= 0:
+            return {"what": what, "status": None, "error": "time ran out before Kiln could send it", "sent": shown}
+        try:
+            status, data, ctype = uds_request(socket_path, self.method, target, remaining, body, headers)
+        except (OSError, ValueError) as e:  # http.client's errors are OSError or HTTPException (ValueError-free)
+            return {"what": what, "status": None, "error": describe_error(e, remaining), "sent": shown}
+        except Exception as e:  # noqa: BLE001 - http.client.HTTPException: a malformed answer
+            return {"what": what, "status": None, "error": describe_error(e, remaining), "sent": shown}
+        return {"what": what, "status": status, "body": data, "type": ctype, "sent": shown}
+
+
+def clip_text(text, n):
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def describe_error(e, timeout):
+    import socket
+
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "no answer within %.1fs" % timeout
+    return "no answer: %s%s" % (type(e).__name__, ": %s" % e if str(e) else "")
+
+
+def fits(schema, value):
+    """Whether a value the app handed out can stand for a path parameter
+    of this schema."""
+    kind = schema.get("type")
+    if kind == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+    if kind == "number":
+        return is_number(value)
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def learn(learned, collection, value, source, depth=0):
+    """Remembers the scalar fields of a JSON answer (or of what was sent)
+    under the collection it belongs to, so later path parameters of that
+    collection can name something that exists: top-level fields win over
+    nested ones, a single object over the items of a list."""
+    if depth > 1:
+        return
+    items = value[:20] if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for key, v in item.items():
+            if isinstance(key, str) and isinstance(v, (int, str)) and not isinstance(v, bool):
+                if depth == 0 and not isinstance(value, list):
+                    learned[(collection, key)] = (v, source)
+                else:
+                    learned.setdefault((collection, key), (v, source))
+        for v in item.values():
+            if isinstance(v, (dict, list)):
+                learn(learned, collection, v, source, depth + 1)
+
+
+def collection_of(app_path):
+    """The collection an endpoint's answers describe: its path without
+    trailing parameters (`/notes/{id}` → `/notes`)."""
+    parts = route_shape(app_path).split("/")
+    while parts and parts[-1] == "{}":
+        parts.pop()
+    return "/".join(parts)
+
+
+def json_type(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def type_fits(kind, value):
+    actual = json_type(value)
+    if kind == "number":
+        return actual in ("integer", "number")
+    if kind == "integer":
+        return actual == "integer" or (actual == "number" and float(value).is_integer())
+    return actual == kind
+
+
+def schema_mismatch(doc, schema, value, where, depth=0):
+    """Where a JSON value breaks a response schema (types, required
+    properties, enums, recursively), or None. Formats, lengths, bounds and
+    extra properties are not checked: FastAPI's own response models are
+    what those are for."""
+    schema = resolve(doc, schema)
+    if depth > PROBE_DEPTH or not schema:
+        return None
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict)]
+        if options:
+            problems = [schema_mismatch(doc, o, value, where, depth + 1) for o in options]
+            if all(problems):
+                return problems[0]
+    for part in schema.get("allOf") or []:
+        problem = schema_mismatch(doc, part, value, where, depth + 1) if isinstance(part, dict) else None
+        if problem:
+            return problem
+    kind = schema.get("type")
+    kinds = [k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str)]
+    if kinds and not any(type_fits(k, value) for k in kinds):
+        return "%s is %s, not %s" % (where, json_type(value), " or ".join(kinds))
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and not any(type(value) is type(e) and value == e for e in enum):
+        return "%s is %s, not one of %s" % (where, clip_text(json.dumps(value), 60), clip_text(json.dumps(enum), 120))
+    if isinstance(value, dict):
+        for name in schema.get("required") or []:
+            if isinstance(name, str) and name not in value:
+                return "%s has no %r" % (where, name)
+        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        for name, sub in properties.items():
+            if name in value:
+                problem = schema_mismatch(doc, sub, value[name], "%s.%s" % (where, name), depth + 1)
+                if problem:
+                    return problem
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value[:20]):
+            problem = schema_mismatch(doc, schema["items"], item, "%s[%d]" % (where, i), depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def response_mismatch(probe, r):
+    """Why a successful answer does not fit the JSON schema the operation
+    declares for its status code, or None (no schema, not JSON, empty)."""
+    responses = probe.operation.get("responses") if isinstance(probe.operation.get("responses"), dict) else {}
+    declared = resolve(probe.doc, responses.get(str(r["status"])))
+    content = declared.get("content") if isinstance(declared.get("content"), dict) else {}
+    media = next((content[t] for t in content if "json" in str(t)), None)
+    if not isinstance(media, dict) or not media.get("schema") or "json" not in r["type"] or not r["body"]:
+        return None
+    if len(r["body"]) >= 1 << 20:
+        return None  # cut at the limit: not judged
+    try:
+        value = json.loads(r["body"])
+    except (ValueError, RecursionError):
+        return "the body is not JSON, though its content type says so"
+    return schema_mismatch(probe.doc, media["schema"], value, "the body")
+
+
+def probe_endpoint(probe, learned, socket_path, deadline):
+    """Sends a handful of requests to one endpoint and judges them: a case."""
+    uncertain = []
+    has_params = "{" in probe.app_path
+    values, sources = probe.path_values(learned, made_up=False)
+    all_learned = has_params and all(s is not None for s in sources.values())
+    tried = [probe.send(socket_path, deadline, values, False, uncertain)]
+    ok = lambda r: r["status"] is not None and 200 <= r["status"] < 400  # noqa: E731
+    if not ok(tried[0]) and tried[0]["status"] is not None and tried[0]["status"] < 500:
+        full = probe.send(socket_path, deadline, values, True, uncertain)
+        if full["what"] != tried[0]["what"]:
+            tried.append(full)
+    if all_learned:
+        made_up, _ = probe.path_values(learned, made_up=True)
+        if made_up != values:
+            tried.append(probe.send(socket_path, deadline, made_up, False, uncertain))
+    # An API the sandbox cannot reach may be answered as unavailable, not
+    # as a server error.
+    unreachable = UPSTREAM_STATUSES if probe.external else ()
+    broken = [r for r in tried if r["status"] is None or (r["status"] >= 500 and r["status"] not in unreachable)]
+    if broken:
+        r = broken[0]
+        if r["status"] is None:
+            message = "%s: %s" % (r["what"], r["error"])
+        else:
+            message = "%s answered %d (a server error): %s" % (r["what"], r["status"], shown_body(r))
+        return "failed", message
+    good = [r for r in tried if ok(r)]
+    for r in good:
+        mismatch = response_mismatch(probe, r)
+        if mismatch:
+            return "failed", "%s answered %d with a body its OpenAPI response schema does not describe: %s: %s" % (
+                r["what"], r["status"], mismatch, shown_body(r))
+    if good:
+        # What the first good request showed: the rest may be the made-up id.
+        collection = collection_of(probe.app_path)
+        source = "%s %s" % (probe.method, probe.app_path)
+        for r in good[:1]:
+            if probe.method in ("POST", "PUT", "PATCH") and r["sent"] is not None:
+                learn(learned, collection, r["sent"], source)
+            if "json" in r["type"]:
+                try:
+                    learn(learned, collection, json.loads(r["body"]), source)
+                except (ValueError, RecursionError):
+                    pass
+        return "passed", ""
+    statuses = sorted({r["status"] for r in tried})
+    first = tried[0]
+    if has_params and not all_learned and set(statuses) <= {404, 410}:
+        return "passed", "only %s for path parameters Kiln made up (no endpoint it called handed one out)" % "/".join(map(str, statuses))
+    if probe.secured and set(statuses) <= {401, 403}:
+        return "passed", "answered %s: the operation declares security and Kiln has no credentials" % "/".join(map(str, statuses))
+    if probe.limited and 429 in statuses and set(statuses) <= {429, 404}:
+        return "passed", "answered %s: the spec asks for rate limiting, and Kiln's requests ran into it" % "/".join(map(str, statuses))
+    if probe.external and set(statuses) <= set(UPSTREAM_STATUSES):
+        return "passed", "answered %s: the service calls external APIs, which the sandbox cannot reach" % "/".join(map(str, statuses))
+    if uncertain:
+        return "passed", "answered %s, but Kiln could not generate %s" % ("/".join(map(str, statuses)), "; ".join(sorted(set(uncertain))))
+    message = "never answered 2xx to a valid request: %s answered %d: %s" % (first["what"], first["status"], shown_body(first))
+    if all_learned and 404 in statuses:
+        origins = sorted({s for s in sources.values() if s})
+        message += " (the path names what %s handed out)" % ", ".join(origins)
+    return "failed", message
+
+
+def shown_body(r):
+    text = (r.get("body") or b"")[:PROBE_SHOWN].decode("utf-8", "replace")
+    return text + ("…" if len(r.get("body") or b"") > PROBE_SHOWN else "") if text else "(empty body)"
+
+
+def probe_order(pair):
+    endpoint, _ = pair
+    method = str(endpoint["method"]).upper()
+    depth = route_shape(endpoint["path"]).count("/")
+    rank = {"POST": 0, "GET": 1, "HEAD": 1, "PUT": 2, "PATCH": 3, "DELETE": 5}.get(method, 4)
+    return rank, -depth if method == "DELETE" else depth
+
+
+def probe_service(endpoints, openapi, socket_path, deadline, allowed):
+    """Kiln's own requests to every spec endpoint: a case each, in the
+    spec's order, named `kiln: METHOD path`. `allowed`: what the spec says
+    Kiln cannot provide (`authentication`: credentials; `external_apis`:
+    a network to reach them)."""
+    paths = openapi.get("paths") if isinstance(openapi.get("paths"), dict) else {}
+    by_shape = {}
+    for path, item in paths.items():
+        if isinstance(item, dict):
+            by_shape.setdefault(route_shape(str(path)), (str(path), item))
+    learned = {}
+    verdicts = {}
+    for i, endpoint in sorted(enumerate(endpoints), key=lambda p: probe_order((p[1], p[0]))):
+        app_path, item = by_shape.get(route_shape(endpoint["path"]), (None, {}))
+        operation = item.get(str(endpoint["method"]).lower())
+        if app_path is None or not isinstance(operation, dict):
+            verdicts[i] = ("failed", "not probed: the app's OpenAPI has no %s %s" % (str(endpoint["method"]).upper(), endpoint["path"]))
+            continue
+        try:
+            probe = Probe(openapi, endpoint, app_path, item, operation)
+            probe.secured = probe.secured or bool(allowed.get("authentication"))
+            probe.external = bool(allowed.get("external_apis"))
+            probe.limited = bool(allowed.get("rate_limiting"))
+            verdicts[i] = probe_endpoint(probe, learned, socket_path, deadline)
+        except Exception as e:  # noqa: BLE001 - an OpenAPI document Kiln cannot read; says so
+            verdicts[i] = ("failed", "Kiln could not probe it from the app's OpenAPI: %s: %s" % (type(e).__name__, clip_text(str(e), 200)))
+    return [{"name": probe_name(e), "outcome": verdicts[i][0], "message": verdicts[i][1]} for i, e in enumerate(endpoints)]
 
 # ---------------------------------------------------------------- checker role
 

@@ -15,7 +15,7 @@ use crate::sandbox::values::{Py, Side};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
 
 /// Identifies the wording of every prompt below.
-pub const PROMPT_VERSION: &str = "kiln-prompts-3";
+pub const PROMPT_VERSION: &str = "kiln-prompts-4";
 
 /// Python packages (with pinned versions) the sandbox runtime provides, the
 /// only ones generated services may depend on. Mirrors `sandbox/requirements.txt`.
@@ -48,7 +48,8 @@ Deliver these files:
 - `app/__init__.py` and `app/main.py` defining `app = FastAPI(...)`; further modules under `app/` as the design needs (models, schemas, storage, routers).
 - Every endpoint of the spec, with exactly its HTTP method and path (path parameters in braces, e.g. `/items/{item_id}`).
 - `GET /health` answering 200 with `{"status": "ok"}`.
-- `tests/__init__.py` and `tests/test_*.py`: pytest tests using `fastapi.testclient.TestClient`, at least one test per endpoint, covering success and error cases.
+- `tests/__init__.py` and `tests/test_*.py`: pytest tests using `fastapi.testclient.TestClient`, at least one test per endpoint (a test that requests the endpoint's path with its method), covering success and error cases. `conftest.py` may hold fixtures only: pytest hooks and `pytest_plugins` are refused, and ini settings (`pytest.ini`, `pyproject.toml`) are ignored when the tests run.
+- Kiln also sends its own requests to every endpoint of a freshly started app (bodies generated from your request models, ids taken from what your endpoints return): every endpoint must answer a valid request with a 2xx, and never with a 5xx, also for an id that does not exist (answer 404). The sandbox has no network: when an external API cannot be reached, answer 502 or 503, not 500.
 - `requirements.txt` listing only packages from the allowed list below, each pinned with `==` to the version shown.
 - `Dockerfile` starting `FROM python:3.11-slim`, running as a non-root `USER`, with a `HEALTHCHECK` and a `CMD` that starts uvicorn on port 8000.
 - `docker-compose.yml` defining the service.
@@ -291,7 +292,10 @@ pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
         if let Some(problem) = &t.problem {
             lines.push(format!("\nTest run problem: {problem}"));
         }
-        let failing: Vec<_> = t.cases.iter().filter(|c| c.outcome != Outcome::Passed).collect();
+        let mut failing: Vec<_> = t.cases.iter().filter(|c| c.outcome != Outcome::Passed).collect();
+        // Kiln's own findings about a service's endpoints first: they are
+        // what decides, and the cap must not cut them for the suite's.
+        failing.sort_by_key(|c| !c.name.starts_with(crate::sandbox::harness::PROBE_CASE_PREFIX));
         if !failing.is_empty() {
             lines.push(format!("\nFailing tests ({} of {}):", t.failed, t.total));
             for c in failing {
@@ -466,5 +470,35 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("case_0"));
+    }
+
+    #[test]
+    fn kilns_own_endpoint_findings_lead_the_failing_tests_and_survive_the_cap() {
+        let suite = (0..40).map(|i| TestCase {
+            name: format!("tests: tests/test_notes.py::test_{i}"),
+            outcome: Outcome::Failed,
+            message: "assert 500 == 201\n".repeat(40),
+        });
+        let kiln = TestCase {
+            name: "kiln: POST /notes".into(),
+            outcome: Outcome::Failed,
+            message: "POST /notes with {\"title\": \"kiln\"} answered 500 (a server error): Internal Server Error"
+                .into(),
+        };
+        let t = TestReport::from_cases(suite.chain([kiln]).collect(), 41, String::new(), None);
+        let text = feedback(
+            &Failure {
+                tests: Some(&t),
+                ..Failure::default()
+            },
+            2,
+            3,
+        );
+        assert!(text.len() <= FEEDBACK_CAP, "{}", text.len());
+        let first = text.find("- ").expect("a failing test is listed");
+        assert!(
+            text[first..].starts_with("- kiln: POST /notes (failed): POST /notes with"),
+            "{text}"
+        );
     }
 }

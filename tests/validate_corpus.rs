@@ -764,6 +764,37 @@ fn path_and_structure_cases() -> Vec<Case> {
         Case::service("a_service_without_tests_is_flagged")
             .remove("tests/test_notes.py")
             .expect(&["tests/:0:0 error missing-tests"]),
+        Case::service("a_service_whose_tests_never_delete_is_flagged")
+            .edit(
+                "tests/test_notes.py",
+                "    assert client.delete(f\"/notes/{created['id']}\").status_code == 204\n",
+                "",
+            )
+            .edit(
+                "tests/test_notes.py",
+                "    assert client.delete(\"/notes/999\").status_code == 404\n",
+                "    assert client.get(\"/notes/999\").status_code == 404\n",
+            )
+            .expect(&["tests/:0:0 error tests-endpoint"]),
+        Case::service("a_fixture_that_creates_counts_for_the_tests_using_it")
+            .file(
+                "tests/test_fixture.py",
+                "import pytest\nfrom fastapi.testclient import TestClient\n\nfrom app.main import app\n\n\n@pytest.fixture()\ndef created() -> dict:\n    return TestClient(app).post(\"/notes\", json={\"title\": \"t\"}).json()\n\n\ndef test_created_has_an_id(created: dict) -> None:\n    assert created[\"id\"]\n",
+            )
+            .expect(&[]),
+        Case::service("a_conftest_hook_is_flagged_and_its_fixtures_are_not")
+            .file(
+                "tests/conftest.py",
+                "import pytest\n\n\n@pytest.fixture()\ndef title() -> str:\n    return \"t\"\n\n\ndef pytest_collection_modifyitems(config, items):\n    items[:] = items[:1]\n",
+            )
+            .expect(&["tests/conftest.py:9:1 error conftest-hook"]),
+        Case::service("pytest_plugins_in_a_test_module_is_flagged")
+            .edit(
+                "tests/test_notes.py",
+                "from app.main import app\n",
+                "from app.main import app\n\npytest_plugins = [\"tests.helpers\"]\n",
+            )
+            .expect(&["tests/test_notes.py:11:1 error conftest-hook"]),
         Case::service("a_service_without_a_dockerfile_is_flagged")
             .remove("Dockerfile")
             .expect(&["Dockerfile:0:0 error missing-file"]),
@@ -838,7 +869,7 @@ fn a_word_in_a_comment_is_not_flagged() {
 }
 
 /// Every rule documented in `src/validate/mod.rs`.
-const RULES: [&str; 52] = [
+const RULES: [&str; 54] = [
     "path-invalid",
     "path-extension",
     "path-size",
@@ -891,6 +922,8 @@ const RULES: [&str; 52] = [
     "name-undefined",
     "empty-body",
     "import-self",
+    "tests-endpoint",
+    "conftest-hook",
 ];
 
 /// Rules whose failing cases are megabyte-sized answers, covered by the unit

@@ -575,7 +575,7 @@ impl Inner {
             .args(["-c", r#"read -r go || exit 111; exec "$@""#, "kiln-sandbox"])
             .args(self.bwrap_args(SERVER_TMPFS_MB, true))
             .arg(self.runtime.join("bin/python3"))
-            .args(["-I", "-B", "-u", "-c", super::harness::HARNESS, "serve"])
+            .args(["-I", "-B", "-u", "-c", super::harness::harness_source(), "serve"])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())

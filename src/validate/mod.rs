@@ -67,6 +67,8 @@
 //! | `compose-secret` | warning | a credential written into `environment` |
 //! | `service-app` | error | app/main.py does not bind `app` |
 //! | `missing-tests` | error | a service without `tests/test_*.py` |
+//! | `tests-endpoint` | error | a spec endpoint no test requests (see [`quality`] for how tests are attributed) |
+//! | `conftest-hook` | error | a `pytest_*` hook in a service's `conftest.py`, or `pytest_plugins` in its test code |
 //! | `route-missing` | error (warning when routes cannot all be read) | a spec endpoint or `GET /health` not declared |
 //! | `route-method` | error (same) | the path is declared, but not with the spec's method |
 //!
@@ -85,6 +87,7 @@
 //! - [`dockerfile`], [`compose`]: the container files.
 //! - [`routes`]: the routes a FastAPI app declares, against the spec.
 //! - [`service`]: the structure a service must have; runs the service rules.
+//! - [`suite`]: what a service's conftest files may do (the sealed suite).
 //! - [`quality`]: the informational quality report.
 
 pub mod compose;
@@ -102,6 +105,7 @@ pub mod routes;
 pub mod security;
 pub mod service;
 pub mod stdlib;
+pub mod suite;
 
 use crate::files::File;
 use crate::report::{Diagnostic, Severity, ValidationReport};
@@ -135,6 +139,9 @@ pub fn validate(spec: &Spec, files: &[File]) -> ValidationReport {
             _ => None,
         };
         diagnostics.extend(names::check(module, entry_point));
+        if service {
+            diagnostics.extend(suite::check(module));
+        }
     }
     match spec {
         Spec::Function(f) => match modules.iter().find(|m| m.path() == "solution.py") {
@@ -160,15 +167,32 @@ pub fn validate(spec: &Spec, files: &[File]) -> ValidationReport {
             }
         }
     }
-    // Errors first, as the repair prompt reads them; the sort is stable, so
-    // within a severity findings keep the order the rules ran in.
-    diagnostics.sort_by_key(|d| d.severity);
     let endpoints = match spec {
         Spec::Service(s) => Some(s.endpoints.as_slice()),
         Spec::Function(_) => None,
     };
     let measured: Vec<&python::Module<'_>> = modules.iter().filter(|m| m.has_valid_syntax()).collect();
     let quality = quality::measure(&measured, endpoints);
+    // At least one test per endpoint (when there are tests at all; a
+    // service without any has `missing-tests` already).
+    if let Some(tests) = &quality.tests
+        && service::has_tests(files)
+    {
+        for endpoint in &tests.untested {
+            diagnostics.push(Diagnostic::error(
+                "tests/",
+                0,
+                0,
+                "tests-endpoint",
+                format!(
+                    "no test requests {endpoint}: every endpoint needs at least one test that calls it with its method (e.g. `client.get(\"/notes/1\")` for GET /notes/{{note_id}})"
+                ),
+            ));
+        }
+    }
+    // Errors first, as the repair prompt reads them; the sort is stable, so
+    // within a severity findings keep the order the rules ran in.
+    diagnostics.sort_by_key(|d| d.severity);
     ValidationReport {
         quality: Some(quality.to_json()),
         ..ValidationReport::from_diagnostics(diagnostics)

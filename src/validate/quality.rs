@@ -12,6 +12,9 @@
 //!   attributed to the endpoints whose path a string in it names — to the
 //!   endpoint of that method only when the string is the path argument of a
 //!   `client.get(…)`-style call. f-string interpolations match any segment.
+//!   What the module-level fixtures and helpers it uses (by parameter or by
+//!   name, transitively, from any test module or conftest) name counts as
+//!   its own.
 //!
 //! Test code is excluded from the first two counts: test functions are
 //! named for behaviour, not documented as API.
@@ -165,6 +168,7 @@ fn count_function(f: &StmtFunctionDef, in_class: bool, hints: &mut Coverage) {
 
 /// A path named in a test, and the HTTP method it is requested with when
 /// known.
+#[derive(Clone)]
 struct Mention {
     method: Option<String>,
     path: String,
@@ -173,6 +177,24 @@ struct Mention {
 fn tests(modules: &[&Module<'_>], endpoints: &[Endpoint]) -> Tests {
     let mut counts = vec![0u32; endpoints.len()];
     let mut functions = 0;
+    let in_tests =
+        |m: &&&Module<'_>| m.path().starts_with("tests/") || m.path().contains("/tests/") || m.path() == "conftest.py";
+    // Fixtures and helpers (module-level functions of the test code that
+    // are not tests), by name: a test requests what they request, as a
+    // test that takes a `created_note` fixture posts the note.
+    let mut helpers: HashMap<String, (Vec<Mention>, HashSet<String>)> = HashMap::new();
+    for m in modules.iter().filter(in_tests) {
+        let constants = constants(m.body());
+        for stmt in m.body() {
+            if let Stmt::FunctionDef(f) = stmt
+                && !f.name.as_str().starts_with("test")
+            {
+                helpers
+                    .entry(f.name.to_string())
+                    .or_insert_with(|| (mentions(f, &constants), names_used(f)));
+            }
+        }
+    }
     for m in modules
         .iter()
         .filter(|m| m.path().starts_with("tests/") || m.path().contains("/tests/"))
@@ -180,7 +202,17 @@ fn tests(modules: &[&Module<'_>], endpoints: &[Endpoint]) -> Tests {
         let constants = constants(m.body());
         for f in test_functions(m.body()) {
             functions += 1;
-            let mentions = mentions(f, &constants);
+            let mut mentions = mentions(f, &constants);
+            let mut seen = HashSet::new();
+            let mut pending: Vec<String> = names_used(f).into_iter().collect();
+            while let Some(name) = pending.pop() {
+                if let Some((requested, used)) = helpers.get(&name)
+                    && seen.insert(name)
+                {
+                    mentions.extend(requested.iter().cloned());
+                    pending.extend(used.iter().cloned());
+                }
+            }
             for (i, e) in endpoints.iter().enumerate() {
                 let named = mentions.iter().any(|mention| {
                     mention
@@ -211,6 +243,23 @@ fn tests(modules: &[&Module<'_>], endpoints: &[Endpoint]) -> Tests {
             .collect(),
         endpoints,
     }
+}
+
+/// The names a function reads (its body's names and its parameters,
+/// which pytest fills with fixtures of those names).
+fn names_used(f: &StmtFunctionDef) -> HashSet<String> {
+    struct Names(HashSet<String>);
+    impl<'a> Visitor<'a> for Names {
+        fn visit_expr(&mut self, expr: &'a Expr) {
+            if let Expr::Name(n) = expr {
+                self.0.insert(n.id.to_string());
+            }
+            visitor::walk_expr(self, expr);
+        }
+    }
+    let mut names = Names(f.parameters.iter().map(|p| p.name().to_string()).collect());
+    names.visit_body(&f.body);
+    names.0
 }
 
 fn test_functions(body: &[Stmt]) -> Vec<&StmtFunctionDef> {
@@ -440,6 +489,29 @@ mod tests {
         let q = measure(&[&Module::parse(&test)], Some(&endpoints));
         let counts: Vec<u32> = q.tests.unwrap().endpoints.iter().map(|e| e.tests).collect();
         assert_eq!(counts, [1, 1]);
+    }
+
+    #[test]
+    fn a_test_requests_what_its_fixtures_and_helpers_request() {
+        let conftest = File::new(
+            "tests/conftest.py",
+            "import pytest\n\n@pytest.fixture\ndef created(client):\n    return client.post('/notes', json={'title': 't'}).json()\n",
+        );
+        let test = File::new(
+            "tests/test_api.py",
+            "def remove(client, note_id):\n    return client.delete(f'/notes/{note_id}')\n\ndef helper_of_nothing():\n    return client.put('/notes/1')\n\ndef test_get(client, created):\n    assert client.get(f\"/notes/{created['id']}\").status_code == 200\n\ndef test_delete(client, created):\n    assert remove(client, created['id']).status_code == 204\n",
+        );
+        let endpoints = [
+            endpoint("POST", "/notes"),
+            endpoint("GET", "/notes/{note_id}"),
+            endpoint("DELETE", "/notes/{note_id}"),
+            endpoint("PUT", "/notes/{note_id}"),
+        ];
+        let q = measure(&[&Module::parse(&conftest), &Module::parse(&test)], Some(&endpoints));
+        let t = q.tests.unwrap();
+        let counts: Vec<u32> = t.endpoints.iter().map(|e| e.tests).collect();
+        assert_eq!(counts, [2, 1, 1, 0]);
+        assert_eq!(t.functions, 2);
     }
 
     #[test]

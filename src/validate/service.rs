@@ -57,13 +57,7 @@ pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<
             "requirements.txt lists no packages",
         ));
     }
-    let is_test = |p: &str| {
-        p.starts_with("tests/")
-            && p.rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with("test_") && n.ends_with(".py"))
-    };
-    if !files.iter().any(|f| is_test(&f.path)) {
+    if !has_tests(files) {
         out.push(Diagnostic::error(
             "tests/",
             0,
@@ -82,4 +76,15 @@ pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<
         }
     }
     out
+}
+
+/// Whether the answer has pytest files named `tests/test_*.py`.
+pub fn has_tests(files: &[File]) -> bool {
+    files.iter().any(|f| {
+        f.path.starts_with("tests/")
+            && f.path
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("test_") && n.ends_with(".py"))
+    })
 }
