@@ -21,6 +21,8 @@
 //! Around it:
 //! - [`domain`]: the shared vocabulary (job and attempt states, phases, error
 //!   codes, token scopes and usage) every layer speaks, depending on none.
+//! - [`values`]: Python values as the sandbox reports them, and how a spec's
+//!   expected values (JSON) are compared with them.
 //! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.
@@ -53,4 +55,5 @@ pub mod spec;
 pub mod store;
 pub mod telemetry;
 pub mod validate;
+pub mod values;
 pub mod worker;

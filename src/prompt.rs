@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use crate::llm::Message;
 use crate::report::{Outcome, Severity, TestReport, ValidationReport};
-use crate::sandbox::values::{Py, Side};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::values::{Py, Side};
 
 /// Identifies the wording of every prompt below.
 pub const PROMPT_VERSION: &str = "kiln-prompts-4";

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::sandbox::values::{MAX_INT_DIGITS, Py, Side};
+use crate::values::{MAX_INT_DIGITS, Py, Side};
 
 /// A rejected request: the path of the field at fault and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -19,11 +19,11 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::values::{Py, Side};
 use super::{Limits, RunOutput, Sandbox, SandboxError};
 use crate::files::File;
 use crate::report::{Outcome, TestCase, TestReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::values::{Py, Side};
 
 /// The trusted checker, run inside every sandbox.
 pub const HARNESS: &str = include_str!("../../sandbox/harness.py");

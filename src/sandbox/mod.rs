@@ -24,14 +24,11 @@
 //! - [`docker`]: a container per run through the Docker Engine API, taken
 //!   from a small pool of started, never-used containers.
 //! - [`harness`]: the request, the report, and comparing test-case results.
-//! - [`values`]: Python values as reported, and how expected values (JSON)
-//!   are compared with them.
 
 pub mod cgroup;
 pub mod docker;
 pub mod harness;
 pub mod process;
-pub mod values;
 
 use std::collections::VecDeque;
 use std::time::Duration;
