@@ -11,7 +11,7 @@
 //!
 //! The HumanEval scenario is the demanding one: real pytest suites (CPU-heavy
 //! judging), kills faster than a job's service time, and a crash limit that
-//! only blamed deaths count against. `KILN_CHAOS_HUMANEVAL_JOBS` (default 300)
+//! only blamed deaths count against. `KILN_CHAOS_HUMANEVAL_JOBS` (default 900)
 //! sets its size; `KILN_CHAOS_LOCAL=1` runs it without the Postgres restart
 //! (it only deletes its own queue's Redis keys), safe beside other tests.
 
@@ -382,10 +382,15 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "exclusive: restarts Postgres; scripts/test runs it after the rest"]
 async fn humaneval_jobs_all_succeed_through_sigkills_every_few_seconds_lost_queue_keys_and_a_postgres_restart() {
+    // 900 jobs (HumanEval three times over): on the warm judge 300 take
+    // 14 s without chaos, and one Postgres restart plus one loss of the
+    // queue's keys cost ~12-15 s of recovery whatever the batch's size, so
+    // at 300 the ratio measured those two events (2.05x, 2.08x), not how
+    // Kiln bears a kill every few seconds (1.34x at 900).
     let jobs: usize = std::env::var("KILN_CHAOS_HUMANEVAL_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(900);
     let chaos = if std::env::var_os("KILN_CHAOS_LOCAL").is_some() {
         Chaos::Local
     } else {
