@@ -129,10 +129,9 @@ pub trait Sandbox: Send + Sync {
     fn run_harness<'a>(
         &'a self,
         request: Vec<u8>,
-        hint: &'a str,
+        _hint: &'a str,
         limits: &'a Limits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
-        let _ = hint;
         Box::pin(async move { self.run_python(&harness::harness_args(), request, limits).await })
     }
 
