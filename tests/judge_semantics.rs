@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kiln::report::{Outcome, TestReport};
 use kiln::sandbox::Limits;
-use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive};
+use sandbox_support::{Backend, FunctionJob, TestSandbox, cpu_heavy_job, exclusive};
 use serde_json::json;
 
 fn limits() -> Limits {
@@ -540,30 +540,9 @@ async fn a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy(backend: 
         timeout: Duration::from_secs(120),
         ..limits()
     };
-    // About 2-3 s of CPU in one call; with 8 runs on 2 cores, each call
+    // About 2.5 s of CPU in one call; with 8 runs on 2 cores, each call
     // takes 4x its CPU time or more of wall time.
-    let heavy = job(
-        "count_primes",
-        r"
-def count_primes(n):
-    sieve = [True] * n
-    count = 0
-    for i in range(2, n):
-        if sieve[i]:
-            count += 1
-            for j in range(i * i, n, i):
-                sieve[j] = False
-    total = 0
-    for _ in range(12):
-        total += sum(1 for k in range(2, 200000) if k % 7 == 3)
-    return count
-",
-        r"from solution import count_primes
-
-def test_count():
-    assert count_primes(3_000_000) == 216816
-",
-    );
+    let heavy = cpu_heavy_job();
     let sandbox = TestSandbox::new(backend, &limits, 8).await;
     let reports = futures::future::join_all((0..8).map(|_| sandbox.function_job(&heavy, &limits))).await;
     let failed: Vec<String> = reports.iter().filter(|r| !r.all_passed()).map(failures).collect();
