@@ -270,7 +270,7 @@ impl Pipeline {
             });
         };
         let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
-        let mut messages = match previous {
+        let messages = match previous {
             None => vec![
                 Message::system(prompt::system_prompt(&job.spec)),
                 Message::user(prompt::spec_prompt(&job.spec)),
@@ -285,21 +285,21 @@ impl Pipeline {
                     tests: tests.as_ref(),
                     other: None,
                 };
-                prompt::repair_messages(
-                    &first,
-                    p.response.as_deref().unwrap_or(""),
-                    &failure,
-                    n as u32,
-                    job.max_attempts as u32,
-                )
+                if self.answers_of_run(job, n, cancel).await?.last_repeated {
+                    // The same answer again would fail the same way: ask
+                    // afresh, without the answer the model keeps copying.
+                    prompt::fresh_repair_messages(&first, REPEAT_NOTE, &failure, n as u32, job.max_attempts as u32)
+                } else {
+                    prompt::repair_messages(
+                        &first,
+                        p.response.as_deref().unwrap_or(""),
+                        &failure,
+                        n as u32,
+                        job.max_attempts as u32,
+                    )
+                }
             }
         };
-        if n > 1 && self.answers_of_run(job, n, cancel).await?.last_repeated {
-            // The same answer again would fail the same way: say so first.
-            if let Some(last) = messages.last_mut() {
-                last.content = format!("{REPEAT_NOTE}\n\n{}", last.content);
-            }
-        }
         let prompt = serde_json::to_value(&messages).expect("messages serialise");
         if job.options.cache
             && previous.is_none()
@@ -757,11 +757,11 @@ impl Pipeline {
 /// Said first in a repair prompt after an answer that repeated an earlier
 /// one of the run byte for byte.
 pub const REPEAT_NOTE: &str = "Your previous answer was byte for byte the same as an earlier answer, which \
-     already failed. Do not send it again: read the failures below and change the code.";
+     already failed. Do not send it again: write new code that fixes the failures below.";
 
 /// How much warmer a request is per earlier attempt of its run and per
 /// repeated answer before it, up to [`MAX_WARMED_TEMPERATURE`].
-const WARMING: f32 = 0.3;
+const WARMING: f32 = 0.5;
 const MAX_WARMED_TEMPERATURE: f32 = 1.2;
 
 /// The answers of a run before some attempt.

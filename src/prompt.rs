@@ -15,7 +15,7 @@ use crate::spec::{FunctionSpec, ServiceSpec, Spec};
 use crate::values::{Py, Side};
 
 /// Identifies the wording of every prompt below.
-pub const PROMPT_VERSION: &str = "kiln-prompts-4";
+pub const PROMPT_VERSION: &str = "kiln-prompts-5";
 
 /// Python packages (with pinned versions) the sandbox runtime provides, the
 /// only ones generated services may depend on. Mirrors `sandbox/requirements.txt`.
@@ -226,6 +226,29 @@ pub fn repair_messages(
     let mut messages: Vec<Message> = first.iter().take(2).cloned().collect();
     messages.push(Message::assistant(clip(previous_answer, PREVIOUS_ANSWER_CAP)));
     messages.push(Message::user(feedback(failure, n, max)));
+    messages
+}
+
+/// The messages for attempt `n` after an answer that repeated an earlier
+/// one: the original request alone, with `note` and the feedback appended,
+/// and without the previous answer. Shown its own answer back, a small
+/// model copies it (benches/real_model.rs measured half of all repairs);
+/// asked afresh, it writes new code.
+pub fn fresh_repair_messages(
+    first: &[crate::llm::Message],
+    note: &str,
+    failure: &Failure<'_>,
+    n: u32,
+    max: u32,
+) -> Vec<Message> {
+    let mut messages: Vec<Message> = first.iter().take(2).cloned().collect();
+    let feedback = feedback(failure, n, max);
+    if messages.len() == 2 {
+        let request = &mut messages[1];
+        request.content = format!("{}\n\n{note}\n\n{feedback}", request.content);
+    } else {
+        messages.push(Message::user(format!("{note}\n\n{feedback}")));
+    }
     messages
 }
 

@@ -239,9 +239,10 @@ async fn the_temperature_and_the_token_field_are_sent_as_configured() {
 
 /// The same wrong answer again would fail the same way and be paid for
 /// again: every repair is warmer than the request before it, after a repeat
-/// warmer still, and its prompt says so.
+/// warmer still, and it then asks afresh: the original request and the
+/// failures, saying why, without the answer the model kept copying.
 #[tokio::test]
-async fn each_repair_is_warmer_and_after_a_repeat_warmer_still_and_says_so() {
+async fn each_repair_is_warmer_and_after_a_repeat_asks_afresh_without_the_copied_answer() {
     let env = TestEnv::new().await;
     let llm = mock(
         r#"
@@ -262,25 +263,35 @@ async fn each_repair_is_warmer_and_after_a_repeat_warmer_still_and_says_so() {
     )
     .await;
     assert_eq!(batch["counts"]["failed"], 1, "{batch}");
-    // 0.3 warmer per earlier attempt, and 0.3 more per earlier repeat:
+    // 0.5 warmer per earlier attempt, and 0.5 more per earlier repeat:
     // attempt 2 repeats attempt 1, attempt 3 repeats both (capped at 1.2).
     let temperatures: Vec<i64> = llm
         .requests()
         .iter()
         .map(|r| (r.params["temperature"].as_f64().unwrap() * 100.0).round() as i64)
         .collect();
-    assert_eq!(temperatures, vec![20, 50, 110, 120]);
+    assert_eq!(temperatures, vec![20, 70, 120, 120]);
     let attempts = d.attempts(&ids[0], true).await;
-    let leads: Vec<bool> = attempts
+    // (messages, whether the model's earlier answer is among them, whether
+    // the request says the answer repeated)
+    let shapes: Vec<(usize, bool, bool)> = attempts
         .iter()
         .map(|a| {
-            a["prompt"].as_array().unwrap().last().unwrap()["content"]
-                .as_str()
-                .unwrap()
-                .starts_with(kiln::pipeline::REPEAT_NOTE)
+            let messages = a["prompt"].as_array().unwrap();
+            let text = |m: &Value| m["content"].as_str().unwrap().to_owned();
+            (
+                messages.len(),
+                messages
+                    .iter()
+                    .any(|m| m["role"] == "assistant" || text(m).contains("return a - b")),
+                messages.iter().any(|m| text(m).contains(kiln::pipeline::REPEAT_NOTE)),
+            )
         })
         .collect();
-    assert_eq!(leads, vec![false, false, true, true]);
+    assert_eq!(
+        shapes,
+        vec![(2, false, false), (4, true, false), (2, false, true), (2, false, true)]
+    );
     d.stop().await;
 }
 
