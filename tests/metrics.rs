@@ -56,7 +56,10 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     let addr = format!("127.0.0.1:{port}");
     let _worker = Proc::spawn(
         "kiln-worker",
-        &env.vars(&llm, &[("KILN_WORKER_METRICS_ADDR", &addr), ("KILN_WORKER_CONCURRENCY", "4")]),
+        &env.vars(
+            &llm,
+            &[("KILN_WORKER_METRICS_ADDR", &addr), ("KILN_WORKER_CONCURRENCY", "4")],
+        ),
     );
     let specs: Vec<_> = (0..3).map(add_spec).collect();
     let created = dispatcher.client.submit(&json!({"specs": specs}), None).await.unwrap();
@@ -70,9 +73,15 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         .unwrap();
 
     let (content_type, worker) = scrape(&format!("http://{addr}/metrics")).await;
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     assert!(worker.ends_with("# EOF\n"), "{worker}");
-    assert!(worker.contains("# TYPE kiln_phase_duration_seconds histogram"), "{worker}");
+    assert!(
+        worker.contains("# TYPE kiln_phase_duration_seconds histogram"),
+        "{worker}"
+    );
     // Every attempt asked the model once, was validated and tested once,
     // and every job waited in the queue once.
     for phase in ["model", "validate", "sandbox", "queue_wait"] {
@@ -125,15 +134,15 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert!(runs >= 3.0, "{worker}");
-    assert_eq!(
-        must(&worker, "kiln_llm_breaker_open", &[("provider", "openai")]),
-        0.0
-    );
+    assert_eq!(must(&worker, "kiln_llm_breaker_open", &[("provider", "openai")]), 0.0);
     // A worker shows what it does, not the dispatcher's families.
     assert!(!worker.contains("kiln_http_request_duration_seconds"), "{worker}");
 
     let (content_type, d) = scrape(&format!("{}/metrics", dispatcher.url)).await;
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     assert!(d.ends_with("# EOF\n"), "{d}");
     assert_eq!(must(&d, "kiln_jobs", &[("state", "succeeded")]), 3.0);
     assert_eq!(must(&d, "kiln_jobs", &[("state", "queued")]), 0.0);
@@ -159,6 +168,31 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     );
     assert!(must(&d, "kiln_feeder_tick_duration_seconds_count", &[]) >= 1.0);
     assert!(must(&d, "kiln_feeder_pushed_total", &[]) >= 3.0);
+
+    // Every series the shipped dashboard queries is one the processes expose.
+    let dashboard = std::fs::read_to_string("deploy/grafana-dashboard.json").unwrap();
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .match_indices("kiln_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())]
+        })
+        .filter(|name| *name != "kiln_dispatcher" && *name != "kiln_worker")
+        .collect();
+    assert!(names.len() > 10, "{names:?}");
+    for name in names {
+        let family = ["_bucket", "_sum", "_count", "_total"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        let typed = format!("# TYPE {family} ");
+        assert!(
+            worker.contains(&typed) || d.contains(&typed),
+            "the dashboard queries {name}, which no /metrics exposes"
+        );
+    }
     dispatcher.stop().await;
 }
 
@@ -244,7 +278,12 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
         match i {
             0 => {
                 store
-                    .finish_attempt(lease, first.id, AttemptState::Failed, Some((ErrorCode::TestsFailed, "no")))
+                    .finish_attempt(
+                        lease,
+                        first.id,
+                        AttemptState::Failed,
+                        Some((ErrorCode::TestsFailed, "no")),
+                    )
                     .await
                     .unwrap();
                 let second = store
@@ -263,7 +302,12 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
             }
             1 => {
                 store
-                    .finish_attempt(lease, first.id, AttemptState::Failed, Some((ErrorCode::TestsFailed, "no")))
+                    .finish_attempt(
+                        lease,
+                        first.id,
+                        AttemptState::Failed,
+                        Some((ErrorCode::TestsFailed, "no")),
+                    )
                     .await
                     .unwrap();
                 store
@@ -313,7 +357,10 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
     let (kept, recount) = counts_and_recount(store, batch).await;
     assert_eq!(kept, recount, "after the retry");
     let status = store.batch(batch).await.unwrap();
-    assert_eq!((status.state, status.counts.queued, status.finished_at), ("running", 5, None));
+    assert_eq!(
+        (status.state, status.counts.queued, status.finished_at),
+        ("running", 5, None)
+    );
 
     // The other batch was never touched.
     let (kept, recount) = counts_and_recount(store, other.batch_id).await;
@@ -326,11 +373,13 @@ async fn the_oldest_ready_jobs_age_grows_while_it_waits_and_deferred_jobs_do_not
     let env = TestEnv::new().await;
     let created = support::store_batch(&env.store, json!({"specs": [add_spec(0), add_spec(1)]})).await;
     // One job is deferred (backoff) into the future: not ready.
-    sqlx::query("UPDATE jobs SET not_before = now() + interval '1 hour', updated_at = now() - interval '1 day' WHERE id = $1")
-        .bind(created.job_ids[0])
-        .execute(env.store.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET not_before = now() + interval '1 hour', updated_at = now() - interval '1 day' WHERE id = $1",
+    )
+    .bind(created.job_ids[0])
+    .execute(env.store.pool())
+    .await
+    .unwrap();
     sqlx::query("UPDATE jobs SET updated_at = now() - interval '90 seconds' WHERE id = $1")
         .bind(created.job_ids[1])
         .execute(env.store.pool())

@@ -101,7 +101,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let world = state.store.world().await?;
     let mut out = String::new();
     prometheus_client::encoding::text::encode_registry(&mut out, crate::metrics::dispatcher_registry())
-        .and_then(|()| prometheus_client::encoding::text::encode(&mut out, &world_registry(&world, &state.feeder_stats)))
+        .and_then(|()| {
+            prometheus_client::encoding::text::encode(&mut out, &world_registry(&world, &state.feeder_stats))
+        })
         .expect("writing to a String cannot fail");
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out))
 }
@@ -150,10 +152,26 @@ fn world_registry(w: &World, feeder: &FeederStats) -> Registry {
         ConstGauge::new(w.workers),
     );
     let counters: [(&str, &str, i64); 4] = [
-        ("kiln_tokens_prompt", "Prompt tokens used by all attempts.", w.prompt_tokens),
-        ("kiln_tokens_completion", "Completion tokens used by all attempts.", w.completion_tokens),
-        ("kiln_llm_faults", "Provider faults retried (they spent no attempt).", w.llm_faults),
-        ("kiln_sandbox_faults", "Sandbox faults retried (they spent no attempt).", w.sandbox_faults),
+        (
+            "kiln_tokens_prompt",
+            "Prompt tokens used by all attempts.",
+            w.prompt_tokens,
+        ),
+        (
+            "kiln_tokens_completion",
+            "Completion tokens used by all attempts.",
+            w.completion_tokens,
+        ),
+        (
+            "kiln_llm_faults",
+            "Provider faults retried (they spent no attempt).",
+            w.llm_faults,
+        ),
+        (
+            "kiln_sandbox_faults",
+            "Sandbox faults retried (they spent no attempt).",
+            w.sandbox_faults,
+        ),
     ];
     for (name, help, n) in counters {
         r.register(name, help, ConstCounter::new(n.max(0) as u64));
@@ -164,7 +182,11 @@ fn world_registry(w: &World, feeder: &FeederStats) -> Registry {
         ConstCounter::new(w.cost_usd.max(0.0)),
     );
     let feeder_counters = [
-        ("kiln_feeder_pushed", "Messages this dispatcher pushed to Redis.", &feeder.pushed),
+        (
+            "kiln_feeder_pushed",
+            "Messages this dispatcher pushed to Redis.",
+            &feeder.pushed,
+        ),
         (
             "kiln_feeder_redis_losses",
             "Times this dispatcher found Redis had lost its data.",

@@ -169,7 +169,9 @@ impl Guard {
         if self.rpm > 0 || self.tpm > 0 {
             crate::metrics::METRICS
                 .llm_rate_limit_wait_seconds
-                .get_or_create(&crate::metrics::ModelLabels { model: model.to_owned() })
+                .get_or_create(&crate::metrics::ModelLabels {
+                    model: model.to_owned(),
+                })
                 .observe(wait.as_secs_f64());
         }
         wait
