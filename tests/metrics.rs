@@ -31,6 +31,13 @@ fn must(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sample(text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
 }
 
+/// A sample that counts something: a whole number.
+fn n(text: &str, name: &str, labels: &[(&str, &str)]) -> i64 {
+    let value = must(text, name, labels);
+    assert!(value.fract() == 0.0 && value >= 0.0, "{name} {labels:?} = {value}");
+    value as i64
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -58,7 +65,14 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         "kiln-worker",
         &env.vars(
             &llm,
-            &[("KILN_WORKER_METRICS_ADDR", &addr), ("KILN_WORKER_CONCURRENCY", "4")],
+            &[
+                ("KILN_WORKER_METRICS_ADDR", &addr),
+                ("KILN_WORKER_CONCURRENCY", "4"),
+                // Priced, paced and capped, so those families have samples.
+                ("KILN_LLM_PRICES", "mock-model=1/2"),
+                ("KILN_LLM_RPM", "600000"),
+                ("KILN_LLM_MAX_IN_FLIGHT", "8"),
+            ],
         ),
     );
     let specs: Vec<_> = (0..3).map(add_spec).collect();
@@ -67,10 +81,11 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     let batch = support::wait_for_batch(&dispatcher.client, batch_id, Duration::from_secs(120)).await;
     assert_eq!(batch["counts"]["succeeded"], 3, "{batch}");
     let attempts = env.count("attempts").await;
-    let prompt_tokens: i64 = sqlx::query_scalar("SELECT sum(prompt_tokens)::int8 FROM attempts")
-        .fetch_one(env.store.pool())
-        .await
-        .unwrap();
+    let (prompt_tokens, completion_tokens): (i64, i64) =
+        sqlx::query_as("SELECT sum(prompt_tokens)::int8, sum(completion_tokens)::int8 FROM attempts")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
 
     let (content_type, worker) = scrape(&format!("http://{addr}/metrics")).await;
     assert!(
@@ -85,9 +100,9 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     // Every attempt asked the model once, was validated and tested once,
     // and every job waited in the queue once.
     for phase in ["model", "validate", "sandbox", "queue_wait"] {
-        let count = must(&worker, "kiln_phase_duration_seconds_count", &[("phase", phase)]);
-        assert_eq!(count, attempts as f64, "phase {phase}");
-        let inf = must(
+        let count = n(&worker, "kiln_phase_duration_seconds_count", &[("phase", phase)]);
+        assert_eq!(count, attempts, "phase {phase}");
+        let inf = n(
             &worker,
             "kiln_phase_duration_seconds_bucket",
             &[("phase", phase), ("le", "+Inf")],
@@ -97,44 +112,50 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         assert!((0.0..120.0).contains(&sum), "phase {phase}: sum {sum}");
     }
     let ok = [("model", "mock-model"), ("outcome", "ok")];
+    assert_eq!(n(&worker, "kiln_llm_request_duration_seconds_count", &ok), attempts);
     assert_eq!(
-        must(&worker, "kiln_llm_request_duration_seconds_count", &ok),
-        attempts as f64
-    );
-    assert_eq!(
-        must(
+        n(
             &worker,
             "kiln_llm_tokens_total",
             &[("model", "mock-model"), ("kind", "prompt")]
         ),
-        prompt_tokens as f64
+        prompt_tokens
     );
     assert!(prompt_tokens > 0);
+    let cost = must(&worker, "kiln_llm_cost_usd_total", &[("model", "mock-model")]);
+    let priced = (prompt_tokens + 2 * completion_tokens) as f64 / 1e6;
+    assert!((cost - priced).abs() < 1e-9, "{cost} vs {priced}");
+    for family in [
+        "kiln_llm_rate_limit_wait_seconds_count",
+        "kiln_llm_in_flight_wait_seconds_count",
+    ] {
+        assert_eq!(n(&worker, family, &[]), attempts, "{family}");
+    }
     assert_eq!(
-        must(
+        n(
             &worker,
             "kiln_jobs_ended_total",
             &[("state", "succeeded"), ("error_code", "none")]
         ),
-        3.0
+        3
     );
     assert_eq!(
-        must(
+        n(
             &worker,
             "kiln_attempts_ended_total",
             &[("state", "passed"), ("error_code", "none")]
         ),
-        3.0
+        3
     );
-    assert_eq!(must(&worker, "kiln_attempts_per_success_count", &[]), 3.0);
-    assert_eq!(must(&worker, "kiln_attempts_per_success_sum", &[]), 3.0);
+    assert_eq!(n(&worker, "kiln_attempts_per_success_count", &[]), 3);
+    assert_eq!(n(&worker, "kiln_attempts_per_success_sum", &[]), 3);
     let runs: f64 = worker
         .lines()
         .filter(|l| l.starts_with("kiln_sandbox_runs_total{") && l.contains("backend=\"process\""))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert!(runs >= 3.0, "{worker}");
-    assert_eq!(must(&worker, "kiln_llm_breaker_open", &[("provider", "openai")]), 0.0);
+    assert_eq!(n(&worker, "kiln_llm_breaker_open", &[("provider", "openai")]), 0);
     // A worker shows what it does, not the dispatcher's families.
     assert!(!worker.contains("kiln_http_request_duration_seconds"), "{worker}");
 
@@ -144,20 +165,20 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         "{content_type}"
     );
     assert!(d.ends_with("# EOF\n"), "{d}");
-    assert_eq!(must(&d, "kiln_jobs", &[("state", "succeeded")]), 3.0);
-    assert_eq!(must(&d, "kiln_jobs", &[("state", "queued")]), 0.0);
-    assert_eq!(must(&d, "kiln_attempts", &[("state", "passed")]), attempts as f64);
-    assert_eq!(must(&d, "kiln_queue_depth", &[]), 0.0);
-    assert_eq!(must(&d, "kiln_queue_oldest_ready_age_seconds", &[]), 0.0);
-    assert_eq!(must(&d, "kiln_workers_alive", &[]), 1.0);
-    assert_eq!(must(&d, "kiln_tokens_prompt_total", &[]), prompt_tokens as f64);
+    assert_eq!(n(&d, "kiln_jobs", &[("state", "succeeded")]), 3);
+    assert_eq!(n(&d, "kiln_jobs", &[("state", "queued")]), 0);
+    assert_eq!(n(&d, "kiln_attempts", &[("state", "passed")]), attempts);
+    assert_eq!(n(&d, "kiln_queue_depth", &[]), 0);
+    assert_eq!(n(&d, "kiln_queue_oldest_ready_age_seconds", &[]), 0);
+    assert_eq!(n(&d, "kiln_workers_alive", &[]), 1);
+    assert_eq!(n(&d, "kiln_tokens_prompt_total", &[]), prompt_tokens);
     assert_eq!(
-        must(
+        n(
             &d,
             "kiln_http_request_duration_seconds_count",
             &[("method", "POST"), ("route", "/v1/batches"), ("status", "201")]
         ),
-        1.0
+        1
     );
     assert!(
         must(
@@ -182,14 +203,18 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         .filter(|name| *name != "kiln_dispatcher" && *name != "kiln_worker")
         .collect();
     assert!(names.len() > 10, "{names:?}");
+    let registered =
+        std::fs::read_to_string("src/metrics.rs").unwrap() + &std::fs::read_to_string("src/http/ops.rs").unwrap();
     for name in names {
         let family = ["_bucket", "_sum", "_count", "_total"]
             .iter()
             .find_map(|suffix| name.strip_suffix(suffix))
             .unwrap_or(name);
         let typed = format!("# TYPE {family} ");
+        // A family without samples (no fault met in this run) shows no
+        // TYPE line: it must at least be registered under that name.
         assert!(
-            worker.contains(&typed) || d.contains(&typed),
+            worker.contains(&typed) || d.contains(&typed) || registered.contains(&format!("\"{family}\"")),
             "the dashboard queries {name}, which no /metrics exposes"
         );
     }
