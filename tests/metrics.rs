@@ -419,3 +419,14 @@ async fn the_oldest_ready_jobs_age_grows_while_it_waits_and_deferred_jobs_do_not
     assert_eq!(world.jobs[0], (JobState::Queued, 2));
     assert_eq!(world.workers, 0);
 }
+
+#[test]
+fn a_worker_metrics_address_that_is_not_an_address_stops_start_up_naming_the_setting() {
+    let vars = |value: &str| [("KILN_WORKER_METRICS_ADDR".to_owned(), value.to_owned())];
+    let err = kiln::config::Settings::from_vars(vars("9464")).unwrap_err().to_string();
+    assert!(err.starts_with("KILN_WORKER_METRICS_ADDR: \"9464\""), "{err}");
+    let settings = kiln::config::Settings::from_vars(vars("0.0.0.0:9464")).unwrap();
+    assert_eq!(settings.worker.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    let unset = kiln::config::Settings::from_vars([]).unwrap();
+    assert_eq!(unset.worker.metrics_addr, None);
+}
