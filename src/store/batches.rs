@@ -1,5 +1,9 @@
 //! Batches: created in one transaction with all their jobs, read back as
 //! status with counts and token usage.
+//!
+//! Counts and usage come from the batch's `batch_counts` row, which
+//! triggers on `jobs` and `attempts` keep in the same transactions as the
+//! writes they count (migrations/0015): a status read never counts jobs.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
