@@ -260,6 +260,10 @@ pub struct WorkerSettings {
     /// a sandbox run, so a few serve many jobs; every process's pool counts
     /// against the server's `max_connections` (100 by default).
     pub db_connections: u32,
+    /// `KILN_WORKER_METRICS_ADDR` (default: none): where the worker serves
+    /// its own `/metrics` (`0.0.0.0:9464` in a container); unset, it serves
+    /// none. Each worker process needs its own port.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Limits and location of the sandbox.
@@ -467,6 +471,13 @@ impl Settings {
                 crash_limit: src.parse("KILN_CRASH_LIMIT", 3)?,
                 sandbox_max_retries: src.parse("KILN_SANDBOX_MAX_RETRIES", 3)?,
                 db_connections: src.positive("KILN_WORKER_DB_CONNECTIONS", 8)?,
+                metrics_addr: match src.get("KILN_WORKER_METRICS_ADDR") {
+                    None => None,
+                    Some(raw) => Some(raw.trim().parse().map_err(|e| ConfigError::Invalid {
+                        var: "KILN_WORKER_METRICS_ADDR",
+                        message: format!("{raw:?}: {e} (expected an address and port, such as 0.0.0.0:9464)"),
+                    })?),
+                },
             },
             sandbox: SandboxSettings {
                 kind: match src.get("KILN_SANDBOX").as_deref() {

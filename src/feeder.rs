@@ -74,7 +74,12 @@ impl Feeder {
             if stale_scan {
                 last_stale_scan = Instant::now();
             }
-            if let Err(e) = self.tick(stale_scan).await {
+            let started = Instant::now();
+            let ticked = self.tick(stale_scan).await;
+            crate::metrics::METRICS
+                .feeder_tick_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = ticked {
                 warn!(error = %e, "feeder tick failed; retrying");
             }
             tokio::select! {

@@ -31,6 +31,7 @@
 //! - [`http`]: the dispatcher's HTTP API v1.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
+//! - [`metrics`]: this process's Prometheus counters and histograms.
 //! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
 
 pub mod auth;
@@ -43,6 +44,7 @@ pub mod feeder;
 pub mod files;
 pub mod http;
 pub mod llm;
+pub mod metrics;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;

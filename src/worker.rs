@@ -96,6 +96,9 @@ struct Inner {
     registration: Mutex<CancellationToken>,
     /// Jobs that panicked here lately, left to other workers for a while.
     panicked: Mutex<HashMap<Uuid, Instant>>,
+    /// Where `/metrics` is served (`KILN_WORKER_METRICS_ADDR`), bound at
+    /// build so a taken port stops start-up; taken by `run_until_stopped`.
+    metrics: Mutex<Option<tokio::net::TcpListener>>,
 }
 
 impl Worker {
@@ -106,13 +109,14 @@ impl Worker {
         let llm = crate::llm::build(&settings.llm)?;
         let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox = crate::sandbox::build(&settings.sandbox).await?;
-        Ok(Worker::from_parts(
-            settings,
-            store,
-            llm,
-            Guard::new(shared, &settings.llm),
-            sandbox,
-        ))
+        let worker = Worker::from_parts(settings, store, llm, Guard::new(shared, &settings.llm), sandbox);
+        if let Some(addr) = settings.worker.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| WorkerError::Config(format!("KILN_WORKER_METRICS_ADDR: binding {addr}: {e}")))?;
+            *worker.inner.metrics.lock().expect("not poisoned") = Some(listener);
+        }
+        Ok(worker)
     }
 
     /// Assembles a worker from its parts; the seam tests use to run a worker
@@ -127,7 +131,10 @@ impl Worker {
         let id = settings.worker.worker_id.clone().unwrap_or_else(default_worker_id);
         let pipeline = Pipeline {
             store,
-            llm,
+            llm: Arc::new(crate::llm::Measured {
+                inner: llm,
+                prices: settings.llm.prices.clone(),
+            }),
             guard,
             sandbox: Arc::new(Slots::new(sandbox, settings.sandbox.slots)),
             in_worker: Arc::new(tokio::sync::RwLock::new(())),
@@ -160,6 +167,7 @@ impl Worker {
                 interrupt,
                 draining: AtomicBool::new(false),
                 panicked: Mutex::new(HashMap::new()),
+                metrics: Mutex::new(None),
             }),
         }
     }
@@ -180,6 +188,11 @@ impl Worker {
             info!("worker stopped before it registered");
             return;
         };
+        let metrics_listener = self.inner.metrics.lock().expect("not poisoned").take();
+        if let Some(listener) = metrics_listener {
+            info!(addr = ?listener.local_addr().ok(), "serving /metrics");
+            tokio::spawn(serve_metrics(listener, shutdown.clone()));
+        }
         let stop_liveness = CancellationToken::new();
         let liveness = tokio::spawn(self.clone().keep_alive(registration, options, stop_liveness.clone()));
         let stop_consuming = CancellationToken::new();
@@ -504,4 +517,23 @@ fn default_worker_id() -> String {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "worker".into(), |h| h.trim().to_owned());
     let suffix = &Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// Serves the worker's `/metrics` until `shutdown`.
+async fn serve_metrics(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                crate::metrics::encode(crate::metrics::worker_registry()),
+            )
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        error!(error = %e, "the /metrics server stopped");
+    }
 }

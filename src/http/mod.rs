@@ -218,6 +218,8 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/app.css", get(dashboard::style))
+        // Inside the routes, where the matched pattern is known.
+        .route_layer(from_fn(ops::track))
         // Bodies are read with Kiln's own limit, which answers 413 in the
         // API's error format.
         .layer(DefaultBodyLimit::disable())

@@ -77,20 +77,30 @@ impl Guard {
             return Place(None);
         }
         let holder = uuid::Uuid::new_v4().simple().to_string();
+        let started = std::time::Instant::now();
+        let waited = |place: Place| {
+            crate::metrics::METRICS
+                .llm_in_flight_wait_seconds
+                .get_or_create(&crate::metrics::ProviderLabels {
+                    provider: self.provider,
+                })
+                .observe(started.elapsed().as_secs_f64());
+            place
+        };
         loop {
             match self
                 .shared
                 .take_in_flight(self.provider, self.max_in_flight, &holder, self.hold)
                 .await
             {
-                Ok(true) => return Place(Some(holder)),
+                Ok(true) => return waited(Place(Some(holder))),
                 Ok(false) => {
                     let jitter = rand::random_range(0..100);
                     tokio::time::sleep(Duration::from_millis(50 + jitter)).await;
                 }
                 Err(e) => {
                     warn!(error = %e, "in-flight cap unreadable; proceeding");
-                    return Place(None);
+                    return waited(Place(None));
                 }
             }
         }
@@ -107,13 +117,26 @@ impl Guard {
 
     /// How long the provider's breaker keeps jobs waiting (zero: closed).
     pub async fn breaker_wait(&self) -> Duration {
-        self.shared
+        let wait = self
+            .shared
             .breaker_wait(self.provider, PROBE_TTL)
             .await
             .unwrap_or_else(|e| {
                 warn!(error = %e, "breaker state unreadable; proceeding");
                 Duration::ZERO
+            });
+        self.show_breaker(!wait.is_zero());
+        wait
+    }
+
+    /// What this worker last saw of the breaker, for `/metrics`.
+    fn show_breaker(&self, open: bool) {
+        crate::metrics::METRICS
+            .llm_breaker_open
+            .get_or_create(&crate::metrics::ProviderLabels {
+                provider: self.provider,
             })
+            .set(i64::from(open));
     }
 
     /// Reserves a slot for one request of `tokens` (estimated) on `model`
@@ -143,6 +166,14 @@ impl Guard {
                 Err(e) => warn!(error = %e, "rate limiter unreachable; proceeding"),
             }
         }
+        if self.rpm > 0 || self.tpm > 0 {
+            crate::metrics::METRICS
+                .llm_rate_limit_wait_seconds
+                .get_or_create(&crate::metrics::ModelLabels {
+                    model: model.to_owned(),
+                })
+                .observe(wait.as_secs_f64());
+        }
         wait
     }
 
@@ -158,8 +189,9 @@ impl Guard {
                             .await;
                     }
                 }
-                if let Err(e) = self.shared.breaker_success(self.provider).await {
-                    warn!(error = %e, "breaker state not updated");
+                match self.shared.breaker_success(self.provider).await {
+                    Ok(()) => self.show_breaker(false),
+                    Err(e) => warn!(error = %e, "breaker state not updated"),
                 }
             }
             Err(LlmError::RateLimited { .. }) => {
@@ -192,7 +224,10 @@ impl Guard {
                 )
                 .await
             {
-                Ok(open) if !open.is_zero() => warn!(provider = self.provider, ?open, "circuit breaker opened"),
+                Ok(open) if !open.is_zero() => {
+                    self.show_breaker(true);
+                    warn!(provider = self.provider, ?open, "circuit breaker opened");
+                }
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "breaker state not updated"),
             },

@@ -159,6 +159,55 @@ pub trait LlmClient: Send + Sync {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
 }
 
+/// A client that records every request in [`crate::metrics`]: its duration
+/// by model and outcome, and for answered requests the tokens and cost
+/// (at `KILN_LLM_PRICES`). The worker wraps its client in one, so every
+/// request is counted, whatever the provider or the caller.
+pub struct Measured {
+    pub inner: std::sync::Arc<dyn LlmClient>,
+    pub prices: std::collections::BTreeMap<String, crate::config::Price>,
+}
+
+impl LlmClient for Measured {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.inner.chat(request).await;
+            let m = &*crate::metrics::METRICS;
+            let model = request.model.clone();
+            let outcome = result.as_ref().map_or_else(LlmError::class, |_| "ok");
+            m.llm_request_seconds
+                .get_or_create(&crate::metrics::ModelOutcomeLabels {
+                    model: model.clone(),
+                    outcome,
+                })
+                .observe(started.elapsed().as_secs_f64());
+            if let Ok(answer) = &result {
+                for (kind, n) in [
+                    ("prompt", answer.usage.prompt_tokens),
+                    ("completion", answer.usage.completion_tokens),
+                ] {
+                    m.llm_tokens
+                        .get_or_create(&crate::metrics::ModelKindLabels {
+                            model: model.clone(),
+                            kind,
+                        })
+                        .inc_by(n.max(0) as u64);
+                }
+                if let Some(p) = self.prices.get(&model) {
+                    let cost = (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
+                        + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
+                        / 1_000_000.0;
+                    m.llm_cost_usd
+                        .get_or_create(&crate::metrics::ModelLabels { model })
+                        .inc_by(cost);
+                }
+            }
+            result
+        })
+    }
+}
+
 /// The client for the configured provider.
 pub fn build(settings: &LlmSettings) -> Result<std::sync::Arc<dyn LlmClient>, LlmError> {
     Ok(match settings.provider {

@@ -171,6 +171,22 @@ impl Slots {
     }
 }
 
+/// Records a run in [`crate::metrics`] by backend and outcome.
+fn count_run(backend: &'static str, result: &Result<RunOutput, SandboxError>, took: Duration) {
+    let outcome = match result {
+        Err(_) => "fault",
+        Ok(out) if out.timed_out => "timed_out",
+        Ok(out) if out.oom_killed => "oom_killed",
+        Ok(out) if out.signal.is_some() => "signalled",
+        Ok(out) if out.exit_code == Some(0) => "passed",
+        Ok(_) => "exited",
+    };
+    let labels = crate::metrics::SandboxLabels { backend, outcome };
+    let m = &*crate::metrics::METRICS;
+    m.sandbox_runs.get_or_create(&labels).inc();
+    m.sandbox_run_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+}
+
 impl Sandbox for Slots {
     fn name(&self) -> &'static str {
         self.inner.name()
@@ -184,7 +200,10 @@ impl Sandbox for Slots {
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
             let _slot = self.slot().await?;
-            self.inner.run_python(args, stdin, limits).await
+            let started = std::time::Instant::now();
+            let result = self.inner.run_python(args, stdin, limits).await;
+            count_run(self.inner.name(), &result, started.elapsed());
+            result
         })
     }
 
@@ -196,7 +215,10 @@ impl Sandbox for Slots {
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
             let _slot = self.slot().await?;
-            self.inner.run_harness(request, hint, limits).await
+            let started = std::time::Instant::now();
+            let result = self.inner.run_harness(request, hint, limits).await;
+            count_run(self.inner.name(), &result, started.elapsed());
+            result
         })
     }
 

@@ -227,6 +227,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        crate::metrics::observe_phase("model", std::time::Duration::from_millis(g.llm_ms));
         Ok(())
     }
 
@@ -277,6 +278,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        crate::metrics::observe_phase("validate", std::time::Duration::from_millis(validate_ms));
         Ok(())
     }
 
@@ -308,6 +310,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        crate::metrics::observe_phase("sandbox", std::time::Duration::from_millis(sandbox_ms));
         Ok(())
     }
 
@@ -345,6 +348,13 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        crate::metrics::METRICS
+            .faults
+            .get_or_create(&crate::metrics::FaultLabels {
+                kind: kind.as_str(),
+                class: class.into_owned(),
+            })
+            .inc();
         Ok(count)
     }
 
@@ -508,6 +518,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        crate::metrics::attempt_ended(state.as_str(), error.map(|e| e.0.as_str()));
         Ok(())
     }
 

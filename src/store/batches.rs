@@ -1,5 +1,9 @@
 //! Batches: created in one transaction with all their jobs, read back as
 //! status with counts and token usage.
+//!
+//! Counts and usage come from the batch's `batch_counts` row, which
+//! triggers on `jobs` and `attempts` keep in the same transactions as the
+//! writes they count (migrations/0015): a status read never counts jobs.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -221,73 +225,55 @@ impl Store {
         })
     }
 
+    /// A batch's status: one row of `batches` and one of `batch_counts`
+    /// (kept by triggers, migrations/0015), so it costs the same for a job
+    /// or for 200,000.
     pub async fn batch(&self, batch_id: Uuid) -> Result<BatchView, StoreError> {
-        let batch = sqlx::query!(
-            r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?"
-               FROM batches b LEFT JOIN api_tokens t ON t.id = b.created_by
+        let b = sqlx::query!(
+            r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
+                      coalesce(c.queued, 0) AS "queued!", coalesce(c.running, 0) AS "running!",
+                      coalesce(c.succeeded, 0) AS "succeeded!", coalesce(c.failed, 0) AS "failed!",
+                      coalesce(c.cancelled, 0) AS "cancelled!", coalesce(c.started, 0) AS "started!",
+                      c.finished_at AS "finished_at?",
+                      coalesce(c.prompt_tokens, 0) AS "prompt_tokens!",
+                      coalesce(c.completion_tokens, 0) AS "completion_tokens!", c.cost_usd AS "cost_usd?"
+               FROM batches b
+               LEFT JOIN api_tokens t ON t.id = b.created_by
+               LEFT JOIN batch_counts c ON c.batch_id = b.id
                WHERE b.id = $1"#,
             batch_id
         )
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound("batch"))?;
-        let c = sqlx::query!(
-            r#"SELECT count(*) FILTER (WHERE state = 'queued') AS "queued!",
-                      count(*) FILTER (WHERE state = 'running') AS "running!",
-                      count(*) FILTER (WHERE state = 'succeeded') AS "succeeded!",
-                      count(*) FILTER (WHERE state = 'failed') AS "failed!",
-                      count(*) FILTER (WHERE state = 'cancelled') AS "cancelled!",
-                      count(*) FILTER (WHERE run > 1 OR state <> 'queued') AS "started!",
-                      max(finished_at) AS finished_at
-               FROM jobs WHERE batch_id = $1"#,
-            batch_id
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let usage = self.batch_usage(batch_id).await?;
         let counts = Counts {
-            queued: c.queued,
-            running: c.running,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            cancelled: c.cancelled,
+            queued: b.queued,
+            running: b.running,
+            succeeded: b.succeeded,
+            failed: b.failed,
+            cancelled: b.cancelled,
         };
         let total = counts.total();
         let done = counts.done();
-        let state = batch_state(&counts, c.started);
+        let state = batch_state(&counts, b.started);
         Ok(BatchView {
             batch_id,
-            name: batch.name,
+            name: b.name,
             state,
             total,
             counts,
-            usage,
-            options: batch.options,
-            created_by: batch.created_by.map(|token_id| Creator {
+            usage: Usage {
+                prompt_tokens: b.prompt_tokens,
+                completion_tokens: b.completion_tokens,
+                cost_usd: b.cost_usd,
+            },
+            options: b.options,
+            created_by: b.created_by.map(|token_id| Creator {
                 token_id,
-                name: batch.token_name,
+                name: b.token_name,
             }),
-            created_at: batch.created_at,
-            finished_at: if done { c.finished_at } else { None },
-        })
-    }
-
-    /// Tokens used by every attempt of every job of the batch, all runs.
-    pub async fn batch_usage(&self, batch_id: Uuid) -> Result<Usage, StoreError> {
-        let u = sqlx::query!(
-            r#"SELECT coalesce(sum(a.prompt_tokens), 0)::int8 AS "prompt!",
-                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!",
-                      sum(a.cost_usd) AS cost
-               FROM attempts a JOIN jobs j ON j.id = a.job_id
-               WHERE j.batch_id = $1"#,
-            batch_id
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Usage {
-            prompt_tokens: u.prompt,
-            completion_tokens: u.completion,
-            cost_usd: u.cost,
+            created_at: b.created_at,
+            finished_at: if done { b.finished_at } else { None },
         })
     }
 

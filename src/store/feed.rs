@@ -10,6 +10,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::domain::{AttemptState, JobState};
 
 /// An open feeding round: the jobs chosen to send, locked against other
 /// feeders until [`FeedRound::mark_dispatched`] commits.
@@ -119,46 +120,90 @@ impl Store {
     }
 }
 
-/// Totals for `/metrics`.
+/// The state of the world for the dispatcher's `/metrics`, read with a few
+/// cheap statements: sums over `batch_counts` (one row per batch, kept by
+/// triggers), the Redis window (at most `KILN_QUEUE_WINDOW` rows of an
+/// index), the first entry of the `jobs_queued_since` index and the live
+/// workers. Nothing here reads the history of jobs or attempts.
 #[derive(Debug, Clone, Default)]
-pub struct Totals {
-    pub jobs_by_state: Vec<(String, i64)>,
-    pub attempts_by_state: Vec<(String, i64)>,
+pub struct World {
+    /// Jobs by state, in [`JobState::ALL`] order.
+    pub jobs: Vec<(JobState, i64)>,
+    /// Attempts by state, in [`AttemptState::ALL`] order.
+    pub attempts: Vec<(AttemptState, i64)>,
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
+    pub cost_usd: f64,
     pub llm_faults: i64,
     pub sandbox_faults: i64,
     /// Jobs sent to Redis and not yet claimed (the window in use).
     pub in_window: i64,
+    /// Seconds since the oldest queued job that may run now was queued
+    /// (0 when none waits).
+    pub oldest_ready_age_s: f64,
+    /// Worker processes registered and not declared dead.
+    pub workers: i64,
 }
 
 impl Store {
-    pub async fn totals(&self) -> Result<Totals, StoreError> {
-        let jobs = sqlx::query!(r#"SELECT state, count(*) AS "n!" FROM jobs GROUP BY state ORDER BY state"#)
-            .fetch_all(&self.pool)
-            .await?;
-        let attempts = sqlx::query!(
-            r#"SELECT state, count(*) AS "n!", coalesce(sum(prompt_tokens), 0)::int8 AS "prompt!",
+    pub async fn world(&self) -> Result<World, StoreError> {
+        let c = sqlx::query!(
+            r#"SELECT coalesce(sum(queued), 0)::int8 AS "queued!", coalesce(sum(running), 0)::int8 AS "running!",
+                      coalesce(sum(succeeded), 0)::int8 AS "succeeded!", coalesce(sum(failed), 0)::int8 AS "failed!",
+                      coalesce(sum(cancelled), 0)::int8 AS "cancelled!",
+                      coalesce(sum(attempts_running), 0)::int8 AS "a_running!",
+                      coalesce(sum(attempts_passed), 0)::int8 AS "a_passed!",
+                      coalesce(sum(attempts_failed), 0)::int8 AS "a_failed!",
+                      coalesce(sum(attempts_error), 0)::int8 AS "a_error!",
+                      coalesce(sum(prompt_tokens), 0)::int8 AS "prompt!",
                       coalesce(sum(completion_tokens), 0)::int8 AS "completion!",
+                      coalesce(sum(cost_usd), 0)::float8 AS "cost!",
                       coalesce(sum(llm_faults), 0)::int8 AS "llm_faults!",
-                      coalesce(sum(sandbox_faults), 0)::int8 AS "sandbox_faults!"
-               FROM attempts GROUP BY state ORDER BY state"#
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let in_window = sqlx::query_scalar!(
-            r#"SELECT count(*) AS "n!" FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL"#
+                      coalesce(sum(sandbox_faults), 0)::int8 AS "sandbox_faults!",
+                      (SELECT count(*) FROM jobs WHERE state = 'queued' AND dispatched_at IS NOT NULL) AS "in_window!",
+                      (SELECT coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 FROM jobs
+                        WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now())) AS "oldest!",
+                      (SELECT count(*) FROM workers WHERE died_at IS NULL) AS "workers!"
+               FROM batch_counts"#
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(Totals {
-            jobs_by_state: jobs.into_iter().map(|r| (r.state, r.n)).collect(),
-            prompt_tokens: attempts.iter().map(|r| r.prompt).sum(),
-            completion_tokens: attempts.iter().map(|r| r.completion).sum(),
-            llm_faults: attempts.iter().map(|r| r.llm_faults).sum(),
-            sandbox_faults: attempts.iter().map(|r| r.sandbox_faults).sum(),
-            attempts_by_state: attempts.into_iter().map(|r| (r.state, r.n)).collect(),
-            in_window,
+        let jobs = JobState::ALL
+            .iter()
+            .map(|&s| {
+                let n = match s {
+                    JobState::Queued => c.queued,
+                    JobState::Running => c.running,
+                    JobState::Succeeded => c.succeeded,
+                    JobState::Failed => c.failed,
+                    JobState::Cancelled => c.cancelled,
+                };
+                (s, n)
+            })
+            .collect();
+        let attempts = AttemptState::ALL
+            .iter()
+            .map(|&s| {
+                let n = match s {
+                    AttemptState::Running => c.a_running,
+                    AttemptState::Passed => c.a_passed,
+                    AttemptState::Failed => c.a_failed,
+                    AttemptState::Error => c.a_error,
+                };
+                (s, n)
+            })
+            .collect();
+        Ok(World {
+            jobs,
+            attempts,
+            prompt_tokens: c.prompt,
+            completion_tokens: c.completion,
+            cost_usd: c.cost,
+            llm_faults: c.llm_faults,
+            sandbox_faults: c.sandbox_faults,
+            in_window: c.in_window,
+            oldest_ready_age_s: c.oldest.max(0.0),
+            workers: c.workers,
         })
     }
 }

@@ -219,7 +219,9 @@ impl Store {
     pub async fn claim(&self, job_id: Uuid, owner: &str, ttl: Duration) -> Result<Option<Claimed>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(before) = sqlx::query!(
-            r#"SELECT lease_owner, activity, lost_cause, run FROM jobs
+            r#"SELECT lease_owner, activity, lost_cause, run,
+                      CASE WHEN state = 'queued' THEN extract(epoch FROM now() - updated_at)::float8 END AS queued_for
+               FROM jobs
                WHERE id = $1 AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
                FOR UPDATE"#,
             job_id,
@@ -278,6 +280,9 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if let Some(waited) = before.queued_for {
+            crate::metrics::observe_phase("queue_wait", Duration::from_secs_f64(waited.max(0.0)));
+        }
         let spec: Spec = serde_json::from_value(row.spec)
             .map_err(|e| StoreError::Conflict(format!("job {job_id} has an unreadable spec: {e}")))?;
         Ok(Some(Claimed {
@@ -423,20 +428,25 @@ impl Store {
             JobOutcome::Failed { code, message } => (JobState::Failed, Some(code.as_str()), Some(message), None),
         };
         let message = message.map(storable);
-        sqlx::query!(
+        let attempts = sqlx::query_scalar!(
             r#"UPDATE jobs
                SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
                    lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-               WHERE id = $1"#,
+               WHERE id = $1
+               RETURNING (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id AND a.run = jobs.run) AS "attempts!""#,
             lease.job_id,
             state.as_str(),
             code,
             message.as_deref(),
             attempt,
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        crate::metrics::job_ended(state.as_str(), code, 1);
+        if state == JobState::Succeeded {
+            crate::metrics::METRICS.attempts_per_success.observe(attempts as f64);
+        }
         Ok(())
     }
 
@@ -521,7 +531,7 @@ impl Store {
     }
 
     async fn cancel(&self, batch_id: Option<Uuid>, job_id: Option<Uuid>) -> Result<u64, StoreError> {
-        Ok(sqlx::query!(
+        let n = sqlx::query!(
             r#"UPDATE jobs
                SET state = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by request',
                    lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
@@ -533,7 +543,9 @@ impl Store {
         )
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        crate::metrics::job_ended(JobState::Cancelled.as_str(), Some(ErrorCode::Cancelled.as_str()), n);
+        Ok(n)
     }
 
     /// Starts a new run of a failed or cancelled job: fresh attempt budget,

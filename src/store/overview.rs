@@ -4,8 +4,10 @@
 //! The listing pages newest first over the `batches_created` index with a
 //! `(created_at, id)` cursor, so a page costs the same wherever it starts and
 //! a batch created while a client pages never shifts the pages it has not
-//! read yet. A batch's state is derived from its jobs exactly as
-//! [`super::batches::batch_state`] derives it for `GET /v1/batches/{id}`.
+//! read yet. A batch's state is derived from its counts row exactly as
+//! [`super::batches::batch_state`] derives it for `GET /v1/batches/{id}`;
+//! counts and usage come from `batch_counts` (kept by triggers), so a page
+//! costs the same whatever the size of its batches.
 
 use std::collections::HashMap;
 
@@ -111,18 +113,18 @@ impl Store {
             r#"SELECT b.id, b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
                       c.queued AS "queued!", c.running AS "running!", c.succeeded AS "succeeded!",
                       c.failed AS "failed!", c.cancelled AS "cancelled!", c.started AS "started!",
-                      c.finished_at
+                      c.finished_at, c.prompt_tokens AS "prompt_tokens!",
+                      c.completion_tokens AS "completion_tokens!", c.cost_usd
                FROM batches b
                LEFT JOIN api_tokens t ON t.id = b.created_by
                CROSS JOIN LATERAL (
-                   SELECT count(*) FILTER (WHERE j.state = 'queued') AS queued,
-                          count(*) FILTER (WHERE j.state = 'running') AS running,
-                          count(*) FILTER (WHERE j.state = 'succeeded') AS succeeded,
-                          count(*) FILTER (WHERE j.state = 'failed') AS failed,
-                          count(*) FILTER (WHERE j.state = 'cancelled') AS cancelled,
-                          count(*) FILTER (WHERE j.run > 1 OR j.state <> 'queued') AS started,
-                          max(j.finished_at) AS finished_at
-                   FROM jobs j WHERE j.batch_id = b.id
+                   -- The batch's counts row (migrations/0015), zeros if it has none.
+                   SELECT coalesce(bc.queued, 0) AS queued, coalesce(bc.running, 0) AS running,
+                          coalesce(bc.succeeded, 0) AS succeeded, coalesce(bc.failed, 0) AS failed,
+                          coalesce(bc.cancelled, 0) AS cancelled, coalesce(bc.started, 0) AS started,
+                          bc.finished_at, coalesce(bc.prompt_tokens, 0) AS prompt_tokens,
+                          coalesce(bc.completion_tokens, 0) AS completion_tokens, bc.cost_usd
+                   FROM (SELECT 1) one LEFT JOIN batch_counts bc ON bc.batch_id = b.id
                ) c
                WHERE ($1::text IS NULL OR $1 = CASE
                           WHEN c.queued + c.running > 0 THEN CASE WHEN c.started > 0 THEN 'running' ELSE 'queued' END
@@ -156,8 +158,6 @@ impl Store {
                 })
             })
             .flatten();
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mut usage = self.usage_of(&ids).await?;
         let batches = rows
             .into_iter()
             .map(|r| {
@@ -175,7 +175,11 @@ impl Store {
                     total: counts.total(),
                     finished_at: if counts.done() { r.finished_at } else { None },
                     counts,
-                    usage: usage.remove(&r.id).unwrap_or_default(),
+                    usage: Usage {
+                        prompt_tokens: r.prompt_tokens,
+                        completion_tokens: r.completion_tokens,
+                        cost_usd: r.cost_usd,
+                    },
                     options: r.options,
                     created_by: r.created_by.map(|token_id| Creator {
                         token_id,
@@ -186,35 +190,6 @@ impl Store {
             })
             .collect();
         Ok(BatchPage { batches, next_cursor })
-    }
-
-    /// Token usage of each of `batch_ids` (absent: no attempt yet).
-    async fn usage_of(&self, batch_ids: &[Uuid]) -> Result<HashMap<Uuid, Usage>, StoreError> {
-        let rows = sqlx::query!(
-            r#"SELECT j.batch_id,
-                      coalesce(sum(a.prompt_tokens), 0)::int8 AS "prompt!",
-                      coalesce(sum(a.completion_tokens), 0)::int8 AS "completion!",
-                      sum(a.cost_usd) AS cost
-               FROM attempts a JOIN jobs j ON j.id = a.job_id
-               WHERE j.batch_id = ANY($1)
-               GROUP BY j.batch_id"#,
-            batch_ids,
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.batch_id,
-                    Usage {
-                        prompt_tokens: r.prompt,
-                        completion_tokens: r.completion,
-                        cost_usd: r.cost,
-                    },
-                )
-            })
-            .collect())
     }
 
     /// Every worker process registered and not declared dead, with the
