@@ -403,6 +403,32 @@ impl Pipeline {
 
     /// Calls the model, retrying provider faults under their limit, and
     /// stores the answer the moment it arrives.
+    /// The model request of an attempt, with the batch's request parameters
+    /// over the settings'. A repair is warmer than the first request by a
+    /// step per earlier attempt, and a step more per earlier answer that
+    /// repeated one before it (`repeats`): at the first request's
+    /// temperature a small model answers a repair prompt with its previous
+    /// answer about half the time (benches/real_model.rs). A temperature
+    /// left to the model, `off`, is not touched.
+    fn chat_request(&self, job: &Claimed, attempt: &AttemptRecord, repeats: u32) -> ChatRequest {
+        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        let earlier = u32::try_from(attempt.n - 1).unwrap_or(0);
+        let options = &job.options;
+        let temperature = options
+            .temperature
+            .map_or(self.settings.temperature, crate::spec::Temperature::to_request);
+        ChatRequest {
+            model: attempt.model.clone(),
+            messages,
+            max_tokens: options.max_tokens.unwrap_or(self.settings.max_tokens),
+            temperature: temperature.map(|t| (t + WARMING * (earlier + repeats) as f32).min(MAX_WARMED_TEMPERATURE)),
+            tokens_param: options.tokens_param,
+            extra_body: options.extra_body.clone().unwrap_or_default(),
+            json: true,
+            attempt_id: attempt.id.to_string(),
+        }
+    }
+
     async fn generate(
         &self,
         job: &Claimed,
@@ -410,30 +436,12 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<Generated, Stop> {
         let lease = &job.lease;
-        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
-        // A repair is warmer than the first request by a step per earlier
-        // attempt, and a step more per earlier answer that repeated one
-        // before it: at the first request's temperature a small model
-        // answers a repair prompt with its previous answer about half the
-        // time (benches/real_model.rs). A temperature left to the model,
-        // `off`, is not touched.
         let repeats = if attempt.n > 1 {
             self.answers_of_run(job, attempt.n, cancel).await?.repeats
         } else {
             0
         };
-        let earlier = u32::try_from(attempt.n - 1).unwrap_or(0);
-        let request = ChatRequest {
-            model: attempt.model.clone(),
-            messages,
-            max_tokens: self.settings.max_tokens,
-            temperature: self
-                .settings
-                .temperature
-                .map(|t| (t + WARMING * (earlier + repeats) as f32).min(MAX_WARMED_TEMPERATURE)),
-            json: true,
-            attempt_id: attempt.id.to_string(),
-        };
+        let request = self.chat_request(job, attempt, repeats);
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
         self.mark(lease, Activity::Model, cancel).await?;
         loop {

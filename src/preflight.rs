@@ -179,6 +179,8 @@ pub async fn model(settings: &Settings) -> Check {
         // Small, but not so small that a server refuses it outright.
         max_tokens: llm.max_tokens.min(16),
         temperature: llm.temperature,
+        tokens_param: None,
+        extra_body: serde_json::Map::new(),
         json: true,
         attempt_id: format!("preflight-{}", uuid::Uuid::new_v4().simple()),
     };

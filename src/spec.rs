@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::config::TokensParam;
 use crate::values::{MAX_INT_DIGITS, Py, Side};
 
 /// A rejected request: the path of the field at fault and what is wrong with it.
@@ -211,7 +212,70 @@ pub struct Options {
     /// Wall clock per sandbox run, seconds (1…900).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u32>,
+    /// Completion cap per model request (1…1,000,000); default
+    /// `KILN_LLM_MAX_TOKENS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// The request field that carries the cap, `max_tokens` or
+    /// `max_completion_tokens` (OpenAI's reasoning models); default
+    /// `KILN_LLM_TOKENS_PARAM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_param: Option<TokensParam>,
+    /// Temperature of first requests, 0…2, or `"off"` to send none (models
+    /// that accept only their own); default `KILN_LLM_TEMPERATURE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Temperature>,
+    /// Fields added to every model request of the batch, over
+    /// `KILN_LLM_EXTRA_BODY` (`{"reasoning_effort": "low"}`); `model`,
+    /// `messages` and `stream` are Kiln's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub extra_body: Option<serde_json::Map<String, Value>>,
 }
+
+/// A batch's temperature: a number, or `"off"` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Temperature {
+    Off(TemperatureOff),
+    Value(f32),
+}
+
+/// By hand, so a wrong value is told what is expected rather than that it
+/// "did not match any variant".
+impl<'de> Deserialize<'de> for Temperature {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Temperature, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(word) if word == "off" => Ok(Temperature::Off(TemperatureOff::Off)),
+            // Temperatures are small: f32 holds every one a provider takes.
+            #[allow(clippy::cast_possible_truncation)]
+            Value::Number(n) if n.as_f64().is_some() => Ok(Temperature::Value(n.as_f64().unwrap_or_default() as f32)),
+            other => Err(serde::de::Error::custom(format!(
+                "{other}: expected a number from 0 to 2, or \"off\""
+            ))),
+        }
+    }
+}
+
+/// The word that turns the temperature off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TemperatureOff {
+    Off,
+}
+
+impl Temperature {
+    /// The temperature to send (`None`: the model's own).
+    pub fn to_request(self) -> Option<f32> {
+        match self {
+            Temperature::Off(TemperatureOff::Off) => None,
+            Temperature::Value(t) => Some(t),
+        }
+    }
+}
+
+/// Largest per-batch `max_tokens`: above every model's output limit.
+pub const MAX_MAX_TOKENS: u32 = 1_000_000;
 
 fn default_max_attempts() -> u32 {
     3
@@ -227,6 +291,10 @@ impl Default for Options {
             cache: false,
             priority: 0,
             timeout_s: None,
+            max_tokens: None,
+            tokens_param: None,
+            temperature: None,
+            extra_body: None,
         }
     }
 }
@@ -431,6 +499,31 @@ impl Options {
                 format!("{at}.timeout_s"),
                 format!("must be between 1 and {MAX_TIMEOUT_S}"),
             ));
+        }
+        self.check_request_parameters(at)
+    }
+
+    /// The model request parameters: the same bounds as their settings.
+    fn check_request_parameters(&self, at: &str) -> Result<(), FieldError> {
+        if let Some(n) = self.max_tokens
+            && (n == 0 || n > MAX_MAX_TOKENS)
+        {
+            return Err(FieldError::new(
+                format!("{at}.max_tokens"),
+                format!("must be between 1 and {MAX_MAX_TOKENS}"),
+            ));
+        }
+        if let Some(Temperature::Value(t)) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(FieldError::new(
+                format!("{at}.temperature"),
+                "must be a number from 0 to 2, or \"off\"",
+            ));
+        }
+        if let Some(extra) = &self.extra_body {
+            crate::config::check_extra_body(&Value::Object(extra.clone()))
+                .map_err(|message| FieldError::new(format!("{at}.extra_body"), message))?;
         }
         Ok(())
     }
@@ -799,6 +892,54 @@ mod tests {
         assert_eq!(b.specs.len(), 2);
         assert_eq!(b.options.max_attempts, 3);
         assert_eq!(b.specs[1].kind(), SpecKind::Service);
+    }
+
+    #[test]
+    fn a_batch_sets_its_model_request_parameters_within_the_bounds_of_their_settings() {
+        let options = json!({
+            "max_tokens": 500,
+            "tokens_param": "max_completion_tokens",
+            "temperature": "off",
+            "extra_body": {"reasoning_effort": "high"},
+        });
+        let b = parse(json!({"specs": [function()], "options": options})).unwrap();
+        assert_eq!(b.options.max_tokens, Some(500));
+        assert_eq!(b.options.tokens_param, Some(TokensParam::MaxCompletionTokens));
+        assert_eq!(b.options.temperature.map(Temperature::to_request), Some(None));
+        assert_eq!(b.options.extra_body.unwrap()["reasoning_effort"], "high");
+        let b = parse(json!({"specs": [function()], "options": {"temperature": 0.5}})).unwrap();
+        assert_eq!(b.options.temperature.map(Temperature::to_request), Some(Some(0.5)));
+        for (options, field, message) in [
+            (
+                json!({"max_tokens": 0}),
+                "options.max_tokens",
+                "must be between 1 and 1000000",
+            ),
+            (
+                json!({"temperature": 2.5}),
+                "options.temperature",
+                "must be a number from 0 to 2",
+            ),
+            (
+                json!({"extra_body": {"messages": []}}),
+                "options.extra_body",
+                "\"messages\" is set by Kiln",
+            ),
+            (
+                json!({"tokens_param": "tokens"}),
+                "options.tokens_param",
+                "unknown variant",
+            ),
+            (
+                json!({"temperature": "hot"}),
+                "options.temperature",
+                "\"hot\": expected a number from 0 to 2, or \"off\"",
+            ),
+        ] {
+            let e = parse(json!({"specs": [function()], "options": options})).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.starts_with(message), "{e}");
+        }
     }
 
     #[test]

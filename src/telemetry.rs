@@ -1,7 +1,7 @@
 //! Logging set-up shared by the binaries, and error formatting for logs.
 //!
-//! Spans carry `batch_id`, `job_id` and `attempt`; the filter is `KILN_LOG`
-//! (or `RUST_LOG`, default `info`); `KILN_LOG_FORMAT=json` switches to one
+//! Spans carry `batch_id`, `job_id` and `attempt`; the filter is the
+//! `KILN_LOG` setting (else `RUST_LOG`, else `info`); `KILN_LOG_FORMAT=json` switches to one
 //! JSON object per line. Nothing secret and no full prompt is logged at
 //! `info`: prompts and responses live in Postgres, not in logs.
 
@@ -10,12 +10,9 @@ use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber (once per process).
-pub fn init(format: LogFormat) {
-    let filter = std::env::var("KILN_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+/// Installs the global subscriber (once per process), with the filter and
+/// format of [`crate::config::Settings`] (`log_filter`, `log_format`).
+pub fn init(filter: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_span_events(FmtSpan::NONE)

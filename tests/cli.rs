@@ -269,16 +269,18 @@ async fn submit_dash_reads_yaml_or_json_specs_from_standard_input() {
     d.stop().await;
 }
 
+/// Nothing listens on these: a server binary that tried to start would fail
+/// or hang retrying instead of answering at once.
+const UNREACHABLE: [(&str, &str); 4] = [
+    ("KILN_DATABASE_URL", "postgres://127.0.0.1:1/none"),
+    ("KILN_REDIS_URL", "redis://127.0.0.1:1"),
+    ("KILN_HTTP_ADDR", "0.0.0.0:1"),
+    ("KILN_AUTH", "required"),
+];
+
 #[test]
 fn the_server_binaries_answer_help_and_version_without_starting_anything() {
-    // Nothing listens on these: a binary that tried to start would fail or
-    // hang retrying instead of answering at once with exit code 0.
-    let unreachable = [
-        ("KILN_DATABASE_URL", "postgres://127.0.0.1:1/none"),
-        ("KILN_REDIS_URL", "redis://127.0.0.1:1"),
-        ("KILN_HTTP_ADDR", "0.0.0.0:1"),
-        ("KILN_AUTH", "required"),
-    ];
+    let unreachable = UNREACHABLE;
     for name in ["kiln-dispatcher", "kiln-worker", "kiln"] {
         for (flag, expect) in [
             ("--help", "Usage:"),
@@ -325,4 +327,55 @@ fn the_server_binaries_answer_help_and_version_without_starting_anything() {
     ] {
         assert!(help.contains(code), "kiln --help does not document {code:?}");
     }
+}
+
+/// Acceptance 6: a typo, in a variable or in the config file, stops either
+/// server at start-up naming it and the closest setting, where it used to
+/// leave the default silently in force.
+#[test]
+fn a_typo_in_a_variable_or_a_config_key_stops_the_servers_naming_the_closest_setting() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("config-typo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kiln.toml");
+    std::fs::write(&file, "queue = \"typo-test\"\nworker_concurency = 8\n").unwrap();
+    let cases = [
+        (
+            ("KILN_WORKER_CONCURENCY", "8"),
+            "unknown variable KILN_WORKER_CONCURENCY (did you mean KILN_WORKER_CONCURRENCY?)".to_owned(),
+        ),
+        (
+            ("KILN_CONFIG", file.to_str().unwrap()),
+            format!(
+                "config file {}: unknown key worker_concurency (did you mean worker_concurrency?)",
+                file.display()
+            ),
+        ),
+    ];
+    for name in ["kiln-dispatcher", "kiln-worker"] {
+        for (var, expect) in &cases {
+            let mut child = Command::new(bin(name))
+                .envs(UNREACHABLE)
+                .envs([*var])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // A binary that got past its configuration would retry the
+            // unreachable database; it must stop before that.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    child.kill().unwrap();
+                    panic!("{name} with {var:?} did not stop at start-up");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{name} with {var:?}: {stderr}");
+            assert!(stderr.contains(expect.as_str()), "{name} with {var:?}: {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

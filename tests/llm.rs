@@ -215,7 +215,7 @@ async fn the_temperature_and_the_token_field_are_sent_as_configured() {
     assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
     assert_eq!(
         llm.requests()[0].params,
-        json!({"temperature": null, "max_tokens": null, "max_completion_tokens": 1234, "response_format": "json_object"})
+        json!({"temperature": null, "max_tokens": null, "max_completion_tokens": 1234, "response_format": "json_object", "extra": {}})
     );
     d.stop().await;
     let env = TestEnv::new().await;
@@ -233,6 +233,38 @@ async fn the_temperature_and_the_token_field_are_sent_as_configured() {
             &params["response_format"]
         ),
         (Some(70.0), &json!(8192), &Value::Null)
+    );
+    d.stop().await;
+}
+
+/// Reasoning models want their own fields (`reasoning_effort`), the other
+/// token field and no temperature: settable for every batch by setting and
+/// per batch by options, the batch's winning field by field.
+#[tokio::test]
+async fn a_batch_chooses_its_request_parameters_over_the_settings_and_extra_fields_reach_the_model() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(
+        &llm.base_url(),
+        &[("KILN_LLM_EXTRA_BODY", r#"{"reasoning_effort": "low", "top_p": 0.5}"#)],
+    );
+    let options = json!({
+        "max_tokens": 777,
+        "tokens_param": "max_completion_tokens",
+        "temperature": "off",
+        "extra_body": {"reasoning_effort": "high"},
+    });
+    let (d, batch, _) = run_batch(&env, &settings, json!({"specs": [add_spec(0)], "options": options})).await;
+    assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+    assert_eq!(
+        llm.requests()[0].params,
+        json!({
+            "temperature": null,
+            "max_tokens": null,
+            "max_completion_tokens": 777,
+            "response_format": "json_object",
+            "extra": {"reasoning_effort": "high", "top_p": 0.5},
+        })
     );
     d.stop().await;
 }
@@ -588,6 +620,8 @@ async fn replay(
         messages: vec![Message::system("s"), Message::user("spec")],
         max_tokens: 100,
         temperature: Some(0.2),
+        tokens_param: None,
+        extra_body: serde_json::Map::new(),
         json: true,
         attempt_id: uuid::Uuid::new_v4().to_string(),
     };

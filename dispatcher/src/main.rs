@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::from_env().context("loading configuration")?;
     let Some(Command::Token(command)) = cli.command else {
-        kiln::telemetry::init(settings.log_format);
+        kiln::telemetry::init(&settings.log_filter, settings.log_format);
         let app = Application::build(&settings).await.context("starting the dispatcher")?;
         tracing::info!(addr = %settings.http_addr, port = app.port(), queue = %settings.queue, "dispatcher listening");
         app.run_until_stopped(kiln::signals::shutdown_token()).await?;

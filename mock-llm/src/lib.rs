@@ -159,7 +159,8 @@ pub struct RequestRecord {
     pub at_ms: u128,
     /// The request's parameters that Kiln's settings choose: `temperature`,
     /// `max_tokens` / `max_completion_tokens` and `response_format`'s type
-    /// (absent ones are null).
+    /// (absent ones are null), and in `extra` every other field but the
+    /// conversation (`KILN_LLM_EXTRA_BODY`, `options.extra_body`).
     #[serde(default)]
     pub params: Value,
 }
@@ -606,8 +607,28 @@ fn params_of(body: &Value) -> Value {
         "max_tokens": body["max_tokens"],
         "max_completion_tokens": body["max_completion_tokens"],
         "response_format": body["response_format"]["type"],
+        "extra": body.as_object().map(|fields| {
+            fields
+                .iter()
+                .filter(|(name, _)| !KNOWN_FIELDS.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect::<serde_json::Map<_, _>>()
+        }),
     })
 }
+
+/// The request fields Kiln always sets itself (either protocol).
+const KNOWN_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "response_format",
+    "tools",
+    "tool_choice",
+];
 
 /// True for a worker's pre-flight request (see the module doc).
 fn preflight(headers: &HeaderMap) -> bool {

@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::wire::{parse_body, post_json};
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Role, Sent, files_schema, http_client, name_the_setting};
+use super::{
+    ChatRequest, ChatResponse, LlmClient, LlmError, Role, Sent, add_extra_fields, files_schema, http_client,
+    name_the_setting,
+};
 use crate::config::{JsonMode, LlmSettings, TokensParam};
 use crate::domain::TokenUsage;
 
@@ -26,6 +29,7 @@ pub struct AnthropicClient {
     http: reqwest::Client,
     url: String,
     json_mode: JsonMode,
+    extra_body: serde_json::Map<String, Value>,
     timeout: Duration,
 }
 
@@ -40,6 +44,7 @@ impl AnthropicClient {
             http: http_client(&headers, settings.request_timeout)?,
             url: format!("{}/messages", settings.base_url.trim_end_matches('/')),
             json_mode: settings.json_mode,
+            extra_body: settings.extra_body.clone(),
             timeout: settings.request_timeout,
         })
     }
@@ -114,6 +119,7 @@ impl LlmClient for AnthropicClient {
                 }]);
                 body["tool_choice"] = json!({"type": "tool", "name": TOOL});
             }
+            add_extra_fields(&mut body, &self.extra_body, request);
             let sent = Sent {
                 json_mode: (request.json && self.json_mode != JsonMode::Off).then_some(self.json_mode),
                 tokens_param: TokensParam::MaxTokens,

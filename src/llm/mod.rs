@@ -65,6 +65,13 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     /// Sampling temperature; `None` sends none (the model's own default).
     pub temperature: Option<f32>,
+    /// The field that carries `max_tokens` (a batch's
+    /// `options.tokens_param`); `None`: the client's `KILN_LLM_TOKENS_PARAM`.
+    /// Anthropic always takes `max_tokens`.
+    pub tokens_param: Option<TokensParam>,
+    /// Fields laid over the body after `KILN_LLM_EXTRA_BODY` (a batch's
+    /// `options.extra_body`).
+    pub extra_body: serde_json::Map<String, serde_json::Value>,
     /// Ask for a JSON object (provider's JSON mode where supported).
     pub json: bool,
     /// The attempt this request belongs to, sent as `X-Kiln-Attempt-Id` so
@@ -277,6 +284,22 @@ impl LlmError {
             LlmError::Rejected { .. } => "rejected",
             LlmError::Misconfigured { .. } => "misconfigured",
         }
+    }
+}
+
+/// Lays the configured extra fields, then the request's, over a request
+/// body: they win over Kiln's own fields of the same name, which is how a
+/// reasoning model is given what it needs. The reserved fields
+/// ([`crate::config::RESERVED_BODY_FIELDS`]) were refused when the extras
+/// were read.
+pub(crate) fn add_extra_fields(
+    body: &mut serde_json::Value,
+    configured: &serde_json::Map<String, serde_json::Value>,
+    request: &ChatRequest,
+) {
+    let object = body.as_object_mut().expect("request bodies are JSON objects");
+    for (field, value) in configured.iter().chain(&request.extra_body) {
+        object.insert(field.clone(), value.clone());
     }
 }
 

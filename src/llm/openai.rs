@@ -13,7 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::wire::{parse_body, post_json};
-use super::{ChatRequest, ChatResponse, LlmClient, LlmError, Sent, files_schema, http_client, name_the_setting};
+use super::{
+    ChatRequest, ChatResponse, LlmClient, LlmError, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
+};
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
 use crate::domain::TokenUsage;
 
@@ -25,6 +27,7 @@ pub struct OpenAiClient {
     azure_api_version: Option<String>,
     json_mode: JsonMode,
     tokens_param: TokensParam,
+    extra_body: serde_json::Map<String, serde_json::Value>,
     timeout: Duration,
 }
 
@@ -44,6 +47,7 @@ impl OpenAiClient {
             azure_api_version: (settings.provider == LlmProvider::Azure).then(|| settings.api_version.clone()),
             json_mode: settings.json_mode,
             tokens_param: settings.tokens_param,
+            extra_body: settings.extra_body.clone(),
             timeout: settings.request_timeout,
         })
     }
@@ -93,8 +97,9 @@ struct CompletionUsage {
 impl LlmClient for OpenAiClient {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
+            let tokens_param = request.tokens_param.unwrap_or(self.tokens_param);
             let mut body = json!({ "messages": request.messages });
-            body[self.tokens_param.as_str()] = request.max_tokens.into();
+            body[tokens_param.as_str()] = request.max_tokens.into();
             if let Some(t) = request.temperature {
                 body["temperature"] = t.into();
             }
@@ -113,9 +118,10 @@ impl LlmClient for OpenAiClient {
                     JsonMode::Off => {}
                 }
             }
+            add_extra_fields(&mut body, &self.extra_body, request);
             let sent = Sent {
                 json_mode: (request.json && self.json_mode != JsonMode::Off).then_some(self.json_mode),
-                tokens_param: self.tokens_param,
+                tokens_param,
                 temperature: request.temperature,
             };
             let text = post_json(

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     // `--help` and `--version` answer here, before anything connects.
     let cli = Cli::parse();
     let settings = Settings::from_env().context("loading configuration")?;
-    kiln::telemetry::init(settings.log_format);
+    kiln::telemetry::init(&settings.log_filter, settings.log_format);
     if let Some(Command::Check) = cli.command {
         let checks = kiln::preflight::run(&settings).await;
         for check in &checks {
