@@ -131,103 +131,150 @@ async fn each_documented_exit_code_and_every_commands_json_output_from_the_real_
     let bad_id = last["batch_id"].as_str().unwrap().to_owned();
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("batch {bad_id} ended failed")));
     tokio::task::block_in_place(|| {
-        k.expect(1, &["status", &bad_id, "--watch"]);
-        k.expect(1, &["status", &bad_id]);
-        k.expect(0, &["status", &good_id]);
-
-        // 2: usage — bad arguments, a missing or malformed spec file, a request the API refuses.
-        k.expect(2, &["frobnicate"]);
-        k.expect(2, &["status"]);
-        k.expect(2, &["jobs", &good_id, "--output", "yaml"]);
-        k.expect(2, &["submit", dir.join("missing.yaml").to_str().unwrap()]);
-        let out = k.expect(
-            2,
-            &[
-                "submit",
-                &k.file("broken.json", &json!({"specs": [{"kind": "function"}]})),
-            ],
-        );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"), "{out:?}");
-        k.expect(2, &["retry"]);
-        // 3: the dispatcher is unreachable.
-        let out = k.run_with(&["status", &good_id], "http://127.0.0.1:9", None);
-        assert_eq!(out.status.code(), Some(3), "{out:?}");
-        // 4: not found.
-        let missing = uuid::Uuid::new_v4().to_string();
-        k.expect(4, &["status", &missing]);
-        k.expect(4, &["job", &missing]);
-        k.expect(4, &["attempts", &missing]);
-        k.expect(4, &["cancel", "--job", &missing]);
-
-        // `--output json` parses for every command, and `jsonl` line by line.
-        let jobs = k.json(&["jobs", &bad_id, "--output", "json"]);
-        let jobs = jobs.as_array().unwrap();
-        assert_eq!(jobs.len(), 2);
-        let failed = jobs.iter().find(|j| j["state"] == "failed").unwrap()["job_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let passed = jobs.iter().find(|j| j["state"] == "succeeded").unwrap()["job_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert_eq!(jsonl(&k.expect(0, &["jobs", &bad_id, "--output", "jsonl"])).len(), 2);
-        assert_eq!(
-            k.json(&["status", &good_id, "-o", "json"])["batch_id"],
-            good_id.as_str()
-        );
-        assert_eq!(k.json(&["job", &failed, "-o", "json"])["error"]["code"], "tests_failed");
-        let attempts = k.json(&["attempts", &failed, "-o", "json"]);
-        assert!(attempts[0]["tests"]["cases"].is_array(), "{attempts}");
-        assert_eq!(jsonl(&k.expect(0, &["attempts", &failed, "-o", "jsonl"])).len(), 1);
-        let listed = k.json(&["batches", "-o", "json"]);
-        let listed: Vec<&str> = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["batch_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(listed, vec![bad_id.as_str(), good_id.as_str()]);
-        let failed_batches = k.json(&["batches", "--state", "failed", "-o", "json"]);
-        assert_eq!(failed_batches.as_array().unwrap().len(), 1);
-        let named = jsonl(&k.expect(0, &["batches", "--name", "GOOD", "--limit", "5", "-o", "jsonl"]));
-        assert_eq!(named.len(), 1);
-        assert_eq!(named[0]["batch_id"], good_id.as_str());
-        assert_eq!(
-            k.json(&["batches", "--limit", "1", "-o", "json"])
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
-        let text = k.expect(0, &["batches"]);
-        assert!(String::from_utf8_lossy(&text.stdout).contains("good batch"));
-        let workers = k.json(&["workers", "-o", "json"]);
-        assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
-        let out_dir = dir.join("out");
-        let files = k.json(&["download", &passed, out_dir.to_str().unwrap(), "-o", "json"]);
-        assert!(files[0].as_str().unwrap().ends_with("solution.py"), "{files}");
-        assert_eq!(
-            k.json(&["retry", "--job", &failed, "-o", "json"]),
-            json!({"requeued": 1})
-        );
-        assert_eq!(k.json(&["cancel", &bad_id, "-o", "json"])["cancelled"], 1);
-        assert_eq!(
-            k.json(&["retry", &bad_id, "--states", "cancelled", "-o", "json"]),
-            json!({"requeued": 1})
-        );
-        let cancelled = k.json(&["cancel", "--job", &failed, "-o", "json"]);
-        assert!(cancelled["cancelled"].is_number(), "{cancelled}");
+        exit_codes_of_finished_batches_and_errors(&k, &good_id, &bad_id);
+        every_commands_json_output(&k, &good, &good_id, &bad_id);
+    });
+    // 1 for a batch that ended cancelled too: with no worker left, its
+    // jobs wait until cancelled.
+    worker.stop().await;
+    tokio::task::block_in_place(|| {
         let submitted = k.json(&["submit", &good, "-o", "json"]);
-        assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2, "{submitted}");
-        // A 404 is 4 with JSON output too, and says why on stderr only.
-        let out = k.expect(4, &["job", &missing, "-o", "json"]);
-        assert!(out.stdout.is_empty());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+        let id = submitted["batch_id"].as_str().unwrap();
+        assert_eq!(k.json(&["cancel", id, "-o", "json"])["cancelled"], 2);
+        let out = k.expect(1, &["status", id, "--watch"]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("batch {id} ended cancelled")),
+            "{out:?}"
+        );
     });
     std::fs::remove_dir_all(&dir).unwrap();
-    worker.stop().await;
     d.stop().await;
+}
+
+/// Exit codes 1 to 4 against the finished batches (0 is shown by the
+/// commands' JSON output).
+fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &str) {
+    let dir = &k.dir;
+    k.expect(1, &["status", bad_id, "--watch"]);
+    k.expect(1, &["status", bad_id]);
+    k.expect(0, &["status", good_id]);
+
+    // 2: usage — bad arguments, a missing or malformed spec file, a request the API refuses.
+    k.expect(2, &["frobnicate"]);
+    k.expect(2, &["status"]);
+    k.expect(2, &["jobs", good_id, "--output", "yaml"]);
+    k.expect(2, &["submit", dir.join("missing.yaml").to_str().unwrap()]);
+    let out = k.expect(
+        2,
+        &[
+            "submit",
+            &k.file("broken.json", &json!({"specs": [{"kind": "function"}]})),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"), "{out:?}");
+    k.expect(2, &["retry"]);
+    // 3: the dispatcher is unreachable.
+    let out = k.run_with(&["status", good_id], "http://127.0.0.1:9", None);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // 4: not found.
+    let missing = uuid::Uuid::new_v4().to_string();
+    k.expect(4, &["status", &missing]);
+    k.expect(4, &["job", &missing]);
+    k.expect(4, &["attempts", &missing]);
+    k.expect(4, &["cancel", "--job", &missing]);
+
+    // 3 also for a server error (5xx), told apart from an unreachable server.
+    let out = k.run_with(&["status", good_id], &failing_server(), None);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("500"), "{out:?}");
+}
+
+/// `--output json` parses for every command, and `jsonl` line by line.
+fn every_commands_json_output(k: &Kiln, good: &str, good_id: &str, bad_id: &str) {
+    let dir = &k.dir;
+    let missing = uuid::Uuid::new_v4().to_string();
+    // `--output json` parses for every command, and `jsonl` line by line.
+    let jobs = k.json(&["jobs", bad_id, "--output", "json"]);
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    let failed = jobs.iter().find(|j| j["state"] == "failed").unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let passed = jobs.iter().find(|j| j["state"] == "succeeded").unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(jsonl(&k.expect(0, &["jobs", bad_id, "--output", "jsonl"])).len(), 2);
+    assert_eq!(k.json(&["status", good_id, "-o", "json"])["batch_id"], good_id);
+    assert_eq!(k.json(&["job", &failed, "-o", "json"])["error"]["code"], "tests_failed");
+    let attempts = k.json(&["attempts", &failed, "-o", "json"]);
+    assert!(attempts[0]["tests"]["cases"].is_array(), "{attempts}");
+    assert_eq!(jsonl(&k.expect(0, &["attempts", &failed, "-o", "jsonl"])).len(), 1);
+    let listed = k.json(&["batches", "-o", "json"]);
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["batch_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![bad_id, good_id]);
+    let failed_batches = k.json(&["batches", "--state", "failed", "-o", "json"]);
+    assert_eq!(failed_batches.as_array().unwrap().len(), 1);
+    let named = jsonl(&k.expect(0, &["batches", "--name", "GOOD", "--limit", "5", "-o", "jsonl"]));
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0]["batch_id"], good_id);
+    assert_eq!(
+        k.json(&["batches", "--limit", "1", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let text = k.expect(0, &["batches"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("good batch"));
+    let workers = k.json(&["workers", "-o", "json"]);
+    assert_eq!(workers.as_array().unwrap().len(), 1, "{workers}");
+    let out_dir = dir.join("out");
+    let files = k.json(&["download", &passed, out_dir.to_str().unwrap(), "-o", "json"]);
+    assert!(files[0].as_str().unwrap().ends_with("solution.py"), "{files}");
+    assert_eq!(
+        k.json(&["retry", "--job", &failed, "-o", "json"]),
+        json!({"requeued": 1})
+    );
+    assert_eq!(k.json(&["cancel", bad_id, "-o", "json"])["cancelled"], 1);
+    assert_eq!(
+        k.json(&["retry", bad_id, "--states", "cancelled", "-o", "json"]),
+        json!({"requeued": 1})
+    );
+    let cancelled = k.json(&["cancel", "--job", &failed, "-o", "json"]);
+    assert!(cancelled["cancelled"].is_number(), "{cancelled}");
+    let submitted = k.json(&["submit", good, "-o", "json"]);
+    assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2, "{submitted}");
+    // A 404 is 4 with JSON output too, and says why on stderr only.
+    let out = k.expect(4, &["job", &missing, "-o", "json"]);
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
+
+/// The URL of a server that answers every request with HTTP 500.
+fn failing_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0_u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let body = r#"{"error": {"code": "internal", "message": "internal error"}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

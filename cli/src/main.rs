@@ -303,6 +303,148 @@ fn main() -> ExitCode {
     }
 }
 
+/// The batch to submit: the file (`-`: standard input) with the command
+/// line's name and options over it.
+fn read_batch(
+    path: &std::path::Path,
+    name: Option<String>,
+    max_attempts: Option<u32>,
+    model: Option<String>,
+) -> anyhow::Result<Value> {
+    let mut batch = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Usage(format!("reading specs from standard input: {e}")))?;
+        parse_batch_text(&text, "standard input")?
+    } else {
+        load_batch(path)?
+    };
+    if let Some(n) = name {
+        batch["name"] = n.into();
+    }
+    if max_attempts.is_some() || model.is_some() {
+        if !batch["options"].is_object() {
+            batch["options"] = serde_json::json!({});
+        }
+        if let Some(m) = max_attempts {
+            batch["options"]["max_attempts"] = m.into();
+        }
+        if let Some(m) = model {
+            batch["options"]["model"] = m.into();
+        }
+    }
+    Ok(batch)
+}
+
+/// `kiln submit`: sends the batch, then with `wait` follows it to its end.
+async fn submit(
+    client: &Client,
+    output: Output,
+    batch: &Value,
+    idempotency_key: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let created = client.submit(batch, idempotency_key).await?;
+    let id = created["batch_id"]
+        .as_str()
+        .context("no batch_id in the answer")?
+        .to_owned();
+    match output {
+        Output::Text => println!(
+            "submitted batch {id} with {} jobs",
+            created["job_ids"].as_array().map_or(0, Vec::len)
+        ),
+        // With --wait, json prints the final batch instead.
+        Output::Json if wait => {}
+        Output::Json => print(&created),
+        Output::Jsonl => print_line(&created),
+    }
+    if wait {
+        outcome(&watch(client, &id, output).await?)?;
+    }
+    Ok(())
+}
+
+/// `kiln status`: the batch now or, with `follow`, until it ends; exit code
+/// 1 if it ended with failed or cancelled jobs.
+async fn status(client: &Client, output: Output, batch_id: &str, follow: bool) -> anyhow::Result<()> {
+    let batch = if follow {
+        watch(client, batch_id, output).await?
+    } else {
+        let batch = client.batch(batch_id).await?;
+        match output {
+            Output::Text => println!("{}", summary(&batch)),
+            _ => emit(output, &batch),
+        }
+        batch
+    };
+    outcome(&batch)
+}
+
+/// `kiln jobs`: the list as JSON, or a line per job.
+fn print_jobs(output: Output, jobs: Vec<Value>) {
+    if output != Output::Text {
+        return emit(output, &Value::Array(jobs));
+    }
+    for job in jobs {
+        let error = job["error"]["code"]
+            .as_str()
+            .map(|c| format!(" {c}"))
+            .unwrap_or_default();
+        println!(
+            "{} {:<9} {:<8} run {} attempts {} {}{error}",
+            job["job_id"].as_str().unwrap_or("?"),
+            job["state"].as_str().unwrap_or("?"),
+            job["kind"].as_str().unwrap_or("?"),
+            job["run"],
+            job["attempts"],
+            job["label"].as_str().unwrap_or(""),
+        );
+    }
+}
+
+/// `kiln batches`: the list as JSON, or a line per batch.
+fn print_batches(output: Output, batches: Vec<Value>) {
+    if output != Output::Text {
+        return emit(output, &Value::Array(batches));
+    }
+    for b in &batches {
+        println!(
+            "{} {:<9} {:>5}/{:<5} succeeded {} {}",
+            b["batch_id"].as_str().unwrap_or("?"),
+            b["state"].as_str().unwrap_or("?"),
+            b["counts"]["succeeded"],
+            b["total"],
+            b["created_at"].as_str().unwrap_or("?"),
+            b["name"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+/// `kiln workers`: the list as JSON, or a line per worker.
+fn print_workers(output: Output, workers: &Value) {
+    if output != Output::Text {
+        return emit(output, workers);
+    }
+    for w in workers.as_array().into_iter().flatten() {
+        let slots = w["concurrency"]
+            .as_i64()
+            .map_or_else(|| "?".to_owned(), |c| c.to_string());
+        println!(
+            "{} {}/{slots} busy, started {}{}",
+            w["worker_id"].as_str().unwrap_or("?"),
+            w["slots_busy"],
+            w["started_at"].as_str().unwrap_or("?"),
+            if w["lock_missing_since"].is_string() {
+                " (not answering)"
+            } else {
+                ""
+            },
+        );
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output;
     let client = match std::env::var("KILN_TOKEN") {
@@ -318,85 +460,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             idempotency_key,
             wait,
         } => {
-            let mut batch = if path.as_os_str() == "-" {
-                let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|e| Usage(format!("reading specs from standard input: {e}")))?;
-                parse_batch_text(&text, "standard input")?
-            } else {
-                load_batch(&path)?
-            };
-            if let Some(n) = name {
-                batch["name"] = n.into();
-            }
-            if max_attempts.is_some() || model.is_some() {
-                if !batch["options"].is_object() {
-                    batch["options"] = serde_json::json!({});
-                }
-                if let Some(m) = max_attempts {
-                    batch["options"]["max_attempts"] = m.into();
-                }
-                if let Some(m) = model {
-                    batch["options"]["model"] = m.into();
-                }
-            }
-            let created = client.submit(&batch, idempotency_key.as_deref()).await?;
-            let id = created["batch_id"]
-                .as_str()
-                .context("no batch_id in the answer")?
-                .to_owned();
-            match output {
-                Output::Text => println!(
-                    "submitted batch {id} with {} jobs",
-                    created["job_ids"].as_array().map_or(0, Vec::len)
-                ),
-                // With --wait, json prints the final batch instead.
-                Output::Json if wait => {}
-                Output::Json => print(&created),
-                Output::Jsonl => print_line(&created),
-            }
-            if wait {
-                outcome(&watch(&client, &id, output).await?)?;
-            }
+            let batch = read_batch(&path, name, max_attempts, model)?;
+            submit(&client, output, &batch, idempotency_key.as_deref(), wait).await?;
         }
         Command::Status {
             batch_id,
             watch: follow,
-        } => {
-            let batch = if follow {
-                watch(&client, &batch_id, output).await?
-            } else {
-                let batch = client.batch(&batch_id).await?;
-                match output {
-                    Output::Text => println!("{}", summary(&batch)),
-                    _ => emit(output, &batch),
-                }
-                batch
-            };
-            outcome(&batch)?;
-        }
+        } => status(&client, output, &batch_id, follow).await?,
         Command::Jobs { batch_id, state } => {
             let jobs = client.all_jobs(&batch_id, state.as_deref()).await?;
-            if output != Output::Text {
-                emit(output, &Value::Array(jobs));
-                return Ok(());
-            }
-            for job in jobs {
-                let error = job["error"]["code"]
-                    .as_str()
-                    .map(|c| format!(" {c}"))
-                    .unwrap_or_default();
-                println!(
-                    "{} {:<9} {:<8} run {} attempts {} {}{error}",
-                    job["job_id"].as_str().unwrap_or("?"),
-                    job["state"].as_str().unwrap_or("?"),
-                    job["kind"].as_str().unwrap_or("?"),
-                    job["run"],
-                    job["attempts"],
-                    job["label"].as_str().unwrap_or(""),
-                );
-            }
+            print_jobs(output, jobs);
         }
         Command::Job { job_id } => {
             let job = client.job(&job_id).await?;
@@ -431,44 +504,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 created_before,
             };
             let batches = client.batches(&query, limit).await?;
-            if output != Output::Text {
-                emit(output, &Value::Array(batches));
-                return Ok(());
-            }
-            for b in &batches {
-                println!(
-                    "{} {:<9} {:>5}/{:<5} succeeded {} {}",
-                    b["batch_id"].as_str().unwrap_or("?"),
-                    b["state"].as_str().unwrap_or("?"),
-                    b["counts"]["succeeded"],
-                    b["total"],
-                    b["created_at"].as_str().unwrap_or("?"),
-                    b["name"].as_str().unwrap_or("-"),
-                );
-            }
+            print_batches(output, batches);
         }
         Command::Workers => {
             let list = client.workers().await?;
-            if output != Output::Text {
-                emit(output, &list["workers"]);
-                return Ok(());
-            }
-            for w in list["workers"].as_array().into_iter().flatten() {
-                let slots = w["concurrency"]
-                    .as_i64()
-                    .map_or_else(|| "?".to_owned(), |c| c.to_string());
-                println!(
-                    "{} {}/{slots} busy, started {}{}",
-                    w["worker_id"].as_str().unwrap_or("?"),
-                    w["slots_busy"],
-                    w["started_at"].as_str().unwrap_or("?"),
-                    if w["lock_missing_since"].is_string() {
-                        " (not answering)"
-                    } else {
-                        ""
-                    },
-                );
-            }
+            print_workers(output, &list["workers"]);
         }
         Command::Retry { batch_id, job, states } => {
             let answer = match (batch_id, job) {
