@@ -212,7 +212,7 @@ impl Case {
             .iter_mut()
             .find(|f| f.path == from)
             .unwrap_or_else(|| panic!("{name}: no file {from}"));
-        file.path = to.to_owned();
+        to.clone_into(&mut file.path);
         self
     }
 

@@ -214,7 +214,7 @@ impl<'a> Context<'a> {
         let regular: BTreeSet<String> = modules
             .iter()
             .filter(|m| !m.name().contains('.'))
-            .map(|m| m.name())
+            .map(Module::name)
             .collect();
         let local_tops: BTreeSet<String> = local_modules
             .iter()
