@@ -1818,10 +1818,6 @@ def answer_path(app):
         sys.path.insert(0, os.path.join(SRC_DIR, root))
 
 
-def app_name(app):
-    return "%s:%s" % (app.get("module"), app.get("attribute"))
-
-
 def server_main(info_fd, socket_path, app=None):
     """Imports the generated app and serves it on a Unix socket (untrusted)."""
     prefer_oom_kill()
