@@ -80,6 +80,10 @@ MAX_MESSAGE = 16 * 1024 * 1024
 MAX_DEPTH = 200
 # pytest-asyncio warns on every run unless its loop scope is set.
 PYTEST_QUIET = ["-o", "asyncio_default_fixture_loop_scope=function"]
+# Faker's pytest plugin (an entry point every pytest run would load: Faker
+# comes with factory-boy and polyfactory) only provides a `faker` fixture,
+# and importing it doubles pytest's start-up in a cold run. `Faker()` works.
+PYTEST_LEAN = ["-p", "no:faker"]
 # pytest reads nothing from the writable work dir: no conftest.py, no ini
 # file (-c /dev/null), no cache, and test modules are not put on sys.path.
 PYTEST_SEALED = [
@@ -374,10 +378,11 @@ class Prefork:
         self.tests = prefork_tests() if hint == "t" else None
         # `s`: a service, whose app server and own test suite both start
         # once told to (`prefork_waiting`).
-        self.server = prefork_waiting(lambda fd: server_main(fd, SERVICE_SOCKET)) if hint == "s" else None
+        # Their start message says where the app is (`start_waiting`).
+        self.server = prefork_waiting(lambda fd, app: server_main(fd, SERVICE_SOCKET, app)) if hint == "s" else None
         self.svctests = prefork_waiting(svctests_main) if hint == "s" else None
         # The fresh app Kiln probes after the suite (`probe_service`).
-        self.probed = prefork_waiting(lambda fd: server_main(fd, PROBE_SOCKET)) if hint == "s" else None
+        self.probed = prefork_waiting(lambda fd, app: server_main(fd, PROBE_SOCKET, app)) if hint == "s" else None
 
     def take_server(self):
         server, self.server = self.server, None
@@ -425,15 +430,17 @@ def prefork_runner():
 
 def prefork_waiting(main):
     """A role that waits for its start message, then confines itself and
-    runs `main(fd)` with the write end of a pipe to us: (process, start fd,
-    read end of that pipe). Untrusted roles only."""
+    runs `main(fd, app)` with the write end of a pipe to us and where the
+    service's app is (`APP_DEFAULT`'s form): (process, start fd, read end of
+    that pipe). Untrusted roles only."""
     start_r, start_w = os.pipe()
     out_r, out_w = os.pipe()
 
     def role():
-        if await_start(start_r):
+        message = await_start(start_r)
+        if message:
             os.close(start_r)
-            main(out_w)
+            main(out_w, message.get("app") or APP_DEFAULT)
 
     proc = fork_role(role, (start_r, out_w))
     os.close(start_r)
@@ -446,24 +453,27 @@ def await_start(fd):
     message on `fd`, then installs the seccomp filter (the role was forked
     before the checker installed it) and becomes dumpable again, as a fresh
     process is, so the candidate's code may read its own /proc/self files.
-    False when the run ends without starting it."""
+    The start message (a dict, so true), or None when the run ends without
+    starting it."""
     try:
-        if recv(fd).get("start") is not True:
-            return False
-    except (EOFError, ValueError):
-        return False
+        message = recv(fd)
+        if message.get("start") is not True:
+            return None
+    except (EOFError, ValueError, AttributeError):
+        return None
     confine()
     import ctypes
 
     ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
-    return True
+    return message
 
 
-def start_waiting(role):
-    """Tells a `prefork_waiting` role to start: (process, its pipe's read end)."""
+def start_waiting(role, app=None):
+    """Tells a `prefork_waiting` role to start, with where the service's app
+    is: (process, its pipe's read end)."""
     proc, start_w, out_r = role
     try:
-        send(start_w, {"start": True})
+        send(start_w, {"start": True, "app": app})
     except OSError:
         pass  # gone already; what it does not send says so
     os.close(start_w)
@@ -1649,6 +1659,7 @@ SPEC_PYTEST_ARGS = (
      "-p", "no:faulthandler"]
     + PYTEST_SEALED
     + PYTEST_QUIET
+    + PYTEST_LEAN
 )
 # pytest configured for the spec's tests (plugins loaded and registered,
 # options parsed, its session started) once by the warm server, and copied
@@ -1791,21 +1802,41 @@ def tests_main(config_fd, result_fd, forked=False):
 # ---------------------------------------------------------------- service roles
 
 
-def server_main(info_fd, socket_path):
+# Where a service's app is when the request does not say: Kiln's own layout.
+# The worker sends `app` from the answer's layout (src/validate/layout.rs):
+# the module, the attribute holding the app, and the source root (`src` for
+# a src layout) that goes on Python's path ahead of the answer's root.
+APP_DEFAULT = {"module": "app.main", "attribute": "app", "source_root": None}
+
+
+def answer_path(app):
+    """Puts the answer's root, and its source root ahead of it, on Python's
+    path, as an installed project (or pytest's `pythonpath`) would."""
+    sys.path.insert(0, SRC_DIR)
+    root = app.get("source_root")
+    if isinstance(root, str) and root and "/" not in root and root not in (".", ".."):
+        sys.path.insert(0, os.path.join(SRC_DIR, root))
+
+
+def server_main(info_fd, socket_path, app=None):
     """Imports the generated app and serves it on a Unix socket (untrusted)."""
     prefer_oom_kill()
-    sys.path.insert(0, SRC_DIR)
+    app = app or APP_DEFAULT
+    answer_path(app)
     os.chdir(SRC_DIR)
     try:
-        from app.main import app
-        spec = app.openapi()
+        import importlib
+
+        module = importlib.import_module(str(app["module"]))
+        application = getattr(module, str(app["attribute"]))
+        spec = application.openapi()
     except BaseException as e:  # noqa: BLE001
         send(info_fd, {"import_error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:]})
         return
     send(info_fd, {"ready": True, "openapi": spec})
     import uvicorn
 
-    uvicorn.run(app, uds=socket_path, log_level="warning", lifespan="on")
+    uvicorn.run(application, uds=socket_path, log_level="warning", lifespan="on")
 
 
 # The service's own suite runs sealed: pytest reads no ini file of the
@@ -1818,7 +1849,7 @@ def server_main(info_fd, socket_path):
 SVCTESTS_ARGS = [
     "tests", "-q", "--no-header", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", SRC_DIR,
     "--confcutdir", SRC_DIR,
-] + PYTEST_QUIET
+] + PYTEST_QUIET + PYTEST_LEAN
 # The one ini setting of the answer's that is honoured, as real projects
 # need it: whether pytest-asyncio runs `async def` tests without a marker.
 ASYNCIO_MODES = ("auto", "strict")
@@ -1892,11 +1923,11 @@ def seal_plugin_manager(ignored):
     PytestPluginManager.register = sealed_register
 
 
-def svctests_main(result_fd):
+def svctests_main(result_fd, app=None):
     """Runs the generated service's own test suite (its code is untrusted,
     and so are these results: they are the model's claims about its code)."""
     prefer_oom_kill()
-    sys.path.insert(0, SRC_DIR)
+    answer_path(app or APP_DEFAULT)
     os.chdir(SRC_DIR)
     import pytest
 
@@ -1941,25 +1972,25 @@ def uds_get(socket_path, path, timeout):
     return status, body
 
 
-def start_app(forked, socket_path):
+def start_app(forked, socket_path, app):
     """Starts an app server role (preforked, or by exec): (process, info fd)."""
     if forked is not None:
-        return start_waiting(forked)
+        return start_waiting(forked, app)
     info_r, info_w = os.pipe()
     try:
-        server = spawn("server", str(info_w), socket_path, pass_fds=(info_w,), cwd=SRC_DIR)
+        server = spawn("server", str(info_w), socket_path, json.dumps(app), pass_fds=(info_w,), cwd=SRC_DIR)
     finally:
         os.close(info_w)
     return server, info_r
 
 
-def await_app(server, info_r, socket_path, deadline):
+def await_app(server, info_r, socket_path, deadline, app):
     """Waits for a started app server: (info, serving, openapi). `info` has
     `import_error` when the app did not import."""
     try:
         info = recv(info_r, min(deadline, time.monotonic() + 60))
     except (EOFError, TimeoutError, ValueError) as e:
-        return {"import_error": "the app process ended before importing app.main (%s)" % type(e).__name__}, False, {}
+        return {"import_error": "the app process ended before importing %s (%s)" % (app["module"], type(e).__name__)}, False, {}
     if "import_error" in info:
         return info, False, {}
     ready = False
@@ -2043,21 +2074,22 @@ def check_service(request, deadline, prefork):
     """Import, routes, /health, the service's own tests, then Kiln's own
     requests to every endpoint in a fresh process of the app."""
     limit = capture_limit(request)
+    app = service_app(request)
     cases = []
     outputs = []
     # Time kept for Kiln's own requests, so that a suite that hangs still
     # leaves them room (and they, not the hang, name what is broken).
     suite_deadline = deadline - min(PROBE_RESERVE_S, (deadline - time.monotonic()) * 0.15)
-    server, info_r = start_app(prefork.take_server(), SERVICE_SOCKET)
+    server, info_r = start_app(prefork.take_server(), SERVICE_SOCKET, app)
     outputs.append(Capture(server.stdout, limit))
     problem = None
     try:
-        info, ready, openapi = await_app(server, info_r, SERVICE_SOCKET, deadline)
+        info, ready, openapi = await_app(server, info_r, SERVICE_SOCKET, deadline, app)
         if "import_error" in info:
-            cases.append({"name": "import app.main", "outcome": "failed", "message": str(info["import_error"])[-4000:]})
+            cases.append({"name": "import " + app["module"], "outcome": "failed", "message": str(info["import_error"])[-4000:]})
             problem = "the app does not import"
         else:
-            cases.append({"name": "import app.main", "outcome": "passed", "message": ""})
+            cases.append({"name": "import " + app["module"], "outcome": "passed", "message": ""})
             cases.extend(route_cases(request["endpoints"], openapi))
             if not ready:
                 cases.append({"name": "GET /health", "outcome": "failed", "message": "the app did not start serving"})
@@ -2076,11 +2108,11 @@ def check_service(request, deadline, prefork):
 
     forked = prefork.take_svctests()
     if forked is not None:
-        tests, result_r = start_waiting(forked)
+        tests, result_r = start_waiting(forked, app)
     else:
         result_r, result_w = os.pipe()
         try:
-            tests = spawn("svctests", str(result_w), pass_fds=(result_w,), cwd=SRC_DIR)
+            tests = spawn("svctests", str(result_w), json.dumps(app), pass_fds=(result_w,), cwd=SRC_DIR)
         finally:
             os.close(result_w)
     outputs.append(Capture(tests.stdout, limit))
@@ -2117,10 +2149,10 @@ def check_service(request, deadline, prefork):
     # Kiln's own evidence, ahead of the suite's results: the repair prompt
     # reads failures in order, and these are the ones to trust.
     reset_files(request)
-    server, info_r = start_app(prefork.take_probed(), PROBE_SOCKET)
+    server, info_r = start_app(prefork.take_probed(), PROBE_SOCKET, app)
     outputs.append(Capture(server.stdout, limit))
     try:
-        info, ready, openapi = await_app(server, info_r, PROBE_SOCKET, deadline)
+        info, ready, openapi = await_app(server, info_r, PROBE_SOCKET, deadline, app)
         why = None
         if time.monotonic() >= deadline:
             why = "the run's time ran out first"
@@ -2137,6 +2169,22 @@ def check_service(request, deadline, prefork):
     cases.extend(probes)
     cases.extend(suite_cases)
     return {"cases": cases, "problem": problem, "collected": collected, "output": "".join(o.text() for o in outputs)}
+
+
+def service_app(request):
+    """Where the request says the app is, each part checked for its type
+    (the request is Kiln's own, but a malformed one must not reach
+    `importlib` as anything but a string)."""
+    app = request.get("app")
+    if not isinstance(app, dict):
+        return dict(APP_DEFAULT)
+    out = dict(APP_DEFAULT)
+    for key in ("module", "attribute"):
+        if isinstance(app.get(key), str) and app[key]:
+            out[key] = app[key]
+    if isinstance(app.get("source_root"), str):
+        out["source_root"] = app["source_root"]
+    return out
 
 
 def route_shape(path):
@@ -3167,6 +3215,6 @@ if __name__ == "__main__":
     elif role == "tests":
         tests_main(int(sys.argv[2]), int(sys.argv[3]))
     elif role == "server":
-        server_main(int(sys.argv[2]), sys.argv[3])
+        server_main(int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4]))
     elif role == "svctests":
-        svctests_main(int(sys.argv[2]))
+        svctests_main(int(sys.argv[2]), json.loads(sys.argv[3]))

@@ -45,12 +45,12 @@ Rules:
 const SERVICE_RULES: &str = r#"You are Kiln's code generator. You write production-quality FastAPI microservices in Python 3.11.
 
 Deliver these files:
-- `app/__init__.py` and `app/main.py` defining `app = FastAPI(...)`; further modules under `app/` as the design needs (models, schemas, storage, routers).
+- `app/__init__.py` and `app/main.py` defining `app = FastAPI(...)` (or the module the spec's "App module" names, defining the attribute it names); further modules in the same package as the design needs (models, schemas, storage, routers).
 - Every endpoint of the spec, with exactly its HTTP method and path (path parameters in braces, e.g. `/items/{item_id}`).
 - `GET /health` answering 200 with `{"status": "ok"}`.
 - `tests/__init__.py` and `tests/test_*.py`: pytest tests using `fastapi.testclient.TestClient`, at least one test per endpoint (a test that requests the endpoint's path with its method), covering success and error cases. `conftest.py` may hold fixtures only: pytest hooks and `pytest_plugins` are refused, and ini settings (`pytest.ini`, `pyproject.toml`) are ignored when the tests run.
 - Kiln also sends its own requests to every endpoint of a freshly started app (bodies generated from your request models, ids taken from what your endpoints return): every endpoint must answer a valid request with a 2xx, and never with a 5xx, also for an id that does not exist (answer 404). The sandbox has no network: when an external API cannot be reached, answer 502 or 503, not 500.
-- `requirements.txt` listing only packages from the allowed list below, each pinned with `==` to the version shown.
+- `requirements.txt` listing only packages from the allowed list below, each pinned with `==` to the version shown (the sandbox runs exactly these versions).
 - `Dockerfile` starting `FROM python:3.11-slim`, running as a non-root `USER`, with a `HEALTHCHECK` and a `CMD` that starts uvicorn on port 8000.
 - `docker-compose.yml` defining the service.
 
@@ -200,6 +200,12 @@ fn service_prompt(s: &ServiceSpec) -> String {
             let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
             let _ = writeln!(out, "\n## {title}\n{text}");
         }
+    }
+    if let Some(target) = &s.app_module {
+        let _ = writeln!(
+            out,
+            "\n## App module\n`{target}` (uvicorn's `module:attribute`; the attribute is `app` when not named): put the FastAPI app there instead of `app/main.py`."
+        );
     }
     out.push_str("\nReturn every file in the JSON format described.");
     out

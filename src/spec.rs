@@ -167,6 +167,12 @@ pub struct ServiceSpec {
     pub rate_limiting: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caching: Option<Value>,
+    /// The module holding the FastAPI app, as uvicorn names it
+    /// (`notes_api.main`, or `notes_api.main:application` for another
+    /// attribute than `app`); found automatically when absent (see
+    /// [`crate::validate::layout`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_module: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -726,6 +732,16 @@ impl Spec {
                 for (i, t) in s.database_tables.iter().enumerate() {
                     non_blank(&t.name, &format!("{at}.database_tables[{i}].name"))?;
                 }
+                if let Some(target) = &s.app_module
+                    && app_module_parts(target).is_none()
+                {
+                    return Err(FieldError::new(
+                        format!("{at}.app_module"),
+                        format!(
+                            "{target:?} is not a dotted module name with an optional `:attribute` (e.g. \"notes_api.main\" or \"notes_api.main:app\")"
+                        ),
+                    ));
+                }
                 Ok(Spec::Service(s))
             }
         }
@@ -794,6 +810,14 @@ pub fn is_identifier(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
         && !KEYWORDS.contains(&name)
+}
+
+/// `notes_api.main` → (`notes_api.main`, `app`), `notes_api.main:api` →
+/// (`notes_api.main`, `api`): a service's `app_module` as uvicorn reads it;
+/// `None` unless every part is a Python identifier.
+pub fn app_module_parts(text: &str) -> Option<(&str, &str)> {
+    let (module, attribute) = text.split_once(':').unwrap_or((text, "app"));
+    (module.split('.').all(is_identifier) && is_identifier(attribute)).then_some((module, attribute))
 }
 
 /// The name of the first top-level `def` in a prompt, if any.
@@ -980,6 +1004,23 @@ mod tests {
             "options.max_attempts"
         );
         assert_eq!(err_field(json!({"specs": [function()], "optoins": {}})), "optoins");
+        for target in [
+            "notes_api/main.py",
+            "notes_api.main:",
+            ".main",
+            "notes-api.main",
+            "a.b:c:d",
+            "class.main",
+        ] {
+            let mut bad = service();
+            bad["app_module"] = json!(target);
+            assert_eq!(err_field(json!({"specs": [bad]})), "specs[0].app_module", "{target}");
+        }
+        for target in ["notes_api.main", "main", "notes_api.main:application"] {
+            let mut good = service();
+            good["app_module"] = json!(target);
+            assert!(parse(json!({"specs": [good]})).is_ok(), "{target}");
+        }
     }
 
     #[test]

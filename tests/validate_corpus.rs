@@ -204,6 +204,26 @@ impl Case {
         self
     }
 
+    /// Moves the file at `from` to `to`.
+    fn rename(mut self, from: &str, to: &str) -> Case {
+        let name = self.name;
+        let file = self
+            .files
+            .iter_mut()
+            .find(|f| f.path == from)
+            .unwrap_or_else(|| panic!("{name}: no file {from}"));
+        to.clone_into(&mut file.path);
+        self
+    }
+
+    /// Replaces every occurrence of `from` in every Python file.
+    fn replace_everywhere(mut self, from: &str, to: &str) -> Case {
+        for file in self.files.iter_mut().filter(|f| f.path.ends_with(".py")) {
+            file.content = file.content.replace(from, to);
+        }
+        self
+    }
+
     fn expect(mut self, findings: &[&str]) -> Case {
         self.expect = findings.iter().map(|s| (*s).to_owned()).collect();
         self
@@ -503,12 +523,31 @@ fn requirements_cases() -> Vec<Case> {
         Case::service("a_requirement_that_does_not_parse_is_flagged_at_its_column")
             .file("requirements.txt", &requirements_with("fastapi=0.165.0"))
             .expect(&["requirements.txt:1:8 error requirements-syntax"]),
-        Case::service("an_unpinned_requirement_is_flagged")
-            .file("requirements.txt", &requirements_with("bcrypt>=4"))
-            .expect(&["requirements.txt:1:1 error requirements-unpinned"]),
-        Case::service("a_wildcard_pin_is_not_a_pin")
-            .file("requirements.txt", &requirements_with("bcrypt==5.*"))
-            .expect(&["requirements.txt:1:1 error requirements-unpinned"]),
+        Case::service("an_unpinned_requirement_is_a_warning")
+            .file("requirements.txt", &requirements_with("bcrypt"))
+            .expect(&["requirements.txt:1:1 warning requirements-unpinned"]),
+        Case::service("ranges_that_admit_the_runtimes_version_are_fine")
+            .file(
+                "requirements.txt",
+                "bcrypt>=4
+fastapi>=0.110,<1
+pydantic~=2.14
+sqlalchemy[asyncio]==2.1.*
+uvicorn!=0.50.0
+httpx==0.28.1
+pytest==9.2.0
+",
+            )
+            .expect(&[]),
+        Case::service("a_wildcard_that_misses_the_runtimes_version_is_flagged")
+            .file("requirements.txt", &requirements_with("bcrypt==4.*"))
+            .expect(&["requirements.txt:1:1 error requirements-version"]),
+        Case::service("a_pin_differing_only_in_patch_level_is_a_warning")
+            .file("requirements.txt", &requirements_with("bcrypt==5.0.1"))
+            .expect(&["requirements.txt:1:1 warning requirements-version"]),
+        Case::service("a_range_that_excludes_the_runtimes_version_is_flagged")
+            .file("requirements.txt", &requirements_with("bcrypt>=4,<5"))
+            .expect(&["requirements.txt:1:1 error requirements-version"]),
         Case::service("a_package_outside_the_allow_list_is_flagged")
             .file("requirements.txt", &requirements_with("requests==2.32.3"))
             .expect(&["requirements.txt:1:1 error requirements-not-allowed"]),
@@ -802,6 +841,41 @@ fn path_and_structure_cases() -> Vec<Case> {
             .edit("app/main.py", "app = FastAPI(", "application = FastAPI(")
             .edit("app/main.py", "@app.", "@application.")
             .expect(&["app/main.py:0:0 error service-app"]),
+        Case::service("a_service_without_any_app_module_is_flagged")
+            .remove("app/main.py")
+            .expect(&[
+                "app/main.py:0:0 error missing-file",
+                "tests/test_notes.py:9:6 error import-unresolved",
+            ]),
+        Case::service("a_src_layout_with_a_package_not_named_app_is_read_as_python_imports_it")
+            .rename("app/main.py", "src/notes_api/main.py")
+            .rename("app/__init__.py", "src/notes_api/__init__.py")
+            .rename("app/db.py", "src/notes_api/db.py")
+            .rename("app/models.py", "src/notes_api/models.py")
+            .replace_everywhere("from app.", "from notes_api.")
+            .expect(&[]),
+        Case::service("two_packages_that_could_hold_the_app_are_ambiguous")
+            .file("billing/main.py", "from fastapi import FastAPI\n\napp = FastAPI()\n")
+            .rename("app/main.py", "notes_api/main.py")
+            .rename("app/__init__.py", "notes_api/__init__.py")
+            .rename("app/db.py", "notes_api/db.py")
+            .rename("app/models.py", "notes_api/models.py")
+            .replace_everywhere("from app.", "from notes_api.")
+            .expect(&[":0:0 error service-app"]),
+        Case::service("an_alembic_directory_does_not_shadow_the_alembic_package")
+            .file("alembic.ini", "[alembic]\nscript_location = alembic\n")
+            .file(
+                "alembic/env.py",
+                "from alembic import context\n\nfrom app.db import Base\n\ntarget_metadata = Base.metadata\ncontext.configure(url=\"sqlite://\", target_metadata=target_metadata)\n",
+            )
+            .file("requirements.txt", &requirements_with("alembic==1.20.1"))
+            .expect(&[]),
+        Case::service("lock_files_and_readmes_are_kept")
+            .file("poetry.lock", "[[package]]\nname = \"fastapi\"\n")
+            .file("uv.lock", "version = 1\n")
+            .file("README", "notes\n")
+            .file("README.rst", "notes\n=====\n")
+            .expect(&[]),
     ]
 }
 

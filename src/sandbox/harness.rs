@@ -118,6 +118,14 @@ pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
         }
         Spec::Service(s) => {
             request["mode"] = "service".into();
+            // Where the app is: validation has settled it (an answer it
+            // cannot place does not reach the sandbox), Kiln's layout else.
+            let app = crate::validate::layout::locate(s, files).ok();
+            request["app"] = json!({
+                "module": app.as_ref().map_or("app.main", |a| a.target.module.as_str()),
+                "attribute": app.as_ref().map_or("app", |a| a.target.attribute.as_str()),
+                "source_root": app.as_ref().and_then(|a| a.source_root),
+            });
             request["endpoints"] = s
                 .endpoints
                 .iter()

@@ -19,7 +19,7 @@ use ruff_text_size::{Ranged, TextRange};
 
 use crate::report::{Diagnostic, Severity};
 
-use super::python::Module;
+use super::python::{Module, module_name};
 use super::{packages, stdlib};
 
 /// The Python version the sandbox runs, for `sys.version_info` tests.
@@ -196,8 +196,9 @@ pub struct Context<'a> {
 impl<'a> Context<'a> {
     pub fn new(modules: &[Module<'_>], listed: Option<&'a [String]>) -> Context<'a> {
         let mut local_modules = BTreeSet::new();
-        for m in modules {
-            let name = m.name();
+        // A src layout's modules import by their name and, from the root
+        // (which stays on Python's path), as `src.<name>`.
+        for name in modules.iter().flat_map(|m| [m.name(), module_name(m.path())]) {
             let mut prefix = String::new();
             for part in name.split('.') {
                 if !prefix.is_empty() {
@@ -207,10 +208,20 @@ impl<'a> Context<'a> {
                 local_modules.insert(prefix.clone());
             }
         }
-        let local_tops = local_modules
+        // A directory without `__init__.py` is a namespace package, which
+        // any regular package or module of the same name on the path wins
+        // over: Alembic's `alembic/env.py` does not shadow `alembic`.
+        let regular: BTreeSet<String> = modules
+            .iter()
+            .filter(|m| !m.name().contains('.'))
+            .map(Module::name)
+            .collect();
+        let local_tops: BTreeSet<String> = local_modules
             .iter()
             .map(|m| m.split('.').next().unwrap_or(m).to_owned())
+            .filter(|top| regular.contains(top) || !(stdlib::contains(top) || packages::distribution_of(top).is_some()))
             .collect();
+        local_modules.retain(|m| local_tops.contains(m.split('.').next().unwrap_or(m)));
         Context {
             local_modules,
             local_tops,

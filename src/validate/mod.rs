@@ -25,7 +25,7 @@
 //! | `python-syntax` | error | a syntax error |
 //! | `python-version` | error | syntax newer than Python 3.11 |
 //! | `python-nesting` | error | a syntax tree nested deeper than 1,000 levels (CPython cannot compile it either) |
-//! | `missing-file` | error | `solution.py`, or a file every service needs |
+//! | `missing-file` | error | `solution.py`, or a file every service needs (its app module: see [`layout`]) |
 //! | `entry-point` | error | the function spec's entry point is not bound at module level |
 //! | `entry-signature` | error | `async def`, or parameters the harness's calls do not fit |
 //! | `name-undefined` | error (warning in tests) | a name read that no scope the read can see binds and no builtin provides, or read on import before any line binds it (ruff's F821) |
@@ -45,8 +45,8 @@
 //! | `requirements-url` | error | a URL or path instead of a package name |
 //! | `requirements-not-allowed` | error | a package the sandbox runtime does not provide |
 //! | `requirements-transitive` | warning | a runtime package that is only a dependency of an allowed one |
-//! | `requirements-unpinned` | error | not pinned with `==` |
-//! | `requirements-version` | error | pinned to another version than the runtime's |
+//! | `requirements-unpinned` | warning | no version specifier (the sandbox tests the runtime's version) |
+//! | `requirements-version` | error (warning when only the patch level differs) | specifiers that do not admit the runtime's version |
 //! | `requirements-extras` | error | extras that pull in packages the runtime lacks |
 //! | `requirements-duplicate` | warning | a package listed twice |
 //! | `requirements-empty` | error | a service's requirements.txt lists nothing |
@@ -65,7 +65,7 @@
 //! | `compose-capabilities` | error | `cap_add` of `ALL`, `SYS_ADMIN` or similar |
 //! | `compose-unconfined` | error | `security_opt` turning seccomp/AppArmor/SELinux off |
 //! | `compose-secret` | warning | a credential written into `environment` |
-//! | `service-app` | error | app/main.py does not bind `app` |
+//! | `service-app` | error | the app module does not bind `app` (or the spec's attribute), the spec's `app_module` is not in the answer, or several modules could be the app |
 //! | `missing-tests` | error | a service without `tests/test_*.py` |
 //! | `tests-endpoint` | error | a spec endpoint no test requests (see [`quality`] for how tests are attributed) |
 //! | `conftest-hook` | error | a `pytest_*` hook in a service's `conftest.py`, or `pytest_plugins` in its test code |
@@ -86,6 +86,8 @@
 //! - [`requirements`]: the PEP 508 parser and the supply-chain gate.
 //! - [`dockerfile`], [`compose`]: the container files.
 //! - [`routes`]: the routes a FastAPI app declares, against the spec.
+//! - [`layout`]: where a service's app and packages live (src layouts,
+//!   packages not named `app`, the spec's `app_module`).
 //! - [`service`]: the structure a service must have; runs the service rules.
 //! - [`suite`]: what a service's conftest files may do (the sealed suite).
 //! - [`quality`]: the informational quality report.
@@ -94,6 +96,7 @@ pub mod compose;
 pub mod dockerfile;
 pub mod entry;
 pub mod imports;
+pub mod layout;
 pub mod names;
 pub mod packages;
 pub mod paths;
@@ -114,10 +117,14 @@ use crate::spec::Spec;
 /// Runs every rule that applies to `spec` over `files`.
 pub fn validate(spec: &Spec, files: &[File]) -> ValidationReport {
     let mut diagnostics = paths::check(files);
+    let source_root = match spec {
+        Spec::Service(_) => layout::source_root(files),
+        Spec::Function(_) => None,
+    };
     let modules: Vec<python::Module<'_>> = files
         .iter()
         .filter(|f| f.path.ends_with(".py"))
-        .map(python::Module::parse)
+        .map(|f| python::Module::parse_in(f, source_root))
         .collect();
     for module in &modules {
         diagnostics.extend(module.syntax_diagnostics());

@@ -15,6 +15,8 @@ use std::sync::LazyLock;
 
 use crate::files::File;
 
+use super::pep508::Specifier;
+
 /// The direct requirements: what generated services may list.
 const REQUIREMENTS: &str = include_str!("../../sandbox/requirements.txt");
 /// Every distribution installed in the runtime, pinned.
@@ -29,16 +31,25 @@ pub struct Distribution {
 }
 
 /// The runtime's distributions (see the module doc for where this comes from).
-pub const RUNTIME: [Distribution; 34] = [
+pub const RUNTIME: [Distribution; 57] = [
+    dist("aiosqlite", &["aiosqlite"], &[]),
+    dist("alembic", &["alembic"], &["sqlalchemy", "mako", "typing-extensions"]),
     dist("annotated-doc", &["annotated_doc"], &[]),
     dist("annotated-types", &["annotated_types"], &[]),
     dist("anyio", &["anyio"], &["idna", "typing-extensions"]),
+    dist("argon2-cffi", &["argon2"], &["argon2-cffi-bindings"]),
+    dist("argon2-cffi-bindings", &["_argon2_cffi_bindings"], &["cffi"]),
+    dist("asyncpg", &["asyncpg"], &[]),
     dist("bcrypt", &["bcrypt"], &[]),
     dist("cachetools", &["cachetools"], &[]),
     dist("certifi", &["certifi"], &[]),
+    dist("cffi", &["cffi", "_cffi_backend"], &["pycparser"]),
     dist("click", &["click"], &[]),
     dist("dnspython", &["dns"], &[]),
+    dist("ecdsa", &["ecdsa"], &["six"]),
     dist("email-validator", &["email_validator"], &["dnspython", "idna"]),
+    dist("factory-boy", &["factory"], &["faker"]),
+    dist("faker", &["faker"], &[]),
     dist(
         "fastapi",
         &["fastapi"],
@@ -52,14 +63,23 @@ pub const RUNTIME: [Distribution; 34] = [
             "opentelemetry-api",
         ],
     ),
+    dist("freezegun", &["freezegun"], &["python-dateutil"]),
+    dist("greenlet", &["greenlet"], &[]),
     dist("h11", &["h11"], &[]),
     dist("httpcore", &["httpcore"], &["certifi", "h11"]),
     dist("httpx", &["httpx"], &["anyio", "certifi", "httpcore", "idna"]),
     dist("idna", &["idna"], &[]),
     dist("iniconfig", &["iniconfig"], &[]),
+    dist("mako", &["mako"], &["markupsafe"]),
+    dist("markupsafe", &["markupsafe"], &[]),
     dist("opentelemetry-api", &["opentelemetry"], &["typing-extensions"]),
     dist("packaging", &["packaging"], &[]),
+    dist("passlib", &["passlib"], &[]),
     dist("pluggy", &["pluggy"], &[]),
+    dist("polyfactory", &["polyfactory"], &["faker", "typing-extensions"]),
+    dist("pwdlib", &["pwdlib"], &[]),
+    dist("pyasn1", &["pyasn1"], &[]),
+    dist("pycparser", &["pycparser"], &[]),
     dist(
         "pydantic",
         &["pydantic"],
@@ -70,12 +90,12 @@ pub const RUNTIME: [Distribution; 34] = [
             "typing-inspection",
         ],
     ),
+    dist("pydantic-core", &["pydantic_core"], &["typing-extensions"]),
     dist(
         "pydantic-settings",
         &["pydantic_settings"],
         &["pydantic", "python-dotenv", "typing-extensions", "typing-inspection"],
     ),
-    dist("pydantic-core", &["pydantic_core"], &["typing-extensions"]),
     dist("pygments", &["pygments"], &[]),
     dist("pyjwt", &["jwt"], &[]),
     dist(
@@ -84,14 +104,19 @@ pub const RUNTIME: [Distribution; 34] = [
         &["iniconfig", "packaging", "pluggy", "pygments"],
     ),
     dist("pytest-asyncio", &["pytest_asyncio"], &["pytest", "typing-extensions"]),
+    dist("python-dateutil", &["dateutil"], &["tzdata"]),
     dist("python-dotenv", &["dotenv"], &[]),
+    dist("python-jose", &["jose"], &["ecdsa", "rsa", "pyasn1"]),
     dist("python-multipart", &["multipart", "python_multipart"], &[]),
     dist("respx", &["respx"], &["httpx"]),
+    dist("rsa", &["rsa"], &["pyasn1"]),
+    dist("six", &["six"], &[]),
     dist("sqlalchemy", &["sqlalchemy"], &["typing-extensions"]),
     dist("starlette", &["starlette"], &["anyio", "typing-extensions"]),
     dist("tenacity", &["tenacity"], &[]),
-    dist("typing-inspection", &["typing_inspection"], &["typing-extensions"]),
     dist("typing-extensions", &["typing_extensions"], &[]),
+    dist("typing-inspection", &["typing_inspection"], &["typing-extensions"]),
+    dist("tzdata", &["tzdata"], &[]),
     dist("uvicorn", &["uvicorn"], &["click", "h11"]),
 ];
 
@@ -104,9 +129,20 @@ const fn dist(name: &'static str, imports: &'static [&'static str], requires: &'
 }
 
 /// Extras whose extra dependencies the runtime has (`pydantic[email]` needs
-/// email-validator, which is installed); any other extra pulls in packages
-/// from outside the runtime.
-const PROVIDED_EXTRAS: [(&str, &str); 3] = [("pydantic", "email"), ("pydantic", "timezone"), ("httpcore", "asyncio")];
+/// email-validator, `sqlalchemy[asyncio]` greenlet, both installed); any
+/// other extra pulls in packages from outside the runtime.
+const PROVIDED_EXTRAS: [(&str, &str); 10] = [
+    ("pydantic", "email"),
+    ("pydantic", "timezone"),
+    ("httpcore", "asyncio"),
+    ("sqlalchemy", "asyncio"),
+    ("sqlalchemy", "aiosqlite"),
+    ("sqlalchemy", "postgresql-asyncpg"),
+    ("passlib", "bcrypt"),
+    ("passlib", "argon2"),
+    ("pwdlib", "argon2"),
+    ("pwdlib", "bcrypt"),
+];
 
 /// PEP 503 normalisation: lower case, runs of `-`, `_`, `.` become `-`.
 pub fn normalize(name: &str) -> String {
@@ -199,18 +235,115 @@ pub fn extra_is_provided(name: &str, extra: &str) -> bool {
 /// Version equality as pip sees it for plain release numbers: `2.1` ==
 /// `2.1.0`, `v1.0` == `1.0`; anything else compares case-insensitively.
 pub fn same_version(a: &str, b: &str) -> bool {
-    fn release(v: &str) -> Option<Vec<u64>> {
-        let v = v.strip_prefix(['v', 'V']).unwrap_or(v);
-        let mut parts: Vec<u64> = v.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-        while parts.len() > 1 && parts.last() == Some(&0) {
-            parts.pop();
-        }
-        Some(parts)
-    }
     match (release(a), release(b)) {
-        (Some(x), Some(y)) => x == y,
+        (Some(x), Some(y)) => compare(&x, &y).is_eq(),
         _ => a.eq_ignore_ascii_case(b),
     }
+}
+
+/// How a requirement's version specifiers meet the version the runtime has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionFit {
+    /// `==` exactly the runtime's version.
+    Pinned,
+    /// A range (`>=0.110`, `~=2.14`, `==2.14.*`) the runtime's version is in.
+    InRange,
+    /// `==` a version that differs from the runtime's only after the minor
+    /// release (`2.14.9` against `2.14.3`): the same API, tested with ours.
+    PatchLevel,
+    /// No specifier at all.
+    Unpinned,
+    /// A specifier the runtime's version does not meet (or that cannot be
+    /// read as a plain release number).
+    Conflict,
+}
+
+/// How `specifiers` meet `runtime`, as pip would decide for plain release
+/// numbers (`N(.N)*`). Pre-, post- and dev-releases and local versions are
+/// not read: a specifier naming one is a [`VersionFit::Conflict`] unless it
+/// is the runtime's version spelled exactly.
+pub fn version_fit(specifiers: &[Specifier], runtime: &str) -> VersionFit {
+    if specifiers.is_empty() {
+        return VersionFit::Unpinned;
+    }
+    if let [Specifier { op, version }] = specifiers
+        && op == "=="
+        && !version.contains('*')
+    {
+        if same_version(version, runtime) {
+            return VersionFit::Pinned;
+        }
+        return match (release(version), release(runtime)) {
+            (Some(want), Some(have)) if want.len() >= 3 && have.len() >= 2 && want[..2] == have[..2] => {
+                VersionFit::PatchLevel
+            }
+            _ => VersionFit::Conflict,
+        };
+    }
+    let Some(have) = release(runtime) else {
+        return VersionFit::Conflict;
+    };
+    if specifiers.iter().all(|s| admits(s, &have, runtime)) {
+        VersionFit::InRange
+    } else {
+        VersionFit::Conflict
+    }
+}
+
+/// Whether one specifier admits the runtime's release `have` (PEP 440,
+/// release segments only).
+fn admits(specifier: &Specifier, have: &[u64], runtime: &str) -> bool {
+    use std::cmp::Ordering;
+
+    let op = specifier.op.as_str();
+    if op == "===" {
+        return specifier.version == runtime;
+    }
+    if let Some(prefix) = specifier.version.strip_suffix(".*") {
+        let Some(prefix) = release(prefix) else { return false };
+        // The release padded with zeros to the prefix's length (`2.14` is `2.14.0.*`).
+        let matches = (0..prefix.len()).all(|i| have.get(i).copied().unwrap_or(0) == prefix[i]);
+        return match op {
+            "==" => matches,
+            "!=" => !matches,
+            _ => false,
+        };
+    }
+    let Some(want) = release(&specifier.version) else {
+        return false;
+    };
+    let order = compare(have, &want);
+    match op {
+        "==" => order == Ordering::Equal,
+        "!=" => order != Ordering::Equal,
+        ">=" => order != Ordering::Less,
+        "<=" => order != Ordering::Greater,
+        ">" => order == Ordering::Greater,
+        "<" => order == Ordering::Less,
+        // `~=2.14.1`: `>=2.14.1, ==2.14.*`; needs two components at least.
+        "~=" => {
+            want.len() >= 2
+                && order != Ordering::Less
+                && have.len() >= want.len() - 1
+                && have[..want.len() - 1] == want[..want.len() - 1]
+        }
+        _ => false,
+    }
+}
+
+/// A plain release number's components (`v` prefix allowed, as pip does).
+fn release(version: &str) -> Option<Vec<u64>> {
+    let v = version.strip_prefix(['v', 'V']).unwrap_or(version);
+    v.split('.').map(|p| p.parse().ok()).collect()
+}
+
+/// Release numbers compared as PEP 440 does: missing components are 0.
+fn compare(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    (0..n)
+        .map(|i| a.get(i).copied().unwrap_or(0).cmp(&b.get(i).copied().unwrap_or(0)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 #[cfg(test)]
@@ -272,5 +405,52 @@ mod tests {
         }
         assert!(!installed.contains("httpx"));
         assert_eq!(dependents("starlette"), ["fastapi"]);
+    }
+
+    fn fit(specifiers: &str) -> VersionFit {
+        let requirement = crate::validate::pep508::parse(&format!("x{specifiers}")).expect("parses");
+        version_fit(&requirement.specifiers, "2.14.3")
+    }
+
+    #[test]
+    fn ranges_the_runtime_version_is_in_are_compatible() {
+        assert_eq!(fit("==2.14.3"), VersionFit::Pinned);
+        assert_eq!(fit("==v2.14.3.0"), VersionFit::Pinned);
+        for range in [
+            ">=2.0",
+            ">=2.14,<3",
+            "~=2.14",
+            "~=2.14.1",
+            "==2.14.*",
+            "==2.*",
+            "!=2.14.2",
+            ">2.14.2",
+            "<=2.14.3",
+            "===2.14.3",
+        ] {
+            assert_eq!(fit(range), VersionFit::InRange, "{range}");
+        }
+        assert_eq!(fit(""), VersionFit::Unpinned);
+    }
+
+    #[test]
+    fn a_pin_that_differs_only_in_patch_level_is_told_apart_from_another_release() {
+        assert_eq!(fit("==2.14.9"), VersionFit::PatchLevel);
+        assert_eq!(fit("==2.14.0"), VersionFit::PatchLevel);
+        for other in [
+            "==2.13.3",
+            "==3.14.3",
+            "==2.14",
+            "==2.14.4rc1",
+            "<2.14",
+            ">=3",
+            "~=2.15.0",
+            "~=2",
+            "==2.13.*",
+            "!=2.14.*",
+            "===2.14.3.0",
+        ] {
+            assert_eq!(fit(other), VersionFit::Conflict, "{other}");
+        }
     }
 }

@@ -21,24 +21,64 @@ pub const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Extensions (and exact names) a generated project may contain.
 /// Text a service plausibly ships: code, configuration, templates (an
-/// Alembic `script.py.mako`, HTML pages) and data.
-const ALLOWED_EXTENSIONS: [&str; 18] = [
-    "py", "txt", "md", "toml", "cfg", "ini", "yml", "yaml", "json", "sql", "env", "example", "sh", "pyi", "html",
-    "css", "csv", "mako",
+/// Alembic `script.py.mako`, HTML pages), data, documentation
+/// (`README.rst`) and the lock files of Python's package managers
+/// (`poetry.lock`, `uv.lock`, pip-tools' `requirements.in`). None of these is
+/// executed by Kiln: they are kept as the project wrote them.
+const ALLOWED_EXTENSIONS: [&str; 21] = [
+    "py", "txt", "md", "rst", "toml", "cfg", "ini", "yml", "yaml", "json", "lock", "in", "sql", "env", "example", "sh",
+    "pyi", "html", "css", "csv", "mako",
 ];
-const ALLOWED_NAMES: [&str; 9] = [
+const ALLOWED_NAMES: [&str; 17] = [
     "Dockerfile",
     "Makefile",
+    "Procfile",
+    "Pipfile",
     ".dockerignore",
     ".gitignore",
+    ".gitattributes",
+    ".coveragerc",
     "py.typed",
+    "README",
     "LICENSE",
+    "NOTICE",
+    "AUTHORS",
+    "CHANGELOG",
     ".flake8",
     ".editorconfig",
     ".python-version",
 ];
 
 pub fn check(files: &[File]) -> Vec<Diagnostic> {
+    let mut out = answer_limits(files);
+    let directories = directories(files);
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for file in files {
+        if let Some(problem) = path_problem(&file.path) {
+            out.push(Diagnostic::error(display(&file.path), 0, 0, "path-invalid", problem));
+            continue;
+        }
+        out.extend(content_findings(file));
+        if !type_allowed(&file.path) {
+            out.push(Diagnostic::error(
+                &file.path,
+                0,
+                0,
+                "path-extension",
+                format!(
+                    "file type not allowed; allowed: .{} and {}",
+                    ALLOWED_EXTENSIONS.join(", ."),
+                    ALLOWED_NAMES.join(", ")
+                ),
+            ));
+        }
+        out.extend(collisions(file, &directories, &mut seen));
+    }
+    out
+}
+
+/// The limits on the answer as a whole: how many files, how many bytes.
+fn answer_limits(files: &[File]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     if files.len() > MAX_FILES {
         out.push(Diagnostic::error(
@@ -59,8 +99,13 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
             format!("{total} bytes in all, more than the limit of {MAX_TOTAL_BYTES}"),
         ));
     }
-    let mut seen: HashMap<String, &str> = HashMap::new();
-    let mut directories: HashMap<String, String> = HashMap::new();
+    out
+}
+
+/// Every directory the valid paths make, by its lower-case spelling, with
+/// the spelling first seen.
+fn directories(files: &[File]) -> HashMap<String, String> {
+    let mut directories = HashMap::new();
     for file in files.iter().filter(|f| path_problem(&f.path).is_none()) {
         let parts: Vec<&str> = file.path.split('/').collect();
         for depth in 1..parts.len() {
@@ -68,83 +113,86 @@ pub fn check(files: &[File]) -> Vec<Diagnostic> {
             directories.entry(dir.to_lowercase()).or_insert(dir);
         }
     }
-    for file in files {
-        if let Some(problem) = path_problem(&file.path) {
-            out.push(Diagnostic::error(display(&file.path), 0, 0, "path-invalid", problem));
-            continue;
-        }
-        if file.content.len() > MAX_FILE_BYTES {
+    directories
+}
+
+/// One file's size and content: over the size limit, or holding NUL.
+fn content_findings(file: &File) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if file.content.len() > MAX_FILE_BYTES {
+        out.push(Diagnostic::error(
+            &file.path,
+            0,
+            0,
+            "path-size",
+            format!("{} bytes, more than the limit of {MAX_FILE_BYTES}", file.content.len()),
+        ));
+    }
+    if let Some(at) = file.content.find('\0') {
+        let before = &file.content[..at];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        out.push(Diagnostic::error(
+            &file.path,
+            line as u32,
+            col as u32,
+            "content-nul",
+            "the NUL character (U+0000) in a text file; Python refuses source with NUL bytes, write `\\0` instead",
+        ));
+    }
+    out
+}
+
+/// Whether the file's name or extension is one a project may contain.
+fn type_allowed(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    ALLOWED_NAMES.contains(&name)
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, ext)| ALLOWED_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+/// Paths that are one file (or a file and a directory) on a
+/// case-insensitive file system, or that appear twice; `seen` collects the
+/// files checked so far.
+fn collisions<'a>(
+    file: &'a File,
+    directories: &HashMap<String, String>,
+    seen: &mut HashMap<String, &'a str>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let parts: Vec<&str> = file.path.split('/').collect();
+    for depth in 1..parts.len() {
+        let dir = parts[..depth].join("/");
+        if let Some(other) = directories.get(&dir.to_lowercase())
+            && *other != dir
+        {
             out.push(Diagnostic::error(
                 &file.path,
                 0,
                 0,
-                "path-size",
-                format!("{} bytes, more than the limit of {MAX_FILE_BYTES}", file.content.len()),
+                "path-duplicate",
+                format!("directory `{dir}/` collides with `{other}/` on case-insensitive file systems"),
             ));
+            break;
         }
-        if let Some(at) = file.content.find('\0') {
-            let before = &file.content[..at];
-            let line = before.matches('\n').count() + 1;
-            let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-            out.push(Diagnostic::error(
-                &file.path,
-                line as u32,
-                col as u32,
-                "content-nul",
-                "the NUL character (U+0000) in a text file; Python refuses source with NUL bytes, write `\\0` instead",
-            ));
-        }
-        let name = file.path.rsplit('/').next().unwrap_or(&file.path);
-        let extension_ok = ALLOWED_NAMES.contains(&name)
-            || name
-                .rsplit_once('.')
-                .is_some_and(|(_, ext)| ALLOWED_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
-        if !extension_ok {
-            out.push(Diagnostic::error(
-                &file.path,
-                0,
-                0,
-                "path-extension",
-                format!(
-                    "file type not allowed; allowed: .{} and {}",
-                    ALLOWED_EXTENSIONS.join(", ."),
-                    ALLOWED_NAMES.join(", ")
-                ),
-            ));
-        }
-        let parts: Vec<&str> = file.path.split('/').collect();
-        for depth in 1..parts.len() {
-            let dir = parts[..depth].join("/");
-            if let Some(other) = directories.get(&dir.to_lowercase())
-                && *other != dir
-            {
-                out.push(Diagnostic::error(
-                    &file.path,
-                    0,
-                    0,
-                    "path-duplicate",
-                    format!("directory `{dir}/` collides with `{other}/` on case-insensitive file systems"),
-                ));
-                break;
-            }
-        }
-        if let Some(dir) = directories.get(&file.path.to_lowercase()) {
-            out.push(Diagnostic::error(
-                &file.path,
-                0,
-                0,
-                "path-conflict",
-                format!("`{}` is a file, but other paths use `{dir}/` as a directory", file.path),
-            ));
-        }
-        if let Some(earlier) = seen.insert(file.path.to_lowercase(), &file.path) {
-            let message = if earlier == file.path {
-                "appears twice in the answer".to_owned()
-            } else {
-                format!("collides with `{earlier}` on case-insensitive file systems")
-            };
-            out.push(Diagnostic::error(&file.path, 0, 0, "path-duplicate", message));
-        }
+    }
+    if let Some(dir) = directories.get(&file.path.to_lowercase()) {
+        out.push(Diagnostic::error(
+            &file.path,
+            0,
+            0,
+            "path-conflict",
+            format!("`{}` is a file, but other paths use `{dir}/` as a directory", file.path),
+        ));
+    }
+    if let Some(earlier) = seen.insert(file.path.to_lowercase(), &file.path) {
+        let message = if earlier == file.path {
+            "appears twice in the answer".to_owned()
+        } else {
+            format!("collides with `{earlier}` on case-insensitive file systems")
+        };
+        out.push(Diagnostic::error(&file.path, 0, 0, "path-duplicate", message));
     }
     out
 }
@@ -253,6 +301,28 @@ mod tests {
         ] {
             assert_eq!(rules(&[bad]), ["path-invalid"], "{bad:?}");
         }
+    }
+
+    #[test]
+    fn lock_files_and_readmes_of_real_projects_are_kept() {
+        assert!(
+            rules(&[
+                "README",
+                "README.rst",
+                "poetry.lock",
+                "uv.lock",
+                "requirements.in",
+                "alembic.ini",
+                "migrations/script.py.mako",
+                "CHANGELOG",
+                ".coveragerc",
+            ])
+            .is_empty()
+        );
+        assert_eq!(
+            rules(&["README.exe", "poetry.lock.so"]),
+            ["path-extension", "path-extension"]
+        );
     }
 
     #[test]

@@ -42,10 +42,19 @@ pub struct Module<'a> {
     parsed_fully: bool,
     /// Where the tree first nests deeper than [`MAX_NESTING`].
     too_deep: Option<TextSize>,
+    /// The dotted name Python imports it as (see [`Module::name`]).
+    name: String,
 }
 
 impl<'a> Module<'a> {
     pub fn parse(file: &'a File) -> Module<'a> {
+        Module::parse_in(file, None)
+    }
+
+    /// Parses `file` of an answer whose packages live under `source_root`
+    /// (`src` for a src layout, see [`super::layout`]): a file there is
+    /// imported without that prefix.
+    pub fn parse_in(file: &'a File, source_root: Option<&str>) -> Module<'a> {
         let options = ParseOptions::from(Mode::Module).with_target_version(TARGET);
         let parsed_fully = file.content.len() <= super::paths::MAX_FILE_BYTES;
         let source = if parsed_fully { file.content.as_str() } else { "" };
@@ -59,6 +68,7 @@ impl<'a> Module<'a> {
             parsed,
             parsed_fully,
             too_deep,
+            name: super::layout::module_name_in(&file.path, source_root),
         }
     }
 
@@ -73,7 +83,7 @@ impl<'a> Module<'a> {
     /// The dotted name Python imports this file as (`app/routers/notes.py` →
     /// `app.routers.notes`, `app/__init__.py` → `app`).
     pub fn name(&self) -> String {
-        module_name(self.path())
+        self.name.clone()
     }
 
     /// The package relative imports start from: the module itself for an

@@ -3,17 +3,20 @@
 //! ([`super::pep508`]), so a finding points at the exact column.
 //!
 //! A generated service may only depend on what the sandbox runtime provides,
-//! at the versions it provides: every requirement is pinned with `==` to the
-//! runtime's version, named in the runtime's allow-list, and fetched from the
-//! default index (no URLs, no index or find-links options, no includes, no
-//! editable installs).
+//! at versions that admit the runtime's: every requirement is named in the
+//! runtime's allow-list, its specifiers must admit the runtime's version
+//! (`==` it exactly, or a range such as `>=0.110` or `~=2.14` that contains
+//! it; a pin differing only in patch level, or no specifier at all, is a
+//! warning: the sandbox tests the runtime's version, which a deployment may
+//! not install), and it is fetched from the default index (no URLs, no index
+//! or find-links options, no includes, no editable installs).
 
 use std::collections::HashMap;
 
 use crate::files::File;
-use crate::report::Diagnostic;
+use crate::report::{Diagnostic, Severity};
 
-use super::packages;
+use super::packages::{self, VersionFit};
 use super::pep508::{Requirement, read};
 
 /// Checks a requirements file against the sandbox runtime.
@@ -78,25 +81,8 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
             }
         }
         let want = allowed.or(locked).unwrap_or_default();
-        match r.pinned_version() {
-            None => out.push(Diagnostic::error(
-                path,
-                *line,
-                *col,
-                "requirements-unpinned",
-                format!("`{shown}` is not pinned; write `{}=={want}`", r.name),
-            )),
-            Some(version) if !packages::same_version(version, want) => out.push(Diagnostic::error(
-                path,
-                *line,
-                *col,
-                "requirements-version",
-                format!(
-                    "`{shown}` does not match the sandbox runtime's {} {want}; write `{}=={want}`",
-                    r.name, r.name
-                ),
-            )),
-            Some(_) => {}
+        if let Some((severity, rule, message)) = version_finding(r, &shown, want) {
+            out.push(Diagnostic::new(severity, path, *line, *col, rule, message));
         }
         let unavailable: Vec<&String> = r
             .extras
@@ -118,6 +104,39 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// What `r`'s version specifiers say about the runtime's version `want`.
+/// The sandbox runs `want` whatever the file says; the file matters for a
+/// deployment, so what admits `want` passes, and what only risks drifting
+/// from it is a warning.
+fn version_finding(r: &Requirement, shown: &str, want: &str) -> Option<(Severity, &'static str, String)> {
+    let name = &r.name;
+    let (severity, rule, message) = match packages::version_fit(&r.specifiers, want) {
+        VersionFit::Pinned | VersionFit::InRange => return None,
+        VersionFit::Unpinned => (
+            Severity::Warning,
+            "requirements-unpinned",
+            format!(
+                "`{shown}` is not pinned; the sandbox tests it with {want}, pin `{name}=={want}` so a deployment installs the same"
+            ),
+        ),
+        VersionFit::PatchLevel => (
+            Severity::Warning,
+            "requirements-version",
+            format!(
+                "`{shown}` differs from the sandbox runtime's {name} {want} only in patch level; it is tested with {want}"
+            ),
+        ),
+        VersionFit::Conflict => (
+            Severity::Error,
+            "requirements-version",
+            format!(
+                "`{shown}` does not admit the sandbox runtime's {name} {want}; write `{name}=={want}` (or a range that includes it)"
+            ),
+        ),
+    };
+    Some((severity, rule, message))
 }
 
 fn requirement_shown(r: &Requirement) -> String {

@@ -55,8 +55,8 @@ pub struct Analysis {
     pub certain: bool,
     /// True when some `FastAPI()` object was found at all.
     pub found_app: bool,
-    /// Where `app/main.py` creates its app, for findings about the app as a
-    /// whole.
+    /// Where the app module creates its app, for findings about the app as
+    /// a whole.
     pub app_place: Option<Place>,
 }
 
@@ -133,8 +133,10 @@ struct Facts {
     uncertain: bool,
 }
 
-/// Reads the routes of every non-test module.
-pub fn analyse(modules: &[Module<'_>]) -> Analysis {
+/// Reads the routes of every non-test module; `app_module` is the module
+/// holding the service's app (`app.main`), for where findings about the
+/// app as a whole point.
+pub fn analyse(modules: &[Module<'_>], app_module: &str) -> Analysis {
     // A module that does not parse may declare anything; judge nothing.
     if modules.iter().any(|m| !m.is_test() && !m.has_valid_syntax()) {
         return Analysis::default();
@@ -192,7 +194,7 @@ pub fn analyse(modules: &[Module<'_>]) -> Analysis {
     }
     let app_place = objects
         .iter()
-        .filter(|(q, (k, p))| *k == Kind::App && p.file == "app/main.py" && q.starts_with("app.main."))
+        .filter(|(q, (k, _))| *k == Kind::App && q.strip_prefix(app_module).is_some_and(|rest| rest.starts_with('.')))
         .map(|(_, (_, p))| p.clone())
         .min_by_key(|p| p.line);
     Analysis {
@@ -658,7 +660,7 @@ mod tests {
     fn routes(files: &[(&str, &str)]) -> (Vec<(String, String)>, bool) {
         let files: Vec<File> = files.iter().map(|(p, c)| File::new(*p, *c)).collect();
         let modules: Vec<Module<'_>> = files.iter().map(Module::parse).collect();
-        let a = analyse(&modules);
+        let a = analyse(&modules, "app.main");
         let mut r: Vec<(String, String)> = a.routes.into_iter().map(|r| (r.method, r.path)).collect();
         r.sort();
         (r, a.certain)

@@ -7,12 +7,13 @@ use crate::files::File;
 use crate::report::Diagnostic;
 use crate::spec::ServiceSpec;
 
+use super::layout::{self, NotLocated};
 use super::python::Module;
 use super::{compose, dockerfile, is_compose, is_dockerfile, routes};
 
-/// Files every service answer must contain.
-const REQUIRED: [(&str, &str); 4] = [
-    ("app/main.py", "the FastAPI application (`app = FastAPI(...)`)"),
+/// Files every service answer must contain, besides its app module
+/// ([`layout::locate`]).
+const REQUIRED: [(&str, &str); 3] = [
     ("requirements.txt", "the pinned dependencies"),
     ("Dockerfile", "the container image"),
     ("docker-compose.yml", "the compose file"),
@@ -20,6 +21,10 @@ const REQUIRED: [(&str, &str); 4] = [
 
 pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    let app = layout::locate(spec, files);
+    if let Err(problem) = &app {
+        out.push(not_located(problem));
+    }
     for (path, what) in REQUIRED {
         if !files.iter().any(|f| f.path == path) {
             out.push(Diagnostic::error(
@@ -31,16 +36,20 @@ pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<
             ));
         }
     }
-    if let Some(main) = modules.iter().find(|m| m.path() == "app/main.py")
+    if let Ok(app) = &app
+        && let Some(main) = modules.iter().find(|m| m.path() == app.path)
         && main.has_valid_syntax()
-        && !main.binds("app")
+        && !main.binds(&app.target.attribute)
     {
         out.push(Diagnostic::error(
-            "app/main.py",
+            &app.path,
             0,
             0,
             "service-app",
-            "app/main.py does not define `app` at module level",
+            format!(
+                "{} does not define `{}` at module level",
+                app.path, app.target.attribute
+            ),
         ));
     }
     if let Some(req) = files.iter().find(|f| f.path == "requirements.txt")
@@ -66,7 +75,8 @@ pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<
             "no tests: add pytest files named tests/test_*.py with at least one test per endpoint",
         ));
     }
-    let analysis = routes::analyse(modules);
+    let app_module = app.as_ref().map_or("app.main", |a| a.target.module.as_str());
+    let analysis = routes::analyse(modules, app_module);
     out.extend(routes::check(spec, &analysis));
     for file in files {
         if is_dockerfile(&file.path) {
@@ -76,6 +86,36 @@ pub fn check(spec: &ServiceSpec, files: &[File], modules: &[Module<'_>]) -> Vec<
         }
     }
     out
+}
+
+/// The finding for an app that could not be located.
+fn not_located(problem: &NotLocated) -> Diagnostic {
+    match problem {
+        NotLocated::Missing => Diagnostic::error(
+            "app/main.py",
+            0,
+            0,
+            "missing-file",
+            "missing app/main.py: the FastAPI application (`app = FastAPI(...)`); a project of another layout keeps it in `<package>/main.py` (`src/<package>/main.py` in a src layout), or the spec names its module in `service.app_module`",
+        ),
+        NotLocated::NamedMissing(named) => Diagnostic::error(
+            "",
+            0,
+            0,
+            "service-app",
+            format!("the spec's `service.app_module` is `{named}`, but the answer has no such module"),
+        ),
+        NotLocated::Ambiguous(candidates) => Diagnostic::error(
+            "",
+            0,
+            0,
+            "service-app",
+            format!(
+                "several modules could hold the app ({}); keep one, or the spec names it in `service.app_module`",
+                candidates.join(", ")
+            ),
+        ),
+    }
 }
 
 /// Whether the answer has pytest files named `tests/test_*.py`.
