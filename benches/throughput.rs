@@ -102,20 +102,10 @@ async fn run() {
 
     let latency_ms = knob("KILN_BENCH_LATENCY_MS", 0);
     let humaneval_work = std::env::var("KILN_BENCH_WORK").is_ok_and(|w| w == "humaneval");
-    let (specs, scripts): (Vec<serde_json::Value>, Vec<ScriptFile>) = if humaneval_work {
+    let (specs, scripts) = if humaneval_work {
         humaneval_batch(latency_ms)
     } else {
-        let mut scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(SCRIPT).unwrap();
-        for script in &mut scripts {
-            script.latency_ms = latency_ms as u64;
-        }
-        let specs = (0..jobs)
-            .map(|i| {
-                json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),
-                       "test_cases": [{"input": [1, 2], "expected": 3}, {"input": [-1, 1], "expected": 0}]})
-            })
-            .collect();
-        (specs, scripts)
+        add_batch(jobs, latency_ms)
     };
     let jobs = specs.len();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,26 +133,7 @@ async fn run() {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    let bin: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("kiln-worker");
-    assert!(bin.exists(), "{} missing: cargo build --release --bins", bin.display());
-    let _workers: Vec<Killed> = (0..workers)
-        .map(|_| {
-            Killed(
-                Command::new(&bin)
-                    .envs(vars.iter().cloned())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let _workers = spawn_workers(workers, &vars);
 
     // Clients authenticate as in production (KILN_AUTH defaults to required).
     let store = kiln::store::Store::connect(&settings.database_url, 2).await.unwrap();
@@ -181,32 +152,7 @@ async fn run() {
 
     let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
-    let mut most_waiting = 0i64;
-    let mut last_report = Instant::now();
-    let batch = loop {
-        let waiting: (i64, i64) = redis::pipe()
-            .cmd("LLEN")
-            .arg(format!("{queue}:jobs:active"))
-            .cmd("ZCARD")
-            .arg(format!("{queue}:jobs:scheduled"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        most_waiting = most_waiting.max(waiting.0 + waiting.1);
-        let batch = client.batch(&batch_id).await.unwrap();
-        if batch["finished_at"].is_string() {
-            break batch;
-        }
-        if last_report.elapsed() >= Duration::from_secs(30) {
-            eprintln!(
-                "… {} succeeded after {:.0?}",
-                batch["counts"]["succeeded"],
-                submitted.elapsed()
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (batch, most_waiting) = wait_until_finished(&client, &batch_id, &queue, &mut conn, submitted).await;
     let wall = submitted.elapsed();
     let succeeded = batch["counts"]["succeeded"].as_u64().unwrap();
     println!("throughput: {jobs} jobs, {workers} workers × {concurrency} concurrency, process sandbox");
@@ -242,6 +188,89 @@ async fn run() {
 
     shutdown.cancel();
     let _ = server.await;
+    clean_up(&postgres, &db, &queue, &mut conn).await;
+}
+
+/// `jobs` trivial function specs (`add_N`, two test cases each) and the
+/// mock script answering them correctly after `latency_ms`.
+fn add_batch(jobs: usize, latency_ms: usize) -> (Vec<serde_json::Value>, Vec<ScriptFile>) {
+    let mut scripts: Vec<ScriptFile> = serde_yaml_ng::from_str(SCRIPT).unwrap();
+    for script in &mut scripts {
+        script.latency_ms = latency_ms as u64;
+    }
+    let specs = (0..jobs)
+        .map(|i| {
+            json!({"kind": "function", "task_description": format!("Return a + b ({i})."), "entry_point": format!("add_{i}"),
+                   "test_cases": [{"input": [1, 2], "expected": 3}, {"input": [-1, 1], "expected": 0}]})
+        })
+        .collect();
+    (specs, scripts)
+}
+
+/// `n` worker processes of the release build beside this bench, with
+/// `vars` for environment; killed when dropped.
+fn spawn_workers(n: usize, vars: &[(String, String)]) -> Vec<Killed> {
+    let bin: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("kiln-worker");
+    assert!(bin.exists(), "{} missing: cargo build --release --bins", bin.display());
+    (0..n)
+        .map(|_| {
+            Killed(
+                Command::new(&bin)
+                    .envs(vars.iter().cloned())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Polls the batch until it is finished, reporting progress every 30 s;
+/// returns it with the most messages seen waiting in the queue.
+async fn wait_until_finished(
+    client: &kiln::client::Client,
+    batch_id: &str,
+    queue: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+    submitted: Instant,
+) -> (serde_json::Value, i64) {
+    let mut most_waiting = 0i64;
+    let mut last_report = Instant::now();
+    loop {
+        let waiting: (i64, i64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(format!("{queue}:jobs:active"))
+            .cmd("ZCARD")
+            .arg(format!("{queue}:jobs:scheduled"))
+            .query_async(conn)
+            .await
+            .unwrap();
+        most_waiting = most_waiting.max(waiting.0 + waiting.1);
+        let batch = client.batch(batch_id).await.unwrap();
+        if batch["finished_at"].is_string() {
+            return (batch, most_waiting);
+        }
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            eprintln!(
+                "… {} succeeded after {:.0?}",
+                batch["counts"]["succeeded"],
+                submitted.elapsed()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Drops the bench's database and deletes its queue's Redis keys.
+async fn clean_up(postgres: &str, db: &str, queue: &str, conn: &mut redis::aio::MultiplexedConnection) {
     if let Ok(admin) = sqlx::PgPool::connect(&format!("{postgres}/postgres")).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
             .execute(&admin)
@@ -249,10 +278,10 @@ async fn run() {
     }
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{queue}:*"))
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap_or_default();
     if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(conn).await;
     }
 }

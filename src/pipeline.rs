@@ -24,7 +24,7 @@ use crate::config::Price;
 use crate::domain::ErrorCode;
 use crate::files::File;
 use crate::llm::guard::{Guard, estimate_tokens};
-use crate::llm::{ChatRequest, Disposition, LlmClient, Message};
+use crate::llm::{ChatRequest, ChatResponse, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
@@ -141,35 +141,7 @@ impl Pipeline {
     pub async fn run(&self, job: &Claimed, cancel: &CancellationToken) -> Result<JobEnd, PipelineError> {
         let lease = &job.lease;
         if job.blamed_crashes >= self.settings.crash_limit as i32 {
-            let message = format!(
-                "workers died {} times while this job was running inside them (limit {}); it is not run again \
-                 ({} takeovers in all, each listed with why it was or was not blamed)",
-                job.blamed_crashes, self.settings.crash_limit, job.crashes
-            );
-            if let Some(a) = self
-                .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
-                .await?
-                && a.state == AttemptState::Running
-            {
-                self.end_attempt(
-                    lease,
-                    &a,
-                    AttemptState::Error,
-                    Some((ErrorCode::CrashLoop, &message)),
-                    cancel,
-                )
-                .await?;
-            }
-            return self
-                .end_job(
-                    lease,
-                    JobOutcome::Failed {
-                        code: ErrorCode::CrashLoop,
-                        message: &message,
-                    },
-                    cancel,
-                )
-                .await;
+            return self.fail_crash_loop(job, cancel).await;
         }
         loop {
             if cancel.is_cancelled() {
@@ -248,6 +220,41 @@ impl Pipeline {
                 Err(stop) => return self.stopped(lease, Some(&attempt), stop, cancel).await,
             }
         }
+    }
+
+    /// Ends a job that workers died running too often (`crash_limit`),
+    /// without running it again: its running attempt, if any, and the job
+    /// fail with [`ErrorCode::CrashLoop`].
+    async fn fail_crash_loop(&self, job: &Claimed, cancel: &CancellationToken) -> Result<JobEnd, PipelineError> {
+        let lease = &job.lease;
+        let message = format!(
+            "workers died {} times while this job was running inside them (limit {}); it is not run again \
+             ({} takeovers in all, each listed with why it was or was not blamed)",
+            job.blamed_crashes, self.settings.crash_limit, job.crashes
+        );
+        if let Some(a) = self
+            .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
+            .await?
+            && a.state == AttemptState::Running
+        {
+            self.end_attempt(
+                lease,
+                &a,
+                AttemptState::Error,
+                Some((ErrorCode::CrashLoop, &message)),
+                cancel,
+            )
+            .await?;
+        }
+        self.end_job(
+            lease,
+            JobOutcome::Failed {
+                code: ErrorCode::CrashLoop,
+                message: &message,
+            },
+            cancel,
+        )
+        .await
     }
 
     /// Creates the next attempt with its prompt (a repair prompt after a failure).
@@ -403,32 +410,6 @@ impl Pipeline {
 
     /// Calls the model, retrying provider faults under their limit, and
     /// stores the answer the moment it arrives.
-    /// The model request of an attempt, with the batch's request parameters
-    /// over the settings'. A repair is warmer than the first request by a
-    /// step per earlier attempt, and a step more per earlier answer that
-    /// repeated one before it (`repeats`): at the first request's
-    /// temperature a small model answers a repair prompt with its previous
-    /// answer about half the time (benches/real_model.rs). A temperature
-    /// left to the model, `off`, is not touched.
-    fn chat_request(&self, job: &Claimed, attempt: &AttemptRecord, repeats: u32) -> ChatRequest {
-        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
-        let earlier = u32::try_from(attempt.n - 1).unwrap_or(0);
-        let options = &job.options;
-        let temperature = options
-            .temperature
-            .map_or(self.settings.temperature, crate::spec::Temperature::to_request);
-        ChatRequest {
-            model: attempt.model.clone(),
-            messages,
-            max_tokens: options.max_tokens.unwrap_or(self.settings.max_tokens),
-            temperature: temperature.map(|t| (t + WARMING * (earlier + repeats) as f32).min(MAX_WARMED_TEMPERATURE)),
-            tokens_param: options.tokens_param,
-            extra_body: options.extra_body.clone().unwrap_or_default(),
-            json: true,
-            attempt_id: attempt.id.to_string(),
-        }
-    }
-
     async fn generate(
         &self,
         job: &Claimed,
@@ -436,12 +417,7 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<Generated, Stop> {
         let lease = &job.lease;
-        let repeats = if attempt.n > 1 {
-            self.answers_of_run(job, attempt.n, cancel).await?.repeats
-        } else {
-            0
-        };
-        let request = self.chat_request(job, attempt, repeats);
+        let request = self.chat_request(job, attempt, cancel).await?;
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
         self.mark(lease, Activity::Model, cancel).await?;
         loop {
@@ -486,30 +462,9 @@ impl Pipeline {
             match result {
                 Ok(answer) => {
                     let ms = started.elapsed().as_millis() as u64;
-                    let cost = self.settings.prices.get(&request.model).map(|p| {
-                        (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
-                            + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
-                            / 1_000_000.0
-                    });
-                    let generation = Generation {
-                        response: &answer.content,
-                        finish_reason: answer.finish_reason.as_deref(),
-                        usage: answer.usage,
-                        cost_usd: cost,
-                        llm_ms: ms,
-                    };
-                    self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
-                        .await?;
-                    if attempt.n > 1 {
-                        let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
-                        if earlier.contains(&answer.content) {
-                            warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
-                        }
-                    }
-                    return Ok(Generated {
-                        content: answer.content,
-                        finish_reason: answer.finish_reason,
-                    });
+                    return self
+                        .store_answer(job, attempt, &request.model, answer, ms, cancel)
+                        .await;
                 }
                 Err(e) => match e.disposition() {
                     Disposition::Fail(code) => {
@@ -538,6 +493,82 @@ impl Pipeline {
                 },
             }
         }
+    }
+
+    /// The request of an attempt: its stored prompt, at a temperature
+    /// warmed for repairs.
+    async fn chat_request(
+        &self,
+        job: &Claimed,
+        attempt: &AttemptRecord,
+        cancel: &CancellationToken,
+    ) -> Result<ChatRequest, Stop> {
+        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        // The batch's request parameters over the settings'. A repair is
+        // warmer than the first request by a step per earlier attempt, and
+        // a step more per earlier answer that repeated one before it: at
+        // the first request's temperature a small model answers a repair
+        // prompt with its previous answer about half the time
+        // (benches/real_model.rs). A temperature left to the model, `off`,
+        // is not touched.
+        let repeats = if attempt.n > 1 {
+            self.answers_of_run(job, attempt.n, cancel).await?.repeats
+        } else {
+            0
+        };
+        let earlier = u32::try_from(attempt.n - 1).unwrap_or(0);
+        let options = &job.options;
+        let temperature = options
+            .temperature
+            .map_or(self.settings.temperature, crate::spec::Temperature::to_request);
+        Ok(ChatRequest {
+            model: attempt.model.clone(),
+            messages,
+            max_tokens: options.max_tokens.unwrap_or(self.settings.max_tokens),
+            temperature: temperature.map(|t| (t + WARMING * (earlier + repeats) as f32).min(MAX_WARMED_TEMPERATURE)),
+            tokens_param: options.tokens_param,
+            extra_body: options.extra_body.clone().unwrap_or_default(),
+            json: true,
+            attempt_id: attempt.id.to_string(),
+        })
+    }
+
+    /// Stores the model's answer with its usage, cost and time, and warns
+    /// when it repeats an earlier answer of the run.
+    async fn store_answer(
+        &self,
+        job: &Claimed,
+        attempt: &AttemptRecord,
+        model: &str,
+        answer: ChatResponse,
+        llm_ms: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Generated, Stop> {
+        let lease = &job.lease;
+        let cost = self.settings.prices.get(model).map(|p| {
+            (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
+                + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
+                / 1_000_000.0
+        });
+        let generation = Generation {
+            response: &answer.content,
+            finish_reason: answer.finish_reason.as_deref(),
+            usage: answer.usage,
+            cost_usd: cost,
+            llm_ms,
+        };
+        self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
+            .await?;
+        if attempt.n > 1 {
+            let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
+            if earlier.contains(&answer.content) {
+                warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
+            }
+        }
+        Ok(Generated {
+            content: answer.content,
+            finish_reason: answer.finish_reason,
+        })
     }
 
     /// The stored answers of the job's current run before attempt `n`.

@@ -655,73 +655,16 @@ fn tagged(tag: &str, inner: &Value, side: Side) -> Result<Py, DecodeError> {
                 )));
             }
         },
-        "$set" => {
-            let items = elements(array()?, side)?;
-            let mut seen = HashSet::new();
-            let mut unique = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                let key = item.key().ok_or_else(|| {
-                    DecodeError::new(format!("a {} cannot be in a set", item.type_name())).within(&format!("[{i}]"))
-                })?;
-                if seen.insert(key) {
-                    unique.push(item);
-                }
-            }
-            Py::Set(unique)
-        }
+        "$set" => set(array()?, side)?,
         "$deque" => Py::Deque(elements(array()?, side)?),
-        "$dict" => {
-            let mut index: HashMap<String, usize> = HashMap::new();
-            let mut entries: Vec<(Py, Py)> = Vec::new();
-            for (i, pair) in array()?.iter().enumerate() {
-                let at = format!("[{i}]");
-                let [k, v] = pair.as_array().map(Vec::as_slice).unwrap_or_default() else {
-                    return Err(DecodeError::new("each entry is a [key, value] array").within(&at));
-                };
-                let k = Py::from_json(k, side).map_err(|e| e.within(&format!("{at}[0]")))?;
-                let v = Py::from_json(v, side).map_err(|e| e.within(&format!("{at}[1]")))?;
-                let key = k
-                    .key()
-                    .ok_or_else(|| DecodeError::new(format!("a {} cannot be a dict key", k.type_name())).within(&at))?;
-                if let Some(&j) = index.get(&key) {
-                    entries[j].1 = v;
-                } else {
-                    index.insert(key, entries.len());
-                    entries.push((k, v));
-                }
-            }
-            Py::Dict(entries)
-        }
+        "$dict" => dict(array()?, side)?,
         "$bytes" => Py::Bytes(hex::decode(text()?).map_err(|e| DecodeError::new(format!("not hex digits: {e}")))?),
-        "$complex" => {
-            let [re, im] = array()?.as_slice() else {
-                return Err(DecodeError::new("$complex takes [real, imag]"));
-            };
-            let part = |v: &Value, at: &str| match Py::from_json(v, side).map_err(|e| e.within(at))? {
-                Py::Int(i) => Ok(i.to_f64()),
-                Py::Float(f) => Ok(f),
-                other => Err(DecodeError::new(format!("a {} is not a float", other.type_name())).within(at)),
-            };
-            Py::Complex(part(re, "[0]")?, part(im, "[1]")?)
-        }
+        "$complex" => complex(array()?, side)?,
         "$decimal" => {
             let t = text()?;
             Py::Decimal(Decimal::parse(t).ok_or_else(|| DecodeError::new(format!("{t:?} is not a decimal")))?)
         }
-        "$fraction" => {
-            let t = text()?;
-            let bad = || DecodeError::new(format!("{t:?} is not a fraction \"n/d\""));
-            let (n, d) = t.split_once('/').unwrap_or((t, "1"));
-            let (n, d) = (
-                Int::parse(n.trim()).ok_or_else(bad)?,
-                Int::parse(d.trim()).ok_or_else(bad)?,
-            );
-            if d.is_zero() {
-                return Err(DecodeError::new("the denominator is zero"));
-            }
-            let (n, d) = lowest_terms(n, d);
-            Py::Fraction(n, d)
-        }
+        "$fraction" => fraction(text()?)?,
         "$date" => Py::Date(text()?.to_owned()),
         "$datetime" => Py::DateTime(text()?.to_owned()),
         "$time" => Py::Time(text()?.to_owned()),
@@ -743,6 +686,76 @@ fn tagged(tag: &str, inner: &Value, side: Side) -> Result<Py, DecodeError> {
             )));
         }
     })
+}
+
+/// A `$set`'s elements, each once: as Python hashes them, so unhashable
+/// elements are refused.
+fn set(items: &[Value], side: Side) -> Result<Py, DecodeError> {
+    let items = elements(items, side)?;
+    let mut seen = HashSet::new();
+    let mut unique = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let key = item.key().ok_or_else(|| {
+            DecodeError::new(format!("a {} cannot be in a set", item.type_name())).within(&format!("[{i}]"))
+        })?;
+        if seen.insert(key) {
+            unique.push(item);
+        }
+    }
+    Ok(Py::Set(unique))
+}
+
+/// A `$dict`'s `[key, value]` entries in order; a key written again keeps
+/// its first place and takes the last value, as a Python dict literal does.
+fn dict(pairs: &[Value], side: Side) -> Result<Py, DecodeError> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut entries: Vec<(Py, Py)> = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let at = format!("[{i}]");
+        let [k, v] = pair.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            return Err(DecodeError::new("each entry is a [key, value] array").within(&at));
+        };
+        let k = Py::from_json(k, side).map_err(|e| e.within(&format!("{at}[0]")))?;
+        let v = Py::from_json(v, side).map_err(|e| e.within(&format!("{at}[1]")))?;
+        let key = k
+            .key()
+            .ok_or_else(|| DecodeError::new(format!("a {} cannot be a dict key", k.type_name())).within(&at))?;
+        if let Some(&j) = index.get(&key) {
+            entries[j].1 = v;
+        } else {
+            index.insert(key, entries.len());
+            entries.push((k, v));
+        }
+    }
+    Ok(Py::Dict(entries))
+}
+
+/// A `$complex`'s `[real, imag]`, each an int or a float.
+fn complex(parts: &[Value], side: Side) -> Result<Py, DecodeError> {
+    let [re, im] = parts else {
+        return Err(DecodeError::new("$complex takes [real, imag]"));
+    };
+    let part = |v: &Value, at: &str| match Py::from_json(v, side).map_err(|e| e.within(at))? {
+        Py::Int(i) => Ok(i.to_f64()),
+        Py::Float(f) => Ok(f),
+        other => Err(DecodeError::new(format!("a {} is not a float", other.type_name())).within(at)),
+    };
+    Ok(Py::Complex(part(re, "[0]")?, part(im, "[1]")?))
+}
+
+/// A `$fraction`'s `"n/d"` (or `"n"`), in lowest terms.
+fn fraction(t: &str) -> Result<Py, DecodeError> {
+    let bad = || DecodeError::new(format!("{t:?} is not a fraction \"n/d\""));
+    let (n, d) = t.split_once('/').unwrap_or((t, "1"));
+    let (n, d) = (
+        Int::parse(n.trim()).ok_or_else(bad)?,
+        Int::parse(d.trim()).ok_or_else(bad)?,
+    );
+    if d.is_zero() {
+        return Err(DecodeError::new("the denominator is zero"));
+    }
+    let (n, d) = lowest_terms(n, d);
+    Ok(Py::Fraction(n, d))
 }
 
 /// `n/d` with a positive denominator, reduced when both fit in 128 bits

@@ -12,7 +12,8 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -382,13 +383,70 @@ async fn raw_body(addr: &str, rng: &mut StdRng) -> Option<String> {
     text.lines().next().map(str::to_owned)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_rejected() {
-    let seed: u64 = std::env::var("KILN_FUZZ_SEED")
+/// `KILN_FUZZ_SEED`, else the test's own seed.
+fn seed(default: u64) -> u64 {
+    std::env::var("KILN_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6b69_6c6e);
-    // A route added to the API is fuzzed too, or this fails.
+        .unwrap_or(default)
+}
+
+/// The rows of batches and jobs, to compare before and after.
+async fn rows(env: &TestEnv) -> (i64, i64) {
+    (env.count("batches").await, env.count("jobs").await)
+}
+
+/// What the API answered, counted by `K`, and the batches it created.
+struct Tally<K> {
+    answers: Mutex<BTreeMap<K, usize>>,
+    /// Batches the API created (a replay answers 201 with the same id): id → jobs.
+    created: Mutex<HashMap<String, usize>>,
+}
+
+impl<K: Ord + Clone> Tally<K> {
+    fn new() -> Self {
+        Tally {
+            answers: Mutex::new(BTreeMap::new()),
+            created: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn answered(&self, key: K) {
+        *self.answers.lock().unwrap().entry(key).or_default() += 1;
+    }
+
+    fn created(&self, batch_id: String, jobs: usize) {
+        self.created.lock().unwrap().insert(batch_id, jobs);
+    }
+
+    fn answers(&self) -> BTreeMap<K, usize> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    /// The rows the created batches account for: (batches, jobs).
+    fn created_rows(&self) -> (i64, i64) {
+        let created = self.created.lock().unwrap();
+        (created.len() as i64, created.values().sum::<usize>() as i64)
+    }
+}
+
+/// Sends a request built by `attempt`. A refused request's body is not
+/// read, so the server closes that connection, and a pooled connection the
+/// server closed as it was reused fails without the request being read:
+/// such a failure is sent once more. A timeout is a hang, and is not retried.
+async fn send<F, Fut>(attempt: F) -> reqwest::Result<reqwest::Response>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    match attempt().await {
+        Err(e) if !e.is_timeout() => attempt().await,
+        other => other,
+    }
+}
+
+/// A route added to the API is fuzzed too, or this fails.
+fn assert_every_route_is_fuzzed() {
     let fuzzed: HashSet<(String, String)> = FUZZED_ROUTES
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -398,13 +456,11 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
         .map(|r| (r.method.to_string(), r.path.to_owned()))
         .collect();
     assert_eq!(fuzzed, routed, "the fuzzed routes are the router's");
-    let env = TestEnv::new().await;
-    let d = Dispatcher::start(&env.settings(
-        "http://127.0.0.1:9",
-        &[("KILN_HTTP_BODY_TIMEOUT_S", "2"), ("KILN_MAX_BODY_MB", "1")],
-    ))
-    .await;
-    // A couple of real batches, so ids that exist are fuzzed too.
+}
+
+/// A couple of real batches, so ids that exist are fuzzed too: their ids
+/// and their jobs' ids.
+async fn real_batches(d: &Dispatcher) -> (Vec<String>, Vec<String>) {
     let mut batches = Vec::new();
     let mut jobs = Vec::new();
     for _ in 0..2 {
@@ -418,88 +474,64 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
                 .map(|j| j.as_str().unwrap().to_owned()),
         );
     }
-    let before = (env.count("batches").await, env.count("jobs").await);
+    (batches, jobs)
+}
 
-    let mut rng = StdRng::seed_from_u64(seed);
-    let requests: Vec<Request> = (0..REQUESTS).map(|_| request(&mut rng, &batches, &jobs)).collect();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    // Batches the API created (a replay answers 201 with the same id): id → jobs.
-    let created = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    // (route, status) of every answer.
-    let answers = Arc::new(Mutex::new(BTreeMap::<(Option<usize>, u16), usize>::new()));
-    let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
-        .map(|(i, r)| {
-            let client = client.clone();
-            let url = format!("{}{}", d.url, r.path);
-            let (created, answers) = (created.clone(), answers.clone());
-            async move {
-                let Request {
-                    method,
-                    path,
-                    body,
-                    idempotency_key,
-                    route,
-                } = r;
-                let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-                let attempt = || {
-                    let mut request = client
-                        .request(method.clone(), &url)
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    if let Some(key) = &idempotency_key {
-                        let key = reqwest::header::HeaderValue::from_bytes(key).expect("a header value");
-                        request = request.header("idempotency-key", key);
-                    }
-                    request.send()
-                };
-                // A pooled connection the server closed as it was reused
-                // fails without the request being read: send that once more.
-                // A timeout is a hang, and is not retried.
-                let response = match attempt().await {
-                    Err(e) if !e.is_timeout() => attempt().await,
-                    other => other,
-                };
-                let response = match response {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let path = &path[..path.len().min(200)];
-                        return Some(format!("#{i} {method} {path}: no answer ({e:?}) for {shown}"));
-                    }
-                };
-                let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                *answers.lock().unwrap().entry((route, status.as_u16())).or_default() += 1;
-                if route == Some(0) && status.as_u16() == 201 {
-                    let v: Value = serde_json::from_str(&text).unwrap();
-                    let jobs = v["job_ids"].as_array().unwrap().len();
-                    created
-                        .lock()
-                        .unwrap()
-                        .insert(v["batch_id"].as_str().unwrap().to_owned(), jobs);
-                }
-                status
-                    .is_server_error()
-                    .then(|| format!("#{i} {method} {path} → {status} {text} for {shown}"))
-            }
-        })
-        .buffer_unordered(16)
-        .filter_map(|f| async move { f })
-        .collect()
-        .await;
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {} failures, first: {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    let answers = answers.lock().unwrap().clone();
-    let answered: usize = answers.values().sum();
-    assert_eq!(answered, REQUESTS, "seed {seed}: every request was answered");
+/// Sends the `i`th fuzzed request and tallies its answer; says what went
+/// wrong if it got no answer or a 5xx.
+async fn send_fuzzed(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+    r: Request,
+    tally: &Tally<(Option<usize>, u16)>,
+) -> Option<String> {
+    let url = format!("{base}{}", r.path);
+    let Request {
+        method,
+        path,
+        body,
+        idempotency_key,
+        route,
+    } = r;
+    let shown = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    let response = send(|| {
+        let mut request = client
+            .request(method.clone(), &url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(key) = &idempotency_key {
+            let key = reqwest::header::HeaderValue::from_bytes(key).expect("a header value");
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    })
+    .await;
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            let path = &path[..path.len().min(200)];
+            return Some(format!("#{i} {method} {path}: no answer ({e:?}) for {shown}"));
+        }
+    };
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    tally.answered((route, status.as_u16()));
+    if route == Some(0) && status.as_u16() == 201 {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let jobs = v["job_ids"].as_array().unwrap().len();
+        tally.created(v["batch_id"].as_str().unwrap().to_owned(), jobs);
+    }
+    status
+        .is_server_error()
+        .then(|| format!("#{i} {method} {path} → {status} {text} for {shown}"))
+}
+
+/// Every route was reached often enough to mean something; prints the
+/// answers per route and per status.
+fn assert_every_route_was_reached(seed: u64, answers: &BTreeMap<(Option<usize>, u16), usize>) {
     let mut per_route = vec![(0, 0); FUZZED_ROUTES.len()];
-    for ((route, status), n) in &answers {
+    for ((route, status), n) in answers {
         if let Some(r) = route {
             per_route[*r].0 += n;
             if (200..300).contains(status) {
@@ -515,12 +547,17 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
         );
     }
     let mut statuses = BTreeMap::<u16, usize>::new();
-    for ((_, status), n) in &answers {
+    for ((_, status), n) in answers {
         *statuses.entry(*status).or_default() += n;
     }
+    let answered: usize = answers.values().sum();
     eprintln!("seed {seed}: {answered} requests answered, by status: {statuses:?}");
+}
 
-    let addr = d.url.trim_start_matches("http://").to_owned();
+/// Slow and truncated bodies on raw connections: dropped, or answered
+/// without a 5xx.
+async fn assert_stalled_bodies_get_no_5xx(seed: u64, base: &str) {
+    let addr = base.trim_start_matches("http://").to_owned();
     let raw: Vec<Option<String>> = futures::stream::iter(0..RAW_CONNECTIONS)
         .map(|i| {
             let addr = addr.clone();
@@ -533,15 +570,51 @@ async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_
     for line in raw.iter().flatten() {
         assert!(!line.contains(" 5"), "seed {seed}: {line}");
     }
+}
 
-    let after = (env.count("batches").await, env.count("jobs").await);
-    let accepted = {
-        let created = created.lock().unwrap();
-        (created.len() as i64, created.values().sum::<usize>() as i64)
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_fuzzed_requests_get_no_5xx_no_hang_and_write_nothing_when_rejected() {
+    let seed = seed(0x6b69_6c6e);
+    assert_every_route_is_fuzzed();
+    let env = TestEnv::new().await;
+    let d = Dispatcher::start(&env.settings(
+        "http://127.0.0.1:9",
+        &[("KILN_HTTP_BODY_TIMEOUT_S", "2"), ("KILN_MAX_BODY_MB", "1")],
+    ))
+    .await;
+    let (batches, jobs) = real_batches(&d).await;
+    let before = rows(&env).await;
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let requests: Vec<Request> = (0..REQUESTS).map(|_| request(&mut rng, &batches, &jobs)).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    // (route, status) of every answer.
+    let tally = Tally::new();
+    let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
+        .map(|(i, r)| send_fuzzed(&client, &d.url, i, r, &tally))
+        .buffer_unordered(16)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} failures, first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let answers = tally.answers();
+    let answered: usize = answers.values().sum();
+    assert_eq!(answered, REQUESTS, "seed {seed}: every request was answered");
+    assert_every_route_was_reached(seed, &answers);
+    assert_stalled_bodies_get_no_5xx(seed, &d.url).await;
+
+    let after = rows(&env).await;
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
-        accepted,
+        tally.created_rows(),
         "seed {seed}: rows written beyond the accepted requests"
     );
     let health = reqwest::get(format!("{}/healthz", d.url)).await.unwrap();
@@ -588,6 +661,71 @@ fn authorization(rng: &mut StdRng, read: &str, submit: &str, revoked: &str) -> (
     (value.map(String::into_bytes), claim)
 }
 
+/// The statuses a request may get for who it claims to be, when that
+/// alone decides (`None`: the route's own answer, never 401 or 403).
+fn statuses_for(claim: Claim, route: Option<usize>, method: &reqwest::Method) -> Option<&'static [u16]> {
+    match (claim, route) {
+        // No route has the method: the same 405 for everyone.
+        (_, None) => Some(&[405]),
+        (Claim::Nobody, Some(_)) => Some(&[401]),
+        (Claim::Read, Some(_)) if *method != reqwest::Method::GET => Some(&[403]),
+        _ => None,
+    }
+}
+
+/// Sends the `i`th request with its generated `Authorization` header and
+/// tallies its answer; says what went wrong if it got no answer, a 5xx, or
+/// a status its claim does not call for.
+async fn send_with_token(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+    (r, header, claim): (Request, Option<Vec<u8>>, Claim),
+    tally: &Tally<(Claim, u16)>,
+) -> Option<String> {
+    let url = format!("{base}{}", r.path);
+    let shown: String = String::from_utf8_lossy(header.as_deref().unwrap_or_default())
+        .chars()
+        .take(80)
+        .collect();
+    let what = format!(
+        "#{i} {} {} as {claim:?} ({shown:?})",
+        r.method,
+        &r.path[..r.path.len().min(120)]
+    );
+    let response = send(|| {
+        let mut request = client
+            .request(r.method.clone(), &url)
+            .header("content-type", "application/json")
+            .body(r.body.clone());
+        if let Some(value) = &header {
+            request = request.header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
+            );
+        }
+        request.send()
+    })
+    .await;
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => return Some(format!("{what}: no answer ({e})")),
+    };
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    tally.answered((claim, status));
+    if status == 201 {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let jobs = v["job_ids"].as_array().map_or(0, Vec::len);
+        tally.created(v["batch_id"].as_str().unwrap_or_default().to_owned(), jobs);
+    }
+    let expected = statuses_for(claim, r.route, &r.method);
+    let wrong = status >= 500
+        || expected.is_some_and(|e| !e.contains(&status))
+        || (expected.is_none() && (status == 401 || status == 403));
+    wrong.then(|| format!("{what}: {status} {}", &text[..text.len().min(300)]))
+}
+
 /// The generated requests again, against a dispatcher that asks for
 /// tokens, each with a generated `Authorization` header: no or a bad token
 /// is 401 on every route, a read token's change is 403, and nothing but a
@@ -595,10 +733,7 @@ fn authorization(rng: &mut StdRng, read: &str, submit: &str, revoked: &str) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_5xx() {
     const AUTH_REQUESTS: usize = 2_000;
-    let seed: u64 = std::env::var("KILN_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x6175_7468);
+    let seed = seed(0x6175_7468);
     let env = TestEnv::new().await;
     let d = Dispatcher::start(&env.settings(
         "http://127.0.0.1:9",
@@ -622,7 +757,7 @@ async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_
         .unwrap();
     let batches = vec![created["batch_id"].as_str().unwrap().to_owned()];
     let jobs = vec![created["job_ids"][0].as_str().unwrap().to_owned()];
-    let before = (env.count("batches").await, env.count("jobs").await);
+    let before = rows(&env).await;
 
     let mut rng = StdRng::seed_from_u64(seed);
     let requests: Vec<(Request, Option<Vec<u8>>, Claim)> = (0..AUTH_REQUESTS)
@@ -636,71 +771,9 @@ async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let created = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let answers = Arc::new(Mutex::new(BTreeMap::<(Claim, u16), usize>::new()));
+    let tally = Tally::new();
     let failures: Vec<String> = futures::stream::iter(requests.into_iter().enumerate())
-        .map(|(i, (r, header, claim))| {
-            let client = client.clone();
-            let url = format!("{}{}", d.url, r.path);
-            let (created, answers) = (created.clone(), answers.clone());
-            async move {
-                let attempt = || {
-                    let mut request = client
-                        .request(r.method.clone(), &url)
-                        .header("content-type", "application/json")
-                        .body(r.body.clone());
-                    if let Some(value) = &header {
-                        request = request.header(
-                            "authorization",
-                            reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
-                        );
-                    }
-                    request.send()
-                };
-                let shown: String = String::from_utf8_lossy(header.as_deref().unwrap_or_default())
-                    .chars()
-                    .take(80)
-                    .collect();
-                let what = format!(
-                    "#{i} {} {} as {claim:?} ({shown:?})",
-                    r.method,
-                    &r.path[..r.path.len().min(120)]
-                );
-                // A refused request's body is not read, so the server closes
-                // that connection; one the client reused meanwhile fails
-                // unread: send that once more. A timeout is a hang.
-                let response = match attempt().await {
-                    Err(e) if !e.is_timeout() => attempt().await,
-                    other => other,
-                };
-                let response = match response {
-                    Ok(response) => response,
-                    Err(e) => return Some(format!("{what}: no answer ({e})")),
-                };
-                let status = response.status().as_u16();
-                let text = response.text().await.unwrap_or_default();
-                *answers.lock().unwrap().entry((claim, status)).or_default() += 1;
-                if status == 201 {
-                    let v: Value = serde_json::from_str(&text).unwrap();
-                    let jobs = v["job_ids"].as_array().map_or(0, Vec::len);
-                    created
-                        .lock()
-                        .unwrap()
-                        .insert(v["batch_id"].as_str().unwrap_or_default().to_owned(), jobs);
-                }
-                let expected: Option<&[u16]> = match (claim, r.route) {
-                    // No route has the method: the same 405 for everyone.
-                    (_, None) => Some(&[405]),
-                    (Claim::Nobody, Some(_)) => Some(&[401]),
-                    (Claim::Read, Some(_)) if r.method != reqwest::Method::GET => Some(&[403]),
-                    _ => None,
-                };
-                let wrong = status >= 500
-                    || expected.is_some_and(|e| !e.contains(&status))
-                    || (expected.is_none() && (status == 401 || status == 403));
-                wrong.then(|| format!("{what}: {status} {}", &text[..text.len().min(300)]))
-            }
-        })
+        .map(|(i, authorized)| send_with_token(&client, &d.url, i, authorized, &tally))
         .buffer_unordered(16)
         .filter_map(|f| async move { f })
         .collect()
@@ -711,14 +784,11 @@ async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    let answers = answers.lock().unwrap().clone();
+    let answers = tally.answers();
     eprintln!("seed {seed}: {AUTH_REQUESTS} requests, by claim and status: {answers:?}");
     assert_eq!(answers.values().sum::<usize>(), AUTH_REQUESTS);
-    let after = (env.count("batches").await, env.count("jobs").await);
-    let accepted = {
-        let created = created.lock().unwrap();
-        (created.len() as i64, created.values().sum::<usize>() as i64)
-    };
+    let after = rows(&env).await;
+    let accepted = tally.created_rows();
     assert_eq!(
         (after.0 - before.0, after.1 - before.1),
         accepted,

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_mock_llm::{MockServer, ScriptFile};
+use kiln_mock_llm::{MockServer, RequestRecord, ScriptFile};
 use rand::Rng;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Proc, TestEnv, add_spec};
@@ -61,6 +61,107 @@ async fn get(url: &str) -> Option<Value> {
     response.json().await.ok()
 }
 
+/// A dispatcher and [`WORKERS`] workers as processes, all stopped when it
+/// is dropped; a worker can be killed and replaced at any time.
+struct Deployment {
+    api: String,
+    /// The workers' environment, but for their id.
+    worker_vars: Vec<(String, String)>,
+    /// Workers started so far, replacements included: each is named
+    /// `chaos-N` by its number.
+    spawned: usize,
+    // Stopped in this order: the workers, then the dispatcher.
+    workers: Vec<Proc>,
+    _dispatcher: Proc,
+}
+
+impl Deployment {
+    /// Starts the dispatcher, waits until it answers, then starts the
+    /// workers.
+    async fn start(env: &TestEnv, llm_url: &str, common: &[(&str, &str)]) -> Deployment {
+        let port = free_port();
+        let mut dispatcher_vars = env.vars(llm_url, common);
+        dispatcher_vars.push(("KILN_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+        let dispatcher = Proc::spawn("kiln-dispatcher", &dispatcher_vars);
+        let api = format!("http://127.0.0.1:{port}");
+        support::eventually(Duration::from_secs(30), "the dispatcher", || async {
+            get(&format!("{api}/readyz")).await.is_some()
+        })
+        .await;
+        let mut deployment = Deployment {
+            api,
+            worker_vars: env.vars(llm_url, common),
+            spawned: 0,
+            workers: Vec::new(),
+            _dispatcher: dispatcher,
+        };
+        for _ in 0..WORKERS {
+            let worker = deployment.spawn_worker();
+            deployment.workers.push(worker);
+        }
+        deployment
+    }
+
+    fn spawn_worker(&mut self) -> Proc {
+        self.spawned += 1;
+        let mut vars = self.worker_vars.clone();
+        vars.push(("KILN_WORKER_ID".into(), format!("chaos-{}", self.spawned)));
+        Proc::spawn("kiln-worker", &vars)
+    }
+
+    /// SIGKILLs a worker chosen at random and starts another in its place.
+    fn kill_a_worker(&mut self, rng: &mut impl Rng) {
+        let victim = rng.random_range(0..self.workers.len());
+        self.workers[victim].kill();
+        self.workers[victim] = self.spawn_worker();
+    }
+}
+
+/// The number of jobs in each state, by SQL.
+async fn job_counts(pool: &sqlx::PgPool) -> HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY state")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The API's counts of the batch are SQL's.
+async fn assert_api_counts_are_sqls(api: &str, batch_id: &str, sql_counts: &HashMap<String, i64>) {
+    let batch = get(&format!("{api}/v1/batches/{batch_id}")).await.unwrap();
+    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+        assert_eq!(
+            batch["counts"][state].as_i64().unwrap(),
+            sql_counts.get(state).copied().unwrap_or(0),
+            "{state}"
+        );
+    }
+}
+
+/// Requests to the model beyond one per attempt: (sent again before the
+/// attempt's answer was stored, sent after it was). `attempts` are (id,
+/// run, n, when its answer was stored in ms).
+fn repeated_requests(attempts: &[(String, i32, i32, i64)], requests: &[RequestRecord]) -> (usize, usize) {
+    let generated_at: HashMap<&str, i64> = attempts.iter().map(|(id, _, _, at)| (id.as_str(), *at)).collect();
+    let mut repeated_before_storing = 0;
+    let mut per_attempt: HashMap<&str, usize> = HashMap::new();
+    let mut after_storing = 0;
+    for r in requests {
+        let id = r.attempt_id.as_deref().unwrap();
+        *per_attempt.entry(id).or_default() += 1;
+        if let Some(stored) = generated_at.get(id)
+            && r.at_ms as i64 > *stored
+        {
+            after_storing += 1;
+        }
+    }
+    for n in per_attempt.values() {
+        repeated_before_storing += n - 1;
+    }
+    (repeated_before_storing, after_storing)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "exclusive: restarts Postgres and flushes Redis; scripts/test runs it after the rest"]
 async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing_twice() {
@@ -71,35 +172,15 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
     let env = TestEnv::new().await;
     let script = ADD_SCRIPT.replace("  responses:", "  latency_ms: 800\n  responses:");
     let llm = support::mock(&script).await;
-    let port = free_port();
     let common = [
         ("KILN_LEASE_TTL_S", "3"),
         ("KILN_CRASH_LIMIT", "1000"),
         ("KILN_WORKER_CONCURRENCY", "8"),
         ("KILN_REDELIVER_AFTER_S", "30"),
     ];
-    let mut dispatcher_vars = env.vars(&llm.base_url(), &common);
-    dispatcher_vars.push(("KILN_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
-    let _dispatcher = Proc::spawn("kiln-dispatcher", &dispatcher_vars);
-    let api = format!("http://127.0.0.1:{port}");
+    let mut deployment = Deployment::start(&env, &llm.base_url(), &common).await;
+    let api = deployment.api.clone();
     let client = kiln::client::Client::new(&api);
-    support::eventually(Duration::from_secs(30), "the dispatcher", || async {
-        get(&format!("{api}/readyz")).await.is_some()
-    })
-    .await;
-
-    let worker_vars = |n: usize| {
-        let mut vars = env.vars(&llm.base_url(), &common);
-        vars.push(("KILN_WORKER_ID".into(), format!("chaos-{n}")));
-        vars
-    };
-    let mut spawned = 0;
-    let mut workers: Vec<Proc> = (0..WORKERS)
-        .map(|_| {
-            spawned += 1;
-            Proc::spawn("kiln-worker", &worker_vars(spawned))
-        })
-        .collect();
 
     let specs: Vec<Value> = (0..jobs).map(add_spec).collect();
     let created = client
@@ -126,11 +207,8 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
             "chaos run did not finish: {batch}"
         );
         if Instant::now() >= next_kill {
-            let victim = rng.random_range(0..workers.len());
-            workers[victim].kill();
+            deployment.kill_a_worker(&mut rng);
             kills += 1;
-            spawned += 1;
-            workers[victim] = Proc::spawn("kiln-worker", &worker_vars(spawned));
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(1500..4000));
         }
         if !flushed && done as usize >= jobs / 4 {
@@ -152,13 +230,7 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
 
     // Every job is terminal, and every one succeeded.
     let pool = env.store.pool();
-    let sql_counts: HashMap<String, i64> =
-        sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY state")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let sql_counts = job_counts(pool).await;
     assert_eq!(
         sql_counts.get("succeeded").copied(),
         Some(jobs as i64),
@@ -178,33 +250,10 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
 
     // No stored answer was requested again: no request for an attempt
     // arrived after that attempt's answer was stored.
-    let generated_at: HashMap<&str, i64> = attempts.iter().map(|(id, _, _, at)| (id.as_str(), *at)).collect();
     let requests = llm.requests();
-    let mut repeated_before_storing = 0;
-    let mut per_attempt: HashMap<&str, usize> = HashMap::new();
-    let mut after_storing = 0;
-    for r in &requests {
-        let id = r.attempt_id.as_deref().unwrap();
-        *per_attempt.entry(id).or_default() += 1;
-        if let Some(stored) = generated_at.get(id)
-            && r.at_ms as i64 > *stored
-        {
-            after_storing += 1;
-        }
-    }
-    for n in per_attempt.values() {
-        repeated_before_storing += n - 1;
-    }
+    let (repeated_before_storing, after_storing) = repeated_requests(&attempts, &requests);
 
-    // The API's counts are SQL's.
-    let batch = get(&format!("{api}/v1/batches/{batch_id}")).await.unwrap();
-    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
-        assert_eq!(
-            batch["counts"][state].as_i64().unwrap(),
-            sql_counts.get(state).copied().unwrap_or(0),
-            "{state}"
-        );
-    }
+    assert_api_counts_are_sqls(&api, &batch_id, &sql_counts).await;
     let takeovers: i64 = sqlx::query_scalar("SELECT coalesce(sum(crashes), 0)::int8 FROM jobs")
         .fetch_one(pool)
         .await
@@ -264,7 +313,7 @@ struct Run {
     elapsed: Duration,
     kills: usize,
     /// The dispatcher and the workers, stopped when the run is dropped.
-    _procs: Vec<Proc>,
+    _deployment: Deployment,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -280,29 +329,9 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
     let env = TestEnv::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let llm = MockServer::start(listener, scripts).unwrap();
-    let port = free_port();
-    let common = [("KILN_WORKER_CONCURRENCY", "8")];
-    let mut dispatcher_vars = env.vars(&llm.base_url(), &common);
-    dispatcher_vars.push(("KILN_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
-    let dispatcher = Proc::spawn("kiln-dispatcher", &dispatcher_vars);
-    let api = format!("http://127.0.0.1:{port}");
+    let mut deployment = Deployment::start(&env, &llm.base_url(), &[("KILN_WORKER_CONCURRENCY", "8")]).await;
+    let api = deployment.api.clone();
     let client = kiln::client::Client::new(&api);
-    support::eventually(Duration::from_secs(30), "the dispatcher", || async {
-        get(&format!("{api}/readyz")).await.is_some()
-    })
-    .await;
-    let worker_vars = |n: usize| {
-        let mut vars = env.vars(&llm.base_url(), &common);
-        vars.push(("KILN_WORKER_ID".into(), format!("chaos-{n}")));
-        vars
-    };
-    let mut spawned = 0;
-    let mut workers: Vec<Proc> = (0..WORKERS)
-        .map(|_| {
-            spawned += 1;
-            Proc::spawn("kiln-worker", &worker_vars(spawned))
-        })
-        .collect();
     // Every worker is up before the clock starts, with or without chaos.
     support::eventually(Duration::from_secs(30), "the workers registered", || async {
         env.count("workers").await == WORKERS as i64
@@ -333,11 +362,8 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
         );
         let done = batch["counts"]["succeeded"].as_u64().unwrap() + batch["counts"]["failed"].as_u64().unwrap();
         if chaos != Chaos::None && Instant::now() >= next_kill {
-            let victim = rng.random_range(0..workers.len());
-            workers[victim].kill();
+            deployment.kill_a_worker(&mut rng);
             kills += 1;
-            spawned += 1;
-            workers[victim] = Proc::spawn("kiln-worker", &worker_vars(spawned));
             next_kill = Instant::now() + Duration::from_millis(rng.random_range(2000..4000));
         }
         if chaos != Chaos::None && !keys_deleted && done as usize * 10 >= jobs * 3 {
@@ -367,7 +393,6 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
             "the run ended before Postgres restarted"
         );
     }
-    workers.push(dispatcher);
     Run {
         env,
         llm,
@@ -375,7 +400,7 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
         batch_id,
         elapsed,
         kills,
-        _procs: workers,
+        _deployment: deployment,
     }
 }
 
@@ -410,13 +435,7 @@ async fn humaneval_jobs_all_succeed_through_sigkills_every_few_seconds_lost_queu
     let pool = run.env.store.pool();
 
     // Every job succeeded.
-    let sql_counts: HashMap<String, i64> =
-        sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM jobs GROUP BY state")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let sql_counts = job_counts(pool).await;
     let failures: Vec<(String, Option<String>, Option<String>)> =
         sqlx::query_as("SELECT id::text, error_code, error_message FROM jobs WHERE state <> 'succeeded' LIMIT 5")
             .fetch_all(pool)
@@ -457,15 +476,7 @@ async fn humaneval_jobs_all_succeed_through_sigkills_every_few_seconds_lost_queu
         })
         .count();
 
-    // The API's counts are SQL's.
-    let batch = get(&format!("{}/v1/batches/{}", run.api, run.batch_id)).await.unwrap();
-    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
-        assert_eq!(
-            batch["counts"][state].as_i64().unwrap(),
-            sql_counts.get(state).copied().unwrap_or(0),
-            "{state}"
-        );
-    }
+    assert_api_counts_are_sqls(&run.api, &run.batch_id, &sql_counts).await;
     let (takeovers, blamed): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE blamed) FROM takeovers")
             .fetch_one(pool)

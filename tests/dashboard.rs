@@ -275,18 +275,10 @@ impl Drop for Driver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_and_retries_a_job() {
-    let env = TestEnv::new().await;
-    let llm = mock(&format!("{ADD_SCRIPT}{SCRIPTS}")).await;
-    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
-    let d = Dispatcher::start(&settings).await;
-    let worker = InProcessWorker::start(&settings).await;
-    let token = env.token(Scope::Submit).await;
-    let client = kiln::client::Client::with_token(&d.url, &token).unwrap();
-
-    // A batch with a succeeded, a repaired and a failed job, and a
-    // cancelled one in a batch of its own.
+/// A batch with a succeeded, a repaired and a failed job, run to its end,
+/// and a cancelled one in a batch of its own. Returns the first batch's id
+/// and its jobs' ids.
+async fn submit_batches(client: &kiln::client::Client) -> (String, Vec<String>) {
     let created = client
         .submit(
             &json!({"name": "browser batch", "specs": [add_spec(1), spec_named("fix_2"), spec_named("wrong_3")],
@@ -302,7 +294,6 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
         .iter()
         .map(|j| j.as_str().unwrap().to_owned())
         .collect();
-    let (fixed, wrong) = (&jobs[1], &jobs[2]);
     let cancelled = client
         .submit(&json!({"name": "cancelled batch", "specs": [add_spec(4)]}), None)
         .await
@@ -311,24 +302,16 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
         .cancel_batch(cancelled["batch_id"].as_str().unwrap())
         .await
         .unwrap();
-    let ended = wait_for_batch(&client, &batch, Duration::from_secs(120)).await;
+    let ended = wait_for_batch(client, &batch, Duration::from_secs(120)).await;
     assert_eq!(ended["counts"]["succeeded"], 2, "{ended}");
     assert_eq!(ended["counts"]["failed"], 1, "{ended}");
+    (batch, jobs)
+}
 
-    // The page needs no token (it holds no data).
-    let page = reqwest::get(format!("{}/", d.url)).await.unwrap();
-    assert_eq!(page.status(), 200);
-    assert!(
-        page.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("script-src 'self'")
-    );
-
-    let browser = Driver::start().await;
-
-    // Signing in through the address; the token then leaves it.
-    browser.goto(&format!("{}/?token={token}", d.url)).await;
+/// Signing in through the address lists the batches; the token then
+/// leaves the address for the session's storage.
+async fn sign_in_through_the_address(browser: &Driver, url: &str, token: &str) {
+    browser.goto(&format!("{url}/?token={token}")).await;
     let listed = browser
         .wait_text("#batches", &["browser batch", "cancelled batch", "failed", "cancelled"])
         .await;
@@ -343,6 +326,68 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
         json!(token)
     );
     browser.screenshot("1-batches").await;
+}
+
+/// The page's retry button reaches the API (the job's run becomes 2), and
+/// the page shows the new run.
+async fn retry_from_the_page(browser: &Driver, client: &kiln::client::Client, job_id: &str) {
+    browser.click("button[data-action='retry']").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = client.job(job_id).await.unwrap();
+        if job["run"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's retry never reached the API: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_text("#main", &["run 2"]).await;
+}
+
+/// Without a token the page asks for one; a wrong one is refused; the
+/// right one signs in.
+async fn sign_in_through_the_form(browser: &Driver, url: &str, token: &str) {
+    browser.js("sessionStorage.clear(); return null").await;
+    browser.goto(&format!("{url}/")).await;
+    browser.wait_text("#signin", &["Sign in"]).await;
+    browser.type_into("#token", "kiln_wrong").await;
+    browser.click("#signin button[type='submit']").await;
+    browser.wait_text("#signin", &["refused"]).await;
+    browser.screenshot("6-sign-in").await;
+    browser.type_into("#token", token).await;
+    browser.click("#signin button[type='submit']").await;
+    browser.wait_text("#batches", &["browser batch"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_and_retries_a_job() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!("{ADD_SCRIPT}{SCRIPTS}")).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let token = env.token(Scope::Submit).await;
+    let client = kiln::client::Client::with_token(&d.url, &token).unwrap();
+
+    let (batch, jobs) = submit_batches(&client).await;
+    let (fixed, wrong) = (&jobs[1], &jobs[2]);
+
+    // The page needs no token (it holds no data).
+    let page = reqwest::get(format!("{}/", d.url)).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+
+    let browser = Driver::start().await;
+
+    sign_in_through_the_address(&browser, &d.url, &token).await;
 
     // The batch: jobs by state, failure reasons by code.
     browser.click(&format!("a[href='#/batches/{batch}']")).await;
@@ -372,20 +417,7 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
         "expected 3, got -1: {cases}"
     );
     browser.screenshot("4-failed-job").await;
-    browser.click("button[data-action='retry']").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = client.job(wrong).await.unwrap();
-        if job["run"] == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page's retry never reached the API: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    browser.wait_text("#main", &["run 2"]).await;
+    retry_from_the_page(&browser, &client, wrong).await;
 
     // The workers, with the jobs in their hands.
     browser.click("header a[href='#/workers']").await;
@@ -394,18 +426,7 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
     browser.wait_text("#workers", &[&worker_id, "/16"]).await;
     browser.screenshot("5-workers").await;
 
-    // Without a token the page asks for one; a wrong one is refused; the
-    // right one signs in.
-    browser.js("sessionStorage.clear(); return null").await;
-    browser.goto(&format!("{}/", d.url)).await;
-    browser.wait_text("#signin", &["Sign in"]).await;
-    browser.type_into("#token", "kiln_wrong").await;
-    browser.click("#signin button[type='submit']").await;
-    browser.wait_text("#signin", &["refused"]).await;
-    browser.screenshot("6-sign-in").await;
-    browser.type_into("#token", &token).await;
-    browser.click("#signin button[type='submit']").await;
-    browser.wait_text("#batches", &["browser batch"]).await;
+    sign_in_through_the_form(&browser, &d.url, &token).await;
 
     drop(browser);
     worker.stop().await;

@@ -718,6 +718,101 @@ async fn values_of_the_wrong_type_are_judged_failed(backend: Backend) {
 /// `(name, entry point, prompt, solution, tests, should pass)`.
 type HelperCase<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, &'a str, bool);
 
+/// Tests that take `approx` from pytest before importing the solution's names.
+const APPROX_TESTS: &str = r"from pytest import approx
+from solution import *
+
+def test_mean():
+    assert mean([1, 2]) == approx(1.5)
+";
+
+/// Tests that define a helper before importing the solution's names.
+const HELPER_TESTS: &str = r"def expected_total():
+    return 6
+
+from solution import *
+
+def test_total():
+    assert total([1, 2, 3]) == expected_total()
+";
+
+/// A prompt that defines a helper (`encode`) beside the entry point.
+const HELPER_PROMPT: &str = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Undoes encode.\"\"\"\n";
+
+/// Tests that use the prompt's helper after importing the solution's names.
+const PROMPT_TESTS: &str = r#"from solution import *
+
+def test_roundtrip():
+    assert decode(encode("abc")) == "abc"
+"#;
+
+/// Tests that read the prompt's helper as an attribute of the solution module.
+const PROMPT_TESTS_BY_NAME: &str = r#"import solution
+
+def test_roundtrip():
+    assert solution.decode(solution.encode("xyz")) == "xyz"
+"#;
+
+/// The cases of `solution_names_never_replace_the_tests_own_helpers`.
+const HELPER_CASES: &[HelperCase] = &[
+    (
+        "approx, right",
+        "mean",
+        None,
+        "def mean(xs):\n    return sum(xs) / len(xs)\n",
+        APPROX_TESTS,
+        true,
+    ),
+    (
+        "approx redefined",
+        "mean",
+        None,
+        "def mean(xs):\n    return 0\n\ndef approx(x, *a, **k):\n    return 0\n",
+        APPROX_TESTS,
+        false,
+    ),
+    (
+        "a test helper, right",
+        "total",
+        None,
+        "def total(xs):\n    return sum(xs)\n",
+        HELPER_TESTS,
+        true,
+    ),
+    (
+        "a test helper redefined",
+        "total",
+        None,
+        "def total(xs):\n    return 5\n\ndef expected_total():\n    return 5\n",
+        HELPER_TESTS,
+        false,
+    ),
+    (
+        "a prompt helper, right",
+        "decode",
+        Some(HELPER_PROMPT),
+        "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]\n",
+        PROMPT_TESTS,
+        true,
+    ),
+    (
+        "a prompt helper redefined",
+        "decode",
+        Some(HELPER_PROMPT),
+        "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+        PROMPT_TESTS,
+        false,
+    ),
+    (
+        "a prompt helper redefined, read as an attribute",
+        "decode",
+        Some(HELPER_PROMPT),
+        "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
+        PROMPT_TESTS_BY_NAME,
+        false,
+    ),
+];
+
 /// `from solution import *` never replaces a name the tests bind
 /// themselves (pytest's `approx`, a helper defined before the import), and
 /// a helper the spec's prompt defines is the prompt's own, not whatever the
@@ -727,91 +822,8 @@ async fn solution_names_never_replace_the_tests_own_helpers(backend: Backend) {
     let _lock = exclusive().await;
     let limits = limits();
     let sandbox = TestSandbox::new(backend, &limits, 1).await;
-    let approx_tests = r"from pytest import approx
-from solution import *
-
-def test_mean():
-    assert mean([1, 2]) == approx(1.5)
-";
-    let helper_tests = r"def expected_total():
-    return 6
-
-from solution import *
-
-def test_total():
-    assert total([1, 2, 3]) == expected_total()
-";
-    let prompt = "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Undoes encode.\"\"\"\n";
-    let prompt_tests = r#"from solution import *
-
-def test_roundtrip():
-    assert decode(encode("abc")) == "abc"
-"#;
-    let prompt_tests_by_name = r#"import solution
-
-def test_roundtrip():
-    assert solution.decode(solution.encode("xyz")) == "xyz"
-"#;
-    let table: &[HelperCase] = &[
-        (
-            "approx, right",
-            "mean",
-            None,
-            "def mean(xs):\n    return sum(xs) / len(xs)\n",
-            approx_tests,
-            true,
-        ),
-        (
-            "approx redefined",
-            "mean",
-            None,
-            "def mean(xs):\n    return 0\n\ndef approx(x, *a, **k):\n    return 0\n",
-            approx_tests,
-            false,
-        ),
-        (
-            "a test helper, right",
-            "total",
-            None,
-            "def total(xs):\n    return sum(xs)\n",
-            helper_tests,
-            true,
-        ),
-        (
-            "a test helper redefined",
-            "total",
-            None,
-            "def total(xs):\n    return 5\n\ndef expected_total():\n    return 5\n",
-            helper_tests,
-            false,
-        ),
-        (
-            "a prompt helper, right",
-            "decode",
-            Some(prompt),
-            "def encode(s):\n    return s[::-1]\n\ndef decode(s):\n    return s[::-1]\n",
-            prompt_tests,
-            true,
-        ),
-        (
-            "a prompt helper redefined",
-            "decode",
-            Some(prompt),
-            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
-            prompt_tests,
-            false,
-        ),
-        (
-            "a prompt helper redefined, read as an attribute",
-            "decode",
-            Some(prompt),
-            "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n",
-            prompt_tests_by_name,
-            false,
-        ),
-    ];
     let mut bad = Vec::new();
-    for (name, entry, prompt, solution, tests, should_pass) in table {
+    for (name, entry, prompt, solution, tests, should_pass) in HELPER_CASES {
         let mut spec = serde_json::json!({
             "kind": "function",
             "task_description": "Implement it.",

@@ -219,46 +219,14 @@ async fn the_document_is_valid_openapi_3_1_and_describes_every_v1_route_with_its
     d.stop().await;
 }
 
-#[tokio::test]
-async fn every_endpoints_live_answers_validate_against_the_document() {
-    let env = TestEnv::new().await;
-    let llm = mock(&format!("{ADD_SCRIPT}{FAILING_SCRIPTS}")).await;
-    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
-    let d = Dispatcher::start(&settings).await;
-    let worker = InProcessWorker::start(&settings).await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", d.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut c = Checker {
-        doc,
-        base: d.url.clone(),
-        http: reqwest::Client::new(),
-        token: env.token(Scope::Submit).await,
-        checked: Vec::new(),
-    };
+/// A request and the status it must be answered with: method, the path
+/// template the document lists it under, the path sent, and its body.
+type Expectation = (Method, &'static str, String, Option<Value>, u16);
 
-    // A batch with a success, a test failure and a validation failure.
-    let body = json!({"name": "openapi", "specs": [add_spec(1), spec_named("wrong_1"), spec_named("broken_1")],
-                      "options": {"max_attempts": 1}});
-    let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
-    assert_eq!(status, 201);
-    let batch = created["batch_id"].as_str().unwrap().to_owned();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
-    let (status, _) = c.check(Method::GET, "/v1/workers", "/v1/workers", None).await;
-    assert_eq!(status, 200);
-    let client = kiln::client::Client::with_token(&d.url, &c.token).unwrap();
-    wait_for_batch(&client, &batch, Duration::from_secs(120)).await;
-
-    let b = format!("/v1/batches/{batch}");
-    for (method, template, path, body, expected) in [
+/// Listing and reading batches, the batch `b` (`/v1/batches/{id}`) and its
+/// jobs, with bad ids and queries; and a change to the batch's options.
+fn batch_requests(b: &str) -> Vec<Expectation> {
+    vec![
         (Method::GET, "/v1/batches", "/v1/batches".to_owned(), None, 200),
         (
             Method::GET,
@@ -281,7 +249,7 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
             Some(json!({"specs": "x"})),
             400,
         ),
-        (Method::GET, "/v1/batches/{id}", b.clone(), None, 200),
+        (Method::GET, "/v1/batches/{id}", b.to_owned(), None, 200),
         (
             Method::GET,
             "/v1/batches/{id}",
@@ -293,7 +261,7 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
         (
             Method::PATCH,
             "/v1/batches/{id}",
-            b.clone(),
+            b.to_owned(),
             Some(json!({"options": {"budget_tokens": 100_000}})),
             200,
         ),
@@ -305,6 +273,13 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
             None,
             200,
         ),
+    ]
+}
+
+/// Reading the jobs (a success, a test failure and a validation failure),
+/// their attempts, artifacts and files; retrying a succeeded job.
+fn job_requests(jobs: &[String]) -> Vec<Expectation> {
+    vec![
         (Method::GET, "/v1/jobs/{id}", format!("/v1/jobs/{}", jobs[0]), None, 200),
         (Method::GET, "/v1/jobs/{id}", format!("/v1/jobs/{}", jobs[1]), None, 200),
         (
@@ -363,16 +338,23 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
             None,
             409,
         ),
+    ]
+}
+
+/// The workers, the probes and the document itself.
+fn probe_requests() -> Vec<Expectation> {
+    vec![
         (Method::GET, "/v1/workers", "/v1/workers".to_owned(), None, 200),
         (Method::GET, "/healthz", "/healthz".to_owned(), None, 200),
         (Method::GET, "/readyz", "/readyz".to_owned(), None, 200),
         (Method::GET, "/metrics", "/metrics".to_owned(), None, 200),
         (Method::GET, "/openapi.json", "/openapi.json".to_owned(), None, 200),
-    ] {
-        let (status, body) = c.check(method.clone(), template, &path, body).await;
-        assert_eq!(status, expected, "{method} {path}: {body}");
-    }
-    // The failed jobs' attempts carry what the dashboard and CLI show.
+    ]
+}
+
+/// The failed jobs' attempts carry what the dashboard and CLI show: the
+/// failing test cases, the diagnostics.
+async fn check_failed_attempts_carry_their_reports(c: &mut Checker, jobs: &[String]) {
     let (_, wrong) = c
         .check(
             Method::GET,
@@ -401,8 +383,10 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
         !broken[0]["validation"]["diagnostics"].as_array().unwrap().is_empty(),
         "{broken}"
     );
+}
 
-    // The check would see a field the document does not declare, nested too.
+/// The check would see a field the document does not declare, nested too.
+async fn check_undeclared_fields_are_caught(c: &mut Checker, jobs: &[String]) {
     let (_, job) = c
         .check(Method::GET, "/v1/jobs/{id}", &format!("/v1/jobs/{}", jobs[0]), None)
         .await;
@@ -423,8 +407,11 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
             "an undeclared field at {pointer:?} passed"
         );
     }
+}
 
-    // Verbs that change state, last.
+/// The verbs that change state: retrying and cancelling a job, then its
+/// batch; a retry of states that do not exist is refused.
+async fn check_state_changes(c: &mut Checker, b: &str, jobs: &[String]) {
     let (status, _) = c
         .check(
             Method::POST,
@@ -465,8 +452,11 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
         )
         .await;
     assert_eq!(status, 400);
+}
 
-    // Authentication's answers are documented too.
+/// Authentication's answers are documented too: a wrong token, and a read
+/// token's change.
+async fn check_authentication(c: &mut Checker, env: &TestEnv, b: &str) {
     c.token = "kiln_wrong".into();
     let (status, _) = c.check(Method::GET, "/v1/batches", "/v1/batches", None).await;
     assert_eq!(status, 401);
@@ -475,6 +465,57 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
         .check(Method::POST, "/v1/batches/{id}/cancel", &format!("{b}/cancel"), None)
         .await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn every_endpoints_live_answers_validate_against_the_document() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!("{ADD_SCRIPT}{FAILING_SCRIPTS}")).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", d.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut c = Checker {
+        doc,
+        base: d.url.clone(),
+        http: reqwest::Client::new(),
+        token: env.token(Scope::Submit).await,
+        checked: Vec::new(),
+    };
+
+    // A batch with a success, a test failure and a validation failure.
+    let body = json!({"name": "openapi", "specs": [add_spec(1), spec_named("wrong_1"), spec_named("broken_1")],
+                      "options": {"max_attempts": 1}});
+    let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
+    assert_eq!(status, 201);
+    let batch = created["batch_id"].as_str().unwrap().to_owned();
+    let jobs: Vec<String> = created["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    let (status, _) = c.check(Method::GET, "/v1/workers", "/v1/workers", None).await;
+    assert_eq!(status, 200);
+    let client = kiln::client::Client::with_token(&d.url, &c.token).unwrap();
+    wait_for_batch(&client, &batch, Duration::from_secs(120)).await;
+
+    let b = format!("/v1/batches/{batch}");
+    let requests = [batch_requests(&b), job_requests(&jobs), probe_requests()];
+    for (method, template, path, body, expected) in requests.into_iter().flatten() {
+        let (status, body) = c.check(method.clone(), template, &path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {body}");
+    }
+    check_failed_attempts_carry_their_reports(&mut c, &jobs).await;
+    check_undeclared_fields_are_caught(&mut c, &jobs).await;
+    // Verbs that change state, last.
+    check_state_changes(&mut c, &b, &jobs).await;
+    check_authentication(&mut c, &env, &b).await;
 
     // Every v1 route was exercised.
     for route in kiln::http::v1_routes() {

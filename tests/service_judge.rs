@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kiln::files::File;
-use kiln::report::{Outcome, Severity, TestReport};
+use kiln::report::{Outcome, Severity, TestReport, ValidationReport};
 use kiln::sandbox::{Limits, harness};
 use kiln::spec::Spec;
 use sandbox_support::{Backend, TestSandbox};
@@ -313,10 +313,41 @@ fn shadowing_conftest() -> String {
     )
 }
 
+/// Every case: a broken service and the same service fixed.
 fn cases() -> Vec<Case> {
-    let raise = |what: &str| format!("    raise {what}\n");
-    let broken_create = main_with(&[(CREATE_BODY, &raise("RuntimeError(\"database offline\")"))]);
     let fixed = || ("app/main.py", Some(demo_file("app/main.py")));
+    [
+        errors_the_tests_accept(),
+        wrong_answers_the_tests_miss(),
+        fixtures_that_stand_in_for_the_app(),
+        suites_that_rewrite_the_app(),
+        forged_reports(),
+        suites_that_run_too_little(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut c| {
+        // Every fix includes the working app.
+        if !c.fixed.iter().any(|(p, _)| *p == "app/main.py") {
+            c.fixed.push(fixed());
+        }
+        c
+    })
+    .collect()
+}
+
+/// A handler body that raises `what`.
+fn raise(what: &str) -> String {
+    format!("    raise {what}\n")
+}
+
+/// The app with a create handler that always raises.
+fn broken_create() -> String {
+    main_with(&[(CREATE_BODY, &raise("RuntimeError(\"database offline\")"))])
+}
+
+/// Handlers that fail under tests that accept, expect or ignore the failure.
+fn errors_the_tests_accept() -> Vec<Case> {
     vec![
         Case {
             name: "an endpoint that always answers 500, with tests that accept it",
@@ -386,151 +417,6 @@ fn cases() -> Vec<Case> {
             )],
         },
         Case {
-            name: "an autouse fixture that monkeypatches TestClient.request",
-            broken: vec![
-                (
-                    "app/main.py",
-                    Some(main_with(&[
-                        (CREATE_BODY, &raise("NotImplementedError")),
-                        (LIST_BODY, &raise("NotImplementedError")),
-                        (GET_BODY, &raise("NotImplementedError")),
-                        (DELETE_BODY, &raise("NotImplementedError")),
-                    ])),
-                ),
-                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
-                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
-            ],
-            fails: "kiln: POST /notes",
-            rule: None,
-            fixed: vec![
-                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
-                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
-            ],
-        },
-        Case {
-            name: "a fixture that swaps the app's route for a working double",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
-                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
-            ],
-            fails: "kiln: POST /notes",
-            rule: None,
-            fixed: vec![
-                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
-                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
-            ],
-        },
-        Case {
-            name: "an always-raising dependency hidden by app.dependency_overrides",
-            broken: vec![
-                (
-                    "app/main.py",
-                    Some(main_with(&[(
-                        "    session = SessionLocal()\n    try:",
-                        "    raise RuntimeError(\"no database configured\")\n    session = SessionLocal()\n    try:",
-                    )])),
-                ),
-                ("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY))),
-            ],
-            fails: "kiln: GET /notes",
-            rule: None,
-            fixed: vec![("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY)))],
-        },
-        Case {
-            name: "a conftest hook that rewrites every report to passed",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("tests/conftest.py", Some(String::from(FORGING_HOOK))),
-            ],
-            fails: "tests: tests/test_notes.py::test_create_note",
-            rule: Some("conftest-hook"),
-            fixed: vec![],
-        },
-        Case {
-            name: "a conftest hook that deselects every test but the health test",
-            broken: vec![
-                ("app/main.py", Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
-                ("tests/conftest.py", Some(String::from(DESELECTING_HOOK))),
-            ],
-            fails: "tests: tests/test_notes.py::test_get_note",
-            rule: Some("conftest-hook"),
-            fixed: vec![],
-        },
-        Case {
-            name: "a suite that only tests /health",
-            broken: vec![
-                ("app/main.py", Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
-                ("tests/test_notes.py", Some(String::from(HEALTH_ONLY_TESTS))),
-            ],
-            fails: "kiln: GET /notes",
-            rule: Some("tests-endpoint"),
-            fixed: vec![],
-        },
-        Case {
-            name: "a pytest.ini whose addopts deselect all but the health test",
-            broken: vec![
-                ("app/main.py", Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))]))),
-                ("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n"))),
-            ],
-            fails: "tests: tests/test_notes.py::test_get_note",
-            rule: None,
-            fixed: vec![("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n")))],
-        },
-        Case {
-            name: "pyproject.toml pytest options that deselect the failing test",
-            broken: vec![
-                ("app/main.py", Some(main_with(&[(DELETE_BODY, &raise("NotImplementedError"))]))),
-                (
-                    "pyproject.toml",
-                    Some(String::from("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n")),
-                ),
-            ],
-            fails: "tests: tests/test_notes.py::test_delete_note",
-            rule: None,
-            fixed: vec![(
-                "pyproject.toml",
-                Some(String::from("[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n")),
-            )],
-        },
-        Case {
-            name: "a root conftest naming a forging plugin in pytest_plugins",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("conftest.py", Some(String::from("pytest_plugins = [\"tests.forge\"]\n"))),
-                ("tests/forge.py", Some(String::from(FORGING_HOOK))),
-            ],
-            fails: "tests: tests/test_notes.py::test_create_note",
-            rule: Some("conftest-hook"),
-            fixed: vec![],
-        },
-        Case {
-            name: "a fixture that registers a forging plugin",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("tests/conftest.py", Some(String::from(REGISTERED_FORGER))),
-            ],
-            fails: "tests: tests/test_notes.py::test_create_note",
-            rule: None,
-            fixed: vec![],
-        },
-        Case {
-            name: "a suite whose every test is skipped",
-            broken: vec![
-                ("app/main.py", Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))]))),
-                (
-                    "tests/test_notes.py",
-                    Some(demo_tests().replace(
-                        "from app.main import app\n",
-                        "from app.main import app\n\npytestmark = pytest.mark.skip(reason=\"flaky\")\n",
-                    )),
-                ),
-            ],
-            fails: "kiln: GET /notes",
-            rule: None,
-            fixed: vec![],
-        },
-        Case {
             name: "a create endpoint that always answers 400, with a test that expects it",
             broken: vec![
                 (
@@ -549,6 +435,13 @@ fn cases() -> Vec<Case> {
             rule: None,
             fixed: vec![("tests/test_notes.py", Some(String::from(SIMPLE_TESTS)))],
         },
+    ]
+}
+
+/// Handlers that answer wrongly where the suite does not look, or
+/// accepts anything.
+fn wrong_answers_the_tests_miss() -> Vec<Case> {
+    vec![
         Case {
             name: "a read endpoint that answers 404 for notes that exist",
             broken: vec![
@@ -598,33 +491,6 @@ fn cases() -> Vec<Case> {
             fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
         Case {
-            name: "tables that only the tests create",
-            broken: vec![("app/main.py", Some(main_with(&[("Base.metadata.create_all(engine)\n", "")])))],
-            fails: "kiln: POST /notes",
-            rule: None,
-            fixed: vec![],
-        },
-        Case {
-            name: "a suite that rewrites the app on disk to a working one",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("tests/conftest.py", Some(rewriting_conftest())),
-            ],
-            fails: "kiln: POST /notes",
-            rule: None,
-            fixed: vec![("tests/conftest.py", Some(rewriting_conftest()))],
-        },
-        Case {
-            name: "a suite that plants an undeletable package shadowing app.main",
-            broken: vec![
-                ("app/main.py", Some(broken_create.clone())),
-                ("tests/conftest.py", Some(shadowing_conftest())),
-            ],
-            fails: "kiln: POST /notes",
-            rule: None,
-            fixed: vec![("tests/conftest.py", Some(shadowing_conftest()))],
-        },
-        Case {
             name: "a read endpoint that bypasses its response model with a placeholder JSONResponse",
             broken: vec![
                 (
@@ -656,6 +522,75 @@ fn cases() -> Vec<Case> {
             rule: None,
             fixed: vec![("tests/test_notes.py", Some(String::from(PERMISSIVE_TESTS)))],
         },
+    ]
+}
+
+/// Fixtures that make a broken app look working: a patched client, a
+/// swapped route or dependency, state or routes only the tests set up.
+fn fixtures_that_stand_in_for_the_app() -> Vec<Case> {
+    vec![
+        Case {
+            name: "an autouse fixture that monkeypatches TestClient.request",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[
+                        (CREATE_BODY, &raise("NotImplementedError")),
+                        (LIST_BODY, &raise("NotImplementedError")),
+                        (GET_BODY, &raise("NotImplementedError")),
+                        (DELETE_BODY, &raise("NotImplementedError")),
+                    ])),
+                ),
+                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
+            ],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![
+                ("tests/conftest.py", Some(String::from(CANNED_CLIENT))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
+            ],
+        },
+        Case {
+            name: "a fixture that swaps the app's route for a working double",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
+            ],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![
+                ("tests/conftest.py", Some(String::from(SWAPPED_ROUTES))),
+                ("tests/test_notes.py", Some(String::from(SIMPLE_TESTS))),
+            ],
+        },
+        Case {
+            name: "an always-raising dependency hidden by app.dependency_overrides",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(
+                        "    session = SessionLocal()\n    try:",
+                        "    raise RuntimeError(\"no database configured\")\n    session = SessionLocal()\n    try:",
+                    )])),
+                ),
+                ("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY))),
+            ],
+            fails: "kiln: GET /notes",
+            rule: None,
+            fixed: vec![("tests/conftest.py", Some(String::from(OVERRIDDEN_DEPENDENCY)))],
+        },
+        Case {
+            name: "tables that only the tests create",
+            broken: vec![(
+                "app/main.py",
+                Some(main_with(&[("Base.metadata.create_all(engine)\n", "")])),
+            )],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![],
+        },
         Case {
             name: "a route the app lacks, added by a test fixture",
             broken: vec![
@@ -668,7 +603,9 @@ fn cases() -> Vec<Case> {
                 ),
                 (
                     "tests/conftest.py",
-                    Some(String::from("import pytest\nfrom fastapi import status\n\nfrom app import main\n\n\n@pytest.fixture(autouse=True)\ndef delete_route():\n    main.app.add_api_route(\"/notes/{note_id}\", main.delete_note, methods=[\"DELETE\"], status_code=status.HTTP_204_NO_CONTENT)\n")),
+                    Some(String::from(
+                        "import pytest\nfrom fastapi import status\n\nfrom app import main\n\n\n@pytest.fixture(autouse=True)\ndef delete_route():\n    main.app.add_api_route(\"/notes/{note_id}\", main.delete_note, methods=[\"DELETE\"], status_code=status.HTTP_204_NO_CONTENT)\n",
+                    )),
                 ),
             ],
             fails: "kiln: DELETE /notes/{note_id}",
@@ -676,15 +613,161 @@ fn cases() -> Vec<Case> {
             fixed: vec![],
         },
     ]
-    .into_iter()
-    .map(|mut c| {
-        // Every fix includes the working app.
-        if !c.fixed.iter().any(|(p, _)| *p == "app/main.py") {
-            c.fixed.push(fixed());
-        }
-        c
-    })
-    .collect()
+}
+
+/// Suites that rewrite or shadow the app on disk, so that a fresh app
+/// process would run a working one.
+fn suites_that_rewrite_the_app() -> Vec<Case> {
+    vec![
+        Case {
+            name: "a suite that rewrites the app on disk to a working one",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                ("tests/conftest.py", Some(rewriting_conftest())),
+            ],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![("tests/conftest.py", Some(rewriting_conftest()))],
+        },
+        Case {
+            name: "a suite that plants an undeletable package shadowing app.main",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                ("tests/conftest.py", Some(shadowing_conftest())),
+            ],
+            fails: "kiln: POST /notes",
+            rule: None,
+            fixed: vec![("tests/conftest.py", Some(shadowing_conftest()))],
+        },
+    ]
+}
+
+/// Plugins that rewrite pytest's reports to passed, however they are loaded.
+fn forged_reports() -> Vec<Case> {
+    vec![
+        Case {
+            name: "a conftest hook that rewrites every report to passed",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                ("tests/conftest.py", Some(String::from(FORGING_HOOK))),
+            ],
+            fails: "tests: tests/test_notes.py::test_create_note",
+            rule: Some("conftest-hook"),
+            fixed: vec![],
+        },
+        Case {
+            name: "a root conftest naming a forging plugin in pytest_plugins",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                (
+                    "conftest.py",
+                    Some(String::from("pytest_plugins = [\"tests.forge\"]\n")),
+                ),
+                ("tests/forge.py", Some(String::from(FORGING_HOOK))),
+            ],
+            fails: "tests: tests/test_notes.py::test_create_note",
+            rule: Some("conftest-hook"),
+            fixed: vec![],
+        },
+        Case {
+            name: "a fixture that registers a forging plugin",
+            broken: vec![
+                ("app/main.py", Some(broken_create())),
+                ("tests/conftest.py", Some(String::from(REGISTERED_FORGER))),
+            ],
+            fails: "tests: tests/test_notes.py::test_create_note",
+            rule: None,
+            fixed: vec![],
+        },
+    ]
+}
+
+/// Suites that never run the failing code: deselected by a hook or an
+/// ini file, skipped, or testing /health alone.
+fn suites_that_run_too_little() -> Vec<Case> {
+    vec![
+        Case {
+            name: "a conftest hook that deselects every test but the health test",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))])),
+                ),
+                ("tests/conftest.py", Some(String::from(DESELECTING_HOOK))),
+            ],
+            fails: "tests: tests/test_notes.py::test_get_note",
+            rule: Some("conftest-hook"),
+            fixed: vec![],
+        },
+        Case {
+            name: "a pytest.ini whose addopts deselect all but the health test",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(GET_BODY, &raise("NotImplementedError"))])),
+                ),
+                ("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n"))),
+            ],
+            fails: "tests: tests/test_notes.py::test_get_note",
+            rule: None,
+            fixed: vec![("pytest.ini", Some(String::from("[pytest]\naddopts = -k health\n")))],
+        },
+        Case {
+            name: "pyproject.toml pytest options that deselect the failing test",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(DELETE_BODY, &raise("NotImplementedError"))])),
+                ),
+                (
+                    "pyproject.toml",
+                    Some(String::from(
+                        "[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n",
+                    )),
+                ),
+            ],
+            fails: "tests: tests/test_notes.py::test_delete_note",
+            rule: None,
+            fixed: vec![(
+                "pyproject.toml",
+                Some(String::from(
+                    "[tool.pytest.ini_options]\naddopts = \"-k 'not delete'\"\n",
+                )),
+            )],
+        },
+        Case {
+            name: "a suite whose every test is skipped",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))])),
+                ),
+                (
+                    "tests/test_notes.py",
+                    Some(demo_tests().replace(
+                        "from app.main import app\n",
+                        "from app.main import app\n\npytestmark = pytest.mark.skip(reason=\"flaky\")\n",
+                    )),
+                ),
+            ],
+            fails: "kiln: GET /notes",
+            rule: None,
+            fixed: vec![],
+        },
+        Case {
+            name: "a suite that only tests /health",
+            broken: vec![
+                (
+                    "app/main.py",
+                    Some(main_with(&[(LIST_BODY, &raise("NotImplementedError"))])),
+                ),
+                ("tests/test_notes.py", Some(String::from(HEALTH_ONLY_TESTS))),
+            ],
+            fails: "kiln: GET /notes",
+            rule: Some("tests-endpoint"),
+            fixed: vec![],
+        },
+    ]
 }
 
 async fn judge(sandbox: &TestSandbox, spec: &Spec, files: &[File]) -> TestReport {
@@ -730,15 +813,38 @@ async fn broken_services_fail_and_fixed_ones_pass(backend: Backend) {
     let sandbox = TestSandbox::new(backend, &limits(), 2).await;
     let cases = cases();
     let mut problems = Vec::new();
-    // Every broken answer, and every distinct fixed one (many fixes are
-    // the demo itself), two at a time.
+    for (i, broken, files, report) in judge_every_answer(&sandbox, &spec, &cases).await {
+        let case = &cases[i];
+        let validation = kiln::validate::validate(&spec, &files);
+        if broken {
+            problems.extend(problems_of_broken(case, &report, &validation));
+        } else {
+            problems.extend(problems_of_fixed(case, &report, &validation));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n\n")
+    );
+}
+
+/// Every case's broken and fixed answers with their reports, as (case
+/// index, broken, files, report). Each distinct answer is judged once (many
+/// fixes are the demo itself), two at a time.
+async fn judge_every_answer(
+    sandbox: &TestSandbox,
+    spec: &Spec,
+    cases: &[Case],
+) -> Vec<(usize, bool, Vec<File>, TestReport)> {
     let key = |files: &[File]| {
         let mut parts: Vec<String> = files.iter().map(|f| format!("{}\0{}", f.path, f.content)).collect();
         parts.sort();
         parts.join("\0\0")
     };
     let mut runs: Vec<(Vec<File>, String)> = Vec::new();
-    for c in &cases {
+    for c in cases {
         runs.push((service(&c.broken), String::new()));
         let fixed = service(&c.fixed);
         let k = key(&fixed);
@@ -747,12 +853,9 @@ async fn broken_services_fail_and_fixed_ones_pass(backend: Backend) {
         }
     }
     let judged: Vec<(Vec<File>, TestReport)> = futures::stream::iter(runs)
-        .map(|(files, _)| {
-            let (sandbox, spec) = (&sandbox, &spec);
-            async move {
-                let report = judge(sandbox, spec, &files).await;
-                (files, report)
-            }
+        .map(|(files, _)| async move {
+            let report = judge(sandbox, spec, &files).await;
+            (files, report)
         })
         .buffered(2)
         .collect()
@@ -764,7 +867,7 @@ async fn broken_services_fail_and_fixed_ones_pass(backend: Backend) {
             .map(|(_, r)| r.clone())
             .expect("every answer was judged")
     };
-    let reports: Vec<(usize, bool, Vec<File>, TestReport)> = cases
+    cases
         .iter()
         .enumerate()
         .flat_map(|(i, c)| {
@@ -774,64 +877,69 @@ async fn broken_services_fail_and_fixed_ones_pass(backend: Backend) {
                 (i, broken, files, report)
             })
         })
-        .collect();
-    for (i, broken, files, report) in reports {
-        let case = &cases[i];
-        let validation = kiln::validate::validate(&spec, &files);
-        let errors: Vec<&str> = validation
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| d.rule.as_str())
-            .collect();
-        if broken {
-            eprintln!("{}:\n  {}", case.name, failing(&report).join("\n  "));
-            let named = report
-                .cases
-                .iter()
-                .any(|c| c.outcome != Outcome::Passed && c.name.starts_with(case.fails));
-            if report.all_passed() || !named {
-                problems.push(format!(
-                    "{}: broken, judged {} without a failing {:?}: {:#?}",
-                    case.name,
-                    if report.all_passed() { "passing" } else { "failing" },
-                    case.fails,
-                    failing(&report)
-                ));
-            }
-            let expected: Vec<&str> = case.rule.into_iter().collect();
-            let mut found = errors.clone();
-            found.dedup();
-            if found != expected {
-                problems.push(format!(
-                    "{}: broken, static errors {found:?}, expected {expected:?}",
-                    case.name
-                ));
-            }
-        } else {
-            if !report.all_passed() {
-                problems.push(format!(
-                    "{}: fixed, judged failing: {:#?}\n{:?}\n{}",
-                    case.name,
-                    failing(&report),
-                    report.problem,
-                    report.output
-                ));
-            }
-            if !errors.is_empty() {
-                problems.push(format!(
-                    "{}: fixed, static errors {:?}",
-                    case.name, validation.diagnostics
-                ));
-            }
-        }
+        .collect()
+}
+
+/// The static errors of a validation report, by rule.
+fn error_rules(validation: &ValidationReport) -> Vec<&str> {
+    validation
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.rule.as_str())
+        .collect()
+}
+
+/// What is wrong with a broken answer's verdicts: it must be judged failing
+/// for the case's reason, and refused by exactly the case's static rule.
+fn problems_of_broken(case: &Case, report: &TestReport, validation: &ValidationReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    eprintln!("{}:\n  {}", case.name, failing(report).join("\n  "));
+    let named = report
+        .cases
+        .iter()
+        .any(|c| c.outcome != Outcome::Passed && c.name.starts_with(case.fails));
+    if report.all_passed() || !named {
+        problems.push(format!(
+            "{}: broken, judged {} without a failing {:?}: {:#?}",
+            case.name,
+            if report.all_passed() { "passing" } else { "failing" },
+            case.fails,
+            failing(report)
+        ));
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n\n")
-    );
+    let expected: Vec<&str> = case.rule.into_iter().collect();
+    let mut found = error_rules(validation);
+    found.dedup();
+    if found != expected {
+        problems.push(format!(
+            "{}: broken, static errors {found:?}, expected {expected:?}",
+            case.name
+        ));
+    }
+    problems
+}
+
+/// What is wrong with a fixed answer's verdicts: it must pass the sandbox
+/// and validation.
+fn problems_of_fixed(case: &Case, report: &TestReport, validation: &ValidationReport) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !report.all_passed() {
+        problems.push(format!(
+            "{}: fixed, judged failing: {:#?}\n{:?}\n{}",
+            case.name,
+            failing(report),
+            report.problem,
+            report.output
+        ));
+    }
+    if !error_rules(validation).is_empty() {
+        problems.push(format!(
+            "{}: fixed, static errors {:?}",
+            case.name, validation.diagnostics
+        ));
+    }
+    problems
 }
 
 /// The notes service with an API key on every notes endpoint, its tests

@@ -304,13 +304,27 @@ fn python_cases() -> Vec<Case> {
             "a_name_bound_later_but_read_only_when_called_is_accepted",
             "def solve(a, b):\n    return helper(a) + b\n\n\ndef helper(a):\n    return a\n",
         ),
-        Case::function("an_entry_point_left_a_stub_is_flagged", "def solve(a, b):\n    \"\"\"Add.\"\"\"\n")
-            .expect(&["solution.py:1:5 error empty-body"]),
         Case::function(
             "a_solution_importing_itself_is_flagged",
             "from solution import helper\n\n\ndef helper(a):\n    return a\n\n\ndef solve(a, b):\n    return helper(a)\n",
         )
         .expect(&["solution.py:1:1 error import-self"]),
+        Case::function("a_missing_solution_file_is_reported", "")
+            .file("main.py", "def solve(a):\n    return a\n")
+            .remove("solution.py")
+            .expect(&["solution.py:0:0 error missing-file"]),
+    ]
+}
+
+/// The entry point: present, not a stub, and callable the way the spec's
+/// test cases call it.
+fn entry_point_cases() -> Vec<Case> {
+    vec![
+        Case::function(
+            "an_entry_point_left_a_stub_is_flagged",
+            "def solve(a, b):\n    \"\"\"Add.\"\"\"\n",
+        )
+        .expect(&["solution.py:1:5 error empty-body"]),
         Case::function("a_missing_entry_point_is_reported", "def other(a, b):\n    return a\n")
             .expect(&["solution.py:0:0 error entry-point"]),
         Case::function(
@@ -374,10 +388,6 @@ fn python_cases() -> Vec<Case> {
             json!({"kind": "function", "task_description": "Echo.", "entry_point": "solve",
                          "test_cases": [{"input": 5, "expected": 5}, {"input": [5, 2], "expected": 5}]}),
         ),
-        Case::function("a_missing_solution_file_is_reported", "")
-            .file("main.py", "def solve(a):\n    return a\n")
-            .remove("solution.py")
-            .expect(&["solution.py:0:0 error missing-file"]),
     ]
 }
 
@@ -885,6 +895,11 @@ fn every_python_case_reports_exactly_its_findings() {
 }
 
 #[test]
+fn every_entry_point_case_reports_exactly_its_findings() {
+    run(&entry_point_cases());
+}
+
+#[test]
 fn every_security_case_reports_exactly_its_findings() {
     run(&security_cases());
 }
@@ -1008,6 +1023,7 @@ const LIMIT_RULES: [&str; 2] = ["path-size", "path-count"];
 fn the_corpus_covers_every_rule_with_at_least_sixty_cases() {
     let cases: Vec<Case> = [
         python_cases(),
+        entry_point_cases(),
         security_cases(),
         import_cases(),
         requirements_cases(),

@@ -9,10 +9,10 @@
 //! which is what compose files use); a setting that cannot be placed that
 //! way (flow style) is reported at its service, or at line 0.
 
-use serde_yaml_ng::Value;
+use serde_yaml_ng::{Mapping, Value};
 
 use crate::files::File;
-use crate::report::{Diagnostic, Severity};
+use crate::report::Diagnostic;
 
 use super::dockerfile::{is_literal_secret, is_secret_name};
 
@@ -23,121 +23,140 @@ const DANGEROUS_CAPABILITIES: [&str; 5] = ["ALL", "SYS_ADMIN", "SYS_MODULE", "SY
 pub fn check(file: &File) -> Vec<Diagnostic> {
     let path = file.path.as_str();
     let text = file.content.as_str();
-    let mut root: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            let (line, col) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
-            return vec![Diagnostic::error(
-                path,
-                line,
-                col,
-                "compose-syntax",
-                format!("invalid YAML: {e}"),
-            )];
-        }
+    let root = match parse(path, text) {
+        Ok(root) => root,
+        Err(problem) => return vec![problem],
     };
-    if let Err(e) = root.apply_merge() {
-        return vec![Diagnostic::error(
+    let services = match services(&root, path, text) {
+        Ok(services) => services,
+        Err(problem) => return vec![problem],
+    };
+    let mut out = Vec::new();
+    for (name, settings) in services {
+        let name = key_text(name);
+        Service {
             path,
-            0,
-            0,
-            "compose-syntax",
-            format!("invalid merge key: {e}"),
-        )];
+            text,
+            name: &name,
+        }
+        .check(settings, &mut out);
     }
+    out
+}
+
+/// The file as YAML with merge keys applied, or why it is not that.
+fn parse(path: &str, text: &str) -> Result<Value, Diagnostic> {
+    let mut root: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let (line, col) = e.location().map_or((0, 0), |l| (l.line() as u32, l.column() as u32));
+        Diagnostic::error(path, line, col, "compose-syntax", format!("invalid YAML: {e}"))
+    })?;
+    root.apply_merge()
+        .map_err(|e| Diagnostic::error(path, 0, 0, "compose-syntax", format!("invalid merge key: {e}")))?;
+    Ok(root)
+}
+
+/// The non-empty `services` mapping, or why there is none.
+fn services<'v>(root: &'v Value, path: &str, text: &str) -> Result<&'v Mapping, Diagnostic> {
     let Some(top) = root.as_mapping() else {
-        return vec![Diagnostic::error(
+        return Err(Diagnostic::error(
             path,
             1,
             1,
             "compose-syntax",
             "the compose file must be a mapping with a `services` key",
-        )];
+        ));
     };
-    let services = match top.get("services") {
-        Some(Value::Mapping(m)) if !m.is_empty() => m,
+    match top.get("services") {
+        Some(Value::Mapping(m)) if !m.is_empty() => Ok(m),
         Some(_) => {
             let (line, col) = locate(text, &["services"]);
-            return vec![Diagnostic::error(
+            Err(Diagnostic::error(
                 path,
                 line,
                 col,
                 "compose-service",
                 "`services` must map each service name to its settings",
-            )];
+            ))
         }
-        None => {
-            return vec![Diagnostic::error(
-                path,
-                0,
-                0,
-                "compose-service",
-                "no `services`: define the service, e.g. `services: {app: {build: .}}`",
-            )];
-        }
-    };
-    let mut out = Vec::new();
-    for (name, service) in services {
-        let name = key_text(name);
-        let at = |keys: &[&str]| {
-            let mut full = vec!["services", name.as_str()];
-            full.extend_from_slice(keys);
-            let found = locate(text, &full);
-            if found.0 == 0 {
-                locate(text, &["services", name.as_str()])
-            } else {
-                found
-            }
-        };
-        let mut finding = |keys: &[&str], severity: Severity, rule: &str, message: String| {
-            let (line, col) = at(keys);
-            out.push(Diagnostic::new(severity, path, line, col, rule, message));
-        };
-        let Some(settings) = service.as_mapping() else {
-            finding(
+        None => Err(Diagnostic::error(
+            path,
+            0,
+            0,
+            "compose-service",
+            "no `services`: define the service, e.g. `services: {app: {build: .}}`",
+        )),
+    }
+}
+
+/// One service of the file: what its findings are placed and named by.
+struct Service<'a> {
+    path: &'a str,
+    text: &'a str,
+    name: &'a str,
+}
+
+impl Service<'_> {
+    /// Every finding on the service's `settings`, in the order of the rules.
+    fn check(&self, settings: &Value, out: &mut Vec<Diagnostic>) {
+        let name = self.name;
+        let Some(settings) = settings.as_mapping() else {
+            out.push(self.error_at(
                 &[],
-                Severity::Error,
                 "compose-service",
                 format!("service `{name}` must be a mapping of settings"),
-            );
-            continue;
+            ));
+            return;
         };
-        let get = |key: &str| settings.get(key);
-        if get("image").is_none() && get("build").is_none() {
-            finding(
+        if settings.get("image").is_none() && settings.get("build").is_none() {
+            out.push(self.error_at(
                 &[],
-                Severity::Error,
                 "compose-service",
                 format!("service `{name}` has neither `build` nor `image`"),
-            );
+            ));
         }
-        if get("privileged").is_some_and(is_true) {
-            finding(
+        self.check_host_sharing(settings, out);
+        self.check_socket_mounts(settings, out);
+        self.check_confinement(settings, out);
+        self.check_environment(settings, out);
+    }
+
+    /// Privileged mode and the host's network or process namespace.
+    fn check_host_sharing(&self, settings: &Mapping, out: &mut Vec<Diagnostic>) {
+        let name = self.name;
+        if settings.get("privileged").is_some_and(is_true) {
+            out.push(self.error_at(
                 &["privileged"],
-                Severity::Error,
                 "compose-privileged",
                 format!(
                     "service `{name}` is privileged, which gives it the host's devices and kernel; remove `privileged: true`"
                 ),
-            );
+            ));
         }
-        if get("network_mode").and_then(Value::as_str) == Some("host") {
-            finding(
+        if settings.get("network_mode").and_then(Value::as_str) == Some("host") {
+            out.push(self.error_at(
                 &["network_mode"],
-                Severity::Error,
                 "compose-network-host",
                 format!("service `{name}` shares the host's network; publish ports with `ports:` instead"),
-            );
+            ));
         }
-        if get("pid").and_then(Value::as_str) == Some("host") {
-            finding(
+        if settings.get("pid").and_then(Value::as_str) == Some("host") {
+            out.push(self.error_at(
                 &["pid"],
-                Severity::Error,
                 "compose-pid-host",
                 format!("service `{name}` shares the host's process namespace; remove `pid: host`"),
-            );
+            ));
         }
-        for volume in get("volumes").and_then(Value::as_sequence).into_iter().flatten() {
+    }
+
+    /// The Docker socket in `volumes`, in short or long syntax.
+    fn check_socket_mounts(&self, settings: &Mapping, out: &mut Vec<Diagnostic>) {
+        let name = self.name;
+        for volume in settings
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let mounts_socket = match volume {
                 Value::String(s) => s.split(':').any(is_docker_socket),
                 Value::Mapping(m) => ["source", "target"]
@@ -146,9 +165,9 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
                 _ => false,
             };
             if mounts_socket {
-                let (line, col) = locate_item(text, &["services", name.as_str(), "volumes"], "docker.sock");
+                let (line, col) = self.item("volumes", "docker.sock");
                 out.push(Diagnostic::error(
-                    path,
+                    self.path,
                     line,
                     col,
                     "compose-docker-socket",
@@ -156,14 +175,25 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
                 ));
             }
         }
-        for cap in get("cap_add").and_then(Value::as_sequence).into_iter().flatten() {
+    }
+
+    /// Dangerous capabilities added, and confinement (seccomp, AppArmor,
+    /// SELinux labels) turned off.
+    fn check_confinement(&self, settings: &Mapping, out: &mut Vec<Diagnostic>) {
+        let name = self.name;
+        for cap in settings
+            .get("cap_add")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let Some(cap) = cap.as_str() else { continue };
             let bare = cap.trim().to_ascii_uppercase();
             let bare = bare.strip_prefix("CAP_").unwrap_or(&bare);
             if DANGEROUS_CAPABILITIES.contains(&bare) {
-                let (line, col) = locate_item(text, &["services", name.as_str(), "cap_add"], cap);
+                let (line, col) = self.item("cap_add", cap);
                 out.push(Diagnostic::error(
-                    path,
+                    self.path,
                     line,
                     col,
                     "compose-capabilities",
@@ -171,13 +201,18 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
                 ));
             }
         }
-        for opt in get("security_opt").and_then(Value::as_sequence).into_iter().flatten() {
+        for opt in settings
+            .get("security_opt")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
             let Some(opt) = opt.as_str() else { continue };
             let normal = opt.replace('=', ":").to_ascii_lowercase();
             if normal.ends_with(":unconfined") || normal == "label:disable" {
-                let (line, col) = locate_item(text, &["services", name.as_str(), "security_opt"], opt);
+                let (line, col) = self.item("security_opt", opt);
                 out.push(Diagnostic::error(
-                    path,
+                    self.path,
                     line,
                     col,
                     "compose-unconfined",
@@ -185,11 +220,16 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
                 ));
             }
         }
-        for (key, value) in environment(get("environment")) {
+    }
+
+    /// Credentials written into `environment`.
+    fn check_environment(&self, settings: &Mapping, out: &mut Vec<Diagnostic>) {
+        let name = self.name;
+        for (key, value) in environment(settings.get("environment")) {
             if is_secret_name(&key) && is_literal_secret(&value) {
-                let (line, col) = locate_item(text, &["services", name.as_str(), "environment"], &key);
+                let (line, col) = self.item("environment", &key);
                 out.push(Diagnostic::warning(
-                    path,
+                    self.path,
                     line,
                     col,
                     "compose-secret",
@@ -198,7 +238,24 @@ pub fn check(file: &File) -> Vec<Diagnostic> {
             }
         }
     }
-    out
+
+    /// An error at `keys` under the service, or at the service itself when
+    /// they cannot be placed (flow style).
+    fn error_at(&self, keys: &[&str], rule: &str, message: String) -> Diagnostic {
+        let mut full = vec!["services", self.name];
+        full.extend_from_slice(keys);
+        let (line, col) = match locate(self.text, &full) {
+            (0, _) => locate(self.text, &["services", self.name]),
+            found => found,
+        };
+        Diagnostic::error(self.path, line, col, rule, message)
+    }
+
+    /// The position of the entry of the service's `list` that contains
+    /// `needle`.
+    fn item(&self, list: &str, needle: &str) -> (u32, u32) {
+        locate_item(self.text, &["services", self.name, list], needle)
+    }
 }
 
 fn is_true(v: &Value) -> bool {

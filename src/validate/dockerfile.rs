@@ -316,6 +316,44 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
         ));
         return out;
     };
+    let build_args = build_args(&instructions);
+    check_base_images(path, &instructions, &build_args, &mut out);
+    for i in &instructions {
+        check_instruction(path, i, &mut out);
+    }
+    check_final_stage(
+        path,
+        &instructions[last_from + 1..],
+        &build_args,
+        health_route,
+        &mut out,
+    );
+    out
+}
+
+/// The defaults of the `ARG`s before the first `FROM`: what a `FROM` or
+/// `USER` that names a build argument resolves to.
+fn build_args(instructions: &[Instruction]) -> HashMap<String, String> {
+    let mut build_args = HashMap::new();
+    for arg in instructions.iter().take_while(|i| i.keyword != "FROM") {
+        if arg.keyword == "ARG" {
+            for (k, v) in assignments(&arg.args, false) {
+                build_args.insert(k, v);
+            }
+        }
+    }
+    build_args
+}
+
+/// Only `ARG` before the first `FROM`, and every base image pinned (a
+/// stage built earlier in the file, `scratch` and unresolved build
+/// arguments excepted).
+fn check_base_images(
+    path: &str,
+    instructions: &[Instruction],
+    build_args: &HashMap<String, String>,
+    out: &mut Vec<Diagnostic>,
+) {
     if let Some(early) = instructions
         .iter()
         .take_while(|i| i.keyword != "FROM")
@@ -329,14 +367,6 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
             format!("`{}` before the first `FROM`; only `ARG` may come first", early.keyword),
         ));
     }
-    let mut build_args: HashMap<String, String> = HashMap::new();
-    for arg in instructions.iter().take_while(|i| i.keyword != "FROM") {
-        if arg.keyword == "ARG" {
-            for (k, v) in assignments(&arg.args, false) {
-                build_args.insert(k, v);
-            }
-        }
-    }
     let mut stages: Vec<String> = Vec::new();
     for from in instructions.iter().filter(|i| i.keyword == "FROM") {
         let words: Vec<(&str, u32)> = from.words().into_iter().filter(|(w, _)| !w.starts_with("--")).collect();
@@ -346,7 +376,7 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
         {
             stages.push(name.to_ascii_lowercase());
         }
-        let image = substitute(image, &build_args);
+        let image = substitute(image, build_args);
         if image.contains('$') || image == "scratch" || stages.contains(&image.to_ascii_lowercase()) {
             continue;
         }
@@ -354,43 +384,56 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
             out.push(Diagnostic::error(path, from.line, col, "dockerfile-from", problem));
         }
     }
-    let stage = &instructions[last_from + 1..];
-    for i in &instructions {
-        if i.keyword == "ENV" || i.keyword == "ARG" {
-            for (name, value) in assignments(&i.args, i.keyword == "ENV") {
-                if is_secret_name(&name) && is_literal_secret(&value) {
-                    out.push(Diagnostic::error(
-                        path,
-                        i.line,
-                        i.col,
-                        "dockerfile-secret",
-                        format!(
-                            "`{} {name}` bakes a secret into the image; pass it at run time (environment or a secret mount)",
-                            i.keyword
-                        ),
-                    ));
-                }
+}
+
+/// The rules on one instruction of any stage: no secret baked in by `ENV`
+/// or `ARG`, and no exec form that is not JSON (Docker would run it
+/// through a shell).
+fn check_instruction(path: &str, i: &Instruction, out: &mut Vec<Diagnostic>) {
+    if i.keyword == "ENV" || i.keyword == "ARG" {
+        for (name, value) in assignments(&i.args, i.keyword == "ENV") {
+            if is_secret_name(&name) && is_literal_secret(&value) {
+                out.push(Diagnostic::error(
+                    path,
+                    i.line,
+                    i.col,
+                    "dockerfile-secret",
+                    format!(
+                        "`{} {name}` bakes a secret into the image; pass it at run time (environment or a secret mount)",
+                        i.keyword
+                    ),
+                ));
             }
         }
-        let looks_exec = i
-            .args
-            .trim_start()
-            .strip_prefix('[')
-            .is_some_and(|r| r.trim_start().starts_with(['"', '\'']));
-        if matches!(i.keyword.as_str(), "CMD" | "ENTRYPOINT" | "RUN" | "SHELL") && looks_exec && i.exec_form().is_none()
-        {
-            out.push(Diagnostic::error(
-                path,
-                i.line,
-                i.args_col,
-                "dockerfile-syntax",
-                format!(
-                    "`{}` looks like the exec form but is not a JSON array of strings (use double quotes), so Docker would run it through a shell",
-                    i.keyword
-                ),
-            ));
-        }
     }
+    let looks_exec = i
+        .args
+        .trim_start()
+        .strip_prefix('[')
+        .is_some_and(|r| r.trim_start().starts_with(['"', '\'']));
+    if matches!(i.keyword.as_str(), "CMD" | "ENTRYPOINT" | "RUN" | "SHELL") && looks_exec && i.exec_form().is_none() {
+        out.push(Diagnostic::error(
+            path,
+            i.line,
+            i.args_col,
+            "dockerfile-syntax",
+            format!(
+                "`{}` looks like the exec form but is not a JSON array of strings (use double quotes), so Docker would run it through a shell",
+                i.keyword
+            ),
+        ));
+    }
+}
+
+/// What the image that runs (the final stage) needs: a non-root user, a
+/// start command and a health check (or a health route).
+fn check_final_stage(
+    path: &str,
+    stage: &[Instruction],
+    build_args: &HashMap<String, String>,
+    health_route: bool,
+    out: &mut Vec<Diagnostic>,
+) {
     match stage.iter().rev().find(|i| i.keyword == "USER") {
         None => out.push(Diagnostic::error(
             path,
@@ -401,7 +444,7 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
         )),
         Some(user) => {
             let name = user.args.split_whitespace().next().unwrap_or("");
-            let name = substitute(name, &build_args);
+            let name = substitute(name, build_args);
             let account = name.split(':').next().unwrap_or("");
             if account == "root" || account == "0" {
                 out.push(Diagnostic::error(
@@ -437,7 +480,6 @@ pub fn check(file: &File, health_route: bool) -> Vec<Diagnostic> {
             "no health check: add a `HEALTHCHECK` instruction or serve `GET /health`",
         ));
     }
-    out
 }
 
 /// `$NAME` and `${NAME}` replaced by build-argument defaults.
