@@ -92,6 +92,21 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
     );
+    check_worker_metrics(&worker, attempts, prompt_tokens, completion_tokens);
+    let (content_type, d) = scrape(&format!("{}/metrics", dispatcher.url)).await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    check_dispatcher_metrics(&d, attempts, prompt_tokens);
+    check_dashboard_queries_exposed_series(&worker, &d);
+    dispatcher.stop().await;
+}
+
+/// A worker's own metrics after the batch: its phase histograms count every
+/// attempt, and its model, cost, pacing, ending and sandbox families agree
+/// with the database.
+fn check_worker_metrics(worker: &str, attempts: i64, prompt_tokens: i64, completion_tokens: i64) {
     assert!(worker.ends_with("# EOF\n"), "{worker}");
     assert!(
         worker.contains("# TYPE kiln_phase_duration_seconds histogram"),
@@ -100,40 +115,40 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     // Every attempt asked the model once, was validated and tested once,
     // and every job waited in the queue once.
     for phase in ["model", "validate", "sandbox", "queue_wait"] {
-        let count = n(&worker, "kiln_phase_duration_seconds_count", &[("phase", phase)]);
+        let count = n(worker, "kiln_phase_duration_seconds_count", &[("phase", phase)]);
         assert_eq!(count, attempts, "phase {phase}");
         let inf = n(
-            &worker,
+            worker,
             "kiln_phase_duration_seconds_bucket",
             &[("phase", phase), ("le", "+Inf")],
         );
         assert_eq!(inf, count, "phase {phase}: the +Inf bucket holds every observation");
-        let sum = must(&worker, "kiln_phase_duration_seconds_sum", &[("phase", phase)]);
+        let sum = must(worker, "kiln_phase_duration_seconds_sum", &[("phase", phase)]);
         assert!((0.0..120.0).contains(&sum), "phase {phase}: sum {sum}");
     }
     let ok = [("model", "mock-model"), ("outcome", "ok")];
-    assert_eq!(n(&worker, "kiln_llm_request_duration_seconds_count", &ok), attempts);
+    assert_eq!(n(worker, "kiln_llm_request_duration_seconds_count", &ok), attempts);
     assert_eq!(
         n(
-            &worker,
+            worker,
             "kiln_llm_tokens_total",
             &[("model", "mock-model"), ("kind", "prompt")]
         ),
         prompt_tokens
     );
     assert!(prompt_tokens > 0);
-    let cost = must(&worker, "kiln_llm_cost_usd_total", &[("model", "mock-model")]);
+    let cost = must(worker, "kiln_llm_cost_usd_total", &[("model", "mock-model")]);
     let priced = (prompt_tokens + 2 * completion_tokens) as f64 / 1e6;
     assert!((cost - priced).abs() < 1e-9, "{cost} vs {priced}");
     for family in [
         "kiln_llm_rate_limit_wait_seconds_count",
         "kiln_llm_in_flight_wait_seconds_count",
     ] {
-        assert_eq!(n(&worker, family, &[]), attempts, "{family}");
+        assert_eq!(n(worker, family, &[]), attempts, "{family}");
     }
     assert_eq!(
         n(
-            &worker,
+            worker,
             "kiln_jobs_ended_total",
             &[("state", "succeeded"), ("error_code", "none")]
         ),
@@ -141,40 +156,38 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     );
     assert_eq!(
         n(
-            &worker,
+            worker,
             "kiln_attempts_ended_total",
             &[("state", "passed"), ("error_code", "none")]
         ),
         3
     );
-    assert_eq!(n(&worker, "kiln_attempts_per_success_count", &[]), 3);
-    assert_eq!(n(&worker, "kiln_attempts_per_success_sum", &[]), 3);
+    assert_eq!(n(worker, "kiln_attempts_per_success_count", &[]), 3);
+    assert_eq!(n(worker, "kiln_attempts_per_success_sum", &[]), 3);
     let runs: f64 = worker
         .lines()
         .filter(|l| l.starts_with("kiln_sandbox_runs_total{") && l.contains("backend=\"process\""))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert!(runs >= 3.0, "{worker}");
-    assert_eq!(n(&worker, "kiln_llm_breaker_open", &[("provider", "openai")]), 0);
+    assert_eq!(n(worker, "kiln_llm_breaker_open", &[("provider", "openai")]), 0);
     // A worker shows what it does, not the dispatcher's families.
     assert!(!worker.contains("kiln_http_request_duration_seconds"), "{worker}");
+}
 
-    let (content_type, d) = scrape(&format!("{}/metrics", dispatcher.url)).await;
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
+/// The dispatcher's state-of-the-world gauges and its HTTP families.
+fn check_dispatcher_metrics(d: &str, attempts: i64, prompt_tokens: i64) {
     assert!(d.ends_with("# EOF\n"), "{d}");
-    assert_eq!(n(&d, "kiln_jobs", &[("state", "succeeded")]), 3);
-    assert_eq!(n(&d, "kiln_jobs", &[("state", "queued")]), 0);
-    assert_eq!(n(&d, "kiln_attempts", &[("state", "passed")]), attempts);
-    assert_eq!(n(&d, "kiln_queue_depth", &[]), 0);
-    assert_eq!(n(&d, "kiln_queue_oldest_ready_age_seconds", &[]), 0);
-    assert_eq!(n(&d, "kiln_workers_alive", &[]), 1);
-    assert_eq!(n(&d, "kiln_tokens_prompt_total", &[]), prompt_tokens);
+    assert_eq!(n(d, "kiln_jobs", &[("state", "succeeded")]), 3);
+    assert_eq!(n(d, "kiln_jobs", &[("state", "queued")]), 0);
+    assert_eq!(n(d, "kiln_attempts", &[("state", "passed")]), attempts);
+    assert_eq!(n(d, "kiln_queue_depth", &[]), 0);
+    assert_eq!(n(d, "kiln_queue_oldest_ready_age_seconds", &[]), 0);
+    assert_eq!(n(d, "kiln_workers_alive", &[]), 1);
+    assert_eq!(n(d, "kiln_tokens_prompt_total", &[]), prompt_tokens);
     assert_eq!(
         n(
-            &d,
+            d,
             "kiln_http_request_duration_seconds_count",
             &[("method", "POST"), ("route", "/v1/batches"), ("status", "201")]
         ),
@@ -182,15 +195,18 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
     );
     assert!(
         must(
-            &d,
+            d,
             "kiln_http_request_duration_seconds_count",
             &[("method", "GET"), ("route", "/v1/batches/{id}"), ("status", "200")]
         ) >= 1.0
     );
-    assert!(must(&d, "kiln_feeder_tick_duration_seconds_count", &[]) >= 1.0);
-    assert!(must(&d, "kiln_feeder_pushed_total", &[]) >= 3.0);
+    assert!(must(d, "kiln_feeder_tick_duration_seconds_count", &[]) >= 1.0);
+    assert!(must(d, "kiln_feeder_pushed_total", &[]) >= 3.0);
+}
 
-    // Every series the shipped dashboard queries is one the processes expose.
+/// Every series the shipped Grafana dashboard queries is one the processes
+/// expose (or register).
+fn check_dashboard_queries_exposed_series(worker: &str, d: &str) {
     let dashboard = std::fs::read_to_string("deploy/grafana-dashboard.json").unwrap();
     let names: std::collections::BTreeSet<&str> = dashboard
         .match_indices("kiln_")
@@ -218,7 +234,6 @@ async fn a_dispatcher_and_a_worker_expose_phase_histograms_and_labelled_counts_m
             "the dashboard queries {name}, which no /metrics exposes"
         );
     }
-    dispatcher.stop().await;
 }
 
 fn generation(prompt_tokens: i64) -> Generation<'static> {
@@ -274,6 +289,75 @@ async fn counts_and_recount(store: &Store, batch: Uuid) -> (serde_json::Value, s
     (kept, recount)
 }
 
+/// Plays job `i` of the batch: 0 passes on its second attempt, 1 fails,
+/// any other meets a sandbox fault and is left running.
+async fn play(store: &Store, job: Uuid, i: usize, ttl: Duration) {
+    let claimed = store.claim(job, "w", ttl).await.unwrap().unwrap();
+    let lease = &claimed.lease;
+    let first = store
+        .start_attempt(lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+        .await
+        .unwrap();
+    store
+        .record_generation(lease, first.id, &generation(100 + i as i64))
+        .await
+        .unwrap();
+    match i {
+        0 => {
+            store
+                .finish_attempt(
+                    lease,
+                    first.id,
+                    AttemptState::Failed,
+                    Some((ErrorCode::TestsFailed, "no")),
+                )
+                .await
+                .unwrap();
+            let second = store
+                .start_attempt(lease, 1, 2, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
+                .await
+                .unwrap();
+            store.record_generation(lease, second.id, &generation(7)).await.unwrap();
+            store
+                .finish_attempt(lease, second.id, AttemptState::Passed, None)
+                .await
+                .unwrap();
+            store
+                .finish_job(lease, JobOutcome::Succeeded { attempt_id: second.id })
+                .await
+                .unwrap();
+        }
+        1 => {
+            store
+                .finish_attempt(
+                    lease,
+                    first.id,
+                    AttemptState::Failed,
+                    Some((ErrorCode::TestsFailed, "no")),
+                )
+                .await
+                .unwrap();
+            store
+                .finish_job(
+                    lease,
+                    JobOutcome::Failed {
+                        code: ErrorCode::TestsFailed,
+                        message: "no",
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        _ => {
+            store
+                .record_fault(lease, first.id, kiln::domain::FaultKind::Sandbox, "unavailable", "gone")
+                .await
+                .unwrap();
+            store.heartbeat(lease, ttl).await.unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_endings_cancels_and_retries() {
     let env = TestEnv::new().await;
@@ -290,70 +374,7 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
     // fault and is left running.
     let ttl = Duration::from_secs(30);
     for (i, &job) in created.job_ids[..3].iter().enumerate() {
-        let claimed = store.claim(job, "w", ttl).await.unwrap().unwrap();
-        let lease = &claimed.lease;
-        let first = store
-            .start_attempt(lease, 1, 1, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
-            .await
-            .unwrap();
-        store
-            .record_generation(lease, first.id, &generation(100 + i as i64))
-            .await
-            .unwrap();
-        match i {
-            0 => {
-                store
-                    .finish_attempt(
-                        lease,
-                        first.id,
-                        AttemptState::Failed,
-                        Some((ErrorCode::TestsFailed, "no")),
-                    )
-                    .await
-                    .unwrap();
-                let second = store
-                    .start_attempt(lease, 1, 2, "m", &json!([]), kiln::prompt::PROMPT_VERSION)
-                    .await
-                    .unwrap();
-                store.record_generation(lease, second.id, &generation(7)).await.unwrap();
-                store
-                    .finish_attempt(lease, second.id, AttemptState::Passed, None)
-                    .await
-                    .unwrap();
-                store
-                    .finish_job(lease, JobOutcome::Succeeded { attempt_id: second.id })
-                    .await
-                    .unwrap();
-            }
-            1 => {
-                store
-                    .finish_attempt(
-                        lease,
-                        first.id,
-                        AttemptState::Failed,
-                        Some((ErrorCode::TestsFailed, "no")),
-                    )
-                    .await
-                    .unwrap();
-                store
-                    .finish_job(
-                        lease,
-                        JobOutcome::Failed {
-                            code: ErrorCode::TestsFailed,
-                            message: "no",
-                        },
-                    )
-                    .await
-                    .unwrap();
-            }
-            _ => {
-                store
-                    .record_fault(lease, first.id, kiln::domain::FaultKind::Sandbox, "unavailable", "gone")
-                    .await
-                    .unwrap();
-                store.heartbeat(lease, ttl).await.unwrap();
-            }
-        }
+        play(store, job, i, ttl).await;
         let (kept, recount) = counts_and_recount(store, batch).await;
         assert_eq!(kept, recount, "after job {i}");
     }
