@@ -19,7 +19,8 @@ use ruff_text_size::{Ranged, TextRange};
 
 use crate::report::{Diagnostic, Severity};
 
-use super::python::{Module, module_name};
+use super::layout::module_name;
+use super::python::Module;
 use super::{packages, stdlib};
 
 /// The Python version the sandbox runs, for `sys.version_info` tests.

@@ -23,8 +23,6 @@
 use crate::files::File;
 use crate::spec::ServiceSpec;
 
-use super::python::{is_test_path, module_name};
-
 /// The directory of a src layout.
 pub const SOURCE_ROOT: &str = "src";
 
@@ -35,6 +33,24 @@ pub fn source_root(files: &[File]) -> Option<&'static str> {
         .any(|f| f.path.starts_with("src/") && f.path.ends_with(".py"));
     let is_package = files.iter().any(|f| f.path == "src/__init__.py");
     (inside && !is_package).then_some(SOURCE_ROOT)
+}
+
+/// The dotted module name of a `.py` path.
+pub fn module_name(path: &str) -> String {
+    let stem = path.strip_suffix(".py").unwrap_or(path);
+    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
+    stem.replace('/', ".")
+}
+
+/// True for files pytest collects or configures: anything under `tests/`,
+/// `test_*.py`, `*_test.py` and `conftest.py`.
+pub fn is_test_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    path.starts_with("tests/")
+        || path.contains("/tests/")
+        || name == "conftest.py"
+        || (name.starts_with("test_") && name.ends_with(".py"))
+        || name.ends_with("_test.py")
 }
 
 /// The dotted name Python imports `path` as, when the answer's packages
@@ -163,6 +179,22 @@ mod tests {
     fn located(paths: &[&str], app_module: Option<&str>) -> Result<(String, String, Option<&'static str>), NotLocated> {
         let files: Vec<File> = paths.iter().map(|p| File::new(*p, "")).collect();
         locate(&spec(app_module), &files).map(|l| (l.target.shown(), l.path, l.source_root))
+    }
+
+    #[test]
+    fn test_files_are_recognised_by_pytests_conventions() {
+        for path in [
+            "tests/test_a.py",
+            "tests/helpers.py",
+            "conftest.py",
+            "test_x.py",
+            "pkg/x_test.py",
+        ] {
+            assert!(is_test_path(path), "{path}");
+        }
+        for path in ["app/main.py", "solution.py", "app/testing_utils.py"] {
+            assert!(!is_test_path(path), "{path}");
+        }
     }
 
     #[test]

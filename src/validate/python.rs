@@ -23,6 +23,7 @@ use ruff_python_parser::{Mode, ParseOptions, Parsed};
 use ruff_source_file::LineIndex;
 use ruff_text_size::{Ranged, TextSize};
 
+use super::layout::{is_test_path, module_name_in};
 use crate::files::File;
 use crate::report::{Diagnostic, Severity};
 
@@ -68,7 +69,7 @@ impl<'a> Module<'a> {
             parsed,
             parsed_fully,
             too_deep,
-            name: super::layout::module_name_in(&file.path, source_root),
+            name: module_name_in(&file.path, source_root),
         }
     }
 
@@ -284,24 +285,6 @@ fn is_main_guard(test: &Expr) -> bool {
     names && sides.any(|e| string_value(e) == Some("__main__"))
 }
 
-/// The dotted module name of a `.py` path.
-pub fn module_name(path: &str) -> String {
-    let stem = path.strip_suffix(".py").unwrap_or(path);
-    let stem = stem.strip_suffix("/__init__").unwrap_or(stem);
-    stem.replace('/', ".")
-}
-
-/// True for files pytest collects or configures: anything under `tests/`,
-/// `test_*.py`, `*_test.py` and `conftest.py`.
-pub fn is_test_path(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    path.starts_with("tests/")
-        || path.contains("/tests/")
-        || name == "conftest.py"
-        || (name.starts_with("test_") && name.ends_with(".py"))
-        || name.ends_with("_test.py")
-}
-
 /// The text of a plain string literal (implicit concatenation included).
 pub fn string_value(expr: &Expr) -> Option<&str> {
     match expr {
@@ -321,6 +304,7 @@ pub fn docstring(body: &[Stmt]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::layout::module_name;
 
     #[test]
     fn every_syntax_error_is_reported_with_its_position() {
@@ -358,21 +342,5 @@ mod tests {
         assert_eq!(Module::parse(&plain).package(), "app.routers");
         let top = File::new("solution.py", "");
         assert_eq!(Module::parse(&top).package(), "");
-    }
-
-    #[test]
-    fn test_files_are_recognised_by_pytests_conventions() {
-        for path in [
-            "tests/test_a.py",
-            "tests/helpers.py",
-            "conftest.py",
-            "test_x.py",
-            "pkg/x_test.py",
-        ] {
-            assert!(is_test_path(path), "{path}");
-        }
-        for path in ["app/main.py", "solution.py", "app/testing_utils.py"] {
-            assert!(!is_test_path(path), "{path}");
-        }
     }
 }
