@@ -29,11 +29,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln::files::File;
-use kiln::report::{Outcome, Severity, TestReport};
-use kiln::sandbox::{Limits, harness};
+use kiln::report::{Outcome, Severity};
+use kiln::sandbox::Limits;
 use kiln::spec::Spec;
 use kiln::validate::validate;
-use sandbox_support::{Backend, TestSandbox};
+use sandbox_support::{Backend, TestSandbox, failing};
 use serde_json::Value;
 
 /// The corpus: (directory, the module Kiln must import the app from).
@@ -101,28 +101,6 @@ fn errors(spec: &Spec, files: &[File]) -> Vec<String> {
         .filter(|d| d.severity == Severity::Error)
         .map(|d| format!("{} {}: {}", d.location(), d.rule, d.message))
         .collect()
-}
-
-fn failing(report: &TestReport) -> Vec<String> {
-    report
-        .cases
-        .iter()
-        .filter(|c| c.outcome != Outcome::Passed)
-        .map(|c| {
-            format!(
-                "{} ({}): {}",
-                c.name,
-                c.outcome.as_str(),
-                c.message.chars().take(600).collect::<String>()
-            )
-        })
-        .collect()
-}
-
-async fn judge(sandbox: &TestSandbox, spec: &Spec, files: &[File]) -> TestReport {
-    harness::run_tests(sandbox.sandbox(), spec, files, &limits())
-        .await
-        .unwrap_or_else(|e| panic!("{} sandbox fault: {e}", sandbox.backend.name()))
 }
 
 #[test]
@@ -251,7 +229,7 @@ async fn every_project_of_the_corpus_passes_kilns_judge_as_written(backend: Back
     let mut problems = Vec::new();
     for (name, module) in PROJECTS {
         let (spec, files) = project(name);
-        let report = judge(&sandbox, &spec, &files).await;
+        let report = sandbox.judge(&spec, &files, &limits()).await;
         if !report.all_passed() {
             problems.push(format!(
                 "{name}: {:#?}\n{:?}\n{}",
@@ -307,7 +285,7 @@ async fn a_broken_endpoint_in_a_real_layout_still_fails_under_permissive_tests(b
     );
     assert_eq!(errors(&spec, &files), Vec::<String>::new(), "statically it looks fine");
     let sandbox = TestSandbox::new(backend, &limits(), 1).await;
-    let report = judge(&sandbox, &spec, &files).await;
+    let report = sandbox.judge(&spec, &files, &limits()).await;
     assert!(!report.all_passed(), "judged passing: {:#?}", report.cases);
     let list = report
         .cases

@@ -28,7 +28,7 @@ use kiln::files::File;
 use kiln::report::{Outcome, Severity, TestReport, ValidationReport};
 use kiln::sandbox::{Limits, harness};
 use kiln::spec::Spec;
-use sandbox_support::{Backend, TestSandbox};
+use sandbox_support::{Backend, TestSandbox, failing};
 use serde_json::Value;
 
 fn limits() -> Limits {
@@ -770,32 +770,10 @@ fn suites_that_run_too_little() -> Vec<Case> {
     ]
 }
 
-async fn judge(sandbox: &TestSandbox, spec: &Spec, files: &[File]) -> TestReport {
-    harness::run_tests(sandbox.sandbox(), spec, files, &limits())
-        .await
-        .unwrap_or_else(|e| panic!("{} sandbox fault: {e}", sandbox.backend.name()))
-}
-
-fn failing(report: &TestReport) -> Vec<String> {
-    report
-        .cases
-        .iter()
-        .filter(|c| c.outcome != Outcome::Passed)
-        .map(|c| {
-            format!(
-                "{} ({}): {}",
-                c.name,
-                c.outcome.as_str(),
-                c.message.chars().take(300).collect::<String>()
-            )
-        })
-        .collect()
-}
-
 async fn the_demo_service_passes_with_kilns_own_requests(backend: Backend) {
     let (spec, files) = notes_service();
     let sandbox = TestSandbox::new(backend, &limits(), 1).await;
-    let report = judge(&sandbox, &spec, &files).await;
+    let report = sandbox.judge(&spec, &files, &limits()).await;
     assert!(report.all_passed(), "{:#?}\n{}", failing(&report), report.output);
     let names: Vec<&str> = report.cases.iter().map(|c| c.name.as_str()).collect();
     for name in [
@@ -854,7 +832,7 @@ async fn judge_every_answer(
     }
     let judged: Vec<(Vec<File>, TestReport)> = futures::stream::iter(runs)
         .map(|(files, _)| async move {
-            let report = judge(sandbox, spec, &files).await;
+            let report = sandbox.judge(spec, &files, &limits()).await;
             (files, report)
         })
         .buffered(2)
@@ -1086,7 +1064,7 @@ async fn probes_allow_what_the_spec_says_kiln_cannot_provide_and_nothing_more(ba
         if !errors.is_empty() {
             problems.push(format!("{name}: static errors {errors:#?}"));
         }
-        let report = judge(&sandbox, spec, &files).await;
+        let report = sandbox.judge(spec, &files, &limits()).await;
         let failed = !report.all_passed()
             && fails.is_none_or(|f| report.cases.iter().any(|c| c.outcome != Outcome::Passed && c.name == f));
         if failed != fails.is_some() {
@@ -1294,7 +1272,7 @@ async fn a_service_with_rich_request_models_passes_kilns_requests(backend: Backe
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
     let sandbox = TestSandbox::new(backend, &limits(), 1).await;
-    let report = judge(&sandbox, &spec, &files).await;
+    let report = sandbox.judge(&spec, &files, &limits()).await;
     assert!(report.all_passed(), "{:#?}\n{}", failing(&report), report.output);
     let probed = report.cases.iter().filter(|c| c.name.starts_with("kiln: ")).count();
     assert_eq!(probed, 5, "{:#?}", report.cases);

@@ -96,7 +96,13 @@ impl TestSandbox {
 
     /// Runs a function job through the real harness.
     pub async fn function_job(&self, job: &FunctionJob, limits: &Limits) -> TestReport {
-        harness::run_tests(self.sandbox(), &job.spec(), &job.files(), limits)
+        self.judge(&job.spec(), &job.files(), limits).await
+    }
+
+    /// Judges `files` against `spec` through the real harness; a sandbox
+    /// fault fails the test.
+    pub async fn judge(&self, spec: &Spec, files: &[File], limits: &Limits) -> TestReport {
+        harness::run_tests(self.sandbox(), spec, files, limits)
             .await
             .unwrap_or_else(|e| panic!("{} sandbox fault: {e}", self.backend.name()))
     }
@@ -160,6 +166,24 @@ impl FunctionJob {
     pub fn files(&self) -> Vec<File> {
         vec![File::new("solution.py", self.solution.clone())]
     }
+}
+
+/// The cases of a report that did not pass, each with its outcome and the
+/// start of its message: what a failed assertion shows.
+pub fn failing(report: &TestReport) -> Vec<String> {
+    report
+        .cases
+        .iter()
+        .filter(|c| c.outcome != kiln::report::Outcome::Passed)
+        .map(|c| {
+            format!(
+                "{} ({}): {}",
+                c.name,
+                c.outcome.as_str(),
+                c.message.chars().take(600).collect::<String>()
+            )
+        })
+        .collect()
 }
 
 /// A correct job: what every sandbox must still pass after hostile ones.
