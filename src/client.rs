@@ -204,6 +204,16 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/jobs/{id}/review`: `decision` is `approve` or `reject`.
+    pub async fn review(&self, id: &str, decision: &str, comment: Option<&str>) -> Result<Value, ClientError> {
+        let mut body = json!({ "decision": decision });
+        if let Some(c) = comment {
+            body["comment"] = c.into();
+        }
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/review", self.base)).json(&body))
+            .await
+    }
+
     /// Downloads a job's result files and unpacks them into `dir`.
     pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
         let bytes = self

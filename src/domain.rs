@@ -18,7 +18,7 @@ pub enum Scope {
     Read,
     /// `read`, plus creating, changing, retrying and cancelling.
     Submit,
-    /// Everything.
+    /// Everything, including review decisions.
     Admin,
 }
 
@@ -142,7 +142,12 @@ vocabulary! {
         Queued = "queued",
         /// A worker holds its lease.
         Running = "running",
-        /// An attempt passed; its files are the result.
+        /// An attempt of a batch with `options.review` passed: its files
+        /// wait for a person's decision (approve → `succeeded`, reject →
+        /// `failed`). No worker holds it and none will run it again.
+        AwaitingReview = "awaiting_review",
+        /// An attempt passed (and was approved, in a review batch); its
+        /// files are the result.
         Succeeded = "succeeded",
         /// Stopped with an [`ErrorCode`].
         Failed = "failed",
@@ -223,8 +228,22 @@ vocabulary! {
         NoModel = "no_model",
         /// Cancelled by request.
         Cancelled = "cancelled",
+        /// A person rejected the passing result in review; the message is
+        /// their comment.
+        RejectedInReview = "rejected_in_review",
         /// Kiln itself failed (the static checks could not run).
         Internal = "internal",
+    }
+}
+
+vocabulary! {
+    /// A person's decision on a job awaiting review (`reviews.decision`).
+    pub enum ReviewDecision ("review decision") {
+        /// The result is accepted: the job succeeds with it.
+        Approve = "approve",
+        /// The result is refused: the job fails with
+        /// [`ErrorCode::RejectedInReview`] (and may be retried).
+        Reject = "reject",
     }
 }
 
@@ -262,6 +281,7 @@ mod tests {
         round_trips(Phase::ALL);
         round_trips(FaultKind::ALL);
         round_trips(ErrorCode::ALL);
+        round_trips(ReviewDecision::ALL);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct PipelineSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
     Succeeded,
+    /// Passed in a batch with `options.review`: the job left the worker
+    /// (lease released, nothing more to run) to wait for a person.
+    AwaitingReview,
     Failed {
         code: ErrorCode,
     },
@@ -154,9 +157,7 @@ impl Pipeline {
                 Some(a) if a.state == AttemptState::Running => a,
                 Some(a) if a.state == AttemptState::Passed => {
                     // Passed but the job was not marked: finish what a dead worker started.
-                    return self
-                        .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
-                        .await;
+                    return self.end_job(lease, passed(job, a.id), cancel).await;
                 }
                 Some(a) if a.state == AttemptState::Error => {
                     let code = a.error_code.unwrap_or(ErrorCode::Internal);
@@ -194,9 +195,7 @@ impl Pipeline {
                 previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
                     Ok(a) if a.state == AttemptState::Passed => {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
-                        return self
-                            .end_job(lease, JobOutcome::Succeeded { attempt_id: a.id }, cancel)
-                            .await;
+                        return self.end_job(lease, passed(job, a.id), cancel).await;
                     }
                     Ok(a) => a,
                     Err(stop) => return self.stopped(lease, None, stop, cancel).await,
@@ -208,9 +207,7 @@ impl Pipeline {
                     self.end_attempt(lease, &attempt, AttemptState::Passed, None, cancel)
                         .await?;
                     info!(job_id = %lease.job_id, attempt = attempt.n, "attempt passed");
-                    return self
-                        .end_job(lease, JobOutcome::Succeeded { attempt_id: attempt.id }, cancel)
-                        .await;
+                    return self.end_job(lease, passed(job, attempt.id), cancel).await;
                 }
                 Ok(Verdict::Failed) => {
                     self.end_attempt(lease, &attempt, AttemptState::Failed, None, cancel)
@@ -709,6 +706,7 @@ impl Pipeline {
         match self.retry_db(cancel, || self.store.finish_job(lease, outcome)).await {
             Ok(()) => Ok(match outcome {
                 JobOutcome::Succeeded { .. } => JobEnd::Succeeded,
+                JobOutcome::AwaitingReview { .. } => JobEnd::AwaitingReview,
                 JobOutcome::Failed { code, .. } => JobEnd::Failed { code },
             }),
             Err(StoreError::LeaseLost) => Ok(JobEnd::LeaseLost),
@@ -893,6 +891,18 @@ fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) ->
 
 /// The job's error once its last attempt failed: a code naming what failed
 /// and a message with the last attempt's first problem.
+/// How a job with a passing attempt ends: succeeded, or awaiting a
+/// person's decision when its batch asks for review (`options.review`,
+/// which cannot change after the batch is made). A cached result is
+/// reviewed like a fresh one.
+fn passed(job: &Claimed, attempt_id: uuid::Uuid) -> JobOutcome<'static> {
+    if job.options.review {
+        JobOutcome::AwaitingReview { attempt_id }
+    } else {
+        JobOutcome::Succeeded { attempt_id }
+    }
+}
+
 fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
     let validation: Option<ValidationReport> = last.validation.clone().and_then(|v| serde_json::from_value(v).ok());
     let tests: Option<TestReport> = last.tests.clone().and_then(|v| serde_json::from_value(v).ok());

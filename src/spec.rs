@@ -212,6 +212,10 @@ pub struct Options {
     /// Reuse a passing result of an identical spec, prompt version and model.
     #[serde(default)]
     pub cache: bool,
+    /// Passing jobs wait in `awaiting_review` for a person's decision
+    /// (`POST /v1/jobs/{id}/review`) instead of succeeding.
+    #[serde(default)]
+    pub review: bool,
     /// Higher runs first (−1000…1000).
     #[serde(default)]
     pub priority: i32,
@@ -295,6 +299,7 @@ impl Default for Options {
             models: Vec::new(),
             budget_tokens: None,
             cache: false,
+            review: false,
             priority: 0,
             timeout_s: None,
             max_tokens: None,

@@ -417,6 +417,7 @@ impl Worker {
 
         match end {
             Ok(JobEnd::Succeeded) => info!("job succeeded"),
+            Ok(JobEnd::AwaitingReview) => info!("job passed; awaiting review"),
             Ok(JobEnd::Failed { code }) => info!(%code, "job failed"),
             Ok(JobEnd::LeaseLost) => info!("lease lost (cancelled, retried or taken over); stopped"),
             Ok(JobEnd::Interrupted) if lease_lost.load(Ordering::SeqCst) => {

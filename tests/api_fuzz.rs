@@ -281,7 +281,7 @@ fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
 
 /// The routes of API v1 the generated requests reach, in `request`'s
 /// order; checked against the router's own list.
-const FUZZED_ROUTES: [(&str, &str); 14] = [
+const FUZZED_ROUTES: [(&str, &str); 15] = [
     ("POST", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("PATCH", "/v1/batches/{id}"),
@@ -296,6 +296,7 @@ const FUZZED_ROUTES: [(&str, &str); 14] = [
     ("POST", "/v1/jobs/{id}/retry"),
     ("GET", "/v1/batches"),
     ("GET", "/v1/workers"),
+    ("POST", "/v1/jobs/{id}/review"),
 ];
 
 /// One generated request.
@@ -318,7 +319,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
-    let arm = rng.random_range(0..24);
+    let arm = rng.random_range(0..25);
     let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
@@ -342,12 +343,21 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         20 => (Method::POST, format!("/v1/jobs/{j}/retry"), render(&value(rng, 0))),
         21 => (Method::GET, format!("/v1/batches?{q}"), Vec::new()),
         22 => (Method::GET, format!("/v1/workers?{q}"), Vec::new()),
+        23 => (
+            Method::POST,
+            format!("/v1/jobs/{j}/review"),
+            render(&if rng.random_bool(0.5) {
+                json!({"decision": ["approve", "reject", "maybe"][rng.random_range(0..3)], "comment": value(rng, 0)})
+            } else {
+                value(rng, 1)
+            }),
+        ),
         // No route has this method.
         _ => (Method::DELETE, format!("/v1/batches/{b}"), render(&value(rng, 0))),
     };
     let route = match arm {
         0..=9 => Some(0),
-        10..=22 => Some(arm - 9),
+        10..=23 => Some(arm - 9),
         _ => None,
     };
     let idempotency_key = if route == Some(0) { idempotency_key(rng) } else { None };
@@ -664,11 +674,19 @@ fn authorization(rng: &mut StdRng, read: &str, submit: &str, revoked: &str) -> (
 /// The statuses a request may get for who it claims to be, when that
 /// alone decides (`None`: the route's own answer, never 401 or 403).
 fn statuses_for(claim: Claim, route: Option<usize>, method: &reqwest::Method) -> Option<&'static [u16]> {
+    // Routes only an admin may call (review decisions), by the router's table.
+    let admin_only = route.is_some_and(|r| {
+        let (m, p) = FUZZED_ROUTES[r];
+        kiln::http::v1_routes()
+            .iter()
+            .any(|v| v.method.as_str() == m && v.path == p && v.scope == kiln::auth::Scope::Admin)
+    });
     match (claim, route) {
         // No route has the method: the same 405 for everyone.
         (_, None) => Some(&[405]),
         (Claim::Nobody, Some(_)) => Some(&[401]),
         (Claim::Read, Some(_)) if *method != reqwest::Method::GET => Some(&[403]),
+        (Claim::Submit, Some(_)) if admin_only => Some(&[403]),
         _ => None,
     }
 }

@@ -136,13 +136,17 @@ async fn the_batch_listing_filters_by_state_name_and_creation_time_as_each_batch
     let (d, token) = start(&env).await;
     // One batch in each state, plus one that is running only because a
     // job of it started and went back to the queue (run 2).
-    let layouts: [(&str, &[&str]); 6] = [
+    let layouts: [(&str, &[&str]); 8] = [
         ("Alpha queued", &["queued", "queued"]),
         ("alpha running", &["running", "queued"]),
         ("beta succeeded", &["succeeded", "succeeded"]),
         ("beta failed", &["succeeded", "failed"]),
         ("gamma cancelled", &["succeeded", "cancelled"]),
         ("gamma failed and cancelled", &["failed", "cancelled"]),
+        // Nothing left to run, one job awaits review: not finished.
+        ("epsilon awaiting review", &["awaiting_review", "failed"]),
+        // Still running, whatever awaits review.
+        ("epsilon running", &["awaiting_review", "running"]),
     ];
     let mut ids = Vec::new();
     for (name, states) in layouts {
@@ -158,7 +162,7 @@ async fn the_batch_listing_filters_by_state_name_and_creation_time_as_each_batch
         .unwrap();
     ids.push(requeued.to_string());
 
-    for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
+    for state in kiln::store::batches::BATCH_STATES {
         let (listed, _) = walk(&d, &token, &format!("&state={state}"), 2).await;
         let mut expected = Vec::new();
         for id in ids.iter().rev() {
@@ -173,7 +177,7 @@ async fn the_batch_listing_filters_by_state_name_and_creation_time_as_each_batch
     let (running, _) = walk(&d, &token, "&state=running", 10).await;
     assert_eq!(
         running.iter().collect::<BTreeSet<_>>(),
-        [&ids[1], &ids[6]].into_iter().collect::<BTreeSet<_>>()
+        [&ids[1], &ids[7], &ids[8]].into_iter().collect::<BTreeSet<_>>()
     );
 
     // The name filter is a case-insensitive substring, combined with state.

@@ -467,6 +467,45 @@ async fn check_authentication(c: &mut Checker, env: &TestEnv, b: &str) {
     assert_eq!(status, 403);
 }
 
+/// A review batch (`options.review`): its job awaiting review, and the
+/// answers of a review: a submit token's 403, a bad decision's 400, the
+/// decided job, and a second decision's 409.
+async fn check_review(c: &mut Checker, env: &TestEnv, client: &kiln::client::Client) {
+    let body = json!({"specs": [add_spec(2)], "options": {"review": true}});
+    let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
+    assert_eq!(status, 201);
+    let batch = created["batch_id"].as_str().unwrap().to_owned();
+    let job = created["job_ids"][0].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while client.batch(&batch).await.unwrap()["state"] != "awaiting_review" {
+        assert!(std::time::Instant::now() < deadline, "the job never awaited review");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = c
+        .check(Method::GET, "/v1/batches/{id}", &format!("/v1/batches/{batch}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = c
+        .check(Method::GET, "/v1/jobs/{id}", &format!("/v1/jobs/{job}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let path = format!("/v1/jobs/{job}/review");
+    let template = "/v1/jobs/{id}/review";
+    let approve = json!({"decision": "approve", "comment": "fine"});
+    let (status, _) = c.check(Method::POST, template, &path, Some(approve.clone())).await;
+    assert_eq!(status, 403, "a submit token decided");
+    let submit = std::mem::replace(&mut c.token, env.token(Scope::Admin).await);
+    let (status, _) = c
+        .check(Method::POST, template, &path, Some(json!({"decision": "perhaps"})))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = c.check(Method::POST, template, &path, Some(approve.clone())).await;
+    assert_eq!(status, 200);
+    let (status, _) = c.check(Method::POST, template, &path, Some(approve)).await;
+    assert_eq!(status, 409);
+    c.token = submit;
+}
+
 #[tokio::test]
 async fn every_endpoints_live_answers_validate_against_the_document() {
     let env = TestEnv::new().await;
@@ -513,6 +552,7 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
     }
     check_failed_attempts_carry_their_reports(&mut c, &jobs).await;
     check_undeclared_fields_are_caught(&mut c, &jobs).await;
+    check_review(&mut c, &env, &client).await;
     // Verbs that change state, last.
     check_state_changes(&mut c, &b, &jobs).await;
     check_authentication(&mut c, &env, &b).await;

@@ -7,7 +7,8 @@
 //! 2 usage (bad arguments, an unreadable spec file, a request the API
 //! refused with a 4xx other than 404), 3 server or network error (the
 //! dispatcher unreachable or answering 5xx), 4 not found (a 404: unknown
-//! batch, job or file).
+//! batch, job or file), 5 jobs await review (a batch with `options.review`
+//! has nothing left to run and none failed; `kiln review` decides).
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -22,7 +23,7 @@ use serde_json::Value;
 
 const EXIT_CODES: &str = "Exit codes: 0 all succeeded; 1 jobs failed or were cancelled; 2 usage \
 (bad arguments or spec file, or the API refused the request with a 4xx other than 404); \
-3 server or network error; 4 not found.";
+3 server or network error; 4 not found; 5 jobs await review (nothing left to run, none failed).";
 
 /// Submit spec batches to Kiln and follow them.
 ///
@@ -72,7 +73,8 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Show a batch's status; `--watch` follows it until it ends.
+    /// Show a batch's status; `--watch` follows it until it ends, or until
+    /// only jobs awaiting review are left.
     Status {
         batch_id: String,
         #[arg(long)]
@@ -95,7 +97,7 @@ enum Command {
     },
     /// List batches, newest first.
     Batches {
-        /// queued, running, succeeded, failed or cancelled.
+        /// queued, running, awaiting_review, succeeded, failed or cancelled.
         #[arg(long)]
         state: Option<String>,
         /// Only batches whose name contains this (ignoring case).
@@ -130,6 +132,19 @@ enum Command {
     },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
+    /// Decide on a job awaiting review: `--approve` (it succeeds) or
+    /// `--reject` (it fails with rejected_in_review). Needs an admin token.
+    #[command(group(clap::ArgGroup::new("decision").required(true).args(["approve", "reject"])))]
+    Review {
+        job_id: String,
+        #[arg(long)]
+        approve: bool,
+        #[arg(long)]
+        reject: bool,
+        /// Why; a rejected job's error message.
+        #[arg(long)]
+        comment: Option<String>,
+    },
 }
 
 fn print(value: &Value) {
@@ -152,8 +167,13 @@ fn emit(output: Output, value: &Value) {
 
 fn summary(batch: &Value) -> String {
     let c = &batch["counts"];
+    // Only review batches have jobs awaiting review: others keep their line.
+    let awaiting = match c["awaiting_review"].as_i64() {
+        Some(n) if n > 0 => format!(", {n} awaiting review"),
+        _ => String::new(),
+    };
     format!(
-        "batch {} {}: {} total, {} queued, {} running, {} succeeded, {} failed, {} cancelled; tokens {} in / {} out",
+        "batch {} {}: {} total, {} queued, {} running{awaiting}, {} succeeded, {} failed, {} cancelled; tokens {} in / {} out",
         batch["batch_id"].as_str().unwrap_or("?"),
         batch["state"].as_str().unwrap_or("?"),
         batch["total"],
@@ -221,7 +241,8 @@ fn describe_attempt(a: &Value) -> String {
 
 /// Prints progress until the batch has no queued or running job: a line
 /// per change (`text`), a batch per change (`jsonl`), or nothing until the
-/// end (`json`, which prints the final batch).
+/// end (`json`, which prints the final batch). A batch whose only unended
+/// jobs await review is settled too: nothing more happens without a person.
 async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<Value> {
     let mut last = String::new();
     loop {
@@ -235,7 +256,7 @@ async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Resul
             }
             last = line;
         }
-        if batch["finished_at"].is_string() {
+        if batch["finished_at"].is_string() || batch["state"] == "awaiting_review" {
             if output == Output::Json {
                 print(&batch);
             }
@@ -245,13 +266,25 @@ async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Resul
     }
 }
 
-/// A batch that ended with a failed or cancelled job is exit code 1.
+/// A batch that ended with a failed or cancelled job is exit code 1; one
+/// whose only unended jobs await review is 5, or 1 if some job failed or
+/// was cancelled already.
 fn outcome(batch: &Value) -> anyhow::Result<()> {
+    let id = batch["batch_id"].as_str().unwrap_or("?");
+    let count = |state: &str| batch["counts"][state].as_i64().unwrap_or(0);
     match batch["state"].as_str() {
-        Some("failed" | "cancelled") => Err(JobsFailed(format!(
-            "batch {} ended {}",
-            batch["batch_id"].as_str().unwrap_or("?"),
-            batch["state"].as_str().unwrap_or("?")
+        Some(state @ ("failed" | "cancelled")) => Err(JobsFailed(format!("batch {id} ended {state}")).into()),
+        Some("awaiting_review") if count("failed") + count("cancelled") > 0 => Err(JobsFailed(format!(
+            "batch {id}: {} failed, {} cancelled, {} awaiting review",
+            count("failed"),
+            count("cancelled"),
+            count("awaiting_review")
+        ))
+        .into()),
+        Some("awaiting_review") => Err(AwaitingReview(format!(
+            "batch {id}: {} jobs await review (list them with `kiln jobs {id} --state awaiting_review`, \
+             decide with `kiln review JOB_ID --approve|--reject`)",
+            count("awaiting_review")
         ))
         .into()),
         _ => Ok(()),
@@ -263,6 +296,11 @@ fn outcome(batch: &Value) -> anyhow::Result<()> {
 #[error("{0}")]
 struct JobsFailed(String);
 
+/// Nothing is left to run but jobs await a person's review (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct AwaitingReview(String);
+
 /// A mistake in the command line or its input (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -272,6 +310,9 @@ struct Usage(String);
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<JobsFailed>().is_some() {
         return 1;
+    }
+    if e.downcast_ref::<AwaitingReview>().is_some() {
+        return 5;
     }
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
@@ -525,6 +566,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
             };
             emit_answer(output, &answer);
+        }
+        Command::Review {
+            job_id,
+            approve,
+            reject: _,
+            comment,
+        } => {
+            let decision = if approve { "approve" } else { "reject" };
+            let job = client.review(&job_id, decision, comment.as_deref()).await?;
+            match output {
+                Output::Text => println!(
+                    "job {job_id} {}: {}{}",
+                    if approve { "approved" } else { "rejected" },
+                    job["state"].as_str().unwrap_or("?"),
+                    job["error"]["code"]
+                        .as_str()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                ),
+                Output::Jsonl => print_line(&job),
+                Output::Json => print(&job),
+            }
         }
         Command::Download { job_id, dir } => {
             let files = client.download(&job_id, &dir).await?;

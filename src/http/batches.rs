@@ -65,7 +65,7 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// Parses a small JSON body as `T`, naming the field at fault.
-fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(parse_json(bytes)?).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
@@ -142,7 +142,7 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
 #[into_params(parameter_in = Query)]
 pub struct JobsQuery {
     /// Only jobs in this state.
-    #[param(value_type = Option<String>, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
+    #[param(value_type = Option<String>, pattern = "^(queued|running|awaiting_review|succeeded|failed|cancelled)$")]
     state: Option<String>,
     /// Page size, 1 to 1,000 (default 100).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]

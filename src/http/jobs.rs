@@ -1,15 +1,19 @@
-//! `/v1/jobs/{id}…`: status, attempts, artifacts, files, retry, cancel.
+//! `/v1/jobs/{id}…`: status, attempts, artifacts, files, retry, cancel,
+//! review.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::batches::{Cancelled, Requeued};
+use super::batches::{Cancelled, Requeued, read_body, typed_body};
 use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
+use crate::auth::Caller;
+use crate::domain::ReviewDecision;
 use crate::store::attempts::AttemptView;
 use crate::store::jobs::JobView;
 
@@ -160,4 +164,62 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
     let id = parse_id(&id, "job_id")?;
     let cancelled = state.store.cancel_job(id).await?;
     Ok((StatusCode::ACCEPTED, Json(Cancelled { cancelled })))
+}
+
+/// The body of `POST /v1/jobs/{id}/review`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    /// `approve` (the job succeeds with its result) or `reject` (it fails
+    /// with `rejected_in_review`).
+    #[schema(value_type = String, pattern = "^(approve|reject)$")]
+    decision: Option<String>,
+    /// Why; a rejected job's error message. At most 10,000 characters.
+    #[serde(default)]
+    #[schema(max_length = 10000)]
+    comment: Option<String>,
+}
+
+/// Longest review comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 10_000;
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/review", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
+    request_body = ReviewBody,
+    responses((status = 200, description = "decided: the job as `GET /v1/jobs/{id}` shows it now", body = JobView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "the job is not awaiting review (the message says its state)", body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
+/// `POST /v1/jobs/{id}/review` with `{"decision": "approve"|"reject",
+/// "comment"?}` → the job: a person's decision on a job `awaiting_review`
+/// (batches with `options.review`). Needs an `admin` token: the decision
+/// is a person's, apart from the tokens that submit work.
+pub async fn review(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
+    let body: ReviewBody = typed_body(&bytes)?;
+    let decision = body
+        .decision
+        .ok_or_else(|| ApiError::invalid("decision", "required: approve or reject"))?;
+    let decision: ReviewDecision = decision
+        .parse()
+        .map_err(|_| ApiError::invalid("decision", format!("{decision:?} is not one of approve, reject")))?;
+    if let Some(comment) = &body.comment
+        && comment.chars().count() > MAX_COMMENT_CHARS
+    {
+        return Err(ApiError::invalid(
+            "comment",
+            format!("longer than {MAX_COMMENT_CHARS} characters"),
+        ));
+    }
+    state
+        .store
+        .review(id, decision, body.comment.as_deref(), caller.token_id)
+        .await?;
+    Ok(Json(state.store.job(id).await?))
 }

@@ -5,7 +5,7 @@
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, retry and cancel of batches.
-//! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
+//! - [`jobs`]: job status, attempts, artifacts, files, retry, cancel and review.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`dashboard`]: the web dashboard at `/`, embedded in the binary.
@@ -173,7 +173,7 @@ where
 /// the tests that check authentication walk the same list.
 fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
     use Method as M;
-    use Scope::{Read, Submit};
+    use Scope::{Admin, Read, Submit};
     vec![
         route(M::GET, "/v1/batches", Read, overview::list),
         route(M::POST, "/v1/batches", Submit, batches::create),
@@ -188,6 +188,8 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/jobs/{id}/files/{*path}", Read, jobs::file),
         route(M::POST, "/v1/jobs/{id}/retry", Submit, jobs::retry),
         route(M::POST, "/v1/jobs/{id}/cancel", Submit, jobs::cancel),
+        // A person's decision, kept apart from the tokens that submit work.
+        route(M::POST, "/v1/jobs/{id}/review", Admin, jobs::review),
         route(M::GET, "/v1/workers", Read, overview::workers),
     ]
 }

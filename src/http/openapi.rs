@@ -46,12 +46,13 @@ impl Modify for BearerAuth {
         title = "Kiln API",
         description = "Batches of code specs turned into generated, validated, sandbox-tested code. \
                        Every /v1 route needs `Authorization: Bearer <token>` (scope read for GET, \
-                       submit for the rest) unless the dispatcher runs with KILN_AUTH=off."
+                       admin for review decisions, submit for the rest) unless the dispatcher runs \
+                       with KILN_AUTH=off."
     ),
     paths(
         overview::list, batches::create, batches::status, batches::update, batches::jobs,
         batches::retry, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
-        jobs::file, jobs::retry, jobs::cancel, overview::workers, ops::healthz, ops::readyz,
+        jobs::file, jobs::retry, jobs::cancel, jobs::review, overview::workers, ops::healthz, ops::readyz,
         ops::metrics, openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, BatchRequestBody, Spec, Options)),

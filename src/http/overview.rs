@@ -22,7 +22,7 @@ pub const DEFAULT_BATCH_PAGE: i64 = 50;
 #[into_params(parameter_in = Query)]
 pub struct BatchesQuery {
     /// Only batches in this state (as `GET /v1/batches/{id}` shows it).
-    #[param(value_type = Option<String>, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
+    #[param(value_type = Option<String>, pattern = "^(queued|running|awaiting_review|succeeded|failed|cancelled)$")]
     state: Option<String>,
     /// Only batches whose name contains this, ignoring case.
     name: Option<String>,

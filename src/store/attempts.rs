@@ -417,8 +417,9 @@ impl Store {
 
     /// With `options.cache`: starts attempt `n` as a copy of a passing
     /// attempt of an identical spec (same kind and canonical spec hash),
-    /// prompt version and model, if one exists. The copy is marked with
-    /// `cached_from`, costs no tokens and is already passed.
+    /// prompt version and model, if one exists and no person rejected it
+    /// in review. The copy is marked with `cached_from`, costs no tokens
+    /// and is already passed.
     pub async fn reuse_cached(
         &self,
         lease: &Lease,
@@ -437,6 +438,10 @@ impl Store {
                JOIN attempts a ON a.job_id = j.id
                WHERE me.id = $1 AND a.state = 'passed' AND a.model = $2 AND a.prompt_version = $3
                  AND a.cached_from IS NULL
+                 -- A person rejected it (or a copy of it) in review: passing
+                 -- the judge is not enough to hand it out again.
+                 AND NOT EXISTS (SELECT 1 FROM reviews r JOIN attempts ra ON ra.id = r.attempt_id
+                                 WHERE r.decision = 'reject' AND (ra.id = a.id OR ra.cached_from = a.id))
                ORDER BY a.finished_at DESC
                LIMIT 1"#,
             lease.job_id,

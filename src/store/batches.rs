@@ -13,20 +13,30 @@ use super::{Store, StoreError};
 use crate::spec::{Options, Spec};
 
 /// The states a batch can be in, as [`batch_state`] derives them.
-pub const BATCH_STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+pub const BATCH_STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "awaiting_review",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
 
 /// A batch's state from its jobs' counts and how many of them ever started:
-/// `queued` (nothing started), `running`, or once every job is terminal:
-/// `failed` if any failed, else `cancelled` if any was, else `succeeded`.
-/// The batch listing's SQL filter (`store::overview`) says the same in SQL;
-/// a test checks that the two agree.
+/// `queued` (nothing started), `running`, `awaiting_review` (no job queued
+/// or running, and some wait for a person's decision), or once every job is
+/// terminal: `failed` if any failed, else `cancelled` if any was, else
+/// `succeeded`. The batch listing's SQL filter (`store::overview`) says the
+/// same in SQL; a test checks that the two agree.
 pub fn batch_state(counts: &Counts, started: i64) -> &'static str {
-    match (counts.done(), started > 0) {
-        (false, false) => "queued",
-        (false, true) => "running",
-        (true, _) if counts.failed > 0 => "failed",
-        (true, _) if counts.cancelled > 0 => "cancelled",
-        (true, _) => "succeeded",
+    let in_flight = counts.queued + counts.running > 0;
+    match (counts.done(), in_flight, started > 0) {
+        (false, true, false) => "queued",
+        (false, true, true) => "running",
+        (false, false, _) => "awaiting_review",
+        (true, ..) if counts.failed > 0 => "failed",
+        (true, ..) if counts.cancelled > 0 => "cancelled",
+        (true, ..) => "succeeded",
     }
 }
 
@@ -58,6 +68,8 @@ pub struct CreatedBatch {
 pub struct Counts {
     pub queued: i64,
     pub running: i64,
+    /// Passed, waiting for a person's decision (`options.review`).
+    pub awaiting_review: i64,
     pub succeeded: i64,
     pub failed: i64,
     pub cancelled: i64,
@@ -65,12 +77,12 @@ pub struct Counts {
 
 impl Counts {
     pub fn total(&self) -> i64 {
-        self.queued + self.running + self.succeeded + self.failed + self.cancelled
+        self.queued + self.running + self.awaiting_review + self.succeeded + self.failed + self.cancelled
     }
 
-    /// No job is queued or running.
+    /// No job is queued, running or awaiting review: every job has ended.
     pub fn done(&self) -> bool {
-        self.queued == 0 && self.running == 0
+        self.queued == 0 && self.running == 0 && self.awaiting_review == 0
     }
 }
 
@@ -89,9 +101,11 @@ pub struct Usage {
 pub struct BatchView {
     pub batch_id: Uuid,
     pub name: Option<String>,
-    /// `queued` (nothing started), `running`, or once every job is terminal:
-    /// `failed` if any failed, else `cancelled` if any was cancelled, else `succeeded`.
-    #[schema(value_type = String, pattern = "^(queued|running|succeeded|failed|cancelled)$")]
+    /// `queued` (nothing started), `running`, `awaiting_review` (nothing
+    /// queued or running, some jobs wait for a person's decision), or once
+    /// every job is terminal: `failed` if any failed, else `cancelled` if
+    /// any was cancelled, else `succeeded`.
+    #[schema(value_type = String, pattern = "^(queued|running|awaiting_review|succeeded|failed|cancelled)$")]
     pub state: &'static str,
     pub total: i64,
     pub counts: Counts,
@@ -232,6 +246,7 @@ impl Store {
         let b = sqlx::query!(
             r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
                       coalesce(c.queued, 0) AS "queued!", coalesce(c.running, 0) AS "running!",
+                      coalesce(c.awaiting_review, 0) AS "awaiting_review!",
                       coalesce(c.succeeded, 0) AS "succeeded!", coalesce(c.failed, 0) AS "failed!",
                       coalesce(c.cancelled, 0) AS "cancelled!", coalesce(c.started, 0) AS "started!",
                       c.finished_at AS "finished_at?",
@@ -249,6 +264,7 @@ impl Store {
         let counts = Counts {
             queued: b.queued,
             running: b.running,
+            awaiting_review: b.awaiting_review,
             succeeded: b.succeeded,
             failed: b.failed,
             cancelled: b.cancelled,

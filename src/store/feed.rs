@@ -149,6 +149,7 @@ impl Store {
     pub async fn world(&self) -> Result<World, StoreError> {
         let c = sqlx::query!(
             r#"SELECT coalesce(sum(queued), 0)::int8 AS "queued!", coalesce(sum(running), 0)::int8 AS "running!",
+                      coalesce(sum(awaiting_review), 0)::int8 AS "awaiting_review!",
                       coalesce(sum(succeeded), 0)::int8 AS "succeeded!", coalesce(sum(failed), 0)::int8 AS "failed!",
                       coalesce(sum(cancelled), 0)::int8 AS "cancelled!",
                       coalesce(sum(attempts_running), 0)::int8 AS "a_running!",
@@ -174,6 +175,7 @@ impl Store {
                 let n = match s {
                     JobState::Queued => c.queued,
                     JobState::Running => c.running,
+                    JobState::AwaitingReview => c.awaiting_review,
                     JobState::Succeeded => c.succeeded,
                     JobState::Failed => c.failed,
                     JobState::Cancelled => c.cancelled,

@@ -1,10 +1,13 @@
 //! Jobs: the lease life cycle (claim → heartbeat → finish or release) and the
-//! client's verbs (read, cancel, retry).
+//! client's verbs (read, cancel, retry, review).
 //!
 //! A job's state moves `queued → running → succeeded | failed | cancelled`;
-//! retry moves a failed or cancelled job back to `queued` with `run + 1`.
-//! Claims, cancels and retries bump `lease_epoch`, which fences out whoever
-//! held the job before (see [`super::Lease::fence`]).
+//! in a batch with `options.review` a passing job stops at `awaiting_review`
+//! instead, without a lease, until a person's decision moves it to
+//! `succeeded` or `failed` ([`Store::review`]). Retry moves a failed or
+//! cancelled job back to `queued` with `run + 1`. Claims, cancels and
+//! retries bump `lease_epoch`, which fences out whoever held the job before
+//! (see [`super::Lease::fence`]).
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::reviews::ReviewView;
 use super::{Lease, Store, StoreError, storable};
 use crate::domain::{ErrorCode, JobState};
 use crate::spec::{Options, Spec};
@@ -139,8 +143,18 @@ pub struct TakeoverView {
 /// How a job ended, as recorded by its lease holder.
 #[derive(Debug, Clone, Copy)]
 pub enum JobOutcome<'a> {
-    Succeeded { attempt_id: Uuid },
-    Failed { code: ErrorCode, message: &'a str },
+    Succeeded {
+        attempt_id: Uuid,
+    },
+    /// The attempt passed in a batch with `options.review`: the job leaves
+    /// the worker with its result, to wait for a person's decision.
+    AwaitingReview {
+        attempt_id: Uuid,
+    },
+    Failed {
+        code: ErrorCode,
+        message: &'a str,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -195,6 +209,9 @@ pub struct JobView {
     pub activity: Option<String>,
     /// Every takeover of every run, oldest first, and why it was or was not blamed.
     pub takeovers: Vec<TakeoverView>,
+    /// Every review decision of every run, oldest first (batches with
+    /// `options.review`).
+    pub reviews: Vec<ReviewView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<JobErrorView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -425,13 +442,17 @@ impl Store {
         lease.fence(&mut tx).await?;
         let (state, code, message, attempt) = match outcome {
             JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
+            JobOutcome::AwaitingReview { attempt_id } => (JobState::AwaitingReview, None, None, Some(attempt_id)),
             JobOutcome::Failed { code, message } => (JobState::Failed, Some(code.as_str()), Some(message), None),
         };
         let message = message.map(storable);
+        // A job awaiting review has not finished: its `finished_at` is the
+        // decision's time, so the batch's is its last decision's.
         let attempts = sqlx::query_scalar!(
             r#"UPDATE jobs
                SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
-                   lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                   lease_owner = NULL, lease_expires_at = NULL, activity = NULL,
+                   finished_at = CASE WHEN $2 = 'awaiting_review' THEN NULL ELSE now() END, updated_at = now()
                WHERE id = $1
                RETURNING (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id AND a.run = jobs.run) AS "attempts!""#,
             lease.job_id,
@@ -444,7 +465,7 @@ impl Store {
         .await?;
         tx.commit().await?;
         crate::metrics::job_ended(state.as_str(), code, 1);
-        if state == JobState::Succeeded {
+        if attempt.is_some() {
             crate::metrics::METRICS.attempts_per_success.observe(attempts as f64);
         }
         Ok(())
@@ -483,6 +504,7 @@ impl Store {
             }
         };
         let takeovers = self.takeovers(job_id).await?;
+        let reviews = self.reviews(job_id).await?;
         let activity = j.activity.filter(|_| j.state == "running");
         Ok(JobView {
             job_id: j.id,
@@ -497,6 +519,7 @@ impl Store {
             isolated: j.isolate,
             activity,
             takeovers,
+            reviews,
             error: JobErrorView::from_columns(j.error_code, j.error_message),
             result,
             spec: j.spec,
@@ -514,8 +537,9 @@ impl Store {
             .ok_or(StoreError::NotFound("job"))
     }
 
-    /// Cancels a job that has not ended. Bumping the epoch fences out a worker
-    /// running it; its heartbeat sees the loss and stops the run.
+    /// Cancels a job that has not ended (queued, running or awaiting review).
+    /// Bumping the epoch fences out a worker running it; its heartbeat sees
+    /// the loss and stops the run.
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<u64, StoreError> {
         let n = self.cancel(None, Some(job_id)).await?;
         if n == 0 {
@@ -524,20 +548,23 @@ impl Store {
         Ok(n)
     }
 
-    /// Cancels every job of the batch that has not ended.
+    /// Cancels every job of the batch that has not ended (awaiting review
+    /// included).
     pub async fn cancel_batch(&self, batch_id: Uuid) -> Result<u64, StoreError> {
         self.batch_exists(batch_id).await?;
         self.cancel(Some(batch_id), None).await
     }
 
     async fn cancel(&self, batch_id: Option<Uuid>, job_id: Option<Uuid>) -> Result<u64, StoreError> {
+        // A result awaiting review was never accepted: a cancelled job has none.
         let n = sqlx::query!(
             r#"UPDATE jobs
                SET state = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by request',
+                   result_attempt_id = NULL,
                    lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL,
                    finished_at = now(), updated_at = now()
                WHERE ($1::uuid IS NULL OR batch_id = $1) AND ($2::uuid IS NULL OR id = $2)
-                 AND state IN ('queued', 'running')"#,
+                 AND state IN ('queued', 'running', 'awaiting_review')"#,
             batch_id,
             job_id,
         )

@@ -25,6 +25,7 @@
 //! # Layout
 //! - [`batches`]: creating batches (one bulk insert) and reading their status.
 //! - [`jobs`]: claiming, heartbeating, finishing, cancelling and retrying jobs.
+//! - [`reviews`]: a person's decision on a passing job of a review batch.
 //! - [`attempts`]: the phases of each attempt and their artifacts.
 //! - [`feed`]: what the dispatcher's feeder and reconciler read and mark.
 //! - [`tokens`]: the API's bearer tokens (hashes only).
@@ -37,6 +38,7 @@ pub mod feed;
 pub mod jobs;
 pub mod liveness;
 pub mod overview;
+pub mod reviews;
 pub mod tokens;
 
 use std::str::FromStr;

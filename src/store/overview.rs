@@ -111,7 +111,8 @@ impl Store {
         // batches whose shown state is the one asked for.
         let rows = sqlx::query!(
             r#"SELECT b.id, b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
-                      c.queued AS "queued!", c.running AS "running!", c.succeeded AS "succeeded!",
+                      c.queued AS "queued!", c.running AS "running!", c.awaiting_review AS "awaiting_review!",
+                      c.succeeded AS "succeeded!",
                       c.failed AS "failed!", c.cancelled AS "cancelled!", c.started AS "started!",
                       c.finished_at, c.prompt_tokens AS "prompt_tokens!",
                       c.completion_tokens AS "completion_tokens!", c.cost_usd
@@ -120,6 +121,7 @@ impl Store {
                CROSS JOIN LATERAL (
                    -- The batch's counts row (migrations/0015), zeros if it has none.
                    SELECT coalesce(bc.queued, 0) AS queued, coalesce(bc.running, 0) AS running,
+                          coalesce(bc.awaiting_review, 0) AS awaiting_review,
                           coalesce(bc.succeeded, 0) AS succeeded, coalesce(bc.failed, 0) AS failed,
                           coalesce(bc.cancelled, 0) AS cancelled, coalesce(bc.started, 0) AS started,
                           bc.finished_at, coalesce(bc.prompt_tokens, 0) AS prompt_tokens,
@@ -128,6 +130,7 @@ impl Store {
                ) c
                WHERE ($1::text IS NULL OR $1 = CASE
                           WHEN c.queued + c.running > 0 THEN CASE WHEN c.started > 0 THEN 'running' ELSE 'queued' END
+                          WHEN c.awaiting_review > 0 THEN 'awaiting_review'
                           WHEN c.failed > 0 THEN 'failed'
                           WHEN c.cancelled > 0 THEN 'cancelled'
                           ELSE 'succeeded' END)
@@ -164,6 +167,7 @@ impl Store {
                 let counts = Counts {
                     queued: r.queued,
                     running: r.running,
+                    awaiting_review: r.awaiting_review,
                     succeeded: r.succeeded,
                     failed: r.failed,
                     cancelled: r.cancelled,

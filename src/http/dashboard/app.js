@@ -58,8 +58,8 @@ function age(iso) {
 }
 function bar(counts, total) {
   const part = (n, cls) => h("span", { class: cls, style: `width:${total ? (100 * n) / total : 0}%` });
-  return h("span", { class: "bar", title: `${counts.succeeded} succeeded, ${counts.failed} failed, ${counts.cancelled} cancelled, ${counts.running} running, ${counts.queued} queued` },
-    part(counts.succeeded, "s"), part(counts.failed, "f"), part(counts.cancelled, "c"), part(counts.running, "r"));
+  return h("span", { class: "bar", title: `${counts.succeeded} succeeded, ${counts.awaiting_review} awaiting review, ${counts.failed} failed, ${counts.cancelled} cancelled, ${counts.running} running, ${counts.queued} queued` },
+    part(counts.succeeded, "s"), part(counts.awaiting_review, "a"), part(counts.failed, "f"), part(counts.cancelled, "c"), part(counts.running, "r"));
 }
 // replaceChildren would write a null as the text "null".
 function show(...nodes) {
@@ -103,7 +103,7 @@ async function viewBatches() {
   if (listState.name) params.set("name", listState.name);
   const page = await api("GET", "/v1/batches?" + params);
   const stateSelect = h("select", { id: "filter-state", onchange: (e) => { listState.state = e.target.value; route(); } },
-    ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) =>
+    ["", "queued", "running", "awaiting_review", "succeeded", "failed", "cancelled"].map((s) =>
       h("option", { value: s, selected: s === listState.state ? "" : false }, s || "any state")));
   const search = h("input", { id: "filter-name", type: "search", placeholder: "name contains…", value: listState.name,
     onchange: (e) => { listState.name = e.target.value; route(); } });
@@ -149,7 +149,7 @@ async function viewBatch(id) {
     h("p", { class: "muted" }, b.batch_id, " · created ", b.created_at, b.finished_at ? " · finished " + b.finished_at : "",
       b.created_by ? ` · by ${b.created_by.name || b.created_by.token_id}` : ""),
     h("div", { class: "cards" }, card("total", b.total),
-      ["queued", "running", "succeeded", "failed", "cancelled"].map((s) => card(s, b.counts[s], s)),
+      ["queued", "running", "awaiting_review", "succeeded", "failed", "cancelled"].map((s) => card(s.replace("_", " "), b.counts[s], s)),
       card("tokens", b.usage.prompt_tokens + b.usage.completion_tokens), h("div", { class: "card" }, h("b", {}, fmtCost(b.usage.cost_usd)), "cost")),
     h("div", { class: "actions" },
       h("button", { "data-action": "retry-failed", onclick: () => act("POST", `/v1/batches/${id}/retry`, { states: ["failed"] }, "retry failed") }, "Retry failed jobs"),
@@ -201,18 +201,30 @@ function viewAttempt(a) {
 async function viewJob(id) {
   const [job, attempts] = await Promise.all([api("GET", `/v1/jobs/${id}`), api("GET", `/v1/jobs/${id}/attempts`)]);
   const canRetry = job.state === "failed" || job.state === "cancelled";
-  const canCancel = job.state === "queued" || job.state === "running";
+  const canCancel = job.state === "queued" || job.state === "running" || job.state === "awaiting_review";
+  const awaiting = job.state === "awaiting_review";
+  // The comment is read when a decision is clicked, not kept across redraws.
+  const decide = (decision) => act("POST", `/v1/jobs/${id}/review`,
+    { decision, comment: document.getElementById("review-comment").value.trim() || undefined }, decision);
   show(
     h("h1", {}, `Job ${job.spec.entry_point || job.spec.service_name || job.job_id} `, stateBadge(job.state)),
     h("p", { class: "muted" }, job.job_id, " · batch ", h("a", { href: "#/batches/" + job.batch_id }, job.batch_id),
       ` · ${job.kind} · run ${job.run} · ${job.attempts} of ${job.max_attempts} attempts`,
       job.crashes ? ` · ${job.crashes} takeovers (${job.blamed_crashes} blamed)` : "", job.activity ? ` · now: ${job.activity}` : ""),
     job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.code}: ${job.error.message}`) : null,
+    awaiting ? h("div", { class: "review", id: "review" },
+      h("b", {}, "This job passed and awaits your review: approve its files, or reject them."),
+      h("input", { id: "review-comment", type: "text", placeholder: "comment (a rejection's reason)…" }),
+      h("button", { "data-action": "approve", onclick: () => decide("approve") }, "Approve"),
+      h("button", { "data-action": "reject", class: "danger", onclick: () => decide("reject") }, "Reject")) : null,
     h("div", { class: "actions" },
       canRetry ? h("button", { "data-action": "retry", onclick: () => act("POST", `/v1/jobs/${id}/retry`, undefined, "retry") }, "Retry job") : null,
       canCancel ? h("button", { "data-action": "cancel", class: "danger", onclick: () => act("POST", `/v1/jobs/${id}/cancel`, undefined, "cancel") }, "Cancel job") : null,
       job.result ? h("button", { "data-action": "download", onclick: () => download(id) }, "Download files") : null),
     job.result ? h("p", {}, "Result files: ", job.result.files.map((f) => `${f.path} (${f.size} B)`).join(", ")) : null,
+    job.reviews.length ? h("div", {}, h("h2", {}, "Reviews"), h("ul", { id: "reviews" }, job.reviews.map((r) =>
+      h("li", {}, `run ${r.run} attempt ${r.attempt}: `, h("b", {}, r.decision), ` at ${r.at}`,
+        r.by ? ` by ${r.by.name || r.by.token_id}` : "", r.comment ? ` — ${r.comment}` : "")))) : null,
     h("h2", {}, "Attempts"),
     h("div", { id: "attempts" }, attempts.length ? attempts.map(viewAttempt) : h("p", { class: "muted" }, "no attempt yet")),
     h("details", {}, h("summary", {}, "spec"), h("pre", {}, JSON.stringify(job.spec, null, 2))));
