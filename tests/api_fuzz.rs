@@ -347,7 +347,8 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
             Method::POST,
             format!("/v1/jobs/{j}/review"),
             render(&if rng.random_bool(0.5) {
-                json!({"decision": ["approve", "reject", "maybe"][rng.random_range(0..3)], "comment": value(rng, 0)})
+                let decision = ["approve", "reject", "maybe"][rng.random_range(0..3)];
+                json!({"decision": decision, "comment": value(rng, 0)})
             } else {
                 value(rng, 1)
             }),

@@ -257,6 +257,71 @@ fn every_commands_json_output(k: &Kiln, good: &str, good_id: &str, bad_id: &str)
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_review_decides_and_waiting_on_a_review_batch_stops_at_jobs_awaiting_review_with_exit_code_5() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let mut k = Kiln {
+        url: d.url.clone(),
+        token: env.token(Scope::Submit).await,
+        dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    };
+    let path = k.file(
+        &format!("review-{}.json", env.queue),
+        &json!({"name": "reviewed", "specs": [add_spec(1), add_spec(2)], "options": {"review": true}}),
+    );
+    let admin = env.token(Scope::Admin).await;
+    tokio::task::block_in_place(|| {
+        // `--wait` returns once nothing is left to run: 5, jobs await review.
+        let out = k.expect(5, &["submit", &path, "--wait", "-o", "json"]);
+        let batch: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(batch["state"], "awaiting_review", "{batch}");
+        assert_eq!(batch["counts"]["awaiting_review"], 2, "{batch}");
+        let id = batch["batch_id"].as_str().unwrap().to_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("2 jobs await review"), "{stderr}");
+        let out = k.expect(5, &["status", &id, "--watch"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("2 awaiting review"),
+            "{out:?}"
+        );
+        let jobs = k.json(&["jobs", &id, "--state", "awaiting_review", "-o", "json"]);
+        let jobs: Vec<String> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(jobs.len(), 2);
+
+        // A submit token may not decide (403: usage, 2); an admin's may.
+        k.expect(2, &["review", &jobs[0], "--approve"]);
+        // Exactly one decision is given.
+        k.expect(2, &["review", &jobs[0]]);
+        k.expect(2, &["review", &jobs[0], "--approve", "--reject"]);
+        k.token = admin;
+        let approved = k.json(&["review", &jobs[0], "--approve", "-o", "json"]);
+        assert_eq!(approved["state"], "succeeded", "{approved}");
+        // Deciding twice is a 409: 2.
+        let out = k.expect(2, &["review", &jobs[0], "--reject"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("409"), "{out:?}");
+        let out = k.expect(0, &["review", &jobs[1], "--reject", "--comment", "too clever"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("rejected: failed (rejected_in_review)"),
+            "{out:?}"
+        );
+        let job = k.json(&["job", &jobs[1], "-o", "json"]);
+        assert_eq!(job["error"]["message"], "too clever", "{job}");
+        // The batch has ended, failed by the rejection: 1.
+        k.expect(1, &["status", &id, "--watch"]);
+    });
+    worker.stop().await;
+    d.stop().await;
+}
+
 /// The URL of a server that answers every request with HTTP 500.
 fn failing_server() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -371,6 +436,7 @@ fn the_server_binaries_answer_help_and_version_without_starting_anything() {
         "2 usage",
         "3 server or network error",
         "4 not found",
+        "5 jobs await review",
     ] {
         assert!(help.contains(code), "kiln --help does not document {code:?}");
     }

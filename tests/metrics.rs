@@ -265,6 +265,7 @@ async fn counts_and_recount(store: &Store, batch: Uuid) -> (serde_json::Value, s
         r"SELECT jsonb_build_object(
                  'queued', count(*) FILTER (WHERE state = 'queued'),
                  'running', count(*) FILTER (WHERE state = 'running'),
+                 'awaiting_review', count(*) FILTER (WHERE state = 'awaiting_review'),
                  'succeeded', count(*) FILTER (WHERE state = 'succeeded'),
                  'failed', count(*) FILTER (WHERE state = 'failed'),
                  'cancelled', count(*) FILTER (WHERE state = 'cancelled'),
@@ -289,8 +290,14 @@ async fn counts_and_recount(store: &Store, batch: Uuid) -> (serde_json::Value, s
     (kept, recount)
 }
 
+/// One column of the batch's counts row.
+async fn kept_count(store: &Store, batch: Uuid, column: &str) -> i64 {
+    counts_and_recount(store, batch).await.0[column].as_i64().unwrap()
+}
+
 /// Plays job `i` of the batch: 0 passes on its second attempt, 1 fails,
-/// any other meets a sandbox fault and is left running.
+/// 3 passes in review (awaiting review), any other meets a sandbox fault
+/// and is left running.
 async fn play(store: &Store, job: Uuid, i: usize, ttl: Duration) {
     let claimed = store.claim(job, "w", ttl).await.unwrap().unwrap();
     let lease = &claimed.lease;
@@ -348,6 +355,16 @@ async fn play(store: &Store, job: Uuid, i: usize, ttl: Duration) {
                 .await
                 .unwrap();
         }
+        3 => {
+            store
+                .finish_attempt(lease, first.id, AttemptState::Passed, None)
+                .await
+                .unwrap();
+            store
+                .finish_job(lease, JobOutcome::AwaitingReview { attempt_id: first.id })
+                .await
+                .unwrap();
+        }
         _ => {
             store
                 .record_fault(lease, first.id, kiln::domain::FaultKind::Sandbox, "unavailable", "gone")
@@ -370,14 +387,15 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
     assert_eq!(kept, recount);
     assert_eq!(kept["queued"], 6);
 
-    // Jobs 0-2 run: 0 passes on its second attempt, 1 fails, 2 meets a
-    // fault and is left running.
+    // Jobs 0-3 run: 0 passes on its second attempt, 1 fails, 2 meets a
+    // fault and is left running, 3 passes and awaits review.
     let ttl = Duration::from_secs(30);
-    for (i, &job) in created.job_ids[..3].iter().enumerate() {
+    for (i, &job) in created.job_ids[..4].iter().enumerate() {
         play(store, job, i, ttl).await;
         let (kept, recount) = counts_and_recount(store, batch).await;
         assert_eq!(kept, recount, "after job {i}");
     }
+    assert_eq!(kept_count(store, batch, "awaiting_review").await, 1);
     // The feeder marks jobs sent: nothing counted changes.
     let round = store.begin_feed(&env.queue, 10).await.unwrap().expect("a round");
     assert!(!round.job_ids.is_empty());
@@ -390,11 +408,12 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
     assert_eq!(kept, recount, "after the cancel");
     assert_eq!(kept["queued"], 0);
     assert_eq!(kept["running"], 0);
+    assert_eq!(kept["awaiting_review"], 0);
     let status = store.batch(batch).await.unwrap();
     assert_eq!(status.state, "failed");
     assert!(status.finished_at.is_some());
-    assert_eq!(status.usage.prompt_tokens, 100 + 101 + 102 + 7);
-    assert!((status.usage.cost_usd.unwrap() - 1.0).abs() < 1e-9);
+    assert_eq!(status.usage.prompt_tokens, 100 + 101 + 102 + 103 + 7);
+    assert!((status.usage.cost_usd.unwrap() - 1.25).abs() < 1e-9);
 
     store
         .retry_batch(batch, &[JobState::Failed.as_str().to_owned(), "cancelled".to_owned()])

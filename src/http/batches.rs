@@ -64,9 +64,15 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// Parses a small JSON body as `T`, naming the field at fault.
+/// Parses a small JSON body, which must be an object, as `T`, naming the
+/// field at fault. (serde would also read a struct from an array of its
+/// fields in order: `["approve"]` is no review.)
 pub(crate) fn typed_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(parse_json(bytes)?).map_err(|e| {
+    let value = parse_json(bytes)?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("body", "expected a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
         ApiError::invalid(field, number_message(e.into_inner().to_string()))
