@@ -5,7 +5,9 @@
 //! batch, opens it (failure reasons by code), opens the repaired job
 //! (attempt 1's diagnostics, attempt 2 passed), opens the failed job (its
 //! test cases, expected vs got) and retries it from the page, lists the
-//! workers, and signs in through the form. Screenshots of each page land in
+//! workers, and signs in through the form; and on a review batch, shows
+//! the jobs awaiting review and decides them with the job page's Approve and
+//! Reject buttons. Screenshots of each page land in
 //! `target/screenshots/` (CI keeps them as artifacts).
 //!
 //! Without chromium and chromium-driver the test fails, saying how to
@@ -427,6 +429,77 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
     browser.screenshot("5-workers").await;
 
     sign_in_through_the_form(&browser, &d.url, &token).await;
+
+    drop(browser);
+    worker.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_jobs_awaiting_review_and_its_approve_and_reject_buttons_decide_them() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    // Review decisions are an admin's.
+    let token = env.token(Scope::Admin).await;
+    let client = kiln::client::Client::with_token(&d.url, &token).unwrap();
+    let created = client
+        .submit(
+            &json!({"name": "review batch", "specs": [add_spec(1), add_spec(2)], "options": {"review": true}}),
+            None,
+        )
+        .await
+        .unwrap();
+    let batch = created["batch_id"].as_str().unwrap().to_owned();
+    let jobs: Vec<String> = created["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client.batch(&batch).await.unwrap()["counts"]["awaiting_review"] != 2 {
+        assert!(Instant::now() < deadline, "the jobs never awaited review");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let browser = Driver::start().await;
+    browser.goto(&format!("{}/?token={token}", d.url)).await;
+    browser
+        .wait_text("#batches", &["review batch", "awaiting_review"])
+        .await;
+    browser.goto(&format!("{}/#/batches/{batch}", d.url)).await;
+    browser.wait_text(".cards", &["awaiting review"]).await;
+    browser.wait_text("#jobs", &["add_1", "add_2", "awaiting_review"]).await;
+    browser.screenshot("7-review-batch").await;
+
+    // Rejected with a comment from the job's page.
+    browser.goto(&format!("{}/#/jobs/{}", d.url, jobs[0])).await;
+    browser.wait_text("#review", &["awaits your review"]).await;
+    browser.screenshot("8-job-awaiting-review").await;
+    browser.type_into("#review-comment", "prefer a docstring").await;
+    browser.click("button[data-action='reject']").await;
+    browser
+        .wait_text("#main", &["rejected_in_review: prefer a docstring"])
+        .await;
+    browser
+        .wait_text("#reviews", &["reject", "prefer a docstring", "test admin"])
+        .await;
+    let job = client.job(&jobs[0]).await.unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["message"], "prefer a docstring", "{job}");
+
+    // Approved from the other job's page: the batch then ends.
+    browser.goto(&format!("{}/#/jobs/{}", d.url, jobs[1])).await;
+    browser.wait_text("#review", &["awaits your review"]).await;
+    browser.click("button[data-action='approve']").await;
+    browser.wait_text("#reviews", &["approve"]).await;
+    assert_eq!(client.job(&jobs[1]).await.unwrap()["state"], "succeeded");
+    let ended = wait_for_batch(&client, &batch, Duration::from_secs(10)).await;
+    assert_eq!(ended["state"], "failed", "{ended}");
+    browser.screenshot("9-job-approved").await;
 
     drop(browser);
     worker.stop().await;
