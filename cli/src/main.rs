@@ -486,6 +486,33 @@ fn print_workers(output: Output, workers: &Value) {
     }
 }
 
+/// `kiln review`: approves (or else rejects) a job awaiting review and
+/// prints the job as it now is.
+async fn review(
+    client: &Client,
+    output: Output,
+    job_id: &str,
+    approve: bool,
+    comment: Option<&str>,
+) -> anyhow::Result<()> {
+    let decision = if approve { "approve" } else { "reject" };
+    let job = client.review(job_id, decision, comment).await?;
+    match output {
+        Output::Text => println!(
+            "job {job_id} {}: {}{}",
+            if approve { "approved" } else { "rejected" },
+            job["state"].as_str().unwrap_or("?"),
+            job["error"]["code"]
+                .as_str()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        ),
+        Output::Jsonl => print_line(&job),
+        Output::Json => print(&job),
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output;
     let client = match std::env::var("KILN_TOKEN") {
@@ -572,23 +599,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             approve,
             reject: _,
             comment,
-        } => {
-            let decision = if approve { "approve" } else { "reject" };
-            let job = client.review(&job_id, decision, comment.as_deref()).await?;
-            match output {
-                Output::Text => println!(
-                    "job {job_id} {}: {}{}",
-                    if approve { "approved" } else { "rejected" },
-                    job["state"].as_str().unwrap_or("?"),
-                    job["error"]["code"]
-                        .as_str()
-                        .map(|c| format!(" ({c})"))
-                        .unwrap_or_default()
-                ),
-                Output::Jsonl => print_line(&job),
-                Output::Json => print(&job),
-            }
-        }
+        } => review(&client, output, &job_id, approve, comment.as_deref()).await?,
         Command::Download { job_id, dir } => {
             let files = client.download(&job_id, &dir).await?;
             let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();

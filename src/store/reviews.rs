@@ -67,13 +67,10 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound("job"))?;
         let state: JobState = job.state.parse()?;
-        let attempt_id = match (state, job.result_attempt_id) {
-            (JobState::AwaitingReview, Some(attempt_id)) => attempt_id,
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "job is {state}; only a job awaiting review can be reviewed"
-                )));
-            }
+        let (JobState::AwaitingReview, Some(attempt_id)) = (state, job.result_attempt_id) else {
+            return Err(StoreError::Conflict(format!(
+                "job is {state}; only a job awaiting review can be reviewed"
+            )));
         };
         let comment = comment.map(storable);
         let (state, code, message, result) = match decision {
