@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::tokens::Creator;
 use super::{Store, StoreError};
 use crate::spec::{Options, Spec};
 
@@ -118,13 +119,6 @@ pub struct BatchView {
     pub created_by: Option<Creator>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-/// The API token a batch was created with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Creator {
-    pub token_id: Uuid,
-    pub name: Option<String>,
 }
 
 /// What `PATCH /v1/batches/{id}` does to `budget_tokens`.

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::batches::{BatchView, Counts, Creator, Usage, batch_state};
+use super::batches::{BatchView, Counts, Usage, batch_state};
+use super::tokens::Creator;
 use super::{Store, StoreError};
 
 /// Filters and position of one page of the batch listing.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::batches::Creator;
+use super::tokens::Creator;
 use super::{Store, StoreError, storable};
 use crate::domain::{ErrorCode, JobState, ReviewDecision};
 
