@@ -451,7 +451,7 @@ impl Store {
         let attempts = sqlx::query_scalar!(
             r#"UPDATE jobs
                SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
-                   lease_owner = NULL, lease_expires_at = NULL, activity = NULL,
+                   lease_owner = NULL, lease_expires_at = NULL,
                    finished_at = CASE WHEN $2 = 'awaiting_review' THEN NULL ELSE now() END, updated_at = now()
                WHERE id = $1
                RETURNING (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id AND a.run = jobs.run) AS "attempts!""#,
