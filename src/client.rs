@@ -19,7 +19,7 @@ pub enum ClientError {
     BadToken,
     #[error("{path}: {message}")]
     SpecFile { path: PathBuf, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
