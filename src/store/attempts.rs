@@ -37,6 +37,14 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
 }
 
+/// A passing answer to another spec, shown to the model as an example.
+#[derive(Debug, Clone)]
+pub struct PastSuccess {
+    /// The spec as stored (validated when it was submitted).
+    pub spec: Value,
+    pub files: Vec<File>,
+}
+
 /// A model answer as stored on its attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Generation<'a> {
@@ -413,6 +421,61 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// With `options.examples`: up to `limit` of the most recent passing
+    /// answers to other specs of this job's kind (never the same spec:
+    /// that would be `cache`, not an example), one per spec, each at most
+    /// `max_bytes` of files. Answers copied by the cache are skipped, as
+    /// their originals are.
+    pub async fn past_successes(
+        &self,
+        job_id: Uuid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<PastSuccess>, StoreError> {
+        // More rows than wanted, since some repeat a spec or are too long;
+        // the partial index walks passing attempts newest first.
+        let rows = sqlx::query!(
+            r#"SELECT a.id, j.spec, j.spec_sha256
+               FROM jobs me, attempts a
+               JOIN jobs j ON j.id = a.job_id
+               WHERE me.id = $1 AND a.state = 'passed' AND a.cached_from IS NULL
+                 AND j.kind = me.kind AND j.spec_sha256 <> me.spec_sha256
+               ORDER BY a.finished_at DESC
+               LIMIT $2"#,
+            job_id,
+            (limit * 4) as i64,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let files = sqlx::query!(
+            "SELECT attempt_id, path, content FROM artifacts WHERE attempt_id = ANY($1) ORDER BY attempt_id, path",
+            &ids
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut past = Vec::new();
+        for row in rows {
+            if past.len() == limit || !seen.insert(row.spec_sha256) {
+                continue;
+            }
+            let of_attempt: Vec<File> = files
+                .iter()
+                .filter(|f| f.attempt_id == row.id)
+                .map(|f| File::new(&f.path, String::from_utf8_lossy(&f.content)))
+                .collect();
+            let bytes: usize = of_attempt.iter().map(|f| f.content.len()).sum();
+            if !of_attempt.is_empty() && bytes <= max_bytes {
+                past.push(PastSuccess {
+                    spec: row.spec,
+                    files: of_attempt,
+                });
+            }
+        }
+        Ok(past)
     }
 
     /// With `options.cache`: starts attempt `n` as a copy of a passing
