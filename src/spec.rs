@@ -241,6 +241,21 @@ pub struct Options {
     /// passing answers to other specs of the same kind, as worked examples.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub examples: u32,
+    /// Answers per attempt. Best-of-N is not built yet: only 1 (one answer
+    /// per attempt, the default) is accepted, and any other number is
+    /// refused by name rather than ignored.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub candidates: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 // serde's `skip_serializing_if` passes a reference.
@@ -312,6 +327,7 @@ impl Default for Options {
             temperature: None,
             extra_body: None,
             examples: 0,
+            candidates: 1,
         }
     }
 }
@@ -518,6 +534,13 @@ impl Options {
             return Err(FieldError::new(
                 format!("{at}.timeout_s"),
                 format!("must be between 1 and {MAX_TIMEOUT_S}"),
+            ));
+        }
+        if self.candidates != 1 {
+            return Err(FieldError::new(
+                format!("{at}.candidates"),
+                "best-of-N (more than one answer per attempt) is not supported by this version of Kiln; \
+                 leave it out or give 1",
             ));
         }
         if self.examples > MAX_EXAMPLES {
@@ -1029,6 +1052,11 @@ mod tests {
             "options.examples"
         );
         assert!(parse(json!({"specs": [function()], "options": {"examples": 5}})).is_ok());
+        assert_eq!(
+            err_field(json!({"specs": [function()], "options": {"candidates": 3}})),
+            "options.candidates"
+        );
+        assert!(parse(json!({"specs": [function()], "options": {"candidates": 1}})).is_ok());
         for target in [
             "notes_api/main.py",
             "notes_api.main:",
