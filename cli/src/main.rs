@@ -130,6 +130,12 @@ enum Command {
     },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
+    /// Print the JSON Schema of spec files (one spec, a list, or a batch),
+    /// for editors and CI checks. Offline.
+    Schema,
+    /// Print a completion script for a shell, e.g.
+    /// `kiln completions bash > /etc/bash_completion.d/kiln`. Offline.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn print(value: &Value) {
@@ -505,6 +511,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let batches = client.batches(&query, limit).await?;
             print_batches(output, batches);
+        }
+        Command::Schema => print(&kiln::http::openapi::spec_file_schema()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kiln",
+                &mut std::io::stdout(),
+            );
         }
         Command::Workers => {
             let list = client.workers().await?;

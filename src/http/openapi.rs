@@ -76,6 +76,40 @@ pub fn document() -> &'static Value {
     })
 }
 
+/// The JSON Schema (2020-12) of a spec file as `kiln submit` reads it: one
+/// spec, a list of specs, or a batch object (`{"name"?, "specs",
+/// "options"?}`). Cut from this document's component schemas, so it says
+/// what the API accepts and cannot drift from it.
+pub fn spec_file_schema() -> Value {
+    fn rebase(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get_mut("$ref")
+                    && let Some(name) = r.strip_prefix("#/components/schemas/")
+                {
+                    *r = format!("#/$defs/{name}");
+                }
+                map.values_mut().for_each(rebase);
+            }
+            Value::Array(items) => items.iter_mut().for_each(rebase),
+            _ => {}
+        }
+    }
+    let mut defs = document()["components"]["schemas"].clone();
+    rebase(&mut defs);
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Kiln spec file",
+        "description": "One spec, a list of specs, or a batch: {\"name\"?, \"specs\", \"options\"?}",
+        "anyOf": [
+            {"$ref": "#/$defs/Spec"},
+            {"type": "array", "items": {"$ref": "#/$defs/Spec"}},
+            {"$ref": "#/$defs/BatchRequestBody"}
+        ],
+        "$defs": defs,
+    })
+}
+
 /// A type with `#[serde(deny_unknown_fields)]` gets `additionalProperties:
 /// false`, which only sees its own properties: combined in an `allOf` with
 /// the `kind` tag of [`Spec`], it would refuse `kind` itself, so the
