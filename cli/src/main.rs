@@ -293,6 +293,23 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn main() -> ExitCode {
     // Usage errors of clap exit 2 and `--help`/`--version` 0, by clap.
     let cli = Cli::parse();
+    // Commands that need no dispatcher answer here, without a runtime.
+    match cli.command {
+        Command::Schema => {
+            print(&kiln::http::openapi::spec_file_schema());
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kiln",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -512,15 +529,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let batches = client.batches(&query, limit).await?;
             print_batches(output, batches);
         }
-        Command::Schema => print(&kiln::http::openapi::spec_file_schema()),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "kiln",
-                &mut std::io::stdout(),
-            );
-        }
+        // Answered in main, before a runtime or a connection.
+        Command::Schema | Command::Completions { .. } => {}
         Command::Workers => {
             let list = client.workers().await?;
             print_workers(output, &list["workers"]);
