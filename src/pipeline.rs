@@ -10,6 +10,10 @@
 //! truncated, invalid or failing code) spend an attempt; provider and
 //! sandbox faults are retried with backoff under their own limits and, when
 //! those run out, end the job with a code that says so (invariant 5).
+//!
+//! A re-judge run ([`Claimed::rejudge_from`]) has one attempt, a replay of a
+//! stored answer: it starts at `generated`, so it is only validated and
+//! tested, never sent to the model, and a failure ends the job without repair.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -172,6 +176,28 @@ impl Pipeline {
                         )
                         .await;
                 }
+                Some(a) if job.rejudge_from.is_some() => {
+                    // A re-judge run has one attempt and no repair: the
+                    // stored answer failed today's judge, and so does the job.
+                    let _in_worker = match self.enter(job, Activity::Preparing, cancel).await {
+                        Ok(held) => held,
+                        Err(stop) => return self.stopped(lease, None, stop, cancel).await,
+                    };
+                    let (code, message) = failure(&a, "re-judged, the stored answer fails: ").unwrap_or((
+                        ErrorCode::AttemptsExhausted,
+                        "re-judged, the stored answer fails".into(),
+                    ));
+                    return self
+                        .end_job(
+                            lease,
+                            JobOutcome::Failed {
+                                code,
+                                message: &message,
+                            },
+                            cancel,
+                        )
+                        .await;
+                }
                 Some(a) if a.n >= job.max_attempts => {
                     // The message quotes the model's last diagnostics or test
                     // failures: read inside the worker until the end is stored.
@@ -191,7 +217,7 @@ impl Pipeline {
                         )
                         .await;
                 }
-                previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
+                previous => match self.start(job, previous.as_ref(), cancel).await {
                     Ok(a) if a.state == AttemptState::Passed => {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
                         return self
@@ -255,6 +281,22 @@ impl Pipeline {
             cancel,
         )
         .await
+    }
+
+    /// Creates the next attempt: in a re-judge run, the replay of the
+    /// stored answer it judges again; else a prompt for the model.
+    async fn start(
+        &self,
+        job: &Claimed,
+        previous: Option<&AttemptRecord>,
+        cancel: &CancellationToken,
+    ) -> Result<AttemptRecord, Stop> {
+        match job.rejudge_from {
+            Some(source) => Ok(self
+                .retry_db(cancel, || self.store.start_rejudge(&job.lease, job.run, 1, source))
+                .await?),
+            None => self.start_attempt(job, previous, cancel).await,
+        }
     }
 
     /// Creates the next attempt with its prompt (a repair prompt after a failure).
@@ -339,6 +381,14 @@ impl Pipeline {
     ) -> Result<Verdict, Stop> {
         let lease = &job.lease;
         let response = match (attempt.phase, &attempt.response) {
+            (Phase::Prompted, _) | (_, None) if job.rejudge_from.is_some() => {
+                // Cannot happen (the replay is stored with its answer), but
+                // a re-judge must never cost a model request.
+                return Err(Stop::Fail {
+                    code: ErrorCode::Internal,
+                    message: "the re-judge attempt has no stored answer to judge".into(),
+                });
+            }
             (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
             (_, Some(stored)) => Generated {
                 content: stored.clone(),
@@ -894,9 +944,15 @@ fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) ->
 /// The job's error once its last attempt failed: a code naming what failed
 /// and a message with the last attempt's first problem.
 fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
+    failure(last, &format!("all {max} attempts failed; the last one: "))
+        .unwrap_or_else(|| (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed")))
+}
+
+/// What a failed attempt's reports say failed: a code and `prefix` followed
+/// by the first problem. `None` when neither report says.
+fn failure(last: &AttemptRecord, prefix: &str) -> Option<(ErrorCode, String)> {
     let validation: Option<ValidationReport> = last.validation.clone().and_then(|v| serde_json::from_value(v).ok());
     let tests: Option<TestReport> = last.tests.clone().and_then(|v| serde_json::from_value(v).ok());
-    let prefix = format!("all {max} attempts failed; the last one: ");
     if let Some(v) = validation.filter(|v| !v.ok) {
         let first = v
             .errors()
@@ -908,33 +964,31 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
         } else {
             ErrorCode::ValidationFailed
         };
-        return (
+        return Some((
             code,
             format!("{prefix}{} static check errors, first: {first}", v.errors().count()),
-        );
+        ));
     }
-    if let Some(t) = tests {
-        let first = t
-            .problem
-            .clone()
-            .or_else(|| {
-                t.cases
-                    .iter()
-                    .find(|c| c.outcome != crate::report::Outcome::Passed)
-                    .map(|c| format!("{}: {}", c.name, c.message))
-            })
-            .unwrap_or_default();
-        return (
-            ErrorCode::TestsFailed,
-            format!(
-                "{prefix}{} of {} tests failed, first: {}",
-                t.failed,
-                t.total,
-                prompt::clip(&first, 500)
-            ),
-        );
-    }
-    (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed"))
+    let t = tests?;
+    let first = t
+        .problem
+        .clone()
+        .or_else(|| {
+            t.cases
+                .iter()
+                .find(|c| c.outcome != crate::report::Outcome::Passed)
+                .map(|c| format!("{}: {}", c.name, c.message))
+        })
+        .unwrap_or_default();
+    Some((
+        ErrorCode::TestsFailed,
+        format!(
+            "{prefix}{} of {} tests failed, first: {}",
+            t.failed,
+            t.total,
+            prompt::clip(&first, 500)
+        ),
+    ))
 }
 
 /// Exponential backoff with full jitter, at least what the provider asked
