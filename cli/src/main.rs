@@ -122,6 +122,16 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "failed")]
         states: Vec<String>,
     },
+    /// Judge a batch's stored answers again with today's validation and
+    /// sandbox, without asking the model (or `--job ID` for one job).
+    Rejudge {
+        batch_id: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// States to re-judge (default: succeeded,failed).
+        #[arg(long, value_delimiter = ',', default_value = "succeeded,failed")]
+        states: Vec<String>,
+    },
     /// Cancel a batch (or `--job ID` for one job).
     Cancel {
         batch_id: Option<String>,
@@ -514,6 +524,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let answer = match (batch_id, job) {
                 (_, Some(job)) => client.retry_job(&job).await?,
                 (Some(batch), None) => client.retry_batch(&batch, &states).await?,
+                (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
+            };
+            emit_answer(output, &answer);
+        }
+        Command::Rejudge { batch_id, job, states } => {
+            let answer = match (batch_id, job) {
+                (_, Some(job)) => client.rejudge_job(&job).await?,
+                (Some(batch), None) => client.rejudge_batch(&batch, &states).await?,
                 (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
             };
             emit_answer(output, &answer);
