@@ -462,6 +462,28 @@ async fn check_state_changes(c: &mut Checker, b: &str, jobs: &[String]) {
         )
         .await;
     assert_eq!(status, 202);
+    // The replay's attempt, naming its source, is documented too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = c
+            .check(Method::GET, "/v1/jobs/{id}", &format!("/v1/jobs/{}", jobs[0]), None)
+            .await;
+        if job["state"] == "succeeded" && job["run"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the re-judge never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, attempts) = c
+        .check(
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            &format!("/v1/jobs/{}/attempts", jobs[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(attempts[1]["rejudged_from"], json!({"run": 1, "n": 1}), "{attempts}");
     let (status, _) = c
         .check(
             Method::POST,
