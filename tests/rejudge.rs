@@ -110,7 +110,8 @@ async fn a_succeeded_job_rejudged_passes_again_in_a_new_run_that_names_its_sourc
 }
 
 #[tokio::test]
-async fn a_failed_job_whose_answer_is_wrong_stays_failed_on_rejudge_without_a_repair() {
+async fn a_failed_job_whose_answer_is_wrong_stays_failed_on_rejudge_without_a_repair_and_a_retry_asks_the_model_again()
+{
     let env = TestEnv::new().await;
     let llm = mock(SCRIPTS).await;
     let settings = env.settings(&llm.base_url(), &[]);
@@ -156,6 +157,17 @@ async fn a_failed_job_whose_answer_is_wrong_stays_failed_on_rejudge_without_a_re
     );
     // The latest answer is the one judged again.
     assert_eq!(a[2]["rejudged_from"], json!({"run": 1, "n": 2}));
+
+    // A retry afterwards is an ordinary run again: it asks the model.
+    d.client.retry_job(job_id).await.unwrap();
+    wait_for_batch(&d.client, batch_id, Duration::from_secs(60)).await;
+    assert_eq!(llm.requests().len(), requests + 2);
+    let a = d.attempts(job_id, false).await;
+    assert_eq!(a.len(), 5, "{a:#?}");
+    assert!(
+        a[3..].iter().all(|x| x["run"] == 3 && x.get("rejudged_from").is_none()),
+        "{a:#?}"
+    );
     w.stop().await;
     d.stop().await;
 }
