@@ -194,6 +194,20 @@ impl Client {
             .await
     }
 
+    pub async fn rejudge_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+        self.json(
+            self.http
+                .post(format!("{}/v1/batches/{id}/rejudge", self.base))
+                .json(&json!({ "states": states })),
+        )
+        .await
+    }
+
+    pub async fn rejudge_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/rejudge", self.base)))
+            .await
+    }
+
     pub async fn cancel_batch(&self, id: &str) -> Result<Value, ClientError> {
         self.json(self.http.post(format!("{}/v1/batches/{id}/cancel", self.base)))
             .await

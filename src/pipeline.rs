@@ -10,6 +10,10 @@
 //! truncated, invalid or failing code) spend an attempt; provider and
 //! sandbox faults are retried with backoff under their own limits and, when
 //! those run out, end the job with a code that says so (invariant 5).
+//!
+//! A re-judge run ([`Claimed::rejudge_from`]) has one attempt, a replay of a
+//! stored answer: it starts at `generated`, so it is only validated and
+//! tested, never sent to the model, and a failure ends the job without repair.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -172,14 +176,26 @@ impl Pipeline {
                         )
                         .await;
                 }
-                Some(a) if a.n >= job.max_attempts => {
+                Some(a) if job.rejudge_from.is_some() || a.n >= job.max_attempts => {
                     // The message quotes the model's last diagnostics or test
                     // failures: read inside the worker until the end is stored.
                     let _in_worker = match self.enter(job, Activity::Preparing, cancel).await {
                         Ok(held) => held,
                         Err(stop) => return self.stopped(lease, None, stop, cancel).await,
                     };
-                    let (code, message) = match exhausted(&a, job.max_attempts) {
+                    let ended = if job.rejudge_from.is_some() {
+                        // A re-judge run has one attempt and no repair: the
+                        // stored answer failed today's judge, and so does the job.
+                        failure(&a, "re-judged, the stored answer fails: ").map(|f| {
+                            f.unwrap_or((
+                                ErrorCode::AttemptsExhausted,
+                                "re-judged, the stored answer fails".into(),
+                            ))
+                        })
+                    } else {
+                        exhausted(&a, job.max_attempts)
+                    };
+                    let (code, message) = match ended {
                         Ok(end) => end,
                         Err(stop) => return self.stopped(lease, None, stop, cancel).await,
                     };
@@ -194,7 +210,7 @@ impl Pipeline {
                         )
                         .await;
                 }
-                previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
+                previous => match self.start(job, previous.as_ref(), cancel).await {
                     Ok(a) if a.state == AttemptState::Passed => {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
                         return self
@@ -258,6 +274,22 @@ impl Pipeline {
             cancel,
         )
         .await
+    }
+
+    /// Creates the next attempt: in a re-judge run, the replay of the
+    /// stored answer it judges again; else a prompt for the model.
+    async fn start(
+        &self,
+        job: &Claimed,
+        previous: Option<&AttemptRecord>,
+        cancel: &CancellationToken,
+    ) -> Result<AttemptRecord, Stop> {
+        match job.rejudge_from {
+            Some(source) => Ok(self
+                .retry_db(cancel, || self.store.start_rejudge(&job.lease, job.run, 1, source))
+                .await?),
+            None => self.start_attempt(job, previous, cancel).await,
+        }
     }
 
     /// Creates the next attempt with its prompt (a repair prompt after a failure).
@@ -367,6 +399,14 @@ impl Pipeline {
     ) -> Result<Verdict, Stop> {
         let lease = &job.lease;
         let response = match (attempt.phase, &attempt.response) {
+            (Phase::Prompted, _) | (_, None) if job.rejudge_from.is_some() => {
+                // Cannot happen (the replay is stored with its answer), but
+                // a re-judge must never cost a model request.
+                return Err(Stop::Fail {
+                    code: ErrorCode::Internal,
+                    message: "the re-judge attempt has no stored answer to judge".into(),
+                });
+            }
             (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
             (_, Some(stored)) => Generated {
                 content: stored.clone(),
@@ -924,9 +964,15 @@ fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) ->
 /// The job's error once its last attempt failed: a code naming what failed
 /// and a message with the last attempt's first problem.
 fn exhausted(last: &AttemptRecord, max: i32) -> Result<(ErrorCode, String), Stop> {
+    Ok(failure(last, &format!("all {max} attempts failed; the last one: "))?
+        .unwrap_or_else(|| (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed"))))
+}
+
+/// What a failed attempt's reports say failed: a code and `prefix` followed
+/// by the first problem. `None` when neither report says.
+fn failure(last: &AttemptRecord, prefix: &str) -> Result<Option<(ErrorCode, String)>, Stop> {
     let validation: Option<ValidationReport> = stored_report(last, "validation report", last.validation.as_ref())?;
     let tests: Option<TestReport> = stored_report(last, "test report", last.tests.as_ref())?;
-    let prefix = format!("all {max} attempts failed; the last one: ");
     if let Some(v) = validation.filter(|v| !v.ok) {
         let first = v
             .errors()
@@ -940,33 +986,31 @@ fn exhausted(last: &AttemptRecord, max: i32) -> Result<(ErrorCode, String), Stop
         };
         let errors = v.errors().count();
         let plural = if errors == 1 { "" } else { "s" };
-        return Ok((
+        return Ok(Some((
             code,
             format!("{prefix}{errors} static check error{plural}, first: {first}"),
-        ));
+        )));
     }
-    if let Some(t) = tests {
-        let first = t
-            .problem
-            .clone()
-            .or_else(|| {
-                t.cases
-                    .iter()
-                    .find(|c| c.outcome != crate::report::Outcome::Passed)
-                    .map(|c| format!("{}: {}", c.name, c.message))
-            })
-            .unwrap_or_default();
-        return Ok((
-            ErrorCode::TestsFailed,
-            format!(
-                "{prefix}{} of {} tests failed, first: {}",
-                t.failed,
-                t.total,
-                prompt::clip(&first, 500)
-            ),
-        ));
-    }
-    Ok((ErrorCode::AttemptsExhausted, format!("all {max} attempts failed")))
+    let Some(t) = tests else { return Ok(None) };
+    let first = t
+        .problem
+        .clone()
+        .or_else(|| {
+            t.cases
+                .iter()
+                .find(|c| c.outcome != crate::report::Outcome::Passed)
+                .map(|c| format!("{}: {}", c.name, c.message))
+        })
+        .unwrap_or_default();
+    Ok(Some((
+        ErrorCode::TestsFailed,
+        format!(
+            "{prefix}{} of {} tests failed, first: {}",
+            t.failed,
+            t.total,
+            prompt::clip(&first, 500)
+        ),
+    )))
 }
 
 /// A value an attempt stored, read back as the type Kiln wrote. One that

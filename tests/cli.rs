@@ -173,6 +173,7 @@ fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &s
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"), "{out:?}");
     k.expect(2, &["retry"]);
+    k.expect(2, &["rejudge"]);
     // 3: the dispatcher is unreachable.
     let out = k.run_with(&["status", good_id], "http://127.0.0.1:9", None);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -182,6 +183,7 @@ fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &s
     k.expect(4, &["job", &missing]);
     k.expect(4, &["attempts", &missing]);
     k.expect(4, &["cancel", "--job", &missing]);
+    k.expect(4, &["rejudge", "--job", &missing]);
 
     // 3 also for a server error (5xx), told apart from an unreachable server.
     let out = k.run_with(&["status", good_id], &failing_server(), None);
@@ -251,6 +253,7 @@ fn every_commands_json_output(k: &Kiln, good: &str, good_id: &str, bad_id: &str)
     assert!(cancelled["cancelled"].is_number(), "{cancelled}");
     let submitted = k.json(&["submit", good, "-o", "json"]);
     assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2, "{submitted}");
+    assert_eq!(k.json(&["rejudge", good_id, "-o", "json"]), json!({"rejudged": 2}));
     // A 404 is 4 with JSON output too, and says why on stderr only.
     let out = k.expect(4, &["job", &missing, "-o", "json"]);
     assert!(out.stdout.is_empty());

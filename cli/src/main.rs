@@ -122,6 +122,16 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "failed")]
         states: Vec<String>,
     },
+    /// Judge a batch's stored answers again with today's validation and
+    /// sandbox, without asking the model (or `--job ID` for one job).
+    Rejudge {
+        batch_id: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// States to re-judge (default: succeeded,failed).
+        #[arg(long, value_delimiter = ',', default_value = "succeeded,failed")]
+        states: Vec<String>,
+    },
     /// Cancel a batch (or `--job ID` for one job).
     Cancel {
         batch_id: Option<String>,
@@ -501,18 +511,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => print(&job),
             }
         }
-        Command::Attempts { job_id, json } => {
-            let attempts = client.attempts(&job_id).await?;
-            match (output, json) {
-                (Output::Text, false) => {
-                    for a in attempts.as_array().into_iter().flatten() {
-                        println!("{}", describe_attempt(a));
-                    }
-                }
-                (Output::Text, true) => print(&attempts),
-                (output, _) => emit(output, &attempts),
-            }
-        }
+        Command::Attempts { job_id, json } => print_attempts(output, json, &client.attempts(&job_id).await?),
         Command::Batches {
             state,
             name,
@@ -526,8 +525,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 created_after,
                 created_before,
             };
-            let batches = client.batches(&query, limit).await?;
-            print_batches(output, batches);
+            print_batches(output, client.batches(&query, limit).await?);
         }
         // Answered in main, before a runtime or a connection.
         Command::Schema | Command::Completions { .. } => {}
@@ -543,6 +541,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit_answer(output, &answer);
         }
+        Command::Rejudge { batch_id, job, states } => {
+            let answer = match (batch_id, job) {
+                (_, Some(job)) => client.rejudge_job(&job).await?,
+                (Some(batch), None) => client.rejudge_batch(&batch, &states).await?,
+                (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
+            };
+            emit_answer(output, &answer);
+        }
         Command::Cancel { batch_id, job } => {
             let answer = match (batch_id, job) {
                 (_, Some(job)) => client.cancel_job(&job).await?,
@@ -551,16 +557,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit_answer(output, &answer);
         }
-        Command::Download { job_id, dir } => {
-            let files = client.download(&job_id, &dir).await?;
-            let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
-            match output {
-                Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
-                _ => emit(output, &Value::Array(paths)),
-            }
-        }
+        Command::Download { job_id, dir } => print_paths(output, &client.download(&job_id, &dir).await?),
     }
     Ok(())
+}
+
+/// `kiln attempts`: a paragraph per attempt, or the API's JSON.
+fn print_attempts(output: Output, json: bool, attempts: &Value) {
+    match (output, json) {
+        (Output::Text, false) => {
+            for a in attempts.as_array().into_iter().flatten() {
+                println!("{}", describe_attempt(a));
+            }
+        }
+        (Output::Text, true) => print(attempts),
+        (output, _) => emit(output, attempts),
+    }
+}
+
+/// `kiln download`: the paths written, a line each or as JSON.
+fn print_paths(output: Output, files: &[PathBuf]) {
+    let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
+    match output {
+        Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
+        _ => emit(output, &Value::Array(paths)),
+    }
 }
 
 fn emit_answer(output: Output, answer: &Value) {

@@ -50,15 +50,15 @@ impl Modify for BearerAuth {
     ),
     paths(
         overview::list, batches::create, batches::status, batches::update, batches::jobs,
-        batches::retry, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
-        jobs::file, jobs::retry, jobs::cancel, overview::workers, ops::healthz, ops::readyz,
+        batches::retry, batches::rejudge, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
+        jobs::file, jobs::retry, jobs::rejudge, jobs::cancel, overview::workers, ops::healthz, ops::readyz,
         ops::metrics, openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, BatchRequestBody, Spec, Options)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
-        (name = "batches", description = "create, follow, list, retry and cancel batches"),
+        (name = "batches", description = "create, follow, list, retry, re-judge and cancel batches"),
         (name = "jobs", description = "one job: status, attempts and why they failed, files"),
         (name = "workers", description = "the live worker processes"),
         (name = "operations", description = "probes, metrics and this document; no token"),

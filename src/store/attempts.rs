@@ -87,6 +87,10 @@ pub struct AttemptView {
     /// Set when this attempt reused a passing result (`options.cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_from: Option<Uuid>,
+    /// Set when this attempt re-judged a stored answer (`POST …/rejudge`):
+    /// the attempt of this job whose answer it replayed, without a model request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejudged_from: Option<AttemptRef>,
     pub timings_ms: Value,
     pub worker_id: String,
     pub started_at: DateTime<Utc>,
@@ -100,6 +104,13 @@ pub struct AttemptView {
     /// Takeovers that interrupted this attempt, and why each was or was not
     /// blamed on the job.
     pub takeovers: Vec<super::jobs::TakeoverView>,
+}
+
+/// An attempt of the same job, by run and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AttemptRef {
+    pub run: i32,
+    pub n: i32,
 }
 
 /// Row shape of [`AttemptRecord`] as sqlx reads it.
@@ -551,6 +562,44 @@ impl Store {
         self.attempt(lease.job_id, run, Some(n)).await
     }
 
+    /// Starts attempt `n` of a re-judge run as a replay of attempt `source`
+    /// of the same job: the same prompt, model and raw answer, stored as
+    /// `generated` with no tokens, so the pipeline goes on to validate and
+    /// test it and can never send it to the model. If the attempt exists
+    /// already (a resumed run) it is returned unchanged.
+    pub async fn start_rejudge(
+        &self,
+        lease: &Lease,
+        run: i32,
+        n: i32,
+        source: Uuid,
+    ) -> Result<AttemptRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"INSERT INTO attempts (id, job_id, run, n, phase, model, prompt, prompt_version, response,
+                                     finish_reason, worker_id, lease_epoch, rejudged_from, generated_at)
+               SELECT $1, $2, $3, $4, 'generated', s.model, s.prompt, s.prompt_version, s.response,
+                      s.finish_reason, $5, $6, s.id, s.generated_at
+               FROM attempts s
+               WHERE s.id = $7 AND s.job_id = $2 AND s.response IS NOT NULL
+               ON CONFLICT (job_id, run, n) DO NOTHING"#,
+            Uuid::now_v7(),
+            lease.job_id,
+            run,
+            n,
+            lease.owner,
+            lease.epoch,
+            source,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.attempt(lease.job_id, run, Some(n))
+            .await?
+            .ok_or(StoreError::NotFound("attempt"))
+    }
+
     /// Ends an attempt.
     pub async fn finish_attempt(
         &self,
@@ -589,10 +638,12 @@ impl Store {
     pub async fn attempts(&self, job_id: Uuid, full: bool) -> Result<Vec<AttemptView>, StoreError> {
         let takeovers = self.job(job_id).await?.takeovers;
         let rows = sqlx::query!(
-            r#"SELECT run, n, state, phase, model, prompt_tokens, completion_tokens, validation, tests,
-                      error_code, error_message, finish_reason, llm_faults, sandbox_faults, last_fault,
-                      faults, cost_usd, cached_from, timings_ms, worker_id, started_at, finished_at, prompt, response
-               FROM attempts WHERE job_id = $1 ORDER BY run, n"#,
+            r#"SELECT a.run, a.n, a.state, a.phase, a.model, a.prompt_tokens, a.completion_tokens, a.validation,
+                      a.tests, a.error_code, a.error_message, a.finish_reason, a.llm_faults, a.sandbox_faults,
+                      a.last_fault, a.faults, a.cost_usd, a.cached_from, a.timings_ms, a.worker_id, a.started_at,
+                      a.finished_at, a.prompt, a.response, s.run AS "source_run?", s.n AS "source_n?"
+               FROM attempts a LEFT JOIN attempts s ON s.id = a.rejudged_from
+               WHERE a.job_id = $1 ORDER BY a.run, a.n"#,
             job_id
         )
         .fetch_all(&self.pool)
@@ -619,6 +670,7 @@ impl Store {
                 faults: r.faults,
                 cost_usd: r.cost_usd,
                 cached_from: r.cached_from,
+                rejudged_from: r.source_run.zip(r.source_n).map(|(run, n)| AttemptRef { run, n }),
                 timings_ms: r.timings_ms,
                 worker_id: r.worker_id,
                 started_at: r.started_at,
