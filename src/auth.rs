@@ -7,10 +7,10 @@
 //!
 //! Scopes nest: `admin` ⊃ `submit` ⊃ `read`. Which scope each `/v1` route
 //! needs is declared with the route (`crate::http::v1_routes`): reads need
-//! `read`; creating, changing, retrying and cancelling batches and jobs need
-//! `submit`; `admin` is for review decisions (a person's call, kept apart
-//! from the tokens that submit work) and operator actions (token
-//! administration over HTTP and re-judging belong there).
+//! `read`; creating, changing, retrying, re-judging and cancelling batches
+//! and jobs need `submit`; `admin` is for review decisions (a person's call,
+//! kept apart from the tokens that submit work) and operator actions (token
+//! administration over HTTP belongs there).
 //!
 //! # Invariants
 //! - The token itself is never stored, logged or returned after creation.
