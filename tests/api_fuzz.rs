@@ -281,7 +281,7 @@ fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
 
 /// The routes of API v1 the generated requests reach, in `request`'s
 /// order; checked against the router's own list.
-const FUZZED_ROUTES: [(&str, &str); 14] = [
+const FUZZED_ROUTES: [(&str, &str); 15] = [
     ("POST", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("PATCH", "/v1/batches/{id}"),
@@ -296,6 +296,7 @@ const FUZZED_ROUTES: [(&str, &str); 14] = [
     ("POST", "/v1/jobs/{id}/retry"),
     ("GET", "/v1/batches"),
     ("GET", "/v1/workers"),
+    ("GET", "/v1/batches/{id}/report"),
 ];
 
 /// One generated request.
@@ -318,7 +319,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
-    let arm = rng.random_range(0..24);
+    let arm = rng.random_range(0..25);
     let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
@@ -342,12 +343,13 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         20 => (Method::POST, format!("/v1/jobs/{j}/retry"), render(&value(rng, 0))),
         21 => (Method::GET, format!("/v1/batches?{q}"), Vec::new()),
         22 => (Method::GET, format!("/v1/workers?{q}"), Vec::new()),
+        23 => (Method::GET, format!("/v1/batches/{b}/report?{q}"), Vec::new()),
         // No route has this method.
         _ => (Method::DELETE, format!("/v1/batches/{b}"), render(&value(rng, 0))),
     };
     let route = match arm {
         0..=9 => Some(0),
-        10..=22 => Some(arm - 9),
+        10..=23 => Some(arm - 9),
         _ => None,
     };
     let idempotency_key = if route == Some(0) { idempotency_key(rng) } else { None };

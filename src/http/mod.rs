@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
-//! - [`batches`]: create, status, job listing, retry and cancel of batches.
+//! - [`batches`]: create, status, job listing, report, retry and cancel of
+//!   batches.
 //! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
@@ -180,6 +181,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/batches/{id}", Read, batches::status),
         route(M::PATCH, "/v1/batches/{id}", Submit, batches::update),
         route(M::GET, "/v1/batches/{id}/jobs", Read, batches::jobs),
+        route(M::GET, "/v1/batches/{id}/report", Read, batches::report),
         route(M::POST, "/v1/batches/{id}/retry", Submit, batches::retry),
         route(M::POST, "/v1/batches/{id}/cancel", Submit, batches::cancel),
         route(M::GET, "/v1/jobs/{id}", Read, jobs::status),

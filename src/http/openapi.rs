@@ -50,7 +50,7 @@ impl Modify for BearerAuth {
     ),
     paths(
         overview::list, batches::create, batches::status, batches::update, batches::jobs,
-        batches::retry, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
+        batches::report, batches::retry, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
         jobs::file, jobs::retry, jobs::cancel, overview::workers, ops::healthz, ops::readyz,
         ops::metrics, openapi_json,
     ),
