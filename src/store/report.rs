@@ -249,7 +249,11 @@ impl Store {
         // `store::attempts` writes; `percentile_cont(1)` is the maximum.
         // Unpivoting `timings_ms` (`jsonb_each`) and grouping by key
         // instead sorted every measurement twice and took three times as
-        // long on the 200,000-job bench batch.
+        // long on the 200,000-job bench batch. Each sort holds all of its
+        // phase's measurements: at 200,000 the default 4 MB of `work_mem`
+        // spills them to disk, so this transaction gets more.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
         let r = sqlx::query!(
             r#"SELECT count(queue) AS "queue_n!",
                       percentile_cont(ARRAY[0.5, 0.9, 0.99, 1]) WITHIN GROUP (ORDER BY queue) AS queue,
@@ -270,8 +274,9 @@ impl Store {
                      WHERE j.batch_id = $1) measured"#,
             batch_id
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         let phases = [
             ("queue", r.queue_n, r.queue),
             ("llm", r.llm_n, r.llm),
