@@ -155,7 +155,7 @@ function viewReport(r) {
         h("td", { class: "num" }, pct(a.pass_rate)), h("td", { class: "num" }, pct(a.cumulative_pass_rate)))) :
         h("tr", {}, h("td", { colspan: 5, class: "muted" }, "no attempt yet")))),
     h("p", { class: "muted", id: "per-success" }, each ?
-      `per success: ${fmtInt(Math.round(each.prompt_tokens + each.completion_tokens))} tokens, ${fmtCost(each.cost_usd)}` : "no success yet",
+      `per success: ${fmtInt(Math.round(each.prompt_tokens + each.completion_tokens))} tokens` + (each.cost_usd != null ? `, ${fmtCost(each.cost_usd)}` : "") : "no success yet",
       r.phases.length ? " · p50 / p90 ms: " + r.phases.map((p) => `${p.phase} ${Math.round(p.p50_ms)} / ${Math.round(p.p90_ms)}`).join(" · ") : "",
       r.rules.length ? " · failing rules: " + r.rules.slice(0, 5).map((x) => `${x.rule} ${x.diagnostics}`).join(", ") : ""));
 }
