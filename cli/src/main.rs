@@ -411,7 +411,8 @@ fn code_counts(list: &Value) -> String {
     }
 }
 
-/// `kiln report` for people: a few tables.
+/// `kiln report` for people: a few tables. Numbers go through
+/// `to_string` first: a JSON value's `Display` ignores column widths.
 fn report_text(r: &Value) -> String {
     let c = &r["counts"];
     let mut out = format!(
@@ -429,11 +430,11 @@ fn report_text(r: &Value) -> String {
         let _ = writeln!(
             out,
             "{:>7}  {:>5}  {:>6}  {:>6}  {:>7}  {:>9}  {:>10}",
-            a["n"],
-            a["jobs"],
-            a["passed"],
-            a["failed"],
-            a["errored"],
+            a["n"].to_string(),
+            a["jobs"].to_string(),
+            a["passed"].to_string(),
+            a["failed"].to_string(),
+            a["errored"].to_string(),
             percent(&a["pass_rate"]),
             percent(&a["cumulative_pass_rate"]),
         );
@@ -463,7 +464,7 @@ fn report_text(r: &Value) -> String {
             out,
             "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9}",
             p["phase"].as_str().unwrap_or("?"),
-            p["count"],
+            p["count"].to_string(),
             decimal(&p["p50_ms"]),
             decimal(&p["p90_ms"]),
             decimal(&p["p99_ms"]),
@@ -502,9 +503,9 @@ fn report_text(r: &Value) -> String {
                 out,
                 "{:<32} {:>12} {:>9} {:>5}",
                 rule["rule"].as_str().unwrap_or("?"),
-                rule["diagnostics"],
-                rule["attempts"],
-                rule["jobs"],
+                rule["diagnostics"].to_string(),
+                rule["attempts"].to_string(),
+                rule["jobs"].to_string(),
             );
         }
     }
