@@ -19,7 +19,7 @@ pub enum ClientError {
     BadToken,
     #[error("{path}: {message}")]
     SpecFile { path: PathBuf, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -197,6 +197,20 @@ impl Client {
 
     pub async fn retry_job(&self, id: &str) -> Result<Value, ClientError> {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/retry", self.base)))
+            .await
+    }
+
+    pub async fn rejudge_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+        self.json(
+            self.http
+                .post(format!("{}/v1/batches/{id}/rejudge", self.base))
+                .json(&json!({ "states": states })),
+        )
+        .await
+    }
+
+    pub async fn rejudge_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.post(format!("{}/v1/jobs/{id}/rejudge", self.base)))
             .await
     }
 

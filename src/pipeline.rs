@@ -10,6 +10,10 @@
 //! truncated, invalid or failing code) spend an attempt; provider and
 //! sandbox faults are retried with backoff under their own limits and, when
 //! those run out, end the job with a code that says so (invariant 5).
+//!
+//! A re-judge run ([`Claimed::rejudge_from`]) has one attempt, a replay of a
+//! stored answer: it starts at `generated`, so it is only validated and
+//! tested, never sent to the model, and a failure ends the job without repair.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use crate::llm::{ChatRequest, ChatResponse, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
-use crate::sandbox::{Limits, Sandbox, SandboxError, harness};
+use crate::sandbox::{Limits, Sandbox, harness};
 use crate::spec::Spec;
 use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
 use crate::store::jobs::{Activity, Claimed, JobOutcome};
@@ -172,14 +176,29 @@ impl Pipeline {
                         )
                         .await;
                 }
-                Some(a) if a.n >= job.max_attempts => {
+                Some(a) if job.rejudge_from.is_some() || a.n >= job.max_attempts => {
                     // The message quotes the model's last diagnostics or test
                     // failures: read inside the worker until the end is stored.
                     let _in_worker = match self.enter(job, Activity::Preparing, cancel).await {
                         Ok(held) => held,
                         Err(stop) => return self.stopped(lease, None, stop, cancel).await,
                     };
-                    let (code, message) = exhausted(&a, job.max_attempts);
+                    let ended = if job.rejudge_from.is_some() {
+                        // A re-judge run has one attempt and no repair: the
+                        // stored answer failed today's judge, and so does the job.
+                        failure(&a, "re-judged, the stored answer fails: ").map(|f| {
+                            f.unwrap_or((
+                                ErrorCode::AttemptsExhausted,
+                                "re-judged, the stored answer fails".into(),
+                            ))
+                        })
+                    } else {
+                        exhausted(&a, job.max_attempts)
+                    };
+                    let (code, message) = match ended {
+                        Ok(end) => end,
+                        Err(stop) => return self.stopped(lease, None, stop, cancel).await,
+                    };
                     return self
                         .end_job(
                             lease,
@@ -191,7 +210,7 @@ impl Pipeline {
                         )
                         .await;
                 }
-                previous => match self.start_attempt(job, previous.as_ref(), cancel).await {
+                previous => match self.start(job, previous.as_ref(), cancel).await {
                     Ok(a) if a.state == AttemptState::Passed => {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
                         return self
@@ -257,6 +276,22 @@ impl Pipeline {
         .await
     }
 
+    /// Creates the next attempt: in a re-judge run, the replay of the
+    /// stored answer it judges again; else a prompt for the model.
+    async fn start(
+        &self,
+        job: &Claimed,
+        previous: Option<&AttemptRecord>,
+        cancel: &CancellationToken,
+    ) -> Result<AttemptRecord, Stop> {
+        match job.rejudge_from {
+            Some(source) => Ok(self
+                .retry_db(cancel, || self.store.start_rejudge(&job.lease, job.run, 1, source))
+                .await?),
+            None => self.start_attempt(job, previous, cancel).await,
+        }
+    }
+
     /// Creates the next attempt with its prompt (a repair prompt after a failure).
     async fn start_attempt(
         &self,
@@ -279,14 +314,14 @@ impl Pipeline {
         let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
         let messages = match previous {
             None => vec![
-                Message::system(prompt::system_prompt(&job.spec)),
+                Message::system(self.system_prompt(job, cancel).await?),
                 Message::user(prompt::spec_prompt(&job.spec)),
             ],
             Some(p) => {
-                let first: Vec<Message> = serde_json::from_value(p.prompt.clone()).unwrap_or_default();
+                let first: Vec<Message> = stored(p, "prompt", &p.prompt)?;
                 let validation: Option<ValidationReport> =
-                    p.validation.clone().and_then(|v| serde_json::from_value(v).ok());
-                let tests: Option<TestReport> = p.tests.clone().and_then(|v| serde_json::from_value(v).ok());
+                    stored_report(p, "validation report", p.validation.as_ref())?;
+                let tests: Option<TestReport> = stored_report(p, "test report", p.tests.as_ref())?;
                 let failure = Failure {
                     validation: validation.as_ref(),
                     tests: tests.as_ref(),
@@ -330,6 +365,31 @@ impl Pipeline {
         Ok(attempt)
     }
 
+    /// The first request's system message, with the batch's
+    /// `options.examples` past successes. Built once: the attempt stores
+    /// its prompt, and repairs and resumed jobs read it back.
+    async fn system_prompt(&self, job: &Claimed, cancel: &CancellationToken) -> Result<String, Stop> {
+        if job.options.examples == 0 {
+            return Ok(prompt::system_prompt(&job.spec));
+        }
+        let past = self
+            .retry_db(cancel, || {
+                self.store
+                    .past_successes(job.lease.job_id, job.options.examples as usize, EXAMPLE_MAX_BYTES)
+            })
+            .await?;
+        let mut examples = Vec::new();
+        for p in past {
+            match Spec::from_value(p.spec, "example") {
+                Ok(spec) => examples.push((spec, p.files)),
+                // Another job's spec that no longer reads (an older
+                // format): an example less, not a reason to fail this job.
+                Err(e) => warn!(job_id = %job.lease.job_id, error = %e, "skipped an example whose spec does not read"),
+            }
+        }
+        Ok(prompt::system_prompt_with_examples(&job.spec, &examples))
+    }
+
     /// Runs an attempt from its last persisted phase to a verdict.
     async fn run_attempt(
         &self,
@@ -339,6 +399,14 @@ impl Pipeline {
     ) -> Result<Verdict, Stop> {
         let lease = &job.lease;
         let response = match (attempt.phase, &attempt.response) {
+            (Phase::Prompted, _) | (_, None) if job.rejudge_from.is_some() => {
+                // Cannot happen (the replay is stored with its answer), but
+                // a re-judge must never cost a model request.
+                return Err(Stop::Fail {
+                    code: ErrorCode::Internal,
+                    message: "the re-judge attempt has no stored answer to judge".into(),
+                });
+            }
             (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
             (_, Some(stored)) => Generated {
                 content: stored.clone(),
@@ -351,11 +419,14 @@ impl Pipeline {
         let (files, validation) = if attempt.phase >= Phase::Validated {
             let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
             let files = self.retry_db(cancel, || self.store.artifacts(attempt.id)).await?;
-            let validation: ValidationReport = attempt
-                .validation
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
+            let validation: ValidationReport =
+                stored_report(attempt, "validation report", attempt.validation.as_ref())?.ok_or_else(|| {
+                    unreadable(
+                        attempt,
+                        "validation report",
+                        "it is missing though the attempt is validated",
+                    )
+                })?;
             self.leave(lease, in_worker, Activity::Finishing, cancel).await?;
             (files, validation)
         } else {
@@ -384,11 +455,8 @@ impl Pipeline {
 
         let tests: TestReport = if attempt.phase >= Phase::Tested {
             let in_worker = self.enter(job, Activity::Preparing, cancel).await?;
-            let tests = attempt
-                .tests
-                .clone()
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or_default();
+            let tests = stored_report(attempt, "test report", attempt.tests.as_ref())?
+                .ok_or_else(|| unreadable(attempt, "test report", "it is missing though the attempt is tested"))?;
             self.leave(lease, in_worker, Activity::Finishing, cancel).await?;
             tests
         } else {
@@ -503,7 +571,7 @@ impl Pipeline {
         attempt: &AttemptRecord,
         cancel: &CancellationToken,
     ) -> Result<ChatRequest, Stop> {
-        let messages: Vec<Message> = serde_json::from_value(attempt.prompt.clone()).unwrap_or_default();
+        let messages: Vec<Message> = stored(attempt, "prompt", &attempt.prompt)?;
         // The batch's request parameters over the settings'. A repair is
         // warmer than the first request by a step per earlier attempt, and
         // a step more per earlier answer that repeated one before it: at
@@ -629,10 +697,7 @@ impl Pipeline {
                 Err(e) => e,
             };
             let message = fault.to_string();
-            let class = match &fault {
-                SandboxError::Unavailable(_) => "unavailable",
-                SandboxError::Harness(_) => "harness",
-            };
+            let class = fault.class();
             let count = self
                 .retry_db(cancel, || {
                     self.store
@@ -825,6 +890,11 @@ struct Generated {
     finish_reason: Option<String>,
 }
 
+/// Largest example answer (`options.examples`), in bytes of files: a
+/// service's answer can be tens of kilobytes, and every request of the job
+/// pays for its examples again.
+const EXAMPLE_MAX_BYTES: usize = 16 * 1024;
+
 /// Stack of the thread that parses and validates one answer: enough for the
 /// deepest syntax tree a file within the size limit can produce (measured:
 /// half a million nested brackets, unoptimised, need under 128 MiB), so
@@ -893,10 +963,16 @@ fn check_answer_here(spec: &Spec, content: &str, finish_reason: Option<&str>) ->
 
 /// The job's error once its last attempt failed: a code naming what failed
 /// and a message with the last attempt's first problem.
-fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
-    let validation: Option<ValidationReport> = last.validation.clone().and_then(|v| serde_json::from_value(v).ok());
-    let tests: Option<TestReport> = last.tests.clone().and_then(|v| serde_json::from_value(v).ok());
-    let prefix = format!("all {max} attempts failed; the last one: ");
+fn exhausted(last: &AttemptRecord, max: i32) -> Result<(ErrorCode, String), Stop> {
+    Ok(failure(last, &format!("all {max} attempts failed; the last one: "))?
+        .unwrap_or_else(|| (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed"))))
+}
+
+/// What a failed attempt's reports say failed: a code and `prefix` followed
+/// by the first problem. `None` when neither report says.
+fn failure(last: &AttemptRecord, prefix: &str) -> Result<Option<(ErrorCode, String)>, Stop> {
+    let validation: Option<ValidationReport> = stored_report(last, "validation report", last.validation.as_ref())?;
+    let tests: Option<TestReport> = stored_report(last, "test report", last.tests.as_ref())?;
     if let Some(v) = validation.filter(|v| !v.ok) {
         let first = v
             .errors()
@@ -908,33 +984,63 @@ fn exhausted(last: &AttemptRecord, max: i32) -> (ErrorCode, String) {
         } else {
             ErrorCode::ValidationFailed
         };
-        return (
+        let errors = v.errors().count();
+        let plural = if errors == 1 { "" } else { "s" };
+        return Ok(Some((
             code,
-            format!("{prefix}{} static check errors, first: {first}", v.errors().count()),
-        );
+            format!("{prefix}{errors} static check error{plural}, first: {first}"),
+        )));
     }
-    if let Some(t) = tests {
-        let first = t
-            .problem
-            .clone()
-            .or_else(|| {
-                t.cases
-                    .iter()
-                    .find(|c| c.outcome != crate::report::Outcome::Passed)
-                    .map(|c| format!("{}: {}", c.name, c.message))
-            })
-            .unwrap_or_default();
-        return (
-            ErrorCode::TestsFailed,
-            format!(
-                "{prefix}{} of {} tests failed, first: {}",
-                t.failed,
-                t.total,
-                prompt::clip(&first, 500)
-            ),
-        );
+    let Some(t) = tests else { return Ok(None) };
+    let first = t
+        .problem
+        .clone()
+        .or_else(|| {
+            t.cases
+                .iter()
+                .find(|c| c.outcome != crate::report::Outcome::Passed)
+                .map(|c| format!("{}: {}", c.name, c.message))
+        })
+        .unwrap_or_default();
+    Ok(Some((
+        ErrorCode::TestsFailed,
+        format!(
+            "{prefix}{} of {} tests failed, first: {}",
+            t.failed,
+            t.total,
+            prompt::clip(&first, 500)
+        ),
+    )))
+}
+
+/// A value an attempt stored, read back as the type Kiln wrote. One that
+/// does not read is a defect (a changed format, a hand edit), never taken
+/// for an empty prompt or a missing report: the job fails naming it.
+fn stored<T: serde::de::DeserializeOwned>(
+    attempt: &AttemptRecord,
+    what: &str,
+    value: &serde_json::Value,
+) -> Result<T, Stop> {
+    T::deserialize(value).map_err(|e| unreadable(attempt, what, &e.to_string()))
+}
+
+/// [`stored`] for a report an attempt may not have reached yet.
+fn stored_report<T: serde::de::DeserializeOwned>(
+    attempt: &AttemptRecord,
+    what: &str,
+    value: Option<&serde_json::Value>,
+) -> Result<Option<T>, Stop> {
+    value.map(|v| stored(attempt, what, v)).transpose()
+}
+
+fn unreadable(attempt: &AttemptRecord, what: &str, why: &str) -> Stop {
+    Stop::Fail {
+        code: ErrorCode::Internal,
+        message: format!(
+            "the stored {what} of run {} attempt {} cannot be read ({why}); Kiln wrote it, so this is a defect to report",
+            attempt.run, attempt.n
+        ),
     }
-    (ErrorCode::AttemptsExhausted, format!("all {max} attempts failed"))
 }
 
 /// Exponential backoff with full jitter, at least what the provider asked

@@ -74,6 +74,33 @@ pub fn system_prompt(spec: &Spec) -> String {
     }
 }
 
+/// The system message with worked examples (`options.examples`): past
+/// tasks of the same kind and the answers that passed them, in the answer
+/// format. In the system message, not as extra turns, so the conversation
+/// stays one request and its repairs (see [`repair_messages`]).
+pub fn system_prompt_with_examples(spec: &Spec, examples: &[(Spec, Vec<crate::files::File>)]) -> String {
+    let mut out = system_prompt(spec);
+    if examples.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "\n\nExamples: earlier tasks of this kind and answers that passed all their checks. \
+         Follow their format and standard; solve the task you are given, not these.",
+    );
+    for (i, (task, files)) in examples.iter().enumerate() {
+        let answer = serde_json::json!({
+            "files": files.iter().map(|f| serde_json::json!({"path": f.path, "content": f.content})).collect::<Vec<_>>()
+        });
+        let _ = write!(
+            out,
+            "\n\n### Example {n}: task\n{task}\n\n### Example {n}: answer\n{answer}",
+            n = i + 1,
+            task = spec_prompt(task),
+        );
+    }
+    out
+}
+
 fn allowed_packages() -> String {
     let mut out = String::new();
     for line in SANDBOX_PACKAGES

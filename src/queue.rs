@@ -39,12 +39,20 @@ pub struct JobMessage {
 /// Errors of the queue layer.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    // The cause is in the message, so it is not also a `source`: printed
+    // as a chain it would read twice.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
     #[error("pushing to the queue: {0}")]
     Push(String),
     #[error("queue worker stopped: {0}")]
     Worker(String),
+}
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> QueueError {
+        QueueError::Redis(e)
+    }
 }
 
 /// How often an idle consumer polls Redis.

@@ -237,6 +237,31 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub extra_body: Option<serde_json::Map<String, Value>>,
+    /// Past successes shown in the first prompt (0…5): the most recent
+    /// passing answers to other specs of the same kind, as worked examples.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub examples: u32,
+    /// Answers per attempt. Best-of-N is not built yet: only 1 (one answer
+    /// per attempt, the default) is accepted, and any other number is
+    /// refused by name rather than ignored.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub candidates: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A batch's temperature: a number, or `"off"` for none.
@@ -301,6 +326,8 @@ impl Default for Options {
             tokens_param: None,
             temperature: None,
             extra_body: None,
+            examples: 0,
+            candidates: 1,
         }
     }
 }
@@ -309,6 +336,9 @@ impl Default for Options {
 /// multiplies cost.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 20;
 pub const MAX_TIMEOUT_S: u32 = 900;
+/// Most past successes in a prompt: each costs prompt tokens on every
+/// request of the job, and a few show the format as well as many.
+pub const MAX_EXAMPLES: u32 = 5;
 /// Largest `budget_tokens`: far above any real batch, far below what the
 /// database's 64-bit counters hold.
 pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000;
@@ -504,6 +534,19 @@ impl Options {
             return Err(FieldError::new(
                 format!("{at}.timeout_s"),
                 format!("must be between 1 and {MAX_TIMEOUT_S}"),
+            ));
+        }
+        if self.candidates != 1 {
+            return Err(FieldError::new(
+                format!("{at}.candidates"),
+                "best-of-N (more than one answer per attempt) is not supported by this version of Kiln; \
+                 leave it out or give 1",
+            ));
+        }
+        if self.examples > MAX_EXAMPLES {
+            return Err(FieldError::new(
+                format!("{at}.examples"),
+                format!("must be between 0 and {MAX_EXAMPLES}"),
             ));
         }
         self.check_request_parameters(at)
@@ -1004,6 +1047,16 @@ mod tests {
             "options.max_attempts"
         );
         assert_eq!(err_field(json!({"specs": [function()], "optoins": {}})), "optoins");
+        assert_eq!(
+            err_field(json!({"specs": [function()], "options": {"examples": 6}})),
+            "options.examples"
+        );
+        assert!(parse(json!({"specs": [function()], "options": {"examples": 5}})).is_ok());
+        assert_eq!(
+            err_field(json!({"specs": [function()], "options": {"candidates": 3}})),
+            "options.candidates"
+        );
+        assert!(parse(json!({"specs": [function()], "options": {"candidates": 1}})).is_ok());
         for target in [
             "notes_api/main.py",
             "notes_api.main:",

@@ -48,14 +48,21 @@ use crate::store::{Store, StoreError};
 pub enum WorkerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    // The cause is in the message, not also a `source` (it would print twice).
     #[error("model client: {0}")]
-    Llm(#[from] crate::llm::LlmError),
+    Llm(crate::llm::LlmError),
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
     #[error("{0}")]
     Config(String),
+}
+
+impl From<crate::llm::LlmError> for WorkerError {
+    fn from(e: crate::llm::LlmError) -> WorkerError {
+        WorkerError::Llm(e)
+    }
 }
 
 /// Most time between lease heartbeats. Short, because a missed heartbeat is

@@ -281,7 +281,7 @@ fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
 
 /// The routes of API v1 the generated requests reach, in `request`'s
 /// order; checked against the router's own list.
-const FUZZED_ROUTES: [(&str, &str); 15] = [
+const FUZZED_ROUTES: [(&str, &str); 17] = [
     ("POST", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("PATCH", "/v1/batches/{id}"),
@@ -296,6 +296,8 @@ const FUZZED_ROUTES: [(&str, &str); 15] = [
     ("POST", "/v1/jobs/{id}/retry"),
     ("GET", "/v1/batches"),
     ("GET", "/v1/workers"),
+    ("POST", "/v1/batches/{id}/rejudge"),
+    ("POST", "/v1/jobs/{id}/rejudge"),
     ("GET", "/v1/batches/{id}/report"),
 ];
 
@@ -319,7 +321,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
-    let arm = rng.random_range(0..25);
+    let arm = rng.random_range(0..27);
     let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
@@ -343,13 +345,23 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         20 => (Method::POST, format!("/v1/jobs/{j}/retry"), render(&value(rng, 0))),
         21 => (Method::GET, format!("/v1/batches?{q}"), Vec::new()),
         22 => (Method::GET, format!("/v1/workers?{q}"), Vec::new()),
-        23 => (Method::GET, format!("/v1/batches/{b}/report?{q}"), Vec::new()),
+        23 => (
+            Method::POST,
+            format!("/v1/batches/{b}/rejudge"),
+            render(&json!({"states": [if rng.random_bool(0.5) {
+                json!(["failed", "cancelled", "succeeded", "running"][rng.random_range(0..4)])
+            } else {
+                value(rng, 1)
+            }]})),
+        ),
+        24 => (Method::POST, format!("/v1/jobs/{j}/rejudge"), render(&value(rng, 0))),
+        25 => (Method::GET, format!("/v1/batches/{b}/report?{q}"), Vec::new()),
         // No route has this method.
         _ => (Method::DELETE, format!("/v1/batches/{b}"), render(&value(rng, 0))),
     };
     let route = match arm {
         0..=9 => Some(0),
-        10..=23 => Some(arm - 9),
+        10..=25 => Some(arm - 9),
         _ => None,
     };
     let idempotency_key = if route == Some(0) { idempotency_key(rng) } else { None };

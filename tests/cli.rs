@@ -173,6 +173,7 @@ fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &s
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 400"), "{out:?}");
     k.expect(2, &["retry"]);
+    k.expect(2, &["rejudge"]);
     // 3: the dispatcher is unreachable.
     let out = k.run_with(&["status", good_id], "http://127.0.0.1:9", None);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -183,6 +184,7 @@ fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &s
     k.expect(4, &["attempts", &missing]);
     k.expect(4, &["report", &missing]);
     k.expect(4, &["cancel", "--job", &missing]);
+    k.expect(4, &["rejudge", "--job", &missing]);
 
     // 3 also for a server error (5xx), told apart from an unreachable server.
     let out = k.run_with(&["status", good_id], &failing_server(), None);
@@ -264,6 +266,7 @@ fn every_commands_json_output(k: &Kiln, good: &str, good_id: &str, bad_id: &str)
     assert!(cancelled["cancelled"].is_number(), "{cancelled}");
     let submitted = k.json(&["submit", good, "-o", "json"]);
     assert_eq!(submitted["job_ids"].as_array().unwrap().len(), 2, "{submitted}");
+    assert_eq!(k.json(&["rejudge", good_id, "-o", "json"]), json!({"rejudged": 2}));
     // A 404 is 4 with JSON output too, and says why on stderr only.
     let out = k.expect(4, &["job", &missing, "-o", "json"]);
     assert!(out.stdout.is_empty());
@@ -438,4 +441,74 @@ fn a_typo_in_a_variable_or_a_config_key_stops_the_servers_naming_the_closest_set
         }
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs the `kiln` binary with no dispatcher anywhere near.
+fn offline(args: &[&str]) -> Output {
+    let out = Command::new(bin("kiln"))
+        .envs(UNREACHABLE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn kiln_schema_prints_a_json_schema_that_accepts_the_example_spec_files_and_refuses_a_misspelled_field() {
+    let schema: Value = serde_json::from_slice(&offline(&["schema"]).stdout).unwrap();
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&schema)
+        .unwrap();
+    for file in ["examples/specs/functions.yaml", "examples/specs/services.yaml"] {
+        let value: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+    let spec = add_spec(1);
+    assert!(validator.is_valid(&spec), "one spec");
+    assert!(
+        validator.is_valid(&json!([spec.clone(), add_spec(2)])),
+        "a list of specs"
+    );
+    assert!(
+        validator.is_valid(&json!({"name": "b", "specs": [spec.clone()], "options": {"max_attempts": 2}})),
+        "a batch"
+    );
+    let mut typo = spec.clone();
+    typo["tset_cases"] = json!([]);
+    assert!(!validator.is_valid(&typo), "a misspelled spec field");
+    assert!(
+        !validator.is_valid(&json!({"specs": [spec], "options": {"max_atempts": 2}})),
+        "a misspelled option"
+    );
+    assert!(!validator.is_valid(&json!({"kind": "lambda"})), "an unknown kind");
+}
+
+#[test]
+fn kiln_completions_prints_a_script_for_each_shell_that_names_the_commands() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kiln"),
+        ("fish", "complete -c kiln"),
+    ] {
+        let out = offline(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["submit", "attempts", "retry", "schema"] {
+            assert!(script.contains(command), "{shell} script lacks {command}");
+        }
+    }
+    let out = Command::new(bin("kiln"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
 }

@@ -347,6 +347,30 @@ async fn retry_from_the_page(browser: &Driver, client: &kiln::client::Client, jo
     browser.wait_text("#main", &["run 2"]).await;
 }
 
+/// The page's re-judge button reaches the API (a run 2 replays attempt 2's
+/// answer), and the page shows the replay naming its source.
+async fn rejudge_from_the_page(browser: &Driver, client: &kiln::client::Client, job_id: &str) {
+    browser.click("button[data-action='rejudge']").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = client.job(job_id).await.unwrap();
+        if job["run"] == 2 && job["state"] == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's re-judge never reached the API or never ended: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .wait_text(
+            "[data-attempt='2.1']",
+            &["re-judged the stored answer of run 1 · attempt 2", "passed"],
+        )
+        .await;
+}
+
 /// Without a token the page asks for one; a wrong one is refused; the
 /// right one signs in.
 async fn sign_in_through_the_form(browser: &Driver, url: &str, token: &str) {
@@ -363,7 +387,7 @@ async fn sign_in_through_the_form(browser: &Driver, url: &str, token: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_and_retries_a_job() {
+async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_and_retries_and_rejudges_a_job() {
     let env = TestEnv::new().await;
     let llm = mock(&format!("{ADD_SCRIPT}{SCRIPTS}")).await;
     let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
@@ -414,6 +438,7 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
         .wait_text("[data-attempt='1.2']", &["passed", "Tests: 3 of 3 passed"])
         .await;
     browser.screenshot("3-repaired-job").await;
+    rejudge_from_the_page(&browser, &client, fixed).await;
 
     // The failed job: its failing cases, expected vs got; retried from the page.
     browser.goto(&format!("{}/#/jobs/{wrong}", d.url)).await;

@@ -425,7 +425,8 @@ async fn check_undeclared_fields_are_caught(c: &mut Checker, jobs: &[String]) {
 }
 
 /// The verbs that change state: retrying and cancelling a job, then its
-/// batch; a retry of states that do not exist is refused.
+/// batch; a retry of states that do not exist is refused; re-judging a job
+/// and the batch, and of states that are not finished, refused.
 async fn check_state_changes(c: &mut Checker, b: &str, jobs: &[String]) {
     let (status, _) = c
         .check(
@@ -464,6 +465,55 @@ async fn check_state_changes(c: &mut Checker, b: &str, jobs: &[String]) {
             "/v1/batches/{id}/retry",
             &format!("{b}/retry"),
             Some(json!({"states": ["done"]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/jobs/{id}/rejudge",
+            &format!("/v1/jobs/{}/rejudge", jobs[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    // The replay's attempt, naming its source, is documented too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = c
+            .check(Method::GET, "/v1/jobs/{id}", &format!("/v1/jobs/{}", jobs[0]), None)
+            .await;
+        if job["state"] == "succeeded" && job["run"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the re-judge never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, attempts) = c
+        .check(
+            Method::GET,
+            "/v1/jobs/{id}/attempts",
+            &format!("/v1/jobs/{}/attempts", jobs[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(attempts[1]["rejudged_from"], json!({"run": 1, "n": 1}), "{attempts}");
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/batches/{id}/rejudge",
+            &format!("{b}/rejudge"),
+            Some(json!({"states": ["failed", "cancelled"]})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = c
+        .check(
+            Method::POST,
+            "/v1/batches/{id}/rejudge",
+            &format!("{b}/rejudge"),
+            Some(json!({"states": ["queued"]})),
         )
         .await;
     assert_eq!(status, 400);

@@ -334,3 +334,121 @@ async fn a_worker_on_the_docker_sandbox_runs_the_demo_batch_to_success_and_leave
         .collect();
     assert!(left.is_empty(), "the stopped worker left containers: {left:?}");
 }
+
+/// The system message of a job's first attempt.
+async fn first_system_prompt(d: &Dispatcher, job_id: &str) -> String {
+    let a = d.attempts(job_id, true).await;
+    a[0]["prompt"][0]["content"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_batch_with_examples_shows_the_model_past_successes_of_other_specs_never_its_own() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!(
+        "{REPAIR_SCRIPT}{}",
+        support::ADD_SCRIPT.trim_start_matches('\n')
+    ))
+    .await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let w = InProcessWorker::start(&settings).await;
+    let run = |body: Value| {
+        let d = &d;
+        async move {
+            let created = d.client.submit(&body, None).await.unwrap();
+            let batch = wait_for_batch(
+                &d.client,
+                created["batch_id"].as_str().unwrap(),
+                Duration::from_secs(60),
+            )
+            .await;
+            assert_eq!(batch["counts"]["succeeded"], 1, "{batch}");
+            created["job_ids"][0].as_str().unwrap().to_owned()
+        }
+    };
+    // clamp passes at its second attempt: its passing answer is the one shown.
+    let clamp = run(json!({"specs": [clamp_spec()]})).await;
+    assert!(
+        !first_system_prompt(&d, &clamp).await.contains("### Example"),
+        "no examples unless asked"
+    );
+
+    let add = run(json!({"specs": [add_spec(3)], "options": {"examples": 2}})).await;
+    let shown = first_system_prompt(&d, &add).await;
+    assert!(shown.contains("### Example 1: task"), "{shown}");
+    assert!(
+        shown.contains("Clamp x into [lo, hi]."),
+        "the past task is shown: {shown}"
+    );
+    assert!(
+        shown.contains("return max(lo, min(x, hi))"),
+        "its passing answer is shown: {shown}"
+    );
+    assert!(
+        !shown.contains("return max(lo, x)\\n"),
+        "never a failed answer: {shown}"
+    );
+    assert!(
+        !shown.contains("### Example 2"),
+        "one other spec has passed so far: {shown}"
+    );
+
+    // The same clamp spec again: its own earlier answer is not an example
+    // (that would be the cache), the add answer is.
+    let again = run(json!({"specs": [clamp_spec()], "options": {"examples": 5}})).await;
+    let shown = first_system_prompt(&d, &again).await;
+    assert!(shown.contains("return a + b"), "{shown}");
+    assert!(!shown.contains("min(x, hi)"), "{shown}");
+    w.stop().await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_stored_prompt_that_does_not_read_fails_the_job_naming_it_and_is_never_sent_as_an_empty_prompt() {
+    let env = TestEnv::new().await;
+    let llm = mock(REPAIR_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let w = InProcessWorker::start(&settings).await;
+    let spec = json!({"kind": "function", "task_description": "Wrong on purpose.", "entry_point": "never_right",
+                      "test_cases": [{"input": 1, "expected": 1}]});
+    let created = d
+        .client
+        .submit(&json!({"specs": [spec], "options": {"max_attempts": 1}}), None)
+        .await
+        .unwrap();
+    let batch_id = created["batch_id"].as_str().unwrap();
+    let job_id = created["job_ids"][0].as_str().unwrap();
+    let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(60)).await;
+    assert_eq!(batch["counts"]["failed"], 1, "{batch}");
+    assert_eq!(llm.requests().len(), 1);
+
+    // Attempt 1's stored prompt no longer reads as messages, and the job is
+    // given more attempts and handed back to the queue: its repair prompt
+    // would be built from that prompt.
+    let pool = env.store.pool();
+    sqlx::query("UPDATE attempts SET prompt = '\"not a message list\"'::jsonb")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', max_attempts = 3, finished_at = NULL, error_code = NULL,
+                         error_message = NULL, dispatched_at = NULL",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    let batch = wait_for_batch(&d.client, batch_id, Duration::from_secs(60)).await;
+    assert_eq!(batch["counts"]["failed"], 1, "{batch}");
+    let job = d.client.job(job_id).await.unwrap();
+    assert_eq!(job["error"]["code"], "internal", "{job}");
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the stored prompt of run 1 attempt 1 cannot be read"),
+        "{message}"
+    );
+    assert_eq!(llm.requests().len(), 1, "no request was sent with a made-up prompt");
+    w.stop().await;
+    d.stop().await;
+}

@@ -125,6 +125,16 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "failed")]
         states: Vec<String>,
     },
+    /// Judge a batch's stored answers again with today's validation and
+    /// sandbox, without asking the model (or `--job ID` for one job).
+    Rejudge {
+        batch_id: Option<String>,
+        #[arg(long)]
+        job: Option<String>,
+        /// States to re-judge (default: succeeded,failed).
+        #[arg(long, value_delimiter = ',', default_value = "succeeded,failed")]
+        states: Vec<String>,
+    },
     /// Cancel a batch (or `--job ID` for one job).
     Cancel {
         batch_id: Option<String>,
@@ -133,6 +143,12 @@ enum Command {
     },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
+    /// Print the JSON Schema of spec files (one spec, a list, or a batch),
+    /// for editors and CI checks. Offline.
+    Schema,
+    /// Print a completion script for a shell, e.g.
+    /// `kiln completions bash > /etc/bash_completion.d/kiln`. Offline.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn print(value: &Value) {
@@ -290,6 +306,23 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn main() -> ExitCode {
     // Usage errors of clap exit 2 and `--help`/`--version` 0, by clap.
     let cli = Cli::parse();
+    // Commands that need no dispatcher answer here, without a runtime.
+    match cli.command {
+        Command::Schema => {
+            print(&kiln::http::openapi::spec_file_schema());
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "kiln",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -615,18 +648,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => print(&job),
             }
         }
-        Command::Attempts { job_id, json } => {
-            let attempts = client.attempts(&job_id).await?;
-            match (output, json) {
-                (Output::Text, false) => {
-                    for a in attempts.as_array().into_iter().flatten() {
-                        println!("{}", describe_attempt(a));
-                    }
-                }
-                (Output::Text, true) => print(&attempts),
-                (output, _) => emit(output, &attempts),
-            }
-        }
+        Command::Attempts { job_id, json } => print_attempts(output, json, &client.attempts(&job_id).await?),
         Command::Batches {
             state,
             name,
@@ -640,9 +662,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 created_after,
                 created_before,
             };
-            let batches = client.batches(&query, limit).await?;
-            print_batches(output, batches);
+            print_batches(output, client.batches(&query, limit).await?);
         }
+        // Answered in main, before a runtime or a connection.
+        Command::Schema | Command::Completions { .. } => {}
         Command::Workers => {
             let list = client.workers().await?;
             print_workers(output, &list["workers"]);
@@ -655,6 +678,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit_answer(output, &answer);
         }
+        Command::Rejudge { batch_id, job, states } => {
+            let answer = match (batch_id, job) {
+                (_, Some(job)) => client.rejudge_job(&job).await?,
+                (Some(batch), None) => client.rejudge_batch(&batch, &states).await?,
+                (None, None) => return Err(Usage("give a batch id, or --job JOB_ID".into()).into()),
+            };
+            emit_answer(output, &answer);
+        }
         Command::Cancel { batch_id, job } => {
             let answer = match (batch_id, job) {
                 (_, Some(job)) => client.cancel_job(&job).await?,
@@ -663,16 +694,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             emit_answer(output, &answer);
         }
-        Command::Download { job_id, dir } => {
-            let files = client.download(&job_id, &dir).await?;
-            let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
-            match output {
-                Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
-                _ => emit(output, &Value::Array(paths)),
-            }
-        }
+        Command::Download { job_id, dir } => print_paths(output, &client.download(&job_id, &dir).await?),
     }
     Ok(())
+}
+
+/// `kiln attempts`: a paragraph per attempt, or the API's JSON.
+fn print_attempts(output: Output, json: bool, attempts: &Value) {
+    match (output, json) {
+        (Output::Text, false) => {
+            for a in attempts.as_array().into_iter().flatten() {
+                println!("{}", describe_attempt(a));
+            }
+        }
+        (Output::Text, true) => print(attempts),
+        (output, _) => emit(output, attempts),
+    }
+}
+
+/// `kiln download`: the paths written, a line each or as JSON.
+fn print_paths(output: Output, files: &[PathBuf]) {
+    let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
+    match output {
+        Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
+        _ => emit(output, &Value::Array(paths)),
+    }
 }
 
 fn emit_answer(output: Output, answer: &Value) {

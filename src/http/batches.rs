@@ -1,5 +1,5 @@
 //! `/v1/batches…`: create a batch, read its status, jobs and report, retry,
-//! cancel.
+//! rejudge, cancel.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -236,17 +236,61 @@ pub async fn retry(
         let body: RetryBody = typed_body(&bytes)?;
         body.states
     };
+    finished_states(&states, "retried")?;
+    let requeued = state.store.retry_batch(id, &states).await?;
+    state.feeder_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
+}
+
+/// Checks that every state a retry or re-judge names is a finished one.
+fn finished_states(states: &[String], verb: &str) -> Result<(), ApiError> {
     for (i, s) in states.iter().enumerate() {
         if !["failed", "cancelled", "succeeded"].contains(&s.as_str()) {
             return Err(ApiError::invalid(
                 format!("states[{i}]"),
-                format!("{s:?} cannot be retried; use failed, cancelled or succeeded"),
+                format!("{s:?} cannot be {verb}; use failed, cancelled or succeeded"),
             ));
         }
     }
-    let requeued = state.store.retry_batch(id, &states).await?;
+    Ok(())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejudgeBody {
+    /// Job states to re-judge: `succeeded` and `failed` (the default), `cancelled`.
+    #[serde(default = "default_rejudge_states")]
+    states: Vec<String>,
+}
+
+fn default_rejudge_states() -> Vec<String> {
+    vec!["succeeded".into(), "failed".into()]
+}
+
+#[utoipa::path(post, path = "/v1/batches/{id}/rejudge", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    request_body(content = Option<RejudgeBody>, description = "default: `{\"states\": [\"succeeded\", \"failed\"]}`"),
+    responses((status = 202, body = Rejudged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
+/// `POST /v1/batches/{id}/rejudge` (`{"states": ["succeeded", "failed"]}` by
+/// default) → `202 {"rejudged": n}`: each matching job with a stored answer
+/// starts a re-judge run (no model request); jobs without one are skipped.
+pub async fn rejudge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
+    let states = if bytes.iter().all(u8::is_ascii_whitespace) {
+        default_rejudge_states()
+    } else {
+        let body: RejudgeBody = typed_body(&bytes)?;
+        body.states
+    };
+    finished_states(&states, "re-judged")?;
+    let rejudged = state.store.rejudge_batch(id, &states).await?;
     state.feeder_wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
+    Ok((StatusCode::ACCEPTED, Json(Rejudged { rejudged })))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -272,6 +316,12 @@ pub struct PatchOptions {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Requeued {
     pub requeued: u64,
+}
+
+/// `202` of a re-judge: jobs that start a re-judge run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Rejudged {
+    pub rejudged: u64,
 }
 
 /// `202` of a cancel: jobs cancelled (running ones stop within a heartbeat).

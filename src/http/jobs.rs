@@ -1,4 +1,4 @@
-//! `/v1/jobs/{id}…`: status, attempts, artifacts, files, retry, cancel.
+//! `/v1/jobs/{id}…`: status, attempts, artifacts, files, retry, rejudge, cancel.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::batches::{Cancelled, Requeued};
+use super::batches::{Cancelled, Rejudged, Requeued};
 use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::store::attempts::AttemptView;
@@ -151,6 +151,20 @@ pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Res
     let requeued = state.store.retry_job(id).await?;
     state.feeder_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/rejudge", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
+    responses((status = 202, body = Rejudged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
+/// `POST /v1/jobs/{id}/rejudge` → `202 {"rejudged": 1}`: a new run that
+/// judges the job's latest stored answer again with today's validation and
+/// sandbox, without a model request. `409` while the job is queued or
+/// running, or when no attempt of it ever got an answer.
+pub async fn rejudge(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id, "job_id")?;
+    let rejudged = state.store.rejudge_job(id).await?;
+    state.feeder_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(Rejudged { rejudged })))
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),

@@ -4,9 +4,9 @@
 //! # Layout
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
-//! - [`batches`]: create, status, job listing, report, retry and cancel of
-//!   batches.
-//! - [`jobs`]: job status, attempts, artifacts, files, retry and cancel.
+//! - [`batches`]: create, status, job listing, report, retry, rejudge and
+//!   cancel of batches.
+//! - [`jobs`]: job status, attempts, artifacts, files, retry, rejudge and cancel.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`dashboard`]: the web dashboard at `/`, embedded in the binary.
@@ -183,12 +183,14 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/batches/{id}/jobs", Read, batches::jobs),
         route(M::GET, "/v1/batches/{id}/report", Read, batches::report),
         route(M::POST, "/v1/batches/{id}/retry", Submit, batches::retry),
+        route(M::POST, "/v1/batches/{id}/rejudge", Submit, batches::rejudge),
         route(M::POST, "/v1/batches/{id}/cancel", Submit, batches::cancel),
         route(M::GET, "/v1/jobs/{id}", Read, jobs::status),
         route(M::GET, "/v1/jobs/{id}/attempts", Read, jobs::attempts),
         route(M::GET, "/v1/jobs/{id}/artifacts", Read, jobs::artifacts),
         route(M::GET, "/v1/jobs/{id}/files/{*path}", Read, jobs::file),
         route(M::POST, "/v1/jobs/{id}/retry", Submit, jobs::retry),
+        route(M::POST, "/v1/jobs/{id}/rejudge", Submit, jobs::rejudge),
         route(M::POST, "/v1/jobs/{id}/cancel", Submit, jobs::cancel),
         route(M::GET, "/v1/workers", Read, overview::workers),
     ]

@@ -50,15 +50,16 @@ impl Modify for BearerAuth {
     ),
     paths(
         overview::list, batches::create, batches::status, batches::update, batches::jobs,
-        batches::report, batches::retry, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
-        jobs::file, jobs::retry, jobs::cancel, overview::workers, ops::healthz, ops::readyz,
+        batches::report, batches::retry, batches::rejudge, batches::cancel, jobs::status, jobs::attempts,
+        jobs::artifacts, jobs::file, jobs::retry, jobs::rejudge, jobs::cancel, overview::workers, ops::healthz,
+        ops::readyz,
         ops::metrics, openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, BatchRequestBody, Spec, Options)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
-        (name = "batches", description = "create, follow, list, retry and cancel batches"),
+        (name = "batches", description = "create, follow, list, retry, re-judge and cancel batches"),
         (name = "jobs", description = "one job: status, attempts and why they failed, files"),
         (name = "workers", description = "the live worker processes"),
         (name = "operations", description = "probes, metrics and this document; no token"),
@@ -73,6 +74,40 @@ pub fn document() -> &'static Value {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
         close_composed_objects(&mut doc);
         doc
+    })
+}
+
+/// The JSON Schema (2020-12) of a spec file as `kiln submit` reads it: one
+/// spec, a list of specs, or a batch object (`{"name"?, "specs",
+/// "options"?}`). Cut from this document's component schemas, so it says
+/// what the API accepts and cannot drift from it.
+pub fn spec_file_schema() -> Value {
+    fn rebase(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get_mut("$ref")
+                    && let Some(name) = r.strip_prefix("#/components/schemas/")
+                {
+                    *r = format!("#/$defs/{name}");
+                }
+                map.values_mut().for_each(rebase);
+            }
+            Value::Array(items) => items.iter_mut().for_each(rebase),
+            _ => {}
+        }
+    }
+    let mut defs = document()["components"]["schemas"].clone();
+    rebase(&mut defs);
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Kiln spec file",
+        "description": "One spec, a list of specs, or a batch: {\"name\"?, \"specs\", \"options\"?}",
+        "anyOf": [
+            {"$ref": "#/$defs/Spec"},
+            {"type": "array", "items": {"$ref": "#/$defs/Spec"}},
+            {"$ref": "#/$defs/BatchRequestBody"}
+        ],
+        "$defs": defs,
     })
 }
 

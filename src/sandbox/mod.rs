@@ -93,6 +93,16 @@ pub enum SandboxError {
     Harness(String),
 }
 
+impl SandboxError {
+    /// The fault's class as recorded on the attempt (`sandbox_faults`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            SandboxError::Unavailable(_) => "unavailable",
+            SandboxError::Harness(_) => "harness",
+        }
+    }
+}
+
 /// The configured backend, ready to run.
 pub async fn build(settings: &crate::config::SandboxSettings) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
     Ok(match settings.kind {

@@ -37,6 +37,14 @@ pub struct AttemptRecord {
     pub error_message: Option<String>,
 }
 
+/// A passing answer to another spec, shown to the model as an example.
+#[derive(Debug, Clone)]
+pub struct PastSuccess {
+    /// The spec as stored (validated when it was submitted).
+    pub spec: Value,
+    pub files: Vec<File>,
+}
+
 /// A model answer as stored on its attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Generation<'a> {
@@ -79,6 +87,10 @@ pub struct AttemptView {
     /// Set when this attempt reused a passing result (`options.cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_from: Option<Uuid>,
+    /// Set when this attempt re-judged a stored answer (`POST …/rejudge`):
+    /// the attempt of this job whose answer it replayed, without a model request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejudged_from: Option<AttemptRef>,
     pub timings_ms: Value,
     pub worker_id: String,
     pub started_at: DateTime<Utc>,
@@ -92,6 +104,13 @@ pub struct AttemptView {
     /// Takeovers that interrupted this attempt, and why each was or was not
     /// blamed on the job.
     pub takeovers: Vec<super::jobs::TakeoverView>,
+}
+
+/// An attempt of the same job, by run and number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AttemptRef {
+    pub run: i32,
+    pub n: i32,
 }
 
 /// Row shape of [`AttemptRecord`] as sqlx reads it.
@@ -415,6 +434,61 @@ impl Store {
         Ok(true)
     }
 
+    /// With `options.examples`: up to `limit` of the most recent passing
+    /// answers to other specs of this job's kind (never the same spec:
+    /// that would be `cache`, not an example), one per spec, each at most
+    /// `max_bytes` of files. Answers copied by the cache are skipped, as
+    /// their originals are.
+    pub async fn past_successes(
+        &self,
+        job_id: Uuid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<PastSuccess>, StoreError> {
+        // More rows than wanted, since some repeat a spec or are too long;
+        // the partial index walks passing attempts newest first.
+        let rows = sqlx::query!(
+            r#"SELECT a.id, j.spec, j.spec_sha256
+               FROM jobs me, attempts a
+               JOIN jobs j ON j.id = a.job_id
+               WHERE me.id = $1 AND a.state = 'passed' AND a.cached_from IS NULL
+                 AND j.kind = me.kind AND j.spec_sha256 <> me.spec_sha256
+               ORDER BY a.finished_at DESC
+               LIMIT $2"#,
+            job_id,
+            (limit * 4) as i64,
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let files = sqlx::query!(
+            "SELECT attempt_id, path, content FROM artifacts WHERE attempt_id = ANY($1) ORDER BY attempt_id, path",
+            &ids
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut seen = std::collections::HashSet::new();
+        let mut past = Vec::new();
+        for row in rows {
+            if past.len() == limit || !seen.insert(row.spec_sha256) {
+                continue;
+            }
+            let of_attempt: Vec<File> = files
+                .iter()
+                .filter(|f| f.attempt_id == row.id)
+                .map(|f| File::new(&f.path, String::from_utf8_lossy(&f.content)))
+                .collect();
+            let bytes: usize = of_attempt.iter().map(|f| f.content.len()).sum();
+            if !of_attempt.is_empty() && bytes <= max_bytes {
+                past.push(PastSuccess {
+                    spec: row.spec,
+                    files: of_attempt,
+                });
+            }
+        }
+        Ok(past)
+    }
+
     /// With `options.cache`: starts attempt `n` as a copy of a passing
     /// attempt of an identical spec (same kind and canonical spec hash),
     /// prompt version and model, if one exists. The copy is marked with
@@ -488,6 +562,44 @@ impl Store {
         self.attempt(lease.job_id, run, Some(n)).await
     }
 
+    /// Starts attempt `n` of a re-judge run as a replay of attempt `source`
+    /// of the same job: the same prompt, model and raw answer, stored as
+    /// `generated` with no tokens, so the pipeline goes on to validate and
+    /// test it and can never send it to the model. If the attempt exists
+    /// already (a resumed run) it is returned unchanged.
+    pub async fn start_rejudge(
+        &self,
+        lease: &Lease,
+        run: i32,
+        n: i32,
+        source: Uuid,
+    ) -> Result<AttemptRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        sqlx::query!(
+            r#"INSERT INTO attempts (id, job_id, run, n, phase, model, prompt, prompt_version, response,
+                                     finish_reason, worker_id, lease_epoch, rejudged_from, generated_at)
+               SELECT $1, $2, $3, $4, 'generated', s.model, s.prompt, s.prompt_version, s.response,
+                      s.finish_reason, $5, $6, s.id, s.generated_at
+               FROM attempts s
+               WHERE s.id = $7 AND s.job_id = $2 AND s.response IS NOT NULL
+               ON CONFLICT (job_id, run, n) DO NOTHING"#,
+            Uuid::now_v7(),
+            lease.job_id,
+            run,
+            n,
+            lease.owner,
+            lease.epoch,
+            source,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.attempt(lease.job_id, run, Some(n))
+            .await?
+            .ok_or(StoreError::NotFound("attempt"))
+    }
+
     /// Ends an attempt.
     pub async fn finish_attempt(
         &self,
@@ -526,10 +638,12 @@ impl Store {
     pub async fn attempts(&self, job_id: Uuid, full: bool) -> Result<Vec<AttemptView>, StoreError> {
         let takeovers = self.job(job_id).await?.takeovers;
         let rows = sqlx::query!(
-            r#"SELECT run, n, state, phase, model, prompt_tokens, completion_tokens, validation, tests,
-                      error_code, error_message, finish_reason, llm_faults, sandbox_faults, last_fault,
-                      faults, cost_usd, cached_from, timings_ms, worker_id, started_at, finished_at, prompt, response
-               FROM attempts WHERE job_id = $1 ORDER BY run, n"#,
+            r#"SELECT a.run, a.n, a.state, a.phase, a.model, a.prompt_tokens, a.completion_tokens, a.validation,
+                      a.tests, a.error_code, a.error_message, a.finish_reason, a.llm_faults, a.sandbox_faults,
+                      a.last_fault, a.faults, a.cost_usd, a.cached_from, a.timings_ms, a.worker_id, a.started_at,
+                      a.finished_at, a.prompt, a.response, s.run AS "source_run?", s.n AS "source_n?"
+               FROM attempts a LEFT JOIN attempts s ON s.id = a.rejudged_from
+               WHERE a.job_id = $1 ORDER BY a.run, a.n"#,
             job_id
         )
         .fetch_all(&self.pool)
@@ -556,6 +670,7 @@ impl Store {
                 faults: r.faults,
                 cost_usd: r.cost_usd,
                 cached_from: r.cached_from,
+                rejudged_from: r.source_run.zip(r.source_n).map(|(run, n)| AttemptRef { run, n }),
                 timings_ms: r.timings_ms,
                 worker_id: r.worker_id,
                 started_at: r.started_at,

@@ -1,8 +1,11 @@
 //! Jobs: the lease life cycle (claim → heartbeat → finish or release) and the
-//! client's verbs (read, cancel, retry).
+//! client's verbs (read, cancel, retry, rejudge).
 //!
 //! A job's state moves `queued → running → succeeded | failed | cancelled`;
-//! retry moves a failed or cancelled job back to `queued` with `run + 1`.
+//! retry moves a failed or cancelled job back to `queued` with `run + 1`, and
+//! so does a re-judge, whose new run replays a stored answer
+//! (`rejudge_attempt_id`, set in the same statement) instead of asking the
+//! model.
 //! Claims, cancels and retries bump `lease_epoch`, which fences out whoever
 //! held the job before (see [`super::Lease::fence`]).
 
@@ -31,6 +34,9 @@ pub struct Claimed {
     pub blamed_crashes: i32,
     /// A death was blamed on the job: run it alone in the worker.
     pub isolate: bool,
+    /// Set when this run re-judges a stored answer: the attempt whose answer
+    /// the run's one attempt replays. Such a run never calls the model.
+    pub rejudge_from: Option<Uuid>,
 }
 
 /// What a job's lease holder is doing, persisted at each step so that a
@@ -254,7 +260,7 @@ impl Store {
                FROM batches b
                WHERE j.id = $1 AND b.id = j.batch_id
                RETURNING j.lease_epoch, j.batch_id, j.run, j.spec, j.max_attempts, j.crashes, j.blamed_crashes,
-                         j.isolate, b.options"#,
+                         j.isolate, j.rejudge_attempt_id, b.options"#,
             job_id,
             owner,
             ttl.as_secs_f64(),
@@ -299,6 +305,7 @@ impl Store {
             crashes: row.crashes,
             blamed_crashes: row.blamed_crashes,
             isolate: row.isolate,
+            rejudge_from: row.rejudge_attempt_id,
         }))
     }
 
@@ -552,7 +559,12 @@ impl Store {
     /// crash count and error; every earlier attempt is kept.
     pub async fn retry_job(&self, job_id: Uuid) -> Result<u64, StoreError> {
         let n = self
-            .requeue(None, Some(job_id), &["failed".to_owned(), "cancelled".to_owned()])
+            .requeue(
+                None,
+                Some(job_id),
+                &["failed".to_owned(), "cancelled".to_owned()],
+                false,
+            )
             .await?;
         if n == 0 {
             let job = self.job(job_id).await?;
@@ -568,26 +580,72 @@ impl Store {
     /// (terminal states only).
     pub async fn retry_batch(&self, batch_id: Uuid, states: &[String]) -> Result<u64, StoreError> {
         self.batch_exists(batch_id).await?;
-        self.requeue(Some(batch_id), None, states).await
+        self.requeue(Some(batch_id), None, states, false).await
     }
 
+    /// Starts a re-judge run of a finished job: its one attempt replays the
+    /// job's latest stored answer ([`Store::requeue`] says which) through
+    /// today's validation and sandbox, without a model request. A conflict
+    /// when the job has not finished or no attempt of it ever got an answer.
+    pub async fn rejudge_job(&self, job_id: Uuid) -> Result<u64, StoreError> {
+        let finished = ["succeeded".to_owned(), "failed".to_owned(), "cancelled".to_owned()];
+        let n = self.requeue(None, Some(job_id), &finished, true).await?;
+        if n == 0 {
+            let job = self.job(job_id).await?;
+            return Err(StoreError::Conflict(if finished.contains(&job.state) {
+                format!(
+                    "job is {} but has no stored answer to re-judge: no attempt of any run got an answer from \
+                     the model; retry it instead",
+                    job.state
+                )
+            } else {
+                format!(
+                    "job is {}; only succeeded, failed or cancelled jobs can be re-judged",
+                    job.state
+                )
+            }));
+        }
+        Ok(n)
+    }
+
+    /// Starts a re-judge run of every job of the batch in one of `states`
+    /// (terminal states only) that has a stored answer; the others are left
+    /// as they are.
+    pub async fn rejudge_batch(&self, batch_id: Uuid, states: &[String]) -> Result<u64, StoreError> {
+        self.batch_exists(batch_id).await?;
+        self.requeue(Some(batch_id), None, states, true).await
+    }
+
+    /// Moves the matching finished jobs to `queued` with `run + 1`. With
+    /// `rejudge`, only jobs with a stored answer move, each marked in the
+    /// same statement with the attempt whose answer its new run replays:
+    /// the result attempt of a succeeded job, else the latest attempt (by
+    /// run, then number) that got an answer. Without it the mark is cleared.
     async fn requeue(
         &self,
         batch_id: Option<Uuid>,
         job_id: Option<Uuid>,
         states: &[String],
+        rejudge: bool,
     ) -> Result<u64, StoreError> {
         Ok(sqlx::query!(
-            r#"UPDATE jobs
+            r#"UPDATE jobs j
                SET state = 'queued', run = run + 1, crashes = 0, blamed_crashes = 0, isolate = false, activity = NULL,
                    lost_cause = NULL, error_code = NULL, error_message = NULL,
                    result_attempt_id = NULL, finished_at = NULL, dispatched_at = NULL, not_before = NULL,
-                   lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                   lease_epoch = lease_epoch + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),
+                   rejudge_attempt_id = CASE WHEN $4 THEN (
+                       SELECT a.id FROM attempts a
+                       WHERE a.job_id = j.id AND a.response IS NOT NULL
+                       ORDER BY a.id = j.result_attempt_id DESC NULLS LAST, a.run DESC, a.n DESC
+                       LIMIT 1) END
                WHERE ($1::uuid IS NULL OR batch_id = $1) AND ($2::uuid IS NULL OR id = $2)
-                 AND state = ANY($3) AND state IN ('failed', 'cancelled', 'succeeded')"#,
+                 AND state = ANY($3) AND state IN ('failed', 'cancelled', 'succeeded')
+                 AND (NOT $4 OR EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id AND a.response IS NOT NULL))"#,
             batch_id,
             job_id,
             states,
+            rejudge,
         )
         .execute(&self.pool)
         .await?

@@ -119,10 +119,12 @@ pub fn storable_json(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_js
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // Causes are in the messages, so they are not also `source`s: printed
+    // as a chain (`error_chain`, anyhow) they would read twice.
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migrating the database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// The caller's lease was taken over, cancelled or retried: it must stop
     /// working on the job without writing anything more.
     #[error("lease lost: the job was taken over, cancelled or retried")]
@@ -134,8 +136,26 @@ pub enum StoreError {
     Conflict(String),
     /// A stored value this build cannot read (an unknown state, phase or
     /// code): refused rather than read as a default.
-    #[error("unreadable stored value")]
-    Corrupt(#[from] crate::domain::UnknownName),
+    #[error("unreadable stored value: {0}")]
+    Corrupt(crate::domain::UnknownName),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(e)
+    }
+}
+
+impl From<crate::domain::UnknownName> for StoreError {
+    fn from(e: crate::domain::UnknownName) -> StoreError {
+        StoreError::Corrupt(e)
+    }
 }
 
 impl StoreError {

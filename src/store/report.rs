@@ -7,6 +7,8 @@
 //! Outcomes (pass rates, failures, diagnostics by rule) and phase times are
 //! read from each job's *current* run only: a retry starts a new run with a
 //! fresh attempt budget, and the earlier run's outcome is what it replaced.
+//! A re-judge is such a run too: its one attempt replays a stored answer,
+//! so that answer's new verdict counts at attempt 1.
 //! Money is the exception: `usage` is every run's tokens and cost (the
 //! batch status's `usage`, from `batch_counts`), because earlier runs were
 //! paid for too, and `per_success` divides that by the jobs that succeeded.

@@ -185,6 +185,8 @@ async function viewBatch(id) {
       card("tokens", b.usage.prompt_tokens + b.usage.completion_tokens), h("div", { class: "card" }, h("b", {}, fmtCost(b.usage.cost_usd)), "cost")),
     h("div", { class: "actions" },
       h("button", { "data-action": "retry-failed", onclick: () => act("POST", `/v1/batches/${id}/retry`, { states: ["failed"] }, "retry failed") }, "Retry failed jobs"),
+      h("button", { "data-action": "rejudge", title: "judge the stored answers of succeeded and failed jobs again, without asking the model",
+        onclick: () => act("POST", `/v1/batches/${id}/rejudge`, { states: ["succeeded", "failed"] }, "re-judge") }, "Re-judge answers"),
       h("button", { "data-action": "cancel", class: "danger", onclick: () => act("POST", `/v1/batches/${id}/cancel`, undefined, "cancel") }, "Cancel batch"),
       h("button", { "data-action": "budget", onclick: () => {
         const raw = prompt("New token budget for the batch (empty removes it):", b.options.budget_tokens ?? "");
@@ -217,6 +219,7 @@ function viewAttempt(a) {
     h("h3", {}, `Run ${a.run} · attempt ${a.n} `, stateBadge(a.state), " ", h("span", { class: "muted" },
       `${a.model} · ${fmtInt(a.usage.prompt_tokens)} + ${fmtInt(a.usage.completion_tokens)} tokens · phase ${a.phase}`,
       a.cost_usd !== undefined ? ` · ${fmtCost(a.cost_usd)}` : "")),
+    a.rejudged_from ? h("p", { class: "muted" }, `re-judged the stored answer of run ${a.rejudged_from.run} · attempt ${a.rejudged_from.n} (no model request)`) : null,
     h("p", { class: "muted" }, "timings (ms): ", Object.entries(a.timings_ms || {}).map(([k, ms]) => `${k} ${ms}`).join(" · ") || "—",
       ` · worker ${a.worker_id}`),
     a.error ? h("p", { class: "error" }, `${a.error.code}: ${a.error.message}`) : null,
@@ -236,6 +239,8 @@ async function viewJob(id) {
   const [job, attempts] = await Promise.all([api("GET", `/v1/jobs/${id}`), api("GET", `/v1/jobs/${id}/attempts`)]);
   const canRetry = job.state === "failed" || job.state === "cancelled";
   const canCancel = job.state === "queued" || job.state === "running";
+  // An attempt past `prompted` holds the model's answer, which a re-judge replays.
+  const canRejudge = ["succeeded", "failed", "cancelled"].includes(job.state) && attempts.some((a) => a.phase !== "prompted");
   show(
     h("h1", {}, `Job ${job.spec.entry_point || job.spec.service_name || job.job_id} `, stateBadge(job.state)),
     h("p", { class: "muted" }, job.job_id, " · batch ", h("a", { href: "#/batches/" + job.batch_id }, job.batch_id),
@@ -244,6 +249,8 @@ async function viewJob(id) {
     job.error ? h("p", { class: "error", id: "job-error" }, `${job.error.code}: ${job.error.message}`) : null,
     h("div", { class: "actions" },
       canRetry ? h("button", { "data-action": "retry", onclick: () => act("POST", `/v1/jobs/${id}/retry`, undefined, "retry") }, "Retry job") : null,
+      canRejudge ? h("button", { "data-action": "rejudge", title: "judge the stored answer again, without asking the model",
+        onclick: () => act("POST", `/v1/jobs/${id}/rejudge`, undefined, "re-judge") }, "Re-judge") : null,
       canCancel ? h("button", { "data-action": "cancel", class: "danger", onclick: () => act("POST", `/v1/jobs/${id}/cancel`, undefined, "cancel") }, "Cancel job") : null,
       job.result ? h("button", { "data-action": "download", onclick: () => download(id) }, "Download files") : null),
     job.result ? h("p", {}, "Result files: ", job.result.files.map((f) => `${f.path} (${f.size} B)`).join(", ")) : null,
