@@ -2,6 +2,7 @@
 //! the store, plus the feeder that moves ready jobs into Redis.
 //!
 //! # Layout
+//! - [`access`]: request ids and the access log, around every request.
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, retry, rejudge and cancel of batches.
@@ -16,6 +17,7 @@
 //! caught panic, has the body `{"error": {"code", "message", "field"?}}`
 //! ([`error::envelope`]).
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod dashboard;
@@ -38,7 +40,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 pub use error::ApiError;
@@ -227,7 +228,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::new())
         .layer(from_fn(error::envelope))
-        .layer(TraceLayer::new_for_http())
+        // Outermost: the id and the span cover everything below.
+        .layer(from_fn(access::serve))
         .with_state(state)
 }
 
