@@ -81,9 +81,11 @@ fn request_id(response: &reqwest::Response) -> String {
 #[tokio::test]
 async fn text_logs_written_to_a_file_carry_no_colour_codes() {
     let env = TestEnv::new().await;
+    // An empty `NO_COLOR` allows colour: only the missing terminal is left
+    // to turn it off.
     let proc = Proc::spawn(
         "kiln-dispatcher",
-        &env.vars("http://127.0.0.1:9", &[("KILN_LOG_FORMAT", "text")]),
+        &env.vars("http://127.0.0.1:9", &[("KILN_LOG_FORMAT", "text"), ("NO_COLOR", "")]),
     );
     // Colour codes would sit between `port` and `=`: strip them to find the
     // port either way, so the test fails on the codes, not on a timeout.
@@ -102,11 +104,11 @@ async fn text_logs_written_to_a_file_carry_no_colour_codes() {
     .await;
 
     let log = std::fs::read_to_string(&proc.1).unwrap();
-    assert!(log.contains(" INFO "), "{log}");
     assert!(
         !log.contains("\x1b["),
         "colour codes in a log written to a file:\n{log:?}"
     );
+    assert!(log.contains(" INFO "), "{log}");
 }
 
 #[tokio::test]
