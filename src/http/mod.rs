@@ -2,6 +2,7 @@
 //! the store, plus the feeder that moves ready jobs into Redis.
 //!
 //! # Layout
+//! - [`access`]: request ids and the access log, around every request.
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
 //! - [`batches`]: create, status, job listing, report, retry, rejudge and
@@ -17,6 +18,7 @@
 //! caught panic, has the body `{"error": {"code", "message", "field"?}}`
 //! ([`error::envelope`]).
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod dashboard;
@@ -39,7 +41,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 pub use error::ApiError;
@@ -229,7 +230,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::new())
         .layer(from_fn(error::envelope))
-        .layer(TraceLayer::new_for_http())
+        // Outermost: the id and the span cover everything below.
+        .layer(from_fn(access::serve))
         .with_state(state)
 }
 
