@@ -5,10 +5,14 @@
 //! real inserts), then a real dispatcher is started and `/metrics` and
 //! `GET /v1/batches/{id}` are requested one after another. Prints median
 //! and p95 of each and their ratio to the 50 ms target, and beside them the
-//! full-history aggregates they replaced, timed on the same data.
+//! full-history aggregates they replaced, timed on the same data. Then the
+//! batch's report (`GET /v1/batches/{id}/report`), which aggregates the
+//! attempts themselves (their timings and the failed ones' diagnostics):
+//! `KILN_BENCH_REPORTS` requests (20).
 //!
 //! `cargo bench --profile dev --bench metrics` (needs the local Postgres
-//! and Redis). Knobs: `KILN_BENCH_JOBS` (200000), `KILN_BENCH_REQUESTS` (200).
+//! and Redis). Knobs: `KILN_BENCH_JOBS` (200000), `KILN_BENCH_REQUESTS` (200),
+//! `KILN_BENCH_REPORTS` (20).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -62,12 +66,22 @@ async fn fill(env: &TestEnv, jobs: usize) -> uuid::Uuid {
     .await
     .unwrap();
     sqlx::query(
-        r"INSERT INTO attempts (id, job_id, run, n, model, prompt, worker_id, lease_epoch, state, phase,
-                               prompt_tokens, completion_tokens, cost_usd, finished_at)
+        r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, worker_id, lease_epoch, state, phase,
+                               prompt_tokens, completion_tokens, cost_usd, finished_at, timings_ms, validation)
           SELECT gen_random_uuid(), j.id, 1, 1, 'bench-model', '[]', 'bench', 1,
                  CASE j.state WHEN 'succeeded' THEN 'passed' WHEN 'failed' THEN 'failed' ELSE 'error' END,
-                 'tested', 900 + j.position % 200, 300 + j.position % 100, 0.0004, now()
-          FROM jobs j WHERE j.batch_id = $1",
+                 'tested', 900 + j.position % 200, 300 + j.position % 100, 0.0004, now(),
+                 jsonb_build_object('llm', 800 + j.position % 4000, 'validate', 1 + j.position % 20,
+                                    'sandbox', 150 + j.position % 900, 'total', 1000 + j.position % 5000),
+                 CASE WHEN j.state = 'failed'
+                      THEN jsonb_build_object('ok', false, 'diagnostics', jsonb_build_array(
+                          jsonb_build_object('file', 'solution.py', 'line', 2, 'col', 1,
+                                             'rule', 'rule-' || j.position % 7, 'severity', 'error',
+                                             'message', 'bench'),
+                          jsonb_build_object('file', 'solution.py', 'line', 1, 'col', 1, 'rule', 'docstring',
+                                             'severity', 'warning', 'message', 'bench')))
+                      ELSE '{"ok": true, "diagnostics": []}'::jsonb END
+          FROM jobs j WHERE j.batch_id = $1"#,
     )
     .bind(batch)
     .execute(pool)
@@ -144,6 +158,14 @@ async fn main() {
     );
     let body: serde_json::Value = client.get(&status).send().await.unwrap().json().await.unwrap();
     println!("status: {}", body["counts"]);
+    let report = format!("{status}/report");
+    time_get(&client, &report, 2).await;
+    summary(
+        &format!("GET /v1/batches/{{id}}/report of the {jobs}-job batch"),
+        time_get(&client, &report, knob("KILN_BENCH_REPORTS", 20)).await,
+    );
+    let body: serde_json::Value = client.get(&report).send().await.unwrap().json().await.unwrap();
+    println!("report: attempts {} phases {}", body["attempts"], body["phases"]);
 
     let before = requests.min(10);
     time_sql(

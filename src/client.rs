@@ -105,6 +105,12 @@ impl Client {
         self.json(self.http.get(format!("{}/v1/batches/{id}", self.base))).await
     }
 
+    /// `GET /v1/batches/{id}/report`.
+    pub async fn report(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/v1/batches/{id}/report", self.base)))
+            .await
+    }
+
     /// Every job of a batch (following cursors), optionally of one state.
     pub async fn all_jobs(&self, id: &str, state: Option<&str>) -> Result<Vec<Value>, ClientError> {
         let mut jobs = Vec::new();

@@ -130,8 +130,11 @@ enum Stop {
 /// The verdict on one attempt.
 enum Verdict {
     Passed,
-    /// The model's code failed; the attempt is spent.
-    Failed,
+    /// The model's code failed; the attempt is spent. `reason`: the first
+    /// problem, for the log.
+    Failed {
+        reason: String,
+    },
 }
 
 impl From<StoreError> for Stop {
@@ -228,10 +231,10 @@ impl Pipeline {
                     info!(job_id = %lease.job_id, attempt = attempt.n, "attempt passed");
                     return self.end_job(lease, passed(job, attempt.id), cancel).await;
                 }
-                Ok(Verdict::Failed) => {
+                Ok(Verdict::Failed { reason }) => {
                     self.end_attempt(lease, &attempt, AttemptState::Failed, None, cancel)
                         .await?;
-                    info!(job_id = %lease.job_id, attempt = attempt.n, "attempt failed");
+                    info!(job_id = %lease.job_id, attempt = attempt.n, %reason, "attempt failed");
                 }
                 Err(stop) => return self.stopped(lease, Some(&attempt), stop, cancel).await,
             }
@@ -447,7 +450,9 @@ impl Pipeline {
             (files, validation)
         };
         if !validation.ok {
-            return Ok(Verdict::Failed);
+            return Ok(Verdict::Failed {
+                reason: validation_failure(&validation),
+            });
         }
 
         let tests: TestReport = if attempt.phase >= Phase::Tested {
@@ -469,7 +474,9 @@ impl Pipeline {
         Ok(if tests.all_passed() {
             Verdict::Passed
         } else {
-            Verdict::Failed
+            Verdict::Failed {
+                reason: tests_failure(&tests),
+            }
         })
     }
 
@@ -984,24 +991,31 @@ fn failure(last: &AttemptRecord, prefix: &str) -> Result<Option<(ErrorCode, Stri
     let validation: Option<ValidationReport> = stored_report(last, "validation report", last.validation.as_ref())?;
     let tests: Option<TestReport> = stored_report(last, "test report", last.tests.as_ref())?;
     if let Some(v) = validation.filter(|v| !v.ok) {
-        let first = v
-            .errors()
-            .next()
-            .map(|d| format!("{} [{}] {}", d.location(), d.rule, d.message))
-            .unwrap_or_default();
         let code = if v.errors().any(|d| d.rule.starts_with("response-")) {
             ErrorCode::InvalidResponse
         } else {
             ErrorCode::ValidationFailed
         };
-        let errors = v.errors().count();
-        let plural = if errors == 1 { "" } else { "s" };
-        return Ok(Some((
-            code,
-            format!("{prefix}{errors} static check error{plural}, first: {first}"),
-        )));
+        return Ok(Some((code, format!("{prefix}{}", validation_failure(&v)))));
     }
     let Some(t) = tests else { return Ok(None) };
+    Ok(Some((ErrorCode::TestsFailed, format!("{prefix}{}", tests_failure(&t)))))
+}
+
+/// `2 static check errors, first: solution.py:3:1 [python-syntax] …`.
+fn validation_failure(v: &ValidationReport) -> String {
+    let first = v
+        .errors()
+        .next()
+        .map(|d| format!("{} [{}] {}", d.location(), d.rule, d.message))
+        .unwrap_or_default();
+    let errors = v.errors().count();
+    let plural = if errors == 1 { "" } else { "s" };
+    format!("{errors} static check error{plural}, first: {first}")
+}
+
+/// `1 of 3 tests failed, first: case_1: clamp(50, 0, 10): expected 10, got 50`.
+fn tests_failure(t: &TestReport) -> String {
     let first = t
         .problem
         .clone()
@@ -1012,15 +1026,12 @@ fn failure(last: &AttemptRecord, prefix: &str) -> Result<Option<(ErrorCode, Stri
                 .map(|c| format!("{}: {}", c.name, c.message))
         })
         .unwrap_or_default();
-    Ok(Some((
-        ErrorCode::TestsFailed,
-        format!(
-            "{prefix}{} of {} tests failed, first: {}",
-            t.failed,
-            t.total,
-            prompt::clip(&first, 500)
-        ),
-    )))
+    format!(
+        "{} of {} tests failed, first: {}",
+        t.failed,
+        t.total,
+        prompt::clip(&first, 500)
+    )
 }
 
 /// A value an attempt stored, read back as the type Kiln wrote. One that

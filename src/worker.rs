@@ -357,7 +357,15 @@ impl Worker {
             }
         }
         let worker = self.clone();
-        let span = tracing::info_span!("job", %job_id, worker_id = %self.inner.id);
+        // `batch_id` and `run` are known once the job is claimed (`process`
+        // records them): then every line logged for the job names them.
+        let span = tracing::info_span!(
+            "job",
+            %job_id,
+            worker_id = %self.inner.id,
+            batch_id = tracing::field::Empty,
+            run = tracing::field::Empty
+        );
         // Spawned, not awaited inline: if apalis drops this handler (its
         // worker stopping), the job still runs to an outcome.
         let task = self
@@ -396,8 +404,17 @@ impl Worker {
             debug!("claim refused: the job is finished or leased by a live worker");
             return true;
         };
-        info!(batch_id = %job.batch_id, run = job.run, epoch = job.lease.epoch, kind = job.spec.kind().as_str(),
-              crashes = job.crashes, blamed_crashes = job.blamed_crashes, isolated = job.isolate, "claimed");
+        tracing::Span::current()
+            .record("batch_id", tracing::field::display(job.batch_id))
+            .record("run", job.run);
+        info!(
+            epoch = job.lease.epoch,
+            kind = job.spec.kind().as_str(),
+            crashes = job.crashes,
+            blamed_crashes = job.blamed_crashes,
+            isolated = job.isolate,
+            "claimed"
+        );
 
         let cancel = inner.registration.lock().unwrap().child_token();
         let lease_lost = Arc::new(AtomicBool::new(false));

@@ -281,7 +281,7 @@ fn idempotency_key(rng: &mut StdRng) -> Option<Vec<u8>> {
 
 /// The routes of API v1 the generated requests reach, in `request`'s
 /// order; checked against the router's own list.
-const FUZZED_ROUTES: [(&str, &str); 17] = [
+const FUZZED_ROUTES: [(&str, &str); 18] = [
     ("POST", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("PATCH", "/v1/batches/{id}"),
@@ -298,6 +298,7 @@ const FUZZED_ROUTES: [(&str, &str); 17] = [
     ("GET", "/v1/workers"),
     ("POST", "/v1/batches/{id}/rejudge"),
     ("POST", "/v1/jobs/{id}/rejudge"),
+    ("GET", "/v1/batches/{id}/report"),
     ("POST", "/v1/jobs/{id}/review"),
 ];
 
@@ -321,7 +322,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
         "budget_tokens": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
         "priority": format!("__NUM{}__", rng.random_range(0..NUMBERS.len())),
     }});
-    let arm = rng.random_range(0..27);
+    let arm = rng.random_range(0..28);
     let (method, path, body) = match arm {
         0..=9 => (Method::POST, "/v1/batches".into(), batch_body(rng)),
         10 => (Method::GET, format!("/v1/batches/{b}?{q}"), Vec::new()),
@@ -355,7 +356,8 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
             }]})),
         ),
         24 => (Method::POST, format!("/v1/jobs/{j}/rejudge"), render(&value(rng, 0))),
-        25 => (
+        25 => (Method::GET, format!("/v1/batches/{b}/report?{q}"), Vec::new()),
+        26 => (
             Method::POST,
             format!("/v1/jobs/{j}/review"),
             render(&if rng.random_bool(0.5) {
@@ -370,7 +372,7 @@ fn request(rng: &mut StdRng, known_batches: &[String], known_jobs: &[String]) ->
     };
     let route = match arm {
         0..=9 => Some(0),
-        10..=25 => Some(arm - 9),
+        10..=26 => Some(arm - 9),
         _ => None,
     };
     let idempotency_key = if route == Some(0) { idempotency_key(rng) } else { None };

@@ -1,8 +1,8 @@
 //! The built binaries as scripts use them, against a live dispatcher and
 //! worker: the `kiln` CLI's documented exit codes, `--output json|jsonl` on
-//! every command, specs from standard input, `kiln batches` and `kiln
-//! workers`; and the server binaries' `--help`/`--version`, which must
-//! answer without connecting to anything.
+//! every command, specs from standard input, `kiln batches`, `kiln
+//! workers` and `kiln report`; and the server binaries' `--help` and
+//! `--version`, which must answer without connecting to anything.
 
 mod support;
 
@@ -182,6 +182,7 @@ fn exit_codes_of_finished_batches_and_errors(k: &Kiln, good_id: &str, bad_id: &s
     k.expect(4, &["status", &missing]);
     k.expect(4, &["job", &missing]);
     k.expect(4, &["attempts", &missing]);
+    k.expect(4, &["report", &missing]);
     k.expect(4, &["cancel", "--job", &missing]);
     k.expect(4, &["rejudge", "--job", &missing]);
 
@@ -209,6 +210,18 @@ fn every_commands_json_output(k: &Kiln, good: &str, good_id: &str, bad_id: &str)
         .to_owned();
     assert_eq!(jsonl(&k.expect(0, &["jobs", bad_id, "--output", "jsonl"])).len(), 2);
     assert_eq!(k.json(&["status", good_id, "-o", "json"])["batch_id"], good_id);
+    // The bad batch (one attempt each): one job passed, one failed its tests.
+    let report = k.json(&["report", bad_id, "-o", "json"]);
+    assert_eq!(
+        (&report["attempts"][0]["jobs"], &report["attempts"][0]["passed"]),
+        (&json!(2), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(report["failures"], json!([{"code": "tests_failed", "count": 1}]));
+    assert_eq!(jsonl(&k.expect(0, &["report", bad_id, "-o", "jsonl"])), vec![report]);
+    let text = String::from_utf8_lossy(&k.expect(0, &["report", bad_id]).stdout).into_owned();
+    assert!(text.contains("failed jobs: tests_failed 1"), "{text}");
+    assert!(text.contains("50.0%"), "{text}");
     assert_eq!(k.json(&["job", &failed, "-o", "json"])["error"]["code"], "tests_failed");
     let attempts = k.json(&["attempts", &failed, "-o", "json"]);
     assert!(attempts[0]["tests"]["cases"].is_array(), "{attempts}");

@@ -2,12 +2,12 @@
 //! through chromedriver's WebDriver protocol) on a live stack: a dispatcher
 //! that asks for tokens, a worker and a scripted model. It signs in with
 //! `/?token=T` (and checks the token left the address bar), lists the
-//! batch, opens it (failure reasons by code), opens the repaired job
-//! (attempt 1's diagnostics, attempt 2 passed), opens the failed job (its
-//! test cases, expected vs got) and retries it from the page, lists the
-//! workers, and signs in through the form; and on a review batch, shows
-//! the jobs awaiting review and decides them with the job page's Approve and
-//! Reject buttons. Screenshots of each page land in
+//! batch, opens it (pass rate per attempt, failure reasons by code), opens
+//! the repaired job (attempt 1's diagnostics, attempt 2 passed), opens the
+//! failed job (its test cases, expected vs got) and retries it from the
+//! page, lists the workers, and signs in through the form; and on a review
+//! batch, shows the jobs awaiting review and decides them with the job
+//! page's Approve and Reject buttons. Screenshots of each page land in
 //! `target/screenshots/` (CI keeps them as artifacts).
 //!
 //! Without chromium and chromium-driver the test fails, saying how to
@@ -421,6 +421,12 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
     assert!(reasons.contains('1'), "{reasons}");
     browser
         .wait_text("#jobs", &["add_1", "fix_2", "wrong_3", "succeeded", "failed"])
+        .await;
+    // Its report: attempt 1 passed 1 of 3 jobs, attempt 2 1 of the other
+    // 2, so 2 of 3 had passed by then.
+    browser.wait_text("#pass-rates", &["33.3%", "50.0%", "66.7%"]).await;
+    browser
+        .wait_text("#per-success", &["per success", "tokens", "sandbox", "python-syntax"])
         .await;
     browser.screenshot("2-batch").await;
 

@@ -266,6 +266,21 @@ fn batch_requests(b: &str) -> Vec<Expectation> {
             200,
         ),
         (Method::GET, "/v1/batches/{id}/jobs", format!("{b}/jobs"), None, 200),
+        (Method::GET, "/v1/batches/{id}/report", format!("{b}/report"), None, 200),
+        (
+            Method::GET,
+            "/v1/batches/{id}/report",
+            format!("/v1/batches/{}/report", uuid::Uuid::new_v4()),
+            None,
+            404,
+        ),
+        (
+            Method::GET,
+            "/v1/batches/{id}/report",
+            "/v1/batches/x/report".to_owned(),
+            None,
+            400,
+        ),
         (
             Method::GET,
             "/v1/batches/{id}/jobs",

@@ -80,6 +80,9 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Show a batch's report: pass rate per attempt, tokens and cost per
+    /// success, phase time percentiles, failures by code and by rule.
+    Report { batch_id: String },
     /// List a batch's jobs, optionally of one state.
     Jobs {
         batch_id: String,
@@ -456,6 +459,133 @@ async fn status(client: &Client, output: Output, batch_id: &str, follow: bool) -
     outcome(&batch)
 }
 
+/// `part / whole` as a percentage with one decimal.
+fn percent(rate: &Value) -> String {
+    rate.as_f64()
+        .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// A number with at most one decimal (`-` when absent).
+fn decimal(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+}
+
+/// `code n, code n` of a list of `{code, count}`, or `none`.
+fn code_counts(list: &Value) -> String {
+    let items: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} {}", c["code"].as_str().unwrap_or("?"), c["count"]))
+        .collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `kiln report` for people: a few tables. Numbers go through
+/// `to_string` first: a JSON value's `Display` ignores column widths.
+fn report_text(r: &Value) -> String {
+    let c = &r["counts"];
+    let mut out = format!(
+        "batch {}: {} jobs, {} succeeded, {} failed, {} cancelled, {} queued, {} running\n",
+        r["batch_id"].as_str().unwrap_or("?"),
+        r["total"],
+        c["succeeded"],
+        c["failed"],
+        c["cancelled"],
+        c["queued"],
+        c["running"],
+    );
+    out.push_str("\nattempt   jobs  passed  failed  errored  pass rate  cumulative\n");
+    for a in r["attempts"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:>7}  {:>5}  {:>6}  {:>6}  {:>7}  {:>9}  {:>10}",
+            a["n"].to_string(),
+            a["jobs"].to_string(),
+            a["passed"].to_string(),
+            a["failed"].to_string(),
+            a["errored"].to_string(),
+            percent(&a["pass_rate"]),
+            percent(&a["cumulative_pass_rate"]),
+        );
+    }
+    let u = &r["usage"];
+    let cost = |v: &Value| v.as_f64().map(|c| format!(", ${c:.4}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\ntokens: {} in / {} out{}",
+        u["prompt_tokens"],
+        u["completion_tokens"],
+        cost(&u["cost_usd"])
+    );
+    let s = &r["per_success"];
+    if s.is_object() {
+        let _ = writeln!(
+            out,
+            "per success: {} in / {} out{}",
+            decimal(&s["prompt_tokens"]),
+            decimal(&s["completion_tokens"]),
+            cost(&s["cost_usd"])
+        );
+    }
+    out.push_str("\nphase       count    p50 ms    p90 ms    p99 ms    max ms\n");
+    for p in r["phases"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            p["phase"].as_str().unwrap_or("?"),
+            p["count"].to_string(),
+            decimal(&p["p50_ms"]),
+            decimal(&p["p90_ms"]),
+            decimal(&p["p99_ms"]),
+            decimal(&p["max_ms"]),
+        );
+    }
+    let _ = writeln!(out, "\nfailed jobs: {}", code_counts(&r["failures"]));
+    let ended: Vec<String> = r["attempt_failures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let code = a["code"].as_str().map(|c| format!(" {c}")).unwrap_or_default();
+            format!(
+                "{} at {}{code} {}",
+                a["state"].as_str().unwrap_or("?"),
+                a["phase"].as_str().unwrap_or("?"),
+                a["count"]
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "attempts not passed: {}",
+        if ended.is_empty() {
+            "none".to_owned()
+        } else {
+            ended.join(", ")
+        }
+    );
+    let rules = r["rules"].as_array().map_or(&[][..], Vec::as_slice);
+    if !rules.is_empty() {
+        out.push_str("\nrule                              diagnostics  attempts  jobs\n");
+        for rule in rules {
+            let _ = writeln!(
+                out,
+                "{:<32} {:>12} {:>9} {:>5}",
+                rule["rule"].as_str().unwrap_or("?"),
+                rule["diagnostics"].to_string(),
+                rule["attempts"].to_string(),
+                rule["jobs"].to_string(),
+            );
+        }
+    }
+    out
+}
+
 /// `kiln jobs`: the list as JSON, or a line per job.
 fn print_jobs(output: Output, jobs: Vec<Value>) {
     if output != Output::Text {
@@ -568,6 +698,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_id,
             watch: follow,
         } => status(&client, output, &batch_id, follow).await?,
+        Command::Report { batch_id } => {
+            let report = client.report(&batch_id).await?;
+            match output {
+                Output::Text => print!("{}", report_text(&report)),
+                _ => emit(output, &report),
+            }
+        }
         Command::Jobs { batch_id, state } => {
             let jobs = client.all_jobs(&batch_id, state.as_deref()).await?;
             print_jobs(output, jobs);

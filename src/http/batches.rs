@@ -1,4 +1,5 @@
-//! `/v1/batches…`: create a batch, read its status and jobs, retry, rejudge, cancel.
+//! `/v1/batches…`: create a batch, read its status, jobs and report, retry,
+//! rejudge, cancel.
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -18,6 +19,7 @@ use crate::spec::{
     BatchRequest, Limits, Options, Spec, canonical_numbers, check_budget_tokens, find_nul, number_message,
 };
 use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
+use crate::store::report::BatchReport;
 
 /// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
 /// names the field at fault; this type only describes it).
@@ -141,6 +143,16 @@ pub async fn create(
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BatchView>, ApiError> {
     let id = parse_id(&id, "batch_id")?;
     Ok(Json(state.store.batch(id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/batches/{id}/report", tag = "batches",
+    params(("id" = Uuid, Path, description = "batch id")),
+    responses((status = 200, body = BatchReport), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]
+/// `GET /v1/batches/{id}/report`: pass rate per attempt, tokens and cost
+/// per success, phase time percentiles, failures by code and rule.
+pub async fn report(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<BatchReport>, ApiError> {
+    let id = parse_id(&id, "batch_id")?;
+    Ok(Json(state.store.batch_report(id).await?))
 }
 
 /// Every value arrives as text so that a bad one is a 400 naming it.

@@ -161,8 +161,23 @@ fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
-/// At most this much of a request path is repeated in a message.
+/// At most this much of a request path is repeated in a message or a log
+/// line.
 const PATH_ECHO: usize = 200;
+
+/// A request path cut to [`PATH_ECHO`] bytes (`…` marks a cut).
+pub(crate) fn echo_path(path: &str) -> String {
+    let mut path = path.to_owned();
+    if path.len() > PATH_ECHO {
+        let mut end = PATH_ECHO;
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        path.truncate(end);
+        path.push('…');
+    }
+    path
+}
 
 /// Middleware: every error answer carries the API's envelope
 /// `{"error": {"code", "message"}}`. Handlers answer with [`ApiError`]
@@ -172,15 +187,7 @@ const PATH_ECHO: usize = 200;
 /// a panic caught below it, whose 500 says nothing about the panic.
 pub(crate) async fn envelope(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let method = request.method().clone();
-    let mut path = request.uri().path().to_owned();
-    if path.len() > PATH_ECHO {
-        let mut end = PATH_ECHO;
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        path.truncate(end);
-        path.push('…');
-    }
+    let path = echo_path(request.uri().path());
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response

@@ -2,9 +2,11 @@
 //! the store, plus the feeder that moves ready jobs into Redis.
 //!
 //! # Layout
+//! - [`access`]: request ids and the access log, around every request.
 //! - [`error`]: [`ApiError`], the only error type handlers return.
 //! - [`auth`]: the bearer-token check wrapped around every `/v1` route.
-//! - [`batches`]: create, status, job listing, retry, rejudge and cancel of batches.
+//! - [`batches`]: create, status, job listing, report, retry, rejudge and
+//!   cancel of batches.
 //! - [`jobs`]: job status, attempts, artifacts, files, retry, rejudge, cancel and review.
 //! - [`overview`]: the batch listing and the live workers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
@@ -16,6 +18,7 @@
 //! caught panic, has the body `{"error": {"code", "message", "field"?}}`
 //! ([`error::envelope`]).
 
+pub mod access;
 pub mod auth;
 pub mod batches;
 pub mod dashboard;
@@ -38,7 +41,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 pub use error::ApiError;
@@ -180,6 +182,7 @@ fn v1() -> Vec<(V1Route, MethodRouter<AppState>)> {
         route(M::GET, "/v1/batches/{id}", Read, batches::status),
         route(M::PATCH, "/v1/batches/{id}", Submit, batches::update),
         route(M::GET, "/v1/batches/{id}/jobs", Read, batches::jobs),
+        route(M::GET, "/v1/batches/{id}/report", Read, batches::report),
         route(M::POST, "/v1/batches/{id}/retry", Submit, batches::retry),
         route(M::POST, "/v1/batches/{id}/rejudge", Submit, batches::rejudge),
         route(M::POST, "/v1/batches/{id}/cancel", Submit, batches::cancel),
@@ -229,7 +232,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::new())
         .layer(from_fn(error::envelope))
-        .layer(TraceLayer::new_for_http())
+        // Outermost: the id and the span cover everything below.
+        .layer(from_fn(access::serve))
         .with_state(state)
 }
 

@@ -51,8 +51,9 @@ impl Modify for BearerAuth {
     ),
     paths(
         overview::list, batches::create, batches::status, batches::update, batches::jobs,
-        batches::retry, batches::rejudge, batches::cancel, jobs::status, jobs::attempts, jobs::artifacts,
-        jobs::file, jobs::retry, jobs::rejudge, jobs::cancel, jobs::review, overview::workers, ops::healthz, ops::readyz,
+        batches::report, batches::retry, batches::rejudge, batches::cancel, jobs::status, jobs::attempts,
+        jobs::artifacts, jobs::file, jobs::retry, jobs::rejudge, jobs::cancel, jobs::review, overview::workers,
+        ops::healthz, ops::readyz,
         ops::metrics, openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, BatchRequestBody, Spec, Options)),

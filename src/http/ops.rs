@@ -217,12 +217,16 @@ fn world_registry(w: &World, feeder: &FeederStats) -> Registry {
 /// Times every routed request by method, route pattern and status.
 pub async fn track(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if let Some(matched) = matched {
+        // For the access log, written outside the router (`access::serve`).
+        response.extensions_mut().insert(matched);
+    }
     crate::metrics::METRICS
         .http_request_seconds
         .get_or_create(&HttpLabels {

@@ -6,7 +6,7 @@
 //! writes they count (migrations/0015): a status read never counts jobs.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::tokens::Creator;
@@ -65,7 +65,7 @@ pub struct CreatedBatch {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Counts {
     pub queued: i64,
     pub running: i64,
@@ -87,7 +87,7 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,

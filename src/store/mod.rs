@@ -31,6 +31,8 @@
 //! - [`tokens`]: the API's bearer tokens (hashes only).
 //! - [`liveness`]: worker processes' liveness locks and dead-worker detection.
 //! - [`overview`]: the batch listing and the live workers, for operators.
+//! - [`report`]: a batch's pass rates per attempt, cost per success, phase
+//!   times and failures.
 
 pub mod attempts;
 pub mod batches;
@@ -38,6 +40,7 @@ pub mod feed;
 pub mod jobs;
 pub mod liveness;
 pub mod overview;
+pub mod report;
 pub mod reviews;
 pub mod tokens;
 

@@ -129,6 +129,37 @@ async function viewBatches() {
 
 const batchState = { state: "", cursor: null };
 
+// The report aggregates every attempt of the batch (seconds on a huge
+// one), so a page refresh reuses it for REPORT_MS while the batch runs,
+// and for good once the batch has finished.
+const REPORT_MS = 30000;
+const reportCache = { id: null, at: 0, finished: null, report: null };
+
+async function batchReport(b) {
+  const c = reportCache;
+  const fresh = c.id === b.batch_id && c.finished === (b.finished_at || null) && (b.finished_at || Date.now() - c.at < REPORT_MS);
+  if (!fresh) Object.assign(c, { id: b.batch_id, at: Date.now(), finished: b.finished_at || null,
+    report: await api("GET", `/v1/batches/${b.batch_id}/report`) });
+  return c.report;
+}
+
+const pct = (r) => (r * 100).toFixed(1) + "%";
+
+function viewReport(r) {
+  const each = r.per_success;
+  return h("div", { id: "report" },
+    h("table", { id: "pass-rates" },
+      h("thead", {}, h("tr", {}, ["attempt", "jobs", "passed", "pass rate", "passed by then"].map((c, i) => h("th", i ? { class: "num" } : {}, c)))),
+      h("tbody", {}, r.attempts.length ? r.attempts.map((a) => h("tr", {},
+        h("td", {}, a.n), h("td", { class: "num" }, fmtInt(a.jobs)), h("td", { class: "num" }, fmtInt(a.passed)),
+        h("td", { class: "num" }, pct(a.pass_rate)), h("td", { class: "num" }, pct(a.cumulative_pass_rate)))) :
+        h("tr", {}, h("td", { colspan: 5, class: "muted" }, "no attempt yet")))),
+    h("p", { class: "muted", id: "per-success" }, each ?
+      `per success: ${fmtInt(Math.round(each.prompt_tokens + each.completion_tokens))} tokens` + (each.cost_usd != null ? `, ${fmtCost(each.cost_usd)}` : "") : "no success yet",
+      r.phases.length ? " · p50 / p90 ms: " + r.phases.map((p) => `${p.phase} ${Math.round(p.p50_ms)} / ${Math.round(p.p90_ms)}`).join(" · ") : "",
+      r.rules.length ? " · failing rules: " + r.rules.slice(0, 5).map((x) => `${x.rule} ${x.diagnostics}`).join(", ") : ""));
+}
+
 async function viewBatch(id) {
   const [b, failed] = await Promise.all([
     api("GET", `/v1/batches/${id}`),
@@ -137,6 +168,7 @@ async function viewBatch(id) {
   const params = new URLSearchParams({ limit: "100" });
   if (batchState.state) params.set("state", batchState.state);
   const jobs = await api("GET", `/v1/batches/${id}/jobs?` + params);
+  const report = await batchReport(b);
   const reasons = {};
   for (const j of failed.jobs) {
     const code = j.error?.code || "unknown";
@@ -161,6 +193,8 @@ async function viewBatch(id) {
         if (raw === null) return;
         act("PATCH", `/v1/batches/${id}`, { options: { budget_tokens: raw.trim() === "" ? null : Number(raw) } }, "budget");
       } }, "Set budget")),
+    h("h2", {}, "Pass rate per attempt"),
+    viewReport(report),
     h("h2", {}, "Failure reasons"),
     h("table", { id: "reasons" }, h("thead", {}, h("tr", {}, h("th", {}, "error code"), h("th", { class: "num" }, "jobs"), h("th", {}, "for example"))),
       h("tbody", {}, Object.keys(reasons).length ? Object.entries(reasons).sort((a, b) => b[1].length - a[1].length).map(([code, js]) =>
