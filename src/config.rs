@@ -945,6 +945,43 @@ mod tests {
         assert_eq!(s.queue, "kiln");
     }
 
+    #[test]
+    fn every_kiln_name_in_the_deployment_examples_is_a_setting() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = 0;
+        for file in ["deploy/k8s/kiln.yaml", "docker-compose.yml", ".env.example"] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for (at, _) in text.match_indices("KILN_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                // A prefix named in prose (`KILN_TEST_*`), or compose's own
+                // interpolation variables: not settings.
+                if name.ends_with('_')
+                    || [
+                        "KILN_BUILD_TARGET",
+                        "KILN_PORT",
+                        "KILN_POSTGRES_IMAGE",
+                        "KILN_REDIS_IMAGE",
+                    ]
+                    .contains(&name.as_str())
+                {
+                    continue;
+                }
+                assert!(
+                    SETTINGS.contains(&name.as_str())
+                        || name == "KILN_CONFIG"
+                        || name == "KILN_TOKEN"
+                        || name == "KILN_URL",
+                    "{file} names {name}, which is not a setting"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "only {checked} names found");
+    }
+
     /// A valid value other than the default for every setting.
     fn example_values(key_file: &str) -> Vec<(&'static str, String)> {
         [
