@@ -277,6 +277,12 @@ pub struct WorkerSettings {
     /// `KILN_SANDBOX_MAX_RETRIES` (default 3): sandbox infrastructure faults
     /// tolerated per attempt before the job fails with `sandbox_unavailable`.
     pub sandbox_max_retries: u32,
+    /// `KILN_SANDBOX_BACKOFF_MS` (default 500) and `KILN_SANDBOX_BACKOFF_MAX_MS`
+    /// (default 10000): the wait after a sandbox fault, doubling per fault up
+    /// to the cap. Apart from the model's: a sandbox is this host's (a Docker
+    /// engine restarting, a full disk) and recovers on its own clock.
+    pub sandbox_backoff_base: Duration,
+    pub sandbox_backoff_max: Duration,
     /// `KILN_WORKER_DB_CONNECTIONS` (default 8): the worker's Postgres pool,
     /// apart from its one liveness connection. Jobs hold a connection only
     /// for a statement or a short transaction, never across a model call or
@@ -388,6 +394,8 @@ pub const SETTINGS: &[&str] = &[
     "KILN_SHUTDOWN_GRACE_S",
     "KILN_CRASH_LIMIT",
     "KILN_SANDBOX_MAX_RETRIES",
+    "KILN_SANDBOX_BACKOFF_MS",
+    "KILN_SANDBOX_BACKOFF_MAX_MS",
     "KILN_WORKER_DB_CONNECTIONS",
     "KILN_WORKER_METRICS_ADDR",
     "KILN_SANDBOX",
@@ -661,6 +669,8 @@ impl WorkerSettings {
             shutdown_grace: src.secs("KILN_SHUTDOWN_GRACE_S", 20)?,
             crash_limit: src.parse("KILN_CRASH_LIMIT", 3)?,
             sandbox_max_retries: src.parse("KILN_SANDBOX_MAX_RETRIES", 3)?,
+            sandbox_backoff_base: src.millis("KILN_SANDBOX_BACKOFF_MS", 500)?,
+            sandbox_backoff_max: src.millis("KILN_SANDBOX_BACKOFF_MAX_MS", 10_000)?,
             db_connections: src.positive("KILN_WORKER_DB_CONNECTIONS", 8)?,
             metrics_addr: match src.get("KILN_WORKER_METRICS_ADDR") {
                 None => None,
@@ -1020,6 +1030,8 @@ mod tests {
             ("KILN_SHUTDOWN_GRACE_S", "7"),
             ("KILN_CRASH_LIMIT", "9"),
             ("KILN_SANDBOX_MAX_RETRIES", "9"),
+            ("KILN_SANDBOX_BACKOFF_MS", "7"),
+            ("KILN_SANDBOX_BACKOFF_MAX_MS", "70"),
             ("KILN_WORKER_DB_CONNECTIONS", "3"),
             ("KILN_WORKER_METRICS_ADDR", "127.0.0.1:9464"),
             ("KILN_SANDBOX", "docker"),

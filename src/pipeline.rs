@@ -51,8 +51,10 @@ pub struct PipelineSettings {
     pub llm_max_retries: u32,
     /// Sandbox faults tolerated per attempt.
     pub sandbox_max_retries: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
+    /// Waits after provider faults.
+    pub llm_backoff: Backoff,
+    /// Waits after sandbox faults.
+    pub sandbox_backoff: Backoff,
     /// Longest provider-requested wait honoured.
     pub llm_max_wait: Duration,
     /// Worker deaths blamed on a job (see [`crate::store::jobs::blame`])
@@ -61,6 +63,14 @@ pub struct PipelineSettings {
     pub limits: Limits,
     /// US dollars per million tokens, by model.
     pub prices: std::collections::BTreeMap<String, Price>,
+}
+
+/// Waits between retries of one kind of fault: `base` after the first,
+/// doubling per fault, never above `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
 }
 
 /// How a call to [`Pipeline::run`] ended.
@@ -560,7 +570,13 @@ impl Pipeline {
                                 message: format!("the model provider failed {count} times in a row; last: {message}"),
                             });
                         }
-                        self.sleep(backoff(&self.settings, count as u32, after), cancel).await?;
+                        let wait = backoff(
+                            &self.settings.llm_backoff,
+                            count as u32,
+                            after,
+                            self.settings.llm_max_wait,
+                        );
+                        self.sleep(wait, cancel).await?;
                     }
                 },
             }
@@ -715,7 +731,11 @@ impl Pipeline {
                     message: format!("the sandbox failed {count} times in a row; last: {message}"),
                 });
             }
-            self.sleep(backoff(&self.settings, count as u32, None), cancel).await?;
+            self.sleep(
+                backoff(&self.settings.sandbox_backoff, count as u32, None, Duration::ZERO),
+                cancel,
+            )
+            .await?;
         }
     }
 
@@ -1064,18 +1084,14 @@ fn unreadable(attempt: &AttemptRecord, what: &str, why: &str) -> Stop {
     }
 }
 
-/// Exponential backoff with full jitter, at least what the provider asked
-/// for, up to `llm_max_wait`.
-fn backoff(settings: &PipelineSettings, faults: u32, at_least: Option<Duration>) -> Duration {
-    let at_least = at_least.map(|d| d.min(settings.llm_max_wait));
-    let exp = settings
-        .backoff_base
-        .saturating_mul(1 << faults.saturating_sub(1).min(16));
-    let cap = exp.min(settings.backoff_max);
+/// Exponential backoff with jitter, at least what the other party asked
+/// for (`at_least`, honoured up to `max_wait`).
+fn backoff(b: &Backoff, faults: u32, at_least: Option<Duration>, max_wait: Duration) -> Duration {
+    let at_least = at_least.map(|d| d.min(max_wait)).unwrap_or_default();
+    let exp = b.base.saturating_mul(1 << faults.saturating_sub(1).min(16));
+    let cap = exp.min(b.max);
     let jittered = cap.mul_f64(rand::rng().random_range(0.5..=1.0));
-    jittered
-        .max(at_least.unwrap_or_default())
-        .min(settings.backoff_max.max(at_least.unwrap_or_default()))
+    jittered.max(at_least).min(b.max.max(at_least))
 }
 
 #[cfg(test)]
@@ -1123,8 +1139,14 @@ mod tests {
             temperature: None,
             llm_max_retries: 1,
             sandbox_max_retries: 1,
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(2),
+            llm_backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            },
+            sandbox_backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
             llm_max_wait: Duration::from_secs(60),
             crash_limit: 3,
             prices: std::collections::BTreeMap::new(),
@@ -1136,9 +1158,14 @@ mod tests {
                 output_bytes: 1,
             },
         };
-        assert!(backoff(&s, 1, None) <= Duration::from_millis(100));
-        assert!(backoff(&s, 20, None) <= Duration::from_secs(2));
-        assert!(backoff(&s, 1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
-        assert_eq!(backoff(&s, 1, Some(Duration::MAX)), Duration::from_secs(60));
+        let (llm, wait) = (&s.llm_backoff, s.llm_max_wait);
+        assert!(backoff(llm, 1, None, wait) <= Duration::from_millis(100));
+        assert!(backoff(llm, 20, None, wait) <= Duration::from_secs(2));
+        assert!(backoff(llm, 1, Some(Duration::from_secs(5)), wait) >= Duration::from_secs(5));
+        assert_eq!(backoff(llm, 1, Some(Duration::MAX), wait), Duration::from_secs(60));
+        // Sandbox faults wait on their own settings, whatever the model's.
+        assert!(backoff(&s.sandbox_backoff, 1, None, Duration::ZERO) <= Duration::from_millis(10));
+        assert!(backoff(&s.sandbox_backoff, 1, None, Duration::ZERO) >= Duration::from_millis(5));
+        assert!(backoff(&s.sandbox_backoff, 20, None, Duration::ZERO) <= Duration::from_millis(50));
     }
 }

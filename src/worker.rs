@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::llm::LlmClient;
 use crate::llm::guard::Guard;
-use crate::pipeline::{JobEnd, Pipeline, PipelineSettings};
+use crate::pipeline::{Backoff, JobEnd, Pipeline, PipelineSettings};
 use crate::queue::coordination::Coordination;
 use crate::queue::{self, Handler};
 use crate::sandbox::{Limits, Sandbox, Slots};
@@ -151,8 +151,14 @@ impl Worker {
                 temperature: settings.llm.temperature,
                 llm_max_retries: settings.llm.max_retries,
                 sandbox_max_retries: settings.worker.sandbox_max_retries,
-                backoff_base: settings.llm.backoff_base,
-                backoff_max: settings.llm.backoff_max,
+                llm_backoff: Backoff {
+                    base: settings.llm.backoff_base,
+                    max: settings.llm.backoff_max,
+                },
+                sandbox_backoff: Backoff {
+                    base: settings.worker.sandbox_backoff_base,
+                    max: settings.worker.sandbox_backoff_max,
+                },
                 llm_max_wait: settings.llm.max_wait,
                 crash_limit: settings.worker.crash_limit,
                 limits: Limits::from_settings(&settings.sandbox),
