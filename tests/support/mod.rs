@@ -68,6 +68,8 @@ impl TestEnv {
             ("KILN_FEEDER_TICK_MS", "100"),
             ("KILN_LLM_BACKOFF_MS", "50"),
             ("KILN_LLM_BACKOFF_MAX_MS", "500"),
+            ("KILN_SANDBOX_BACKOFF_MS", "50"),
+            ("KILN_SANDBOX_BACKOFF_MAX_MS", "500"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
