@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln::config::Settings;
-use kiln::http::Application;
+use kiln::dispatcher::Dispatcher;
 use kiln_mock_llm::{MockServer, ScriptFile};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +126,7 @@ async fn run() {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let app = Application::build(&settings)
+    let app = Dispatcher::build(&settings)
         .await
         .expect("dispatcher (is Postgres up?)");
     let api = format!("http://127.0.0.1:{}", app.port());

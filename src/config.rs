@@ -142,7 +142,7 @@ pub enum AuthMode {
     /// that allows it (see [`crate::auth`]).
     Required,
     /// No token is asked for. Only for a dispatcher listening on loopback
-    /// (development, tests): [`crate::http::Application::build`] refuses it
+    /// (development, tests): [`crate::dispatcher::Dispatcher::build`] refuses it
     /// on any other address.
     Off,
 }

@@ -28,6 +28,7 @@
 //! - [`feeder`]: the bounded Redis window and reconciliation.
 //! - [`worker`]: the worker process (claims, heartbeats, shutdown).
 //! - [`preflight`]: `kiln-worker check`: each dependency tried for real.
+//! - [`dispatcher`]: the dispatcher process (the HTTP API and the feeder).
 //! - [`http`]: the dispatcher's HTTP API v1.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
@@ -37,6 +38,7 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod dispatcher;
 pub mod domain;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

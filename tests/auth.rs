@@ -260,7 +260,7 @@ async fn auth_off_on_a_non_loopback_address_refuses_to_start() {
     let env = TestEnv::new().await;
     for addr in ["0.0.0.0:0", "[::]:0"] {
         let settings = env.settings(NO_LLM, &[("KILN_AUTH", "off"), ("KILN_HTTP_ADDR", addr)]);
-        let Err(e) = kiln::http::Application::build(&settings).await else {
+        let Err(e) = kiln::dispatcher::Dispatcher::build(&settings).await else {
             panic!("the dispatcher started with KILN_AUTH=off on {addr}");
         };
         let message = e.to_string();

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiln::auth::{CACHE_TTL, Scope};
 use kiln::config::Settings;
-use kiln::http::Application;
+use kiln::dispatcher::Dispatcher;
 use kiln::store::Store;
 use kiln::store::tokens::TokenRecord;
 
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env().context("loading configuration")?;
     let Some(Command::Token(command)) = cli.command else {
         kiln::telemetry::init(&settings.log_filter, settings.log_format);
-        let app = Application::build(&settings).await.context("starting the dispatcher")?;
+        let app = Dispatcher::build(&settings).await.context("starting the dispatcher")?;
         tracing::info!(addr = %settings.http_addr, port = app.port(), queue = %settings.queue, "dispatcher listening");
         app.run_until_stopped(kiln::signals::shutdown_token()).await?;
         return Ok(());

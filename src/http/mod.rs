@@ -1,5 +1,5 @@
 //! The dispatcher's HTTP API v1 (see `ARCHITECTURE.md`): axum routes over
-//! the store, plus the feeder that moves ready jobs into Redis.
+//! the store. [`crate::dispatcher`] serves them beside the feeder.
 //!
 //! # Layout
 //! - [`access`]: request ids and the access log, around every request.
@@ -28,7 +28,6 @@ pub mod openapi;
 pub mod ops;
 pub mod overview;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -37,19 +36,17 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{MethodFilter, MethodRouter, get, on};
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use uuid::Uuid;
 
 pub use error::ApiError;
 
 use crate::auth::{Authenticator, Scope};
-use crate::config::{ApiSettings, AuthMode, Settings};
-use crate::feeder::{Feeder, FeederStats};
-use crate::queue::{Producer, QueueError};
-use crate::store::{Store, StoreError};
+use crate::config::ApiSettings;
+use crate::feeder::FeederStats;
+use crate::queue::Producer;
+use crate::store::Store;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -62,94 +59,6 @@ pub struct AppState {
     /// Wakes the feeder when a batch or retry makes jobs ready.
     pub feeder_wake: Arc<Notify>,
     pub feeder_stats: Arc<FeederStats>,
-}
-
-/// Errors that stop the dispatcher from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatcherError {
-    #[error(
-        "KILN_AUTH=off is only allowed on a loopback address, but KILN_HTTP_ADDR is {addr}: \
-         set KILN_AUTH=required and make a token with `kiln-dispatcher token create --scope submit`, \
-         or listen on 127.0.0.1"
-    )]
-    AuthOffNotLoopback { addr: SocketAddr },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("serving HTTP: {0}")]
-    Serve(std::io::Error),
-}
-
-/// The dispatcher: the HTTP API and the feeder, built and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-    feeder: Feeder,
-}
-
-impl Application {
-    /// Connects to Postgres (creating and migrating the database if needed)
-    /// and Redis, and binds the listen address (port 0 picks a free port).
-    /// Refuses `KILN_AUTH=off` unless that address is loopback.
-    pub async fn build(settings: &Settings) -> Result<Application, DispatcherError> {
-        // `::ffff:127.0.0.1` is loopback too.
-        if settings.auth == AuthMode::Off && !settings.http_addr.ip().to_canonical().is_loopback() {
-            return Err(DispatcherError::AuthOffNotLoopback {
-                addr: settings.http_addr,
-            });
-        }
-        let store = Store::connect(&settings.database_url, 16).await?;
-        let producer = Producer::connect(&settings.redis_url, &settings.queue).await?;
-        let listener = TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|source| DispatcherError::Bind {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let feeder_wake = Arc::new(Notify::new());
-        let feeder_stats = Arc::new(FeederStats::default());
-        let state = AppState {
-            store: store.clone(),
-            producer: producer.clone(),
-            limits: settings.api.clone(),
-            auth: Authenticator::new(settings.auth, store.clone()),
-            feeder_wake: feeder_wake.clone(),
-            feeder_stats: feeder_stats.clone(),
-        };
-        let feeder = Feeder {
-            store,
-            producer,
-            queue: settings.queue.clone(),
-            settings: settings.feeder.clone(),
-            wake: feeder_wake,
-            stats: feeder_stats,
-        };
-        Ok(Application {
-            listener,
-            router: router(state),
-            feeder,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
-    }
-
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), DispatcherError> {
-        let feeder = tokio::spawn(self.feeder.run(shutdown.clone()));
-        let stop = shutdown.clone();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .map_err(DispatcherError::Serve);
-        shutdown.cancel();
-        let _ = feeder.await;
-        served
-    }
 }
 
 /// A route of API v1 and the least scope a token needs to call it.

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use kiln::client::Client;
 use kiln::config::Settings;
-use kiln::http::Application;
 use kiln::store::Store;
 use kiln_mock_llm::{MockServer, ScriptFile};
 use serde_json::Value;
@@ -162,7 +161,9 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub async fn start(settings: &Settings) -> Dispatcher {
-        let app = Application::build(settings).await.expect("dispatcher builds");
+        let app = kiln::dispatcher::Dispatcher::build(settings)
+            .await
+            .expect("dispatcher builds");
         let url = format!("http://127.0.0.1:{}", app.port());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
