@@ -344,3 +344,43 @@ async fn a_takeover_is_blamed_only_when_the_job_was_running_inside_the_worker() 
     let view = env.store.job(job).await.unwrap();
     assert_eq!((view.crashes, view.blamed_crashes, view.isolated), (7, 3, true));
 }
+
+#[tokio::test]
+async fn a_death_during_a_step_begun_before_postgres_restarted_is_counted_not_blamed() {
+    let env = TestEnv::new().await;
+    let job = one_job(&env.store).await;
+
+    // A step inside the worker, recorded before Postgres last started: the
+    // worker may have sat on the step's closing write through the outage.
+    let claimed = env.store.claim(job, "worker-0", TTL).await.unwrap().unwrap();
+    env.store
+        .set_activity(&claimed.lease, Activity::Validating)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET activity_since = pg_postmaster_start_time() - interval '1 second' WHERE id = $1")
+        .bind(job)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    expire_lease(&env.store, job).await;
+    let claimed = env.store.claim(job, "worker-1", TTL).await.unwrap().unwrap();
+    assert_eq!((claimed.crashes, claimed.blamed_crashes), (1, 0), "counted, not blamed");
+    assert!(!claimed.isolate);
+
+    // The same step begun since the restart is evidence again.
+    env.store
+        .set_activity(&claimed.lease, Activity::Validating)
+        .await
+        .unwrap();
+    expire_lease(&env.store, job).await;
+    let claimed = env.store.claim(job, "worker-2", TTL).await.unwrap().unwrap();
+    assert_eq!((claimed.crashes, claimed.blamed_crashes), (2, 1));
+
+    let takeovers = env.store.takeovers(job).await.unwrap();
+    assert_eq!(takeovers.iter().map(|t| t.blamed).collect::<Vec<_>>(), [false, true]);
+    assert!(
+        takeovers[0].reason.contains("before Postgres last restarted"),
+        "the takeover says why it was not blamed: {}",
+        takeovers[0].reason
+    );
+}

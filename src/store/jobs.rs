@@ -117,12 +117,27 @@ impl Activity {
 
 /// Whether a worker's death is counted against the job, and why: only when
 /// the job was doing its own work inside the dead process.
-pub fn blame(activity: Option<Activity>, cause: &str) -> (bool, String) {
+///
+/// `before_restart` says the recorded step began before Postgres last
+/// started. Every step inside the worker ends with a write; a step caught
+/// by a database outage sits waiting on that write, so its record says
+/// "inside the worker" while the job's own work is long done. A death then
+/// is as likely the outage's doing (or a kill that came meanwhile) as the
+/// job's, so it is counted, not blamed: a poison job is blamed at its next
+/// death, which needs no outage to find it.
+pub fn blame(activity: Option<Activity>, cause: &str, before_restart: bool) -> (bool, String) {
     let how = match cause {
         "worker_died" => "its worker died (liveness lock gone)",
         _ => "its lease expired without being released",
     };
     match activity {
+        Some(a) if a.in_worker() && before_restart => (
+            false,
+            format!(
+                "{how} while the job {}, a step begun before Postgres last restarted: not blamed",
+                a.doing()
+            ),
+        ),
         Some(a) if a.in_worker() => (true, format!("{how} while the job {}: blamed", a.doing())),
         Some(a) => (false, format!("{how} while the job {}: not blamed", a.doing())),
         None => (false, format!("{how} before the job recorded any step: not blamed")),
@@ -242,6 +257,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let Some(before) = sqlx::query!(
             r#"SELECT lease_owner, activity, lost_cause, run,
+                      coalesce(activity_since < pg_postmaster_start_time(), false) AS "before_restart!",
                       CASE WHEN state = 'queued' THEN extract(epoch FROM now() - updated_at)::float8 END AS queued_for
                FROM jobs
                WHERE id = $1 AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
@@ -256,7 +272,7 @@ impl Store {
         let takeover = before.lease_owner.map(|lost_by| {
             let cause = before.lost_cause.unwrap_or_else(|| "lease_expired".into());
             let activity = before.activity.as_deref().and_then(Activity::parse);
-            let (blamed, reason) = blame(activity, &cause);
+            let (blamed, reason) = blame(activity, &cause, before.before_restart);
             (lost_by, cause, blamed, reason)
         });
         let blamed = takeover.as_ref().is_some_and(|t| t.2);
@@ -270,6 +286,7 @@ impl Store {
                    blamed_crashes = j.blamed_crashes + $5,
                    isolate = j.isolate OR $5 > 0,
                    activity = 'claimed',
+                   activity_since = now(),
                    lost_cause = NULL,
                    dispatched_at = NULL,
                    updated_at = now()
@@ -330,7 +347,7 @@ impl Store {
     /// matters, and the epoch condition refuses it anyway).
     pub async fn set_activity(&self, lease: &Lease, activity: Activity) -> Result<(), StoreError> {
         let updated = sqlx::query_scalar!(
-            r#"UPDATE jobs SET activity = $4
+            r#"UPDATE jobs SET activity = $4, activity_since = now()
                WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running'
                RETURNING 1 AS "updated!""#,
             lease.job_id,
