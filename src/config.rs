@@ -440,6 +440,7 @@ pub const NOT_SETTINGS: &[&str] = &[
     "KILN_PORT",
     "KILN_POSTGRES_IMAGE",
     "KILN_REDIS_IMAGE",
+    "KILN_DOCKER_GID",
 ];
 
 /// Prefixes of the knobs of tests, benches, the demo script and
@@ -974,6 +975,7 @@ mod tests {
                         "KILN_PORT",
                         "KILN_POSTGRES_IMAGE",
                         "KILN_REDIS_IMAGE",
+                        "KILN_DOCKER_GID",
                     ]
                     .contains(&name.as_str())
                 {
@@ -1233,6 +1235,25 @@ mod tests {
     fn azure_needs_its_resource_url() {
         let err = Settings::from_vars(vars(&[("KILN_LLM_PROVIDER", "azure")])).unwrap_err();
         assert!(err.to_string().starts_with("KILN_LLM_BASE_URL:"), "{err}");
+    }
+
+    /// docker compose keeps the model key from every role but the workers
+    /// by setting both variables empty over what .env gives them: empty
+    /// must mean no key, not an empty key nor a file named "".
+    #[test]
+    fn an_empty_api_key_and_key_file_mean_no_key_even_over_the_config_file() {
+        let (dir, file) = config_file("llm_api_key = \"sk-from-the-file\"\n");
+        let config = file.to_str().unwrap();
+        let with_file = Settings::from_vars(vars(&[("KILN_CONFIG", config)])).unwrap();
+        assert_eq!(with_file.llm.api_key.unwrap().expose_secret(), "sk-from-the-file");
+        let blanked = Settings::from_vars(vars(&[
+            ("KILN_CONFIG", config),
+            ("KILN_LLM_API_KEY", ""),
+            ("KILN_LLM_API_KEY_FILE", ""),
+        ]))
+        .unwrap();
+        assert!(blanked.llm.api_key.is_none());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
