@@ -10,6 +10,9 @@
 //! batch, job or file), 5 jobs await review (a batch with `options.review`
 //! has nothing left to run and none failed; `kiln review` decides).
 
+mod positions;
+mod validate;
+
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -145,6 +148,10 @@ enum Command {
     },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
+    /// Check a spec file, a directory of them, or `-` (standard input)
+    /// as `kiln submit` and the dispatcher would, without sending it:
+    /// each problem as `file:line:column: field: message`. Offline.
+    Validate { path: PathBuf },
     /// Print the JSON Schema of spec files (one spec, a list, or a batch),
     /// for editors and CI checks. Offline.
     Schema,
@@ -353,6 +360,7 @@ fn main() -> ExitCode {
             print(&kiln::http::openapi::spec_file_schema());
             return ExitCode::SUCCESS;
         }
+        Command::Validate { path } => return finish(validate::run(&path, cli.output)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -371,7 +379,12 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(run(cli)) {
+    finish(runtime.block_on(run(cli)))
+}
+
+/// Exit code 0, or the error printed once and its exit code.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -733,7 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_batches(output, client.batches(&query, limit).await?);
         }
         // Answered in main, before a runtime or a connection.
-        Command::Schema | Command::Completions { .. } => {}
+        Command::Schema | Command::Validate { .. } | Command::Completions { .. } => {}
         Command::Workers => {
             let list = client.workers().await?;
             print_workers(output, &list["workers"]);
