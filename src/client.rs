@@ -234,10 +234,14 @@ impl Client {
             .await
     }
 
-    /// Downloads a job's result files and unpacks them into `dir`.
-    pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+    /// `GET /v1/jobs/{id}/artifacts` with `query`: a tar.gz of files.
+    async fn archive(&self, id: &str, query: &[(&str, String)]) -> Result<Vec<u8>, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/jobs/{id}/artifacts", self.base))
+            .query(query);
         let bytes = self
-            .send(self.http.get(format!("{}/v1/jobs/{id}/artifacts", self.base)))
+            .send(request)
             .await?
             .bytes()
             .await
@@ -245,6 +249,40 @@ impl Client {
                 url: self.base.clone(),
                 message: e.to_string(),
             })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The files of attempt `attempt` of a job's run `run` (default: its
+    /// current run) as `(path, text)`, by path. Text that is not UTF-8 is
+    /// read lossily; paths the API leaves out of archives (`../x`) are
+    /// not among them.
+    pub async fn attempt_files(
+        &self,
+        id: &str,
+        run: Option<i32>,
+        attempt: i32,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let mut query = vec![("attempt", attempt.to_string())];
+        if let Some(r) = run {
+            query.push(("run", r.to_string()));
+        }
+        let bytes = self.archive(id, &query).await?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut files = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content)?;
+            files.push((path, String::from_utf8_lossy(&content).into_owned()));
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Downloads a job's result files and unpacks them into `dir`.
+    pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+        let bytes = self.archive(id, &[]).await?;
         std::fs::create_dir_all(dir)?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let mut written = Vec::new();

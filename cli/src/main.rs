@@ -10,6 +10,7 @@
 //! batch, job or file), 5 jobs await review (a batch with `options.review`
 //! has nothing left to run and none failed; `kiln review` decides).
 
+mod diff;
 mod positions;
 mod validate;
 
@@ -145,6 +146,20 @@ enum Command {
         batch_id: Option<String>,
         #[arg(long)]
         job: Option<String>,
+    },
+    /// Show what changed between two attempts of a job as a unified diff
+    /// of their files: by default the last two attempts of its latest run.
+    Diff {
+        job_id: String,
+        /// The earlier attempt (default: the one before `--to`).
+        #[arg(long)]
+        from: Option<i32>,
+        /// The later attempt (default: the run's last).
+        #[arg(long)]
+        to: Option<i32>,
+        /// The run (default: the latest with attempts).
+        #[arg(long)]
+        run: Option<i32>,
     },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
@@ -342,6 +357,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     }
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
+    }
+    if e.downcast_ref::<diff::NoAttempt>().is_some() {
+        return 4;
     }
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::Api { status: 404, .. }) => 4,
@@ -781,6 +799,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reject: _,
             comment,
         } => review(&client, output, &job_id, approve, comment.as_deref()).await?,
+        Command::Diff { job_id, from, to, run } => diff::run(&client, output, &job_id, run, from, to).await?,
         Command::Download { job_id, dir } => print_paths(output, &client.download(&job_id, &dir).await?),
     }
     Ok(())

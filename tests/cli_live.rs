@@ -1,0 +1,125 @@
+//! The `kiln` binary against a live dispatcher, worker and mock model, for
+//! what people see: `kiln diff` between a repaired job's attempts.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, bin, mock, wait_for_batch};
+
+/// `fixsub_N`: a first answer that subtracts (failing its tests), then one
+/// that adds: a job repaired on its second attempt, by one changed line.
+const FIXSUB_SCRIPT: &str = r#"
+- name: fixsub
+  match: "`(?P<name>fixsub_\\d+)`"
+  responses:
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a - b\n"
+    - files:
+        - path: solution.py
+          content: "def {name}(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n    return a + b\n"
+"#;
+
+fn kiln(url: &str, args: &[&str]) -> Output {
+    Command::new(bin("kiln"))
+        .env("KILN_URL", url)
+        .env_remove("KILN_TOKEN")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn expect(url: &str, code: i32, args: &[&str]) -> (String, String) {
+    let out = kiln(url, args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "kiln {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_diff_shows_the_line_a_repair_changed_and_says_when_there_is_nothing_to_compare() {
+    let env = TestEnv::new().await;
+    let llm = mock(&format!("{ADD_SCRIPT}{FIXSUB_SCRIPT}")).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let mut repaired = add_spec(1);
+    repaired["entry_point"] = json!("fixsub_1");
+    let created = d
+        .client
+        .submit(
+            &json!({"specs": [repaired, add_spec(2)], "options": {"max_attempts": 2}}),
+            None,
+        )
+        .await
+        .unwrap();
+    let batch = created["batch_id"].as_str().unwrap();
+    let ended = wait_for_batch(&d.client, batch, Duration::from_secs(120)).await;
+    assert_eq!(ended["counts"]["succeeded"], 2, "{ended}");
+    let jobs: Vec<String> = created["job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j.as_str().unwrap().to_owned())
+        .collect();
+    let (fixed, first_time) = (&jobs[0], &jobs[1]);
+    let url = d.url.clone();
+    tokio::task::block_in_place(|| {
+        // Text: a patch of the one changed line, with no colour off a terminal.
+        let (text, _) = expect(&url, 0, &["diff", fixed]);
+        assert!(text.contains("run 1: attempt 1 → attempt 2"), "{text}");
+        assert!(text.contains("--- a/solution.py\n+++ b/solution.py\n"), "{text}");
+        assert!(text.contains("\n-    return a - b\n+    return a + b\n"), "{text}");
+        assert!(!text.contains("\n-def "), "only the changed line differs: {text}");
+        assert!(!text.contains('\u{1b}'), "escape codes off a terminal: {text:?}");
+        // JSON: the file's hunk, and the same with the attempts named.
+        let (json_text, _) = expect(&url, 0, &["diff", fixed, "--from", "1", "--to", "2", "-o", "json"]);
+        let diff: Value = serde_json::from_str(&json_text).unwrap();
+        assert_eq!(
+            (diff["run"].as_i64(), diff["from"].as_i64(), diff["to"].as_i64()),
+            (Some(1), Some(1), Some(2))
+        );
+        let file = &diff["files"][0];
+        assert_eq!(file["path"], "solution.py", "{diff}");
+        assert_eq!(file["change"], "modified", "{diff}");
+        let lines = &file["hunks"][0]["lines"];
+        assert!(
+            lines.as_array().unwrap().contains(&json!("-    return a - b")),
+            "{diff}"
+        );
+        assert!(
+            lines.as_array().unwrap().contains(&json!("+    return a + b")),
+            "{diff}"
+        );
+        assert!(
+            file["unified"].as_str().unwrap().contains("+    return a + b\n"),
+            "{diff}"
+        );
+        // Nothing to compare: one attempt, or an attempt that is not there,
+        // is "not found" (4), with a message saying so.
+        let (_, stderr) = expect(&url, 4, &["diff", first_time]);
+        assert!(
+            stderr.contains(&format!(
+                "job {first_time} has one attempt in run 1: nothing to compare it with"
+            )),
+            "{stderr}"
+        );
+        let (_, stderr) = expect(&url, 4, &["diff", fixed, "--from", "3"]);
+        assert!(stderr.contains("has no attempt 3 in run 1 (it has 1, 2)"), "{stderr}");
+        expect(&url, 4, &["diff", "0190a0b0-0000-7000-8000-000000000000"]);
+        expect(&url, 2, &["diff", fixed, "--from", "2", "--to", "2"]);
+    });
+    worker.stop().await;
+    d.stop().await;
+}
