@@ -1,5 +1,8 @@
 //! The `kiln` binary against a live dispatcher, worker and mock model, for
-//! what people see: `kiln diff` between a repaired job's attempts.
+//! what people see: `kiln diff` between a repaired job's attempts, and the
+//! progress bar of `submit --wait`/`status --watch` on a terminal (run
+//! under util-linux `script`, which gives it one) and the plain lines off
+//! one.
 
 mod support;
 
@@ -120,6 +123,106 @@ async fn kiln_diff_shows_the_line_a_repair_changed_and_says_when_there_is_nothin
         expect(&url, 4, &["diff", "0190a0b0-0000-7000-8000-000000000000"]);
         expect(&url, 2, &["diff", fixed, "--from", "2", "--to", "2"]);
     });
+    worker.stop().await;
+    d.stop().await;
+}
+
+/// Runs `kiln ARGS` on a pseudo-terminal (`script -qec`) and returns its
+/// exit code and everything it drew there.
+fn on_terminal(url: &str, args: &[&str]) -> (Option<i32>, String) {
+    // A terminal as wide as many are: a pty made by `script` with no
+    // terminal around it has no size, and the bar would assume 80 columns.
+    let command = std::iter::once("stty cols 160 rows 40;".to_owned())
+        .chain(std::iter::once(bin("kiln").to_str().unwrap().to_owned()))
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("KILN_URL", url)
+        .env_remove("KILN_TOKEN")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux script runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_waiting_redraws_one_bar_with_the_batchs_numbers_and_off_one_writes_plain_lines() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_LLM_PRICES", "mock-model=1/2")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("progress-{}", env.queue));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("four.json");
+    std::fs::write(
+        &file,
+        json!({"specs": [add_spec(1), add_spec(2), add_spec(3), add_spec(4)]}).to_string(),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let url = d.url.clone();
+    tokio::task::block_in_place(|| {
+        let (code, drawn) = on_terminal(&url, &["submit", &file, "--wait"]);
+        assert_eq!(code, Some(0), "{drawn}");
+        for field in [
+            "100%",
+            "4/4",
+            "4 succeeded, 0 failed · tokens ",
+            " in / ",
+            " · $0.",
+            "jobs/s",
+            "ETA ",
+            "elapsed ",
+        ] {
+            assert!(drawn.contains(field), "the bar lacks {field:?}: {drawn:?}");
+        }
+        assert!(
+            drawn.contains('\u{1b}'),
+            "the bar is drawn with escape codes: {drawn:?}"
+        );
+        // The plain per-change lines give way to the bar; the final
+        // summary is printed once, after it.
+        let summaries = drawn.matches(" total, ").count();
+        assert_eq!(summaries, 1, "{drawn:?}");
+        assert!(drawn.contains("succeeded: 4 total, 0 queued"), "{drawn:?}");
+        let id = drawn
+            .split("submitted batch ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        let (code, drawn) = on_terminal(&url, &["status", &id, "--watch"]);
+        assert_eq!(code, Some(0), "{drawn}");
+        assert!(drawn.contains("100%") && drawn.contains("jobs/s"), "{drawn:?}");
+
+        // Off a terminal: today's plain lines, and not one escape code.
+        let out = kiln(&url, &["submit", &file, "--wait"]);
+        assert_eq!(out.status.code(), Some(0));
+        for stream in [&out.stdout, &out.stderr] {
+            let text = String::from_utf8_lossy(stream);
+            assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with("submitted batch "), "{stdout}");
+        assert!(
+            stdout
+                .lines()
+                .last()
+                .unwrap()
+                .contains("succeeded: 4 total, 0 queued, 0 running, 4 succeeded"),
+            "{stdout}"
+        );
+        let out = kiln(&url, &["status", &id, "--watch"]);
+        assert!(!String::from_utf8_lossy(&out.stdout).contains('\u{1b}'));
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
     worker.stop().await;
     d.stop().await;
 }

@@ -12,6 +12,7 @@
 
 mod diff;
 mod positions;
+mod progress;
 mod validate;
 
 use std::fmt::Write as _;
@@ -284,26 +285,54 @@ fn describe_attempt(a: &Value) -> String {
 /// per change (`text`), a batch per change (`jsonl`), or nothing until the
 /// end (`json`, which prints the final batch). A batch whose only unended
 /// jobs await review is settled too: nothing more happens without a person.
+/// On a terminal, text is one redrawn progress bar instead (`progress`).
 async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<Value> {
     let mut last = String::new();
+    let mut bar = if output == Output::Text {
+        progress::Bar::on_terminal()
+    } else {
+        None
+    };
     loop {
         let batch = client.batch(batch_id).await?;
         let line = summary(&batch);
-        if line != last {
+        if let Some(bar) = bar.as_mut() {
+            bar.update(&snapshot(&batch));
+        } else if line != last {
             match output {
                 Output::Text => println!("{line}"),
                 Output::Jsonl => print_line(&batch),
                 Output::Json => {}
             }
-            last = line;
         }
         if batch["finished_at"].is_string() || batch["state"] == "awaiting_review" {
-            if output == Output::Json {
-                print(&batch);
+            match (output, bar) {
+                (Output::Json, _) => print(&batch),
+                (_, Some(bar)) => bar.finish(&line),
+                _ => {}
             }
             return Ok(batch);
         }
+        last = line;
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The numbers of a batch the progress bar shows.
+fn snapshot(batch: &Value) -> progress::Snapshot {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let c = &batch["counts"];
+    progress::Snapshot {
+        total: n(&batch["total"]),
+        queued: n(&c["queued"]),
+        running: n(&c["running"]),
+        awaiting_review: n(&c["awaiting_review"]),
+        succeeded: n(&c["succeeded"]),
+        failed: n(&c["failed"]),
+        cancelled: n(&c["cancelled"]),
+        prompt_tokens: n(&batch["usage"]["prompt_tokens"]),
+        completion_tokens: n(&batch["usage"]["completion_tokens"]),
+        cost_usd: batch["usage"]["cost_usd"].as_f64(),
     }
 }
 
