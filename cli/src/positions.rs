@@ -92,6 +92,38 @@ impl Node {
         }
     }
 
+    /// [`Node::parse`] for JSON text. JSON may escape a character beyond
+    /// U+FFFF as two UTF-16 surrogates (`\ud83d\ude00`, as Python writes
+    /// by default), which YAML refuses; each such escape is read as
+    /// `\u0020`, the same length, so every column stays where it was.
+    pub fn parse_json(text: &str) -> Option<Node> {
+        let mut safe = String::with_capacity(text.len());
+        let mut chars = text.char_indices();
+        let mut in_string = false;
+        while let Some((_, c)) = chars.next() {
+            safe.push(c);
+            match c {
+                '"' => in_string = !in_string,
+                '\\' if in_string => {
+                    let Some((i, escaped)) = chars.next() else { break };
+                    let surrogate = text
+                        .get(i + 1..i + 5)
+                        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                        .is_some_and(|unit| (0xD800..=0xDFFF).contains(&unit));
+                    if escaped == 'u' && surrogate {
+                        safe.push_str("u0020");
+                        // The four hex digits, one byte each.
+                        chars.nth(3);
+                    } else {
+                        safe.push(escaped);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Node::parse(&safe)
+    }
+
     /// Where `path` is written: a scalar value itself, a collection by its
     /// key (its content may start on the next line), or the deepest node
     /// on the way when the rest of the path is not in the file.
@@ -218,6 +250,14 @@ mod tests {
         let text = "- kind: function\n- kind: service\n  service_name: x\n";
         assert_eq!(at(text, "[1].description"), (2, 3));
         assert_eq!(at(text, "[5].kind"), (1, 1));
+    }
+
+    #[test]
+    fn escaped_surrogates_in_json_keep_their_columns() {
+        let text = "[{\"d\": \"\\ud83d\\ude00 \\\\ud83d\", \"kind\": \"x\"}]";
+        assert!(Node::parse(text).is_none(), "YAML refuses the surrogates");
+        let p = Node::parse_json(text).expect("readable").locate(&steps("[0].kind"));
+        assert_eq!((p.line, p.column), (1, text.find("\"x\"").unwrap() + 1));
     }
 
     #[test]

@@ -159,7 +159,13 @@ struct Origins {
 
 /// Checks the files as one batch, as `kiln submit` would send them.
 pub fn check(sources: &[Source]) -> Verdict {
-    let trees: Vec<Option<Node>> = sources.iter().map(|s| Node::parse(&s.text)).collect();
+    let trees: Vec<Option<Node>> = sources
+        .iter()
+        .map(|s| match s.format {
+            SpecFormat::Json => Node::parse_json(&s.text),
+            SpecFormat::Yaml => Node::parse(&s.text),
+        })
+        .collect();
     let place = |file: usize, path: &[Step], field: Option<String>, message: String| Problem {
         file: sources[file].name.clone(),
         at: trees[file].as_ref().map(|t| t.locate(path)),
