@@ -1,14 +1,19 @@
-//! `kiln`: the command-line client of the HTTP API. All logic lives in
-//! `kiln::client`; this parses arguments and prints.
+//! `kiln`: the command-line client of the HTTP API. Requests and spec
+//! files are `kiln::client`'s; this parses arguments and prints, with
+//! [`validate`] (the offline spec check, [`positions`] finding lines),
+//! [`diff`] (attempts' files compared) and [`progress`] (the terminal's
+//! progress bar).
 //!
 //! Exit codes (documented in `--help` and the README), so scripts can tell
 //! outcomes apart: 0 everything asked for succeeded (a batch waited for or
 //! shown ended with every job succeeded), 1 jobs failed or were cancelled,
-//! 2 usage (bad arguments, an unreadable spec file, a request the API
-//! refused with a 4xx other than 404), 3 server or network error (the
-//! dispatcher unreachable or answering 5xx), 4 not found (a 404: unknown
-//! batch, job or file), 5 jobs await review (a batch with `options.review`
-//! has nothing left to run and none failed; `kiln review` decides).
+//! 2 usage (bad arguments, an unreadable spec file or one `kiln validate`
+//! found problems in, a request the API refused with a 4xx other than
+//! 404), 3 server or network error (the dispatcher unreachable or answering
+//! 5xx), 4 not found (a 404: unknown batch, job or file; or no attempts for
+//! `kiln diff` to compare), 5 jobs await review (a batch with
+//! `options.review` has nothing left to run and none failed; `kiln review`
+//! decides).
 
 mod diff;
 mod positions;
