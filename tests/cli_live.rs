@@ -1,8 +1,8 @@
 //! The `kiln` binary against a live dispatcher, worker and mock model, for
-//! what people see: `kiln diff` between a repaired job's attempts, and the
-//! progress bar of `submit --wait`/`status --watch` on a terminal (run
-//! under util-linux `script`, which gives it one) and the plain lines off
-//! one.
+//! what people see: `kiln diff` between a repaired job's attempts (plain,
+//! and coloured on a terminal), and the progress bar of `submit --wait` and
+//! `status --watch` on a terminal (run under util-linux `script`, which
+//! gives it one) and the plain lines off one.
 
 mod support;
 
@@ -86,6 +86,11 @@ async fn kiln_diff_shows_the_line_a_repair_changed_and_says_when_there_is_nothin
         assert!(text.contains("\n-    return a - b\n+    return a + b\n"), "{text}");
         assert!(!text.contains("\n-def "), "only the changed line differs: {text}");
         assert!(!text.contains('\u{1b}'), "escape codes off a terminal: {text:?}");
+        // On a terminal: removed lines red, added lines green.
+        let (code, drawn) = on_terminal(&url, &["diff", fixed]);
+        assert_eq!(code, Some(0), "{drawn:?}");
+        assert!(drawn.contains("\u{1b}[31m-    return a - b"), "{drawn:?}");
+        assert!(drawn.contains("\u{1b}[32m+    return a + b"), "{drawn:?}");
         // JSON: the file's hunk, and the same with the attempts named.
         let (json_text, _) = expect(&url, 0, &["diff", fixed, "--from", "1", "--to", "2", "-o", "json"]);
         let diff: Value = serde_json::from_str(&json_text).unwrap();
@@ -142,6 +147,7 @@ fn on_terminal(url: &str, args: &[&str]) -> (Option<i32>, String) {
         .env("KILN_URL", url)
         .env_remove("KILN_TOKEN")
         .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
         .env("TERM", "xterm-256color")
         .stdin(Stdio::null())
         .output()
