@@ -234,10 +234,14 @@ impl Client {
             .await
     }
 
-    /// Downloads a job's result files and unpacks them into `dir`.
-    pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+    /// `GET /v1/jobs/{id}/artifacts` with `query`: a tar.gz of files.
+    async fn archive(&self, id: &str, query: &[(&str, String)]) -> Result<Vec<u8>, ClientError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/jobs/{id}/artifacts", self.base))
+            .query(query);
         let bytes = self
-            .send(self.http.get(format!("{}/v1/jobs/{id}/artifacts", self.base)))
+            .send(request)
             .await?
             .bytes()
             .await
@@ -245,6 +249,40 @@ impl Client {
                 url: self.base.clone(),
                 message: e.to_string(),
             })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// The files of attempt `attempt` of a job's run `run` (default: its
+    /// current run) as `(path, text)`, by path. Text that is not UTF-8 is
+    /// read lossily; paths the API leaves out of archives (`../x`) are
+    /// not among them.
+    pub async fn attempt_files(
+        &self,
+        id: &str,
+        run: Option<i32>,
+        attempt: i32,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let mut query = vec![("attempt", attempt.to_string())];
+        if let Some(r) = run {
+            query.push(("run", r.to_string()));
+        }
+        let bytes = self.archive(id, &query).await?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut files = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content)?;
+            files.push((path, String::from_utf8_lossy(&content).into_owned()));
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Downloads a job's result files and unpacks them into `dir`.
+    pub async fn download(&self, id: &str, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+        let bytes = self.archive(id, &[]).await?;
         std::fs::create_dir_all(dir)?;
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
         let mut written = Vec::new();
@@ -264,40 +302,37 @@ impl Client {
 /// `.yml`, sorted by name) into a batch body. A file may hold one spec, a
 /// list of specs, or a batch object (`{"name"?, "specs", "options"?}`).
 pub fn load_batch(path: &Path) -> Result<Value, ClientError> {
-    let files: Vec<PathBuf> = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "yaml" || e == "yml"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(ClientError::SpecFile {
-                path: path.to_owned(),
-                message: "no .json, .yaml or .yml files in this directory".into(),
-            });
-        }
-        files
-    } else {
-        vec![path.to_owned()]
-    };
     let mut batch = BatchParts::default();
-    for file in files {
+    for file in spec_files(path)? {
         let text = std::fs::read_to_string(&file)?;
-        let value: Value = if file.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| ClientError::SpecFile {
-                path: file.clone(),
-                message: e.to_string(),
-            })?
-        } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| ClientError::SpecFile {
-                path: file.clone(),
-                message: e.to_string(),
-            })?
-        };
+        let value = parse_spec_file(&text, SpecFormat::of_path(&file)).map_err(|e| ClientError::SpecFile {
+            path: file.clone(),
+            message: e.message,
+        })?;
         batch.absorb(value, &file)?;
     }
     Ok(batch.into_body())
+}
+
+/// The spec files `path` stands for: itself, or a directory's `.json`,
+/// `.yaml` and `.yml` files sorted by name (not its subdirectories).
+pub fn spec_files(path: &Path) -> Result<Vec<PathBuf>, ClientError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ClientError::SpecFile {
+            path: path.to_owned(),
+            message: "no .json, .yaml or .yml files in this directory".into(),
+        });
+    }
+    Ok(files)
 }
 
 /// Reads one spec file's text that came without a name (`kiln submit -`
@@ -305,26 +340,85 @@ pub fn load_batch(path: &Path) -> Result<Value, ClientError> {
 /// `source` names it in errors.
 pub fn parse_batch_text(text: &str, source: &str) -> Result<Value, ClientError> {
     let path = PathBuf::from(source);
-    let trimmed = text.trim_start();
-    let value: Value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        serde_json::from_str(text).map_err(|e| ClientError::SpecFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| ClientError::SpecFile {
-            path: path.clone(),
-            message: e.to_string(),
-        })?
-    };
+    let value = parse_spec_file(text, SpecFormat::of_text(text)).map_err(|e| ClientError::SpecFile {
+        path: path.clone(),
+        message: e.message,
+    })?;
     let mut batch = BatchParts::default();
     batch.absorb(value, &path)?;
     Ok(batch.into_body())
 }
 
+/// How a spec file's text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Json,
+    Yaml,
+}
+
+impl SpecFormat {
+    /// By the file's extension: `.json` is JSON, anything else YAML.
+    pub fn of_path(path: &Path) -> SpecFormat {
+        if path.extension().is_some_and(|e| e == "json") {
+            SpecFormat::Json
+        } else {
+            SpecFormat::Yaml
+        }
+    }
+
+    /// For text without a name: JSON when it starts with `{` or `[`.
+    pub fn of_text(text: &str) -> SpecFormat {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            SpecFormat::Json
+        } else {
+            SpecFormat::Yaml
+        }
+    }
+}
+
+/// A spec file that is not well-formed JSON or YAML.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SyntaxError {
+    /// The parser's message (which ends with the position, when it has one).
+    pub message: String,
+    /// 1-based line and column of the fault, when the parser knows them.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+/// Parses one spec file's text as `format`.
+pub fn parse_spec_file(text: &str, format: SpecFormat) -> Result<Value, SyntaxError> {
+    match format {
+        SpecFormat::Json => serde_json::from_str(text).map_err(|e| SyntaxError {
+            message: e.to_string(),
+            // serde_json says line 0 for faults not tied to the text.
+            line: (e.line() > 0).then(|| e.line()),
+            column: (e.line() > 0).then(|| e.column()),
+        }),
+        SpecFormat::Yaml => serde_yaml_ng::from_str(text).map_err(|e| SyntaxError {
+            message: e.to_string(),
+            line: e.location().map(|l| l.line()),
+            column: e.location().map(|l| l.column()),
+        }),
+    }
+}
+
+/// Where a file's specs sit in it, as [`BatchParts::absorb`] read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecsFrom {
+    /// The file is a list of this many specs.
+    List(usize),
+    /// The file is a batch object with this many specs under `specs`.
+    Batch(usize),
+    /// The file is one spec.
+    One,
+}
+
 /// A batch body gathered from one or more spec files.
-#[derive(Default)]
-struct BatchParts {
+#[derive(Debug, Default)]
+pub struct BatchParts {
     specs: Vec<Value>,
     name: Option<Value>,
     options: Option<Value>,
@@ -332,22 +426,21 @@ struct BatchParts {
 
 impl BatchParts {
     /// Adds a file's content: one spec, a list of specs, or a batch object.
-    fn absorb(&mut self, value: Value, file: &Path) -> Result<(), ClientError> {
+    /// `file` names it in errors.
+    pub fn absorb(&mut self, value: Value, file: &Path) -> Result<SpecsFrom, ClientError> {
         match value {
-            Value::Array(items) => self.specs.extend(items),
+            Value::Array(items) => {
+                let n = items.len();
+                self.specs.extend(items);
+                Ok(SpecsFrom::List(n))
+            }
             Value::Object(mut map) if map.contains_key("specs") => {
-                match map.remove("specs") {
-                    Some(Value::Array(items)) => self.specs.extend(items),
-                    _ => {
-                        return Err(ClientError::SpecFile {
-                            path: file.to_owned(),
-                            message: "`specs` must be a list".into(),
-                        });
-                    }
-                }
-                if let Some(n) = map.remove("name") {
-                    self.name.get_or_insert(n);
-                }
+                let Some(Value::Array(items)) = map.remove("specs") else {
+                    return Err(ClientError::SpecFile {
+                        path: file.to_owned(),
+                        message: "`specs` must be a list".into(),
+                    });
+                };
                 if let Some(o) = map.remove("options") {
                     if self.options.is_some() {
                         return Err(ClientError::SpecFile {
@@ -357,19 +450,26 @@ impl BatchParts {
                     }
                     self.options = Some(o);
                 }
+                if let Some(n) = map.remove("name") {
+                    self.name.get_or_insert(n);
+                }
+                let n = items.len();
+                self.specs.extend(items);
+                Ok(SpecsFrom::Batch(n))
             }
-            spec @ Value::Object(_) => self.specs.push(spec),
-            _ => {
-                return Err(ClientError::SpecFile {
-                    path: file.to_owned(),
-                    message: "expected a spec, a list of specs or a batch object".into(),
-                });
+            spec @ Value::Object(_) => {
+                self.specs.push(spec);
+                Ok(SpecsFrom::One)
             }
+            _ => Err(ClientError::SpecFile {
+                path: file.to_owned(),
+                message: "expected a spec, a list of specs or a batch object".into(),
+            }),
         }
-        Ok(())
     }
 
-    fn into_body(self) -> Value {
+    /// The request body: `{"specs", "name"?, "options"?}`.
+    pub fn into_body(self) -> Value {
         let mut batch = json!({ "specs": self.specs });
         if let Some(n) = self.name {
             batch["name"] = n;

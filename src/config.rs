@@ -338,6 +338,14 @@ pub struct FeederSettings {
     pub redeliver_after: Duration,
 }
 
+/// Default of `KILN_MAX_BODY_MB`; also what `kiln validate` checks
+/// against, offline.
+pub const DEFAULT_MAX_BODY_MB: usize = 64;
+/// Default of `KILN_MAX_SPECS`.
+pub const DEFAULT_MAX_SPECS: usize = 50_000;
+/// Default of `KILN_MAX_SPEC_KB`.
+pub const DEFAULT_MAX_SPEC_KB: usize = 256;
+
 /// Limits of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
@@ -546,9 +554,9 @@ impl Settings {
                 redeliver_after: src.secs("KILN_REDELIVER_AFTER_S", 900)?,
             },
             api: ApiSettings {
-                max_body_bytes: src.positive::<usize>("KILN_MAX_BODY_MB", 64)? * 1024 * 1024,
-                max_specs: src.positive("KILN_MAX_SPECS", 50_000)?,
-                max_spec_bytes: src.positive::<usize>("KILN_MAX_SPEC_KB", 256)? * 1024,
+                max_body_bytes: src.positive::<usize>("KILN_MAX_BODY_MB", DEFAULT_MAX_BODY_MB)? * 1024 * 1024,
+                max_specs: src.positive("KILN_MAX_SPECS", DEFAULT_MAX_SPECS)?,
+                max_spec_bytes: src.positive::<usize>("KILN_MAX_SPEC_KB", DEFAULT_MAX_SPEC_KB)? * 1024,
                 body_timeout: src.secs("KILN_HTTP_BODY_TIMEOUT_S", 30)?,
             },
         })

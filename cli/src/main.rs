@@ -1,14 +1,24 @@
-//! `kiln`: the command-line client of the HTTP API. All logic lives in
-//! `kiln::client`; this parses arguments and prints.
+//! `kiln`: the command-line client of the HTTP API. Requests and spec
+//! files are `kiln::client`'s; this parses arguments and prints, with
+//! [`validate`] (the offline spec check, [`positions`] finding lines),
+//! [`diff`] (attempts' files compared) and [`progress`] (the terminal's
+//! progress bar).
 //!
 //! Exit codes (documented in `--help` and the README), so scripts can tell
 //! outcomes apart: 0 everything asked for succeeded (a batch waited for or
 //! shown ended with every job succeeded), 1 jobs failed or were cancelled,
-//! 2 usage (bad arguments, an unreadable spec file, a request the API
-//! refused with a 4xx other than 404), 3 server or network error (the
-//! dispatcher unreachable or answering 5xx), 4 not found (a 404: unknown
-//! batch, job or file), 5 jobs await review (a batch with `options.review`
-//! has nothing left to run and none failed; `kiln review` decides).
+//! 2 usage (bad arguments, an unreadable spec file or one `kiln validate`
+//! found problems in, a request the API refused with a 4xx other than
+//! 404), 3 server or network error (the dispatcher unreachable or answering
+//! 5xx), 4 not found (a 404: unknown batch, job or file; or no attempts for
+//! `kiln diff` to compare), 5 jobs await review (a batch with
+//! `options.review` has nothing left to run and none failed; `kiln review`
+//! decides).
+
+mod diff;
+mod positions;
+mod progress;
+mod validate;
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -143,8 +153,26 @@ enum Command {
         #[arg(long)]
         job: Option<String>,
     },
+    /// Show what changed between two attempts of a job as a unified diff
+    /// of their files: by default the last two attempts of its latest run.
+    Diff {
+        job_id: String,
+        /// The earlier attempt (default: the one before `--to`).
+        #[arg(long)]
+        from: Option<i32>,
+        /// The later attempt (default: the run's last).
+        #[arg(long)]
+        to: Option<i32>,
+        /// The run (default: the latest with attempts).
+        #[arg(long)]
+        run: Option<i32>,
+    },
     /// Download a job's result files into a directory.
     Download { job_id: String, dir: PathBuf },
+    /// Check a spec file, a directory of them, or `-` (standard input)
+    /// as `kiln submit` and the dispatcher would, without sending it:
+    /// each problem as `file:line:column: field: message`. Offline.
+    Validate { path: PathBuf },
     /// Print the JSON Schema of spec files (one spec, a list, or a batch),
     /// for editors and CI checks. Offline.
     Schema,
@@ -262,26 +290,54 @@ fn describe_attempt(a: &Value) -> String {
 /// per change (`text`), a batch per change (`jsonl`), or nothing until the
 /// end (`json`, which prints the final batch). A batch whose only unended
 /// jobs await review is settled too: nothing more happens without a person.
+/// On a terminal, text is one redrawn progress bar instead (`progress`).
 async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<Value> {
     let mut last = String::new();
+    let mut bar = if output == Output::Text {
+        progress::Bar::on_terminal()
+    } else {
+        None
+    };
     loop {
         let batch = client.batch(batch_id).await?;
         let line = summary(&batch);
-        if line != last {
+        if let Some(bar) = bar.as_mut() {
+            bar.update(&snapshot(&batch));
+        } else if line != last {
             match output {
                 Output::Text => println!("{line}"),
                 Output::Jsonl => print_line(&batch),
                 Output::Json => {}
             }
-            last = line;
         }
         if batch["finished_at"].is_string() || batch["state"] == "awaiting_review" {
-            if output == Output::Json {
-                print(&batch);
+            match (output, bar) {
+                (Output::Json, _) => print(&batch),
+                (_, Some(bar)) => bar.finish(&line),
+                _ => {}
             }
             return Ok(batch);
         }
+        last = line;
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The numbers of a batch the progress bar shows.
+fn snapshot(batch: &Value) -> progress::Snapshot {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let c = &batch["counts"];
+    progress::Snapshot {
+        total: n(&batch["total"]),
+        queued: n(&c["queued"]),
+        running: n(&c["running"]),
+        awaiting_review: n(&c["awaiting_review"]),
+        succeeded: n(&c["succeeded"]),
+        failed: n(&c["failed"]),
+        cancelled: n(&c["cancelled"]),
+        prompt_tokens: n(&batch["usage"]["prompt_tokens"]),
+        completion_tokens: n(&batch["usage"]["completion_tokens"]),
+        cost_usd: batch["usage"]["cost_usd"].as_f64(),
     }
 }
 
@@ -336,6 +392,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return 2;
     }
+    if e.downcast_ref::<diff::NoAttempt>().is_some() {
+        return 4;
+    }
     match e.downcast_ref::<ClientError>() {
         Some(ClientError::Api { status: 404, .. }) => 4,
         Some(ClientError::Api { status, .. }) if *status >= 500 => 3,
@@ -353,6 +412,7 @@ fn main() -> ExitCode {
             print(&kiln::http::openapi::spec_file_schema());
             return ExitCode::SUCCESS;
         }
+        Command::Validate { path } => return finish(validate::run(&path, cli.output)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -371,7 +431,12 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(run(cli)) {
+    finish(runtime.block_on(run(cli)))
+}
+
+/// Exit code 0, or the error printed once and its exit code.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -733,7 +798,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_batches(output, client.batches(&query, limit).await?);
         }
         // Answered in main, before a runtime or a connection.
-        Command::Schema | Command::Completions { .. } => {}
+        Command::Schema | Command::Validate { .. } | Command::Completions { .. } => {}
         Command::Workers => {
             let list = client.workers().await?;
             print_workers(output, &list["workers"]);
@@ -768,6 +833,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reject: _,
             comment,
         } => review(&client, output, &job_id, approve, comment.as_deref()).await?,
+        Command::Diff { job_id, from, to, run } => diff::run(&client, output, &job_id, run, from, to).await?,
         Command::Download { job_id, dir } => print_paths(output, &client.download(&job_id, &dir).await?),
     }
     Ok(())
