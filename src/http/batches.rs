@@ -9,17 +9,17 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
-use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
 use crate::domain::JobState;
 use crate::spec::{
     BatchRequest, Limits, Options, Spec, canonical_numbers, check_budget_tokens, find_nul, number_message,
 };
-use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
-use crate::store::report::BatchReport;
+use crate::store::batches::{BudgetChange, NewBatch};
+use crate::views::{
+    BatchReport, BatchView, Cancelled, CreatedBatch, ErrorBody, JobPage, PatchedBatch, Rejudged, Requeued,
+};
 
 /// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
 /// names the field at fault; this type only describes it).
@@ -316,31 +316,6 @@ pub struct PatchOptions {
     #[serde(default)]
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i32>,
-}
-
-/// `202` of a retry: jobs that start a new run.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Requeued {
-    pub requeued: u64,
-}
-
-/// `202` of a re-judge: jobs that start a re-judge run.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Rejudged {
-    pub rejudged: u64,
-}
-
-/// `202` of a cancel: jobs cancelled (running ones stop within a heartbeat).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Cancelled {
-    pub cancelled: u64,
-}
-
-/// The answer of `PATCH /v1/batches/{id}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PatchedBatch {
-    pub batch_id: Uuid,
-    pub options: Options,
 }
 
 #[utoipa::path(patch, path = "/v1/batches/{id}", tag = "batches",

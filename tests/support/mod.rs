@@ -201,7 +201,7 @@ impl Dispatcher {
 }
 
 /// Creates a batch straight in the store (no dispatcher), from a request body.
-pub async fn store_batch(store: &Store, body: Value) -> kiln::store::batches::CreatedBatch {
+pub async fn store_batch(store: &Store, body: Value) -> kiln::views::CreatedBatch {
     let limits = kiln::spec::Limits {
         max_specs: 100_000,
         max_spec_bytes: 1_000_000,
