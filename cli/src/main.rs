@@ -759,10 +759,10 @@ fn print_attempts(output: Output, json: bool, attempts: &[AttemptView]) {
 
 /// `kiln download`: the paths written, a line each or as JSON.
 fn print_paths(output: Output, files: &[PathBuf]) {
-    let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
+    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     match output {
-        Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
-        _ => emit(output, &Value::Array(paths)),
+        Output::Text => paths.iter().for_each(|p| println!("{p}")),
+        _ => emit(output, &paths),
     }
 }
 
