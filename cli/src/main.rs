@@ -588,7 +588,7 @@ fn print_batches(output: Output, batches: &[BatchView]) {
     }
     for b in batches {
         println!(
-            "{} {:<9} {:>5}/{:<5} succeeded {} {}",
+            "{} {:<9} {}/{} succeeded {} {}",
             b.batch_id,
             b.state,
             b.counts.succeeded,
