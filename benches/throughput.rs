@@ -148,18 +148,18 @@ async fn run() {
         .await
         .unwrap();
     let accepted = submitted.elapsed();
-    let batch_id = created["batch_id"].as_str().unwrap().to_owned();
+    let batch_id = created.batch_id.to_string();
 
     let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let (batch, most_waiting) = wait_until_finished(&client, &batch_id, &queue, &mut conn, submitted).await;
     let wall = submitted.elapsed();
-    let succeeded = batch["counts"]["succeeded"].as_u64().unwrap();
+    let succeeded = batch.counts.succeeded;
     println!("throughput: {jobs} jobs, {workers} workers × {concurrency} concurrency, process sandbox");
     println!("  batch accepted (one bulk insert) in {accepted:.2?}");
     println!(
         "  all terminal in {wall:.1?}: {succeeded} succeeded, {} failed",
-        batch["counts"]["failed"]
+        batch.counts.failed
     );
     println!("  {:.1} jobs/s", succeeded as f64 / wall.as_secs_f64());
     if latency_ms > 0 {
@@ -240,7 +240,7 @@ async fn wait_until_finished(
     queue: &str,
     conn: &mut redis::aio::MultiplexedConnection,
     submitted: Instant,
-) -> (serde_json::Value, i64) {
+) -> (kiln::views::BatchView, i64) {
     let mut most_waiting = 0i64;
     let mut last_report = Instant::now();
     loop {
@@ -254,13 +254,13 @@ async fn wait_until_finished(
             .unwrap();
         most_waiting = most_waiting.max(waiting.0 + waiting.1);
         let batch = client.batch(batch_id).await.unwrap();
-        if batch["finished_at"].is_string() {
+        if batch.finished_at.is_some() {
             return (batch, most_waiting);
         }
         if last_report.elapsed() >= Duration::from_secs(30) {
             eprintln!(
                 "… {} succeeded after {:.0?}",
-                batch["counts"]["succeeded"],
+                batch.counts.succeeded,
                 submitted.elapsed()
             );
             last_report = Instant::now();

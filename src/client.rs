@@ -1,5 +1,7 @@
 //! A typed client of the HTTP API v1, used by the `kiln` CLI and the demo,
-//! plus loading spec files (JSON or YAML; a file or a directory).
+//! plus loading spec files (JSON or YAML; a file or a directory). Every
+//! answer is read into its view ([`crate::views`]), the type the dispatcher
+//! serialised it from.
 //!
 //! With a token ([`Client::with_token`]; the CLI reads `KILN_TOKEN`) every
 //! request carries `Authorization: Bearer <token>`.
@@ -7,7 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use crate::domain::ReviewDecision;
+use crate::views::{
+    AttemptView, BatchPage, BatchReport, BatchView, Cancelled, CreatedBatch, ErrorBody, JobPage, JobSummary, JobView,
+    Rejudged, Requeued, WorkerList,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -77,15 +86,15 @@ impl Client {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(ClientError::Api {
-            status,
-            code: body["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["error"]["message"].as_str().unwrap_or("(no message)").to_owned(),
-        })
+        // A proxy in front of the dispatcher may answer without our body.
+        let (code, message) = match response.json::<ErrorBody>().await {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => ("unknown".to_owned(), "(no message)".to_owned()),
+        };
+        Err(ClientError::Api { status, code, message })
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
         let response = self.send(request).await?;
         response.json().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
@@ -93,7 +102,9 @@ impl Client {
         })
     }
 
-    pub async fn submit(&self, batch: &Value, idempotency_key: Option<&str>) -> Result<Value, ClientError> {
+    /// `POST /v1/batches`. The body stays JSON: it is a spec file's content
+    /// as written (see [`load_batch`]), which the dispatcher validates.
+    pub async fn submit(&self, batch: &Value, idempotency_key: Option<&str>) -> Result<CreatedBatch, ClientError> {
         let mut request = self.http.post(format!("{}/v1/batches", self.base)).json(batch);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
@@ -101,18 +112,18 @@ impl Client {
         self.json(request).await
     }
 
-    pub async fn batch(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn batch(&self, id: &str) -> Result<BatchView, ClientError> {
         self.json(self.http.get(format!("{}/v1/batches/{id}", self.base))).await
     }
 
     /// `GET /v1/batches/{id}/report`.
-    pub async fn report(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn report(&self, id: &str) -> Result<BatchReport, ClientError> {
         self.json(self.http.get(format!("{}/v1/batches/{id}/report", self.base)))
             .await
     }
 
     /// Every job of a batch (following cursors), optionally of one state.
-    pub async fn all_jobs(&self, id: &str, state: Option<&str>) -> Result<Vec<Value>, ClientError> {
+    pub async fn all_jobs(&self, id: &str, state: Option<&str>) -> Result<Vec<JobSummary>, ClientError> {
         let mut jobs = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -123,16 +134,16 @@ impl Client {
             if let Some(c) = &cursor {
                 query.push(("cursor", c.clone()));
             }
-            let page = self
+            let page: JobPage = self
                 .json(
                     self.http
                         .get(format!("{}/v1/batches/{id}/jobs", self.base))
                         .query(&query),
                 )
                 .await?;
-            jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
+            jobs.extend(page.jobs);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
                 None => return Ok(jobs),
             }
         }
@@ -140,7 +151,7 @@ impl Client {
 
     /// Up to `limit` batches matching `query`, newest first (following
     /// cursors).
-    pub async fn batches(&self, query: &BatchListQuery, limit: usize) -> Result<Vec<Value>, ClientError> {
+    pub async fn batches(&self, query: &BatchListQuery, limit: usize) -> Result<Vec<BatchView>, ClientError> {
         let mut batches = Vec::new();
         let mut cursor: Option<String> = None;
         while batches.len() < limit {
@@ -159,12 +170,12 @@ impl Client {
             if let Some(c) = &cursor {
                 params.push(("cursor", c.clone()));
             }
-            let page = self
+            let page: BatchPage = self
                 .json(self.http.get(format!("{}/v1/batches", self.base)).query(&params))
                 .await?;
-            batches.extend(page["batches"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
+            batches.extend(page.batches);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
                 None => break,
             }
         }
@@ -173,20 +184,20 @@ impl Client {
     }
 
     /// `GET /v1/workers`.
-    pub async fn workers(&self) -> Result<Value, ClientError> {
+    pub async fn workers(&self) -> Result<WorkerList, ClientError> {
         self.json(self.http.get(format!("{}/v1/workers", self.base))).await
     }
 
-    pub async fn job(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn job(&self, id: &str) -> Result<JobView, ClientError> {
         self.json(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await
     }
 
-    pub async fn attempts(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn attempts(&self, id: &str) -> Result<Vec<AttemptView>, ClientError> {
         self.json(self.http.get(format!("{}/v1/jobs/{id}/attempts", self.base)))
             .await
     }
 
-    pub async fn retry_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+    pub async fn retry_batch(&self, id: &str, states: &[String]) -> Result<Requeued, ClientError> {
         self.json(
             self.http
                 .post(format!("{}/v1/batches/{id}/retry", self.base))
@@ -195,12 +206,12 @@ impl Client {
         .await
     }
 
-    pub async fn retry_job(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn retry_job(&self, id: &str) -> Result<Requeued, ClientError> {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/retry", self.base)))
             .await
     }
 
-    pub async fn rejudge_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+    pub async fn rejudge_batch(&self, id: &str, states: &[String]) -> Result<Rejudged, ClientError> {
         self.json(
             self.http
                 .post(format!("{}/v1/batches/{id}/rejudge", self.base))
@@ -209,23 +220,28 @@ impl Client {
         .await
     }
 
-    pub async fn rejudge_job(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn rejudge_job(&self, id: &str) -> Result<Rejudged, ClientError> {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/rejudge", self.base)))
             .await
     }
 
-    pub async fn cancel_batch(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn cancel_batch(&self, id: &str) -> Result<Cancelled, ClientError> {
         self.json(self.http.post(format!("{}/v1/batches/{id}/cancel", self.base)))
             .await
     }
 
-    pub async fn cancel_job(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn cancel_job(&self, id: &str) -> Result<Cancelled, ClientError> {
         self.json(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)))
             .await
     }
 
-    /// `POST /v1/jobs/{id}/review`: `decision` is `approve` or `reject`.
-    pub async fn review(&self, id: &str, decision: &str, comment: Option<&str>) -> Result<Value, ClientError> {
+    /// `POST /v1/jobs/{id}/review`: the job as the decision left it.
+    pub async fn review(
+        &self,
+        id: &str,
+        decision: ReviewDecision,
+        comment: Option<&str>,
+    ) -> Result<JobView, ClientError> {
         let mut body = json!({ "decision": decision });
         if let Some(c) = comment {
             body["comment"] = c.into();

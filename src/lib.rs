@@ -23,6 +23,8 @@
 //!   codes, token scopes and usage) every layer speaks, depending on none.
 //! - [`values`]: Python values as the sandbox reports them, and how a spec's
 //!   expected values (JSON) are compared with them.
+//! - [`views`]: the API's wire types, which the store fills, the HTTP API
+//!   serialises and the client reads back.
 //! - [`store`]: Postgres: batches, jobs, leases, attempts, artifacts.
 //! - [`queue`]: apalis-redis delivery (the only module naming Redis).
 //! - [`feeder`]: the bounded Redis window and reconciliation.
@@ -60,4 +62,5 @@ pub mod store;
 pub mod telemetry;
 pub mod validate;
 pub mod values;
+pub mod views;
 pub mod worker;

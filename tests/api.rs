@@ -1,13 +1,19 @@
 //! The HTTP API v1 contract against real Postgres and Redis: validation
-//! names fields and writes nothing, idempotency, status, paging, errors.
+//! names fields and writes nothing, idempotency, status, paging, errors,
+//! and the typed client reading every answer into its view.
 //! Every request carries a real `submit` token, as clients' do
 //! (`KILN_AUTH=required`; `tests/auth.rs` tests the tokens themselves).
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use kiln::auth::Scope;
+use kiln::client::{BatchListQuery, Client, ClientError};
+use kiln::views::{BatchView, Cancelled, Requeued};
+use serde::Serialize;
 use serde_json::{Value, json};
-use support::{Dispatcher, TestEnv, add_spec};
+use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, mock};
 
 /// A dispatcher that asks for tokens, and a `submit` token for it.
 async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> (Dispatcher, String) {
@@ -512,5 +518,106 @@ async fn a_connection_that_never_sends_its_promised_body_is_dropped_after_the_bo
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     }
     assert_eq!(env.count("batches").await, 0);
+    d.stop().await;
+}
+
+/// Checks that a typed answer, written back as JSON, is exactly what the
+/// dispatcher sends for `path` now: a field the server adds, renames or
+/// retypes without its view in `kiln::views` is lost or refused on the
+/// way, and fails here.
+async fn same_as_sent(d: &Dispatcher, token: &str, path: &str, typed: &impl Serialize) {
+    let (status, sent) = get(&format!("{}{path}", d.url), token).await;
+    assert_eq!(status, 200, "{path}: {sent}");
+    assert_eq!(serde_json::to_value(typed).unwrap(), sent, "{path}");
+}
+
+async fn finished(client: &Client, batch_id: &str) -> BatchView {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let batch = client.batch(batch_id).await.unwrap();
+        if batch.finished_at.is_some() {
+            return batch;
+        }
+        assert!(Instant::now() < deadline, "batch did not finish: {batch:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_every_answer_into_its_view_exactly_as_the_dispatcher_sent_it() {
+    let env = TestEnv::new().await;
+    let llm = mock(ADD_SCRIPT).await;
+    let settings = env.settings(&llm.base_url(), &[("KILN_AUTH", "required")]);
+    let d = Dispatcher::start(&settings).await;
+    let worker = InProcessWorker::start(&settings).await;
+    let token = env.token(Scope::Submit).await;
+    let client = Client::with_token(&d.url, &token).unwrap();
+
+    let created = client
+        .submit(&json!({"name": "typed", "specs": [add_spec(1), add_spec(2)]}), None)
+        .await
+        .unwrap();
+    assert_eq!(created.job_ids.len(), 2);
+    let id = created.batch_id.to_string();
+    let batch = finished(&client, &id).await;
+    assert_eq!(
+        (batch.state.as_str(), batch.total, batch.counts.succeeded),
+        ("succeeded", 2, 2)
+    );
+    assert!(batch.usage.prompt_tokens > 0, "{batch:?}");
+    assert!(batch.created_by.is_some(), "{batch:?}");
+    same_as_sent(&d, &token, &format!("/v1/batches/{id}"), &batch).await;
+
+    let jobs = client.all_jobs(&id, None).await.unwrap();
+    let listed: Vec<_> = jobs.iter().map(|j| j.job_id).collect();
+    assert_eq!(listed, created.job_ids);
+    same_as_sent(&d, &token, &format!("/v1/batches/{id}/jobs"), &json!({ "jobs": jobs })).await;
+
+    let job_id = created.job_ids[0].to_string();
+    let job = client.job(&job_id).await.unwrap();
+    assert_eq!(job.state, "succeeded");
+    assert!(job.result.as_ref().is_some_and(|r| !r.files.is_empty()), "{job:?}");
+    same_as_sent(&d, &token, &format!("/v1/jobs/{job_id}"), &job).await;
+
+    let attempts = client.attempts(&job_id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].state.as_str(), attempts[0].phase.as_str()),
+        ("passed", "tested")
+    );
+    assert!(attempts[0].tests.is_some(), "{attempts:?}");
+    same_as_sent(&d, &token, &format!("/v1/jobs/{job_id}/attempts"), &attempts).await;
+
+    let query = BatchListQuery {
+        name: Some("typed".into()),
+        ..BatchListQuery::default()
+    };
+    let batches = client.batches(&query, 10).await.unwrap();
+    assert_eq!(batches, [batch]);
+    same_as_sent(&d, &token, "/v1/batches?name=typed", &json!({ "batches": batches })).await;
+
+    let workers = client.workers().await.unwrap();
+    assert_eq!(workers.workers.len(), 1, "{workers:?}");
+    assert!(workers.workers[0].jobs.is_empty(), "{workers:?}");
+    same_as_sent(&d, &token, "/v1/workers", &workers).await;
+
+    let report = client.report(&id).await.unwrap();
+    assert_eq!((report.attempts[0].n, report.attempts[0].passed), (1, 2));
+    assert!(report.per_success.is_some(), "{report:?}");
+    same_as_sent(&d, &token, &format!("/v1/batches/{id}/report"), &report).await;
+
+    // Without a worker the retried jobs wait, queued, until cancelled.
+    worker.stop().await;
+    let requeued = client.retry_batch(&id, &["succeeded".into()]).await.unwrap();
+    assert_eq!(requeued, Requeued { requeued: 2 });
+    assert_eq!(client.job(&job_id).await.unwrap().run, 2);
+    assert_eq!(client.cancel_batch(&id).await.unwrap(), Cancelled { cancelled: 2 });
+    assert_eq!(client.batch(&id).await.unwrap().state, "cancelled");
+
+    // Errors are read into their body too.
+    match client.batch(&uuid::Uuid::now_v7().to_string()).await {
+        Err(ClientError::Api { status: 404, code, .. }) => assert_eq!(code, "not_found"),
+        other => panic!("expected a 404: {other:?}"),
+    }
     d.stop().await;
 }

@@ -783,7 +783,7 @@ async fn fuzzed_requests_with_fuzzed_tokens_get_401_or_403_by_scope_and_never_a_
         .await
         .unwrap();
     env.store.revoke_token(revoked.record.id).await.unwrap();
-    let created = kiln::client::Client::with_token(&d.url, &submit)
+    let created = support::JsonClient::with_token(&d.url, &submit)
         .unwrap()
         .submit(&json!({"specs": [add_spec(0)]}), None)
         .await

@@ -9,11 +9,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kiln::auth::Scope;
-use kiln::client::Client;
 use kiln::http::{V1Route, v1_routes};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, bin, mock, store_batch, wait_for_batch};
+use support::{
+    ADD_SCRIPT, Dispatcher, InProcessWorker, JsonClient, TestEnv, add_spec, bin, mock, store_batch, wait_for_batch,
+};
 
 const NO_LLM: &str = "http://127.0.0.1:9";
 
@@ -167,7 +168,7 @@ async fn submit_and_admin_tokens_can_submit_change_cancel_and_retry() {
     let d = dispatcher(&env).await;
     for scope in [Scope::Submit, Scope::Admin] {
         let token = env.token(scope).await;
-        let client = Client::with_token(&d.url, &token).unwrap();
+        let client = JsonClient::with_token(&d.url, &token).unwrap();
         let created = client
             .submit(&json!({"specs": [add_spec(0), add_spec(1)]}), None)
             .await
@@ -204,7 +205,7 @@ async fn a_batch_records_the_token_that_created_it() {
     let issued = kiln::auth::issue(&env.store, Scope::Submit, Some("nightly ci"))
         .await
         .unwrap();
-    let client = Client::with_token(&d.url, &issued.token).unwrap();
+    let client = JsonClient::with_token(&d.url, &issued.token).unwrap();
     let created = client.submit(&json!({"specs": [add_spec(0)]}), None).await.unwrap();
     let batch = client.batch(created["batch_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(
@@ -231,7 +232,7 @@ async fn a_revoked_token_is_refused_within_the_cache_lifetime() {
     let env = TestEnv::new().await;
     let d = dispatcher(&env).await;
     let issued = kiln::auth::issue(&env.store, Scope::Submit, None).await.unwrap();
-    let client = Client::with_token(&d.url, &issued.token).unwrap();
+    let client = JsonClient::with_token(&d.url, &issued.token).unwrap();
     let created = client.submit(&json!({"specs": [add_spec(0)]}), None).await.unwrap();
     let batch_id = created["batch_id"].as_str().unwrap();
     client.batch(batch_id).await.unwrap();
@@ -333,7 +334,7 @@ async fn token_create_prints_a_token_that_works_and_the_database_holds_only_its_
     // The printed token reads but cannot submit.
     let d = dispatcher(&env).await;
     let created = store_batch(&env.store, json!({"specs": [add_spec(0)]})).await;
-    let client = Client::with_token(&d.url, &token).unwrap();
+    let client = JsonClient::with_token(&d.url, &token).unwrap();
     client.batch(&created.batch_id.to_string()).await.unwrap();
     let refused = client.submit(&json!({"specs": [add_spec(1)]}), None).await.unwrap_err();
     assert!(refused.to_string().starts_with("HTTP 403 forbidden"), "{refused}");
@@ -394,7 +395,7 @@ async fn the_cli_with_kiln_token_submits_waits_and_downloads_end_to_end() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("{stdout}"))
         .to_owned();
-    let reader = Client::with_token(&d.url, &read_token).unwrap();
+    let reader = JsonClient::with_token(&d.url, &read_token).unwrap();
     let batch = wait_for_batch(&reader, &batch_id, Duration::from_secs(5)).await;
     assert_eq!(batch["state"], "succeeded", "{batch}");
 

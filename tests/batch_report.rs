@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kiln::store::report::BatchReport;
+use kiln::views::BatchReport;
 use serde_json::{Value, json};
 use support::{ADD_SCRIPT, Dispatcher, InProcessWorker, TestEnv, add_spec, mock, wait_for_batch};
 

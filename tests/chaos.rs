@@ -180,7 +180,7 @@ async fn kills_redis_flushes_and_a_postgres_restart_lose_nothing_and_pay_nothing
     ];
     let mut deployment = Deployment::start(&env, &llm.base_url(), &common).await;
     let api = deployment.api.clone();
-    let client = kiln::client::Client::new(&api);
+    let client = support::JsonClient::new(&api);
 
     let specs: Vec<Value> = (0..jobs).map(add_spec).collect();
     let created = client
@@ -331,7 +331,7 @@ async fn run_batch(specs: &[Value], scripts: Vec<ScriptFile>, chaos: Chaos) -> R
     let llm = MockServer::start(listener, scripts).unwrap();
     let mut deployment = Deployment::start(&env, &llm.base_url(), &[("KILN_WORKER_CONCURRENCY", "8")]).await;
     let api = deployment.api.clone();
-    let client = kiln::client::Client::new(&api);
+    let client = support::JsonClient::new(&api);
     // Every worker is up before the clock starts, with or without chaos.
     support::eventually(Duration::from_secs(30), "the workers registered", || async {
         env.count("workers").await == WORKERS as i64

@@ -338,8 +338,9 @@ async fn kiln_review_decides_and_waiting_on_a_review_batch_stops_at_jobs_awaitin
     d.stop().await;
 }
 
-/// The URL of a server that answers every request with HTTP 500.
-fn failing_server() -> String {
+/// The URL of a server that answers every request with `status` and the
+/// JSON `body`.
+fn canned_server(status: &'static str, body: &'static str) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -347,15 +348,41 @@ fn failing_server() -> String {
             let Ok(mut stream) = stream else { continue };
             let mut request = [0_u8; 4096];
             let _ = std::io::Read::read(&mut stream, &mut request);
-            let body = r#"{"error": {"code": "internal", "message": "internal error"}}"#;
             let _ = write!(
                 stream,
-                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
     });
     url
+}
+
+/// The URL of a server that answers every request with HTTP 500.
+fn failing_server() -> String {
+    canned_server(
+        "500 Internal Server Error",
+        r#"{"error": {"code": "internal", "message": "internal error"}}"#,
+    )
+}
+
+/// A report as the dispatcher writes it, with floats whose shortest text
+/// is 17 digits (Postgres's percentiles give such values).
+const REPORT: &str = r#"{"batch_id":"01a23dda-f4b3-7705-9dcd-306cbdfe3670","total":3,"counts":{"queued":0,"running":0,"awaiting_review":0,"succeeded":3,"failed":0,"cancelled":0},"attempts":[{"n":1,"jobs":3,"passed":3,"failed":0,"errored":0,"running":0,"pass_rate":1.0,"passed_by_now":3,"cumulative_pass_rate":1.0}],"usage":{"prompt_tokens":1200,"completion_tokens":108,"cost_usd":0.30000000000000004},"per_success":{"prompt_tokens":400.0,"completion_tokens":36.0},"phases":[{"phase":"queue","count":3,"p50_ms":275.884,"p90_ms":277.98400000000004,"p99_ms":278.4565,"max_ms":278.509},{"phase":"validate","count":2,"p50_ms":2.5,"p90_ms":3.7,"p99_ms":3.9699999999999998,"max_ms":4.0}],"failures":[],"attempt_failures":[],"rules":[]}"#;
+
+#[test]
+fn kiln_report_prints_the_dispatchers_floats_digit_for_digit() {
+    let url = canned_server("200 OK", REPORT);
+    let out = Command::new(bin("kiln"))
+        .env("KILN_URL", &url)
+        .args(["report", "01a23dda-f4b3-7705-9dcd-306cbdfe3670", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Numbers keep their text in a Value (arbitrary_precision): equal
+    // values are equal digit for digit.
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, serde_json::from_str::<Value>(REPORT).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,7 +280,7 @@ impl Drop for Driver {
 /// A batch with a succeeded, a repaired and a failed job, run to its end,
 /// and a cancelled one in a batch of its own. Returns the first batch's id
 /// and its jobs' ids.
-async fn submit_batches(client: &kiln::client::Client) -> (String, Vec<String>) {
+async fn submit_batches(client: &support::JsonClient) -> (String, Vec<String>) {
     let created = client
         .submit(
             &json!({"name": "browser batch", "specs": [add_spec(1), spec_named("fix_2"), spec_named("wrong_3")],
@@ -332,7 +332,7 @@ async fn sign_in_through_the_address(browser: &Driver, url: &str, token: &str) {
 
 /// The page's retry button reaches the API (the job's run becomes 2), and
 /// the page shows the new run.
-async fn retry_from_the_page(browser: &Driver, client: &kiln::client::Client, job_id: &str) {
+async fn retry_from_the_page(browser: &Driver, client: &support::JsonClient, job_id: &str) {
     browser.click("button[data-action='retry']").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -351,7 +351,7 @@ async fn retry_from_the_page(browser: &Driver, client: &kiln::client::Client, jo
 
 /// The page's re-judge button reaches the API (a run 2 replays attempt 2's
 /// answer), and the page shows the replay naming its source.
-async fn rejudge_from_the_page(browser: &Driver, client: &kiln::client::Client, job_id: &str) {
+async fn rejudge_from_the_page(browser: &Driver, client: &support::JsonClient, job_id: &str) {
     browser.click("button[data-action='rejudge']").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -396,7 +396,7 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
     let d = Dispatcher::start(&settings).await;
     let worker = InProcessWorker::start(&settings).await;
     let token = env.token(Scope::Submit).await;
-    let client = kiln::client::Client::with_token(&d.url, &token).unwrap();
+    let client = support::JsonClient::with_token(&d.url, &token).unwrap();
 
     let (batch, jobs) = submit_batches(&client).await;
     let (fixed, wrong) = (&jobs[1], &jobs[2]);
@@ -475,7 +475,7 @@ async fn the_dashboard_shows_jobs_awaiting_review_and_its_approve_and_reject_but
     let worker = InProcessWorker::start(&settings).await;
     // Review decisions are an admin's.
     let token = env.token(Scope::Admin).await;
-    let client = kiln::client::Client::with_token(&d.url, &token).unwrap();
+    let client = support::JsonClient::with_token(&d.url, &token).unwrap();
     let created = client
         .submit(
             &json!({"name": "review batch", "specs": [add_spec(1), add_spec(2)], "options": {"review": true}}),

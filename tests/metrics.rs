@@ -423,7 +423,7 @@ async fn batch_counts_kept_by_triggers_equal_a_recount_through_claims_faults_end
     assert_eq!(kept, recount, "after the retry");
     let status = store.batch(batch).await.unwrap();
     assert_eq!(
-        (status.state, status.counts.queued, status.finished_at),
+        (status.state.as_str(), status.counts.queued, status.finished_at),
         ("running", 5, None)
     );
 

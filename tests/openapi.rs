@@ -535,7 +535,7 @@ async fn check_authentication(c: &mut Checker, env: &TestEnv, b: &str) {
 /// A review batch (`options.review`): its job awaiting review, and the
 /// answers of a review: a submit token's 403, a bad decision's 400, the
 /// decided job, and a second decision's 409.
-async fn check_review(c: &mut Checker, env: &TestEnv, client: &kiln::client::Client) {
+async fn check_review(c: &mut Checker, env: &TestEnv, client: &support::JsonClient) {
     let body = json!({"specs": [add_spec(2)], "options": {"review": true}});
     let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
     assert_eq!(status, 201);
@@ -606,7 +606,7 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
         .collect();
     let (status, _) = c.check(Method::GET, "/v1/workers", "/v1/workers", None).await;
     assert_eq!(status, 200);
-    let client = kiln::client::Client::with_token(&d.url, &c.token).unwrap();
+    let client = support::JsonClient::with_token(&d.url, &c.token).unwrap();
     wait_for_batch(&client, &batch, Duration::from_secs(120)).await;
 
     let b = format!("/v1/batches/{batch}");

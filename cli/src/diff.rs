@@ -258,19 +258,7 @@ pub async fn run(
     from: Option<i32>,
     to: Option<i32>,
 ) -> anyhow::Result<()> {
-    let attempts: Vec<(i32, i32)> = client
-        .attempts(job)
-        .await?
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            Some((
-                i32::try_from(a["run"].as_i64()?).ok()?,
-                i32::try_from(a["n"].as_i64()?).ok()?,
-            ))
-        })
-        .collect();
+    let attempts: Vec<(i32, i32)> = client.attempts(job).await?.iter().map(|a| (a.run, a.n)).collect();
     let (run, from, to) = choose(job, &attempts, run, from, to)?;
     let before = client.attempt_files(job, Some(run), from).await?;
     let after = client.attempt_files(job, Some(run), to).await?;

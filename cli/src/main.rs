@@ -26,9 +26,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::client::{BatchListQuery, Client, ClientError, load_batch, parse_batch_text};
+use kiln::domain::ReviewDecision;
+use kiln::views::{AttemptView, BatchReport, BatchView, CodeCount, JobSummary, WorkerList};
+use serde::Serialize;
 use serde_json::Value;
 
 const EXIT_CODES: &str = "Exit codes: 0 all succeeded; 1 jobs failed or were cancelled; 2 usage \
@@ -194,67 +197,74 @@ enum Command {
     },
 }
 
-fn print(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+/// An answer as JSON. Through a `Value`, whose objects keep their keys
+/// sorted: `--output json|jsonl` prints what it printed when the client
+/// handed out untyped JSON.
+fn to_json(answer: &impl Serialize) -> Value {
+    serde_json::to_value(answer).expect("an API view is JSON")
 }
 
-fn print_line(value: &Value) {
-    println!("{value}");
+fn print(answer: &impl Serialize) {
+    println!("{}", serde_json::to_string_pretty(&to_json(answer)).unwrap_or_default());
 }
 
-/// Prints a JSON value as the chosen output asks: pretty for `json`, one
-/// line per element for `jsonl` (a non-array value is one line).
-fn emit(output: Output, value: &Value) {
-    match (output, value) {
+fn print_line(answer: &impl Serialize) {
+    println!("{}", to_json(answer));
+}
+
+/// Prints an answer as the chosen output asks: pretty for `json`, one line
+/// per element for `jsonl` (a non-array answer is one line).
+fn emit(output: Output, answer: &impl Serialize) {
+    match (output, to_json(answer)) {
         (Output::Jsonl, Value::Array(items)) => items.iter().for_each(print_line),
-        (Output::Jsonl, v) => print_line(v),
-        (_, v) => print(v),
+        (Output::Jsonl, v) => print_line(&v),
+        (_, v) => print(&v),
     }
 }
 
-fn summary(batch: &Value) -> String {
-    let c = &batch["counts"];
+/// A time as the API writes it (RFC 3339 in UTC, `Z`).
+fn timestamp(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn summary(batch: &BatchView) -> String {
+    let c = &batch.counts;
     // Only review batches have jobs awaiting review: others keep their line.
-    let awaiting = match c["awaiting_review"].as_i64() {
-        Some(n) if n > 0 => format!(", {n} awaiting review"),
-        _ => String::new(),
+    let awaiting = if c.awaiting_review > 0 {
+        format!(", {} awaiting review", c.awaiting_review)
+    } else {
+        String::new()
     };
     format!(
         "batch {} {}: {} total, {} queued, {} running{awaiting}, {} succeeded, {} failed, {} cancelled; tokens {} in / {} out",
-        batch["batch_id"].as_str().unwrap_or("?"),
-        batch["state"].as_str().unwrap_or("?"),
-        batch["total"],
-        c["queued"],
-        c["running"],
-        c["succeeded"],
-        c["failed"],
-        c["cancelled"],
-        batch["usage"]["prompt_tokens"],
-        batch["usage"]["completion_tokens"],
+        batch.batch_id,
+        batch.state,
+        batch.total,
+        c.queued,
+        c.running,
+        c.succeeded,
+        c.failed,
+        c.cancelled,
+        batch.usage.prompt_tokens,
+        batch.usage.completion_tokens,
     )
 }
 
-/// One line (plus details) saying how an attempt ended and why.
-fn describe_attempt(a: &Value) -> String {
+/// One line (plus details) saying how an attempt ended and why. The
+/// reports are read as JSON: they are stored as the worker that made the
+/// attempt wrote them, maybe an older version with other fields, and this
+/// shows what is there rather than refusing an attempt it cannot type.
+fn describe_attempt(a: &AttemptView) -> String {
     let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let mut out = format!(
         "run {} attempt {} {} (model {}, {} + {} tokens)",
-        a["run"],
-        a["n"],
-        text(&a["state"]),
-        text(&a["model"]),
-        a["usage"]["prompt_tokens"],
-        a["usage"]["completion_tokens"],
+        a.run, a.n, a.state, a.model, a.usage.prompt_tokens, a.usage.completion_tokens,
     );
-    if a["error"]["code"].is_string() {
-        let _ = write!(
-            out,
-            "\n    error {}: {}",
-            text(&a["error"]["code"]),
-            text(&a["error"]["message"])
-        );
+    if let Some(error) = &a.error {
+        let _ = write!(out, "\n    error {}: {}", error.code, error.message);
     }
-    for d in a["validation"]["diagnostics"].as_array().into_iter().flatten().take(5) {
+    let validation = a.validation.as_ref().unwrap_or(&Value::Null);
+    for d in validation["diagnostics"].as_array().into_iter().flatten().take(5) {
         let _ = write!(
             out,
             "\n    {}:{}:{} [{}] {}",
@@ -265,8 +275,7 @@ fn describe_attempt(a: &Value) -> String {
             text(&d["message"])
         );
     }
-    let tests = &a["tests"];
-    if tests.is_object() {
+    if let Some(tests) = a.tests.as_ref().filter(|t| t.is_object()) {
         let _ = write!(out, "\n    tests: {} of {} passed", tests["passed"], tests["total"]);
         if tests["problem"].is_string() {
             let _ = write!(out, "; {}", text(&tests["problem"]));
@@ -291,7 +300,7 @@ fn describe_attempt(a: &Value) -> String {
 /// end (`json`, which prints the final batch). A batch whose only unended
 /// jobs await review is settled too: nothing more happens without a person.
 /// On a terminal, text is one redrawn progress bar instead (`progress`).
-async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<Value> {
+async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Result<BatchView> {
     let mut last = String::new();
     let mut bar = if output == Output::Text {
         progress::Bar::on_terminal()
@@ -310,7 +319,7 @@ async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Resul
                 Output::Json => {}
             }
         }
-        if batch["finished_at"].is_string() || batch["state"] == "awaiting_review" {
+        if batch.finished_at.is_some() || batch.state == "awaiting_review" {
             match (output, bar) {
                 (Output::Json, _) => print(&batch),
                 (_, Some(bar)) => bar.finish(&line),
@@ -324,42 +333,41 @@ async fn watch(client: &Client, batch_id: &str, output: Output) -> anyhow::Resul
 }
 
 /// The numbers of a batch the progress bar shows.
-fn snapshot(batch: &Value) -> progress::Snapshot {
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let c = &batch["counts"];
+fn snapshot(batch: &BatchView) -> progress::Snapshot {
+    // Counts are never negative; a negative one would be a server bug, shown as 0.
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    let c = &batch.counts;
     progress::Snapshot {
-        total: n(&batch["total"]),
-        queued: n(&c["queued"]),
-        running: n(&c["running"]),
-        awaiting_review: n(&c["awaiting_review"]),
-        succeeded: n(&c["succeeded"]),
-        failed: n(&c["failed"]),
-        cancelled: n(&c["cancelled"]),
-        prompt_tokens: n(&batch["usage"]["prompt_tokens"]),
-        completion_tokens: n(&batch["usage"]["completion_tokens"]),
-        cost_usd: batch["usage"]["cost_usd"].as_f64(),
+        total: n(batch.total),
+        queued: n(c.queued),
+        running: n(c.running),
+        awaiting_review: n(c.awaiting_review),
+        succeeded: n(c.succeeded),
+        failed: n(c.failed),
+        cancelled: n(c.cancelled),
+        prompt_tokens: n(batch.usage.prompt_tokens),
+        completion_tokens: n(batch.usage.completion_tokens),
+        cost_usd: batch.usage.cost_usd,
     }
 }
 
 /// A batch that ended with a failed or cancelled job is exit code 1; one
 /// whose only unended jobs await review is 5, or 1 if some job failed or
 /// was cancelled already.
-fn outcome(batch: &Value) -> anyhow::Result<()> {
-    let id = batch["batch_id"].as_str().unwrap_or("?");
-    let count = |state: &str| batch["counts"][state].as_i64().unwrap_or(0);
-    match batch["state"].as_str() {
-        Some(state @ ("failed" | "cancelled")) => Err(JobsFailed(format!("batch {id} ended {state}")).into()),
-        Some("awaiting_review") if count("failed") + count("cancelled") > 0 => Err(JobsFailed(format!(
+fn outcome(batch: &BatchView) -> anyhow::Result<()> {
+    let id = batch.batch_id;
+    let c = &batch.counts;
+    match batch.state.as_str() {
+        state @ ("failed" | "cancelled") => Err(JobsFailed(format!("batch {id} ended {state}")).into()),
+        "awaiting_review" if c.failed + c.cancelled > 0 => Err(JobsFailed(format!(
             "batch {id}: {} failed, {} cancelled, {} awaiting review",
-            count("failed"),
-            count("cancelled"),
-            count("awaiting_review")
+            c.failed, c.cancelled, c.awaiting_review
         ))
         .into()),
-        Some("awaiting_review") => Err(AwaitingReview(format!(
+        "awaiting_review" => Err(AwaitingReview(format!(
             "batch {id}: {} jobs await review (list them with `kiln jobs {id} --state awaiting_review`, \
              decide with `kiln review JOB_ID --approve|--reject`)",
-            count("awaiting_review")
+            c.awaiting_review
         ))
         .into()),
         _ => Ok(()),
@@ -446,7 +454,8 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
 }
 
 /// The batch to submit: the file (`-`: standard input) with the command
-/// line's name and options over it.
+/// line's name and options over it. It stays JSON as the file wrote it:
+/// the dispatcher validates it and names the field at fault.
 fn read_batch(
     path: &std::path::Path,
     name: Option<String>,
@@ -488,15 +497,9 @@ async fn submit(
     wait: bool,
 ) -> anyhow::Result<()> {
     let created = client.submit(batch, idempotency_key).await?;
-    let id = created["batch_id"]
-        .as_str()
-        .context("no batch_id in the answer")?
-        .to_owned();
+    let id = created.batch_id.to_string();
     match output {
-        Output::Text => println!(
-            "submitted batch {id} with {} jobs",
-            created["job_ids"].as_array().map_or(0, Vec::len)
-        ),
+        Output::Text => println!("submitted batch {id} with {} jobs", created.job_ids.len()),
         // With --wait, json prints the final batch instead.
         Output::Json if wait => {}
         Output::Json => print(&created),
@@ -525,104 +528,87 @@ async fn status(client: &Client, output: Output, batch_id: &str, follow: bool) -
 }
 
 /// `part / whole` as a percentage with one decimal.
-fn percent(rate: &Value) -> String {
-    rate.as_f64()
-        .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0))
+fn percent(rate: f64) -> String {
+    format!("{:.1}%", rate * 100.0)
 }
 
-/// A number with at most one decimal (`-` when absent).
-fn decimal(v: &Value) -> String {
-    v.as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+/// A number with at most one decimal.
+fn decimal(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+/// `, $cost` when there is one.
+fn cost(usd: Option<f64>) -> String {
+    usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
 }
 
 /// `code n, code n` of a list of `{code, count}`, or `none`.
-fn code_counts(list: &Value) -> String {
-    let items: Vec<String> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| format!("{} {}", c["code"].as_str().unwrap_or("?"), c["count"]))
-        .collect();
-    if items.is_empty() {
-        "none".to_owned()
-    } else {
-        items.join(", ")
+fn code_counts(list: &[CodeCount]) -> String {
+    if list.is_empty() {
+        return "none".to_owned();
     }
+    let items: Vec<String> = list.iter().map(|c| format!("{} {}", c.code, c.count)).collect();
+    items.join(", ")
 }
 
-/// `kiln report` for people: a few tables. Numbers go through
-/// `to_string` first: a JSON value's `Display` ignores column widths.
-fn report_text(r: &Value) -> String {
-    let c = &r["counts"];
+/// `kiln report` for people: a few tables.
+fn report_text(r: &BatchReport) -> String {
+    let c = &r.counts;
     let mut out = format!(
         "batch {}: {} jobs, {} succeeded, {} failed, {} cancelled, {} queued, {} running\n",
-        r["batch_id"].as_str().unwrap_or("?"),
-        r["total"],
-        c["succeeded"],
-        c["failed"],
-        c["cancelled"],
-        c["queued"],
-        c["running"],
+        r.batch_id, r.total, c.succeeded, c.failed, c.cancelled, c.queued, c.running,
     );
     out.push_str("\nattempt   jobs  passed  failed  errored  pass rate  cumulative\n");
-    for a in r["attempts"].as_array().into_iter().flatten() {
+    for a in &r.attempts {
         let _ = writeln!(
             out,
             "{:>7}  {:>5}  {:>6}  {:>6}  {:>7}  {:>9}  {:>10}",
-            a["n"].to_string(),
-            a["jobs"].to_string(),
-            a["passed"].to_string(),
-            a["failed"].to_string(),
-            a["errored"].to_string(),
-            percent(&a["pass_rate"]),
-            percent(&a["cumulative_pass_rate"]),
+            a.n,
+            a.jobs,
+            a.passed,
+            a.failed,
+            a.errored,
+            percent(a.pass_rate),
+            percent(a.cumulative_pass_rate),
         );
     }
-    let u = &r["usage"];
-    let cost = |v: &Value| v.as_f64().map(|c| format!(", ${c:.4}")).unwrap_or_default();
+    let u = &r.usage;
     let _ = writeln!(
         out,
         "\ntokens: {} in / {} out{}",
-        u["prompt_tokens"],
-        u["completion_tokens"],
-        cost(&u["cost_usd"])
+        u.prompt_tokens,
+        u.completion_tokens,
+        cost(u.cost_usd)
     );
-    let s = &r["per_success"];
-    if s.is_object() {
+    if let Some(s) = &r.per_success {
         let _ = writeln!(
             out,
             "per success: {} in / {} out{}",
-            decimal(&s["prompt_tokens"]),
-            decimal(&s["completion_tokens"]),
-            cost(&s["cost_usd"])
+            decimal(s.prompt_tokens),
+            decimal(s.completion_tokens),
+            cost(s.cost_usd)
         );
     }
     out.push_str("\nphase       count    p50 ms    p90 ms    p99 ms    max ms\n");
-    for p in r["phases"].as_array().into_iter().flatten() {
+    for p in &r.phases {
         let _ = writeln!(
             out,
             "{:<9} {:>7} {:>9} {:>9} {:>9} {:>9}",
-            p["phase"].as_str().unwrap_or("?"),
-            p["count"].to_string(),
-            decimal(&p["p50_ms"]),
-            decimal(&p["p90_ms"]),
-            decimal(&p["p99_ms"]),
-            decimal(&p["max_ms"]),
+            p.phase,
+            p.count,
+            decimal(p.p50_ms),
+            decimal(p.p90_ms),
+            decimal(p.p99_ms),
+            decimal(p.max_ms),
         );
     }
-    let _ = writeln!(out, "\nfailed jobs: {}", code_counts(&r["failures"]));
-    let ended: Vec<String> = r["attempt_failures"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let _ = writeln!(out, "\nfailed jobs: {}", code_counts(&r.failures));
+    let ended: Vec<String> = r
+        .attempt_failures
+        .iter()
         .map(|a| {
-            let code = a["code"].as_str().map(|c| format!(" {c}")).unwrap_or_default();
-            format!(
-                "{} at {}{code} {}",
-                a["state"].as_str().unwrap_or("?"),
-                a["phase"].as_str().unwrap_or("?"),
-                a["count"]
-            )
+            let code = a.code.map(|c| format!(" {c}")).unwrap_or_default();
+            format!("{} at {}{code} {}", a.state, a.phase, a.count)
         })
         .collect();
     let _ = writeln!(
@@ -634,17 +620,13 @@ fn report_text(r: &Value) -> String {
             ended.join(", ")
         }
     );
-    let rules = r["rules"].as_array().map_or(&[][..], Vec::as_slice);
-    if !rules.is_empty() {
+    if !r.rules.is_empty() {
         out.push_str("\nrule                              diagnostics  attempts  jobs\n");
-        for rule in rules {
+        for rule in &r.rules {
             let _ = writeln!(
                 out,
                 "{:<32} {:>12} {:>9} {:>5}",
-                rule["rule"].as_str().unwrap_or("?"),
-                rule["diagnostics"].to_string(),
-                rule["attempts"].to_string(),
-                rule["jobs"].to_string(),
+                rule.rule, rule.diagnostics, rule.attempts, rule.jobs,
             );
         }
     }
@@ -652,60 +634,50 @@ fn report_text(r: &Value) -> String {
 }
 
 /// `kiln jobs`: the list as JSON, or a line per job.
-fn print_jobs(output: Output, jobs: Vec<Value>) {
+fn print_jobs(output: Output, jobs: &[JobSummary]) {
     if output != Output::Text {
-        return emit(output, &Value::Array(jobs));
+        return emit(output, &jobs);
     }
     for job in jobs {
-        let error = job["error"]["code"]
-            .as_str()
-            .map(|c| format!(" {c}"))
-            .unwrap_or_default();
+        let error = job.error.as_ref().map(|e| format!(" {}", e.code)).unwrap_or_default();
         println!(
             "{} {:<9} {:<8} run {} attempts {} {}{error}",
-            job["job_id"].as_str().unwrap_or("?"),
-            job["state"].as_str().unwrap_or("?"),
-            job["kind"].as_str().unwrap_or("?"),
-            job["run"],
-            job["attempts"],
-            job["label"].as_str().unwrap_or(""),
+            job.job_id, job.state, job.kind, job.run, job.attempts, job.label,
         );
     }
 }
 
 /// `kiln batches`: the list as JSON, or a line per batch.
-fn print_batches(output: Output, batches: Vec<Value>) {
+fn print_batches(output: Output, batches: &[BatchView]) {
     if output != Output::Text {
-        return emit(output, &Value::Array(batches));
+        return emit(output, &batches);
     }
-    for b in &batches {
+    for b in batches {
         println!(
-            "{} {:<9} {:>5}/{:<5} succeeded {} {}",
-            b["batch_id"].as_str().unwrap_or("?"),
-            b["state"].as_str().unwrap_or("?"),
-            b["counts"]["succeeded"],
-            b["total"],
-            b["created_at"].as_str().unwrap_or("?"),
-            b["name"].as_str().unwrap_or("-"),
+            "{} {:<9} {}/{} succeeded {} {}",
+            b.batch_id,
+            b.state,
+            b.counts.succeeded,
+            b.total,
+            timestamp(&b.created_at),
+            b.name.as_deref().unwrap_or("-"),
         );
     }
 }
 
-/// `kiln workers`: the list as JSON, or a line per worker.
-fn print_workers(output: Output, workers: &Value) {
+/// `kiln workers`: the workers as JSON, or a line per worker.
+fn print_workers(output: Output, list: &WorkerList) {
     if output != Output::Text {
-        return emit(output, workers);
+        return emit(output, &list.workers);
     }
-    for w in workers.as_array().into_iter().flatten() {
-        let slots = w["concurrency"]
-            .as_i64()
-            .map_or_else(|| "?".to_owned(), |c| c.to_string());
+    for w in &list.workers {
+        let slots = w.concurrency.map_or_else(|| "?".to_owned(), |c| c.to_string());
         println!(
             "{} {}/{slots} busy, started {}{}",
-            w["worker_id"].as_str().unwrap_or("?"),
-            w["slots_busy"],
-            w["started_at"].as_str().unwrap_or("?"),
-            if w["lock_missing_since"].is_string() {
+            w.worker_id,
+            w.slots_busy,
+            timestamp(&w.started_at),
+            if w.lock_missing_since.is_some() {
                 " (not answering)"
             } else {
                 ""
@@ -723,17 +695,18 @@ async fn review(
     approve: bool,
     comment: Option<&str>,
 ) -> anyhow::Result<()> {
-    let decision = if approve { "approve" } else { "reject" };
+    let decision = if approve {
+        ReviewDecision::Approve
+    } else {
+        ReviewDecision::Reject
+    };
     let job = client.review(job_id, decision, comment).await?;
     match output {
         Output::Text => println!(
             "job {job_id} {}: {}{}",
             if approve { "approved" } else { "rejected" },
-            job["state"].as_str().unwrap_or("?"),
-            job["error"]["code"]
-                .as_str()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default()
+            job.state,
+            job.error.map(|e| format!(" ({})", e.code)).unwrap_or_default()
         ),
         Output::Jsonl => print_line(&job),
         Output::Json => print(&job),
@@ -772,7 +745,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jobs { batch_id, state } => {
             let jobs = client.all_jobs(&batch_id, state.as_deref()).await?;
-            print_jobs(output, jobs);
+            print_jobs(output, &jobs);
         }
         Command::Job { job_id } => {
             let job = client.job(&job_id).await?;
@@ -795,13 +768,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 created_after,
                 created_before,
             };
-            print_batches(output, client.batches(&query, limit).await?);
+            print_batches(output, &client.batches(&query, limit).await?);
         }
         // Answered in main, before a runtime or a connection.
         Command::Schema | Command::Validate { .. } | Command::Completions { .. } => {}
         Command::Workers => {
-            let list = client.workers().await?;
-            print_workers(output, &list["workers"]);
+            print_workers(output, &client.workers().await?);
         }
         Command::Retry { batch_id, job, states } => {
             let answer = match (batch_id, job) {
@@ -840,28 +812,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `kiln attempts`: a paragraph per attempt, or the API's JSON.
-fn print_attempts(output: Output, json: bool, attempts: &Value) {
+fn print_attempts(output: Output, json: bool, attempts: &[AttemptView]) {
     match (output, json) {
         (Output::Text, false) => {
-            for a in attempts.as_array().into_iter().flatten() {
+            for a in attempts {
                 println!("{}", describe_attempt(a));
             }
         }
-        (Output::Text, true) => print(attempts),
-        (output, _) => emit(output, attempts),
+        (Output::Text, true) => print(&attempts),
+        (output, _) => emit(output, &attempts),
     }
 }
 
 /// `kiln download`: the paths written, a line each or as JSON.
 fn print_paths(output: Output, files: &[PathBuf]) {
-    let paths: Vec<Value> = files.iter().map(|f| f.display().to_string().into()).collect();
+    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     match output {
-        Output::Text => paths.iter().for_each(|p| println!("{}", p.as_str().unwrap_or(""))),
-        _ => emit(output, &Value::Array(paths)),
+        Output::Text => paths.iter().for_each(|p| println!("{p}")),
+        _ => emit(output, &paths),
     }
 }
 
-fn emit_answer(output: Output, answer: &Value) {
+fn emit_answer(output: Output, answer: &impl Serialize) {
     match output {
         Output::Jsonl => print_line(answer),
         _ => print(answer),

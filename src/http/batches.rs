@@ -11,15 +11,16 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::error::ErrorBody;
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
 use crate::domain::JobState;
 use crate::spec::{
     BatchRequest, Limits, Options, Spec, canonical_numbers, check_budget_tokens, find_nul, number_message,
 };
-use crate::store::batches::{BatchView, BudgetChange, CreatedBatch, JobPage, NewBatch};
-use crate::store::report::BatchReport;
+use crate::store::batches::{BudgetChange, NewBatch};
+use crate::views::{
+    BatchReport, BatchView, Cancelled, CreatedBatch, ErrorBody, JobPage, PatchedBatch, Rejudged, Requeued,
+};
 
 /// The body of `POST /v1/batches` (read by `spec::BatchRequest`, which
 /// names the field at fault; this type only describes it).
@@ -220,7 +221,95 @@ pub struct RetryBody {
 }
 
 fn default_retry_states() -> Vec<String> {
-    vec!["failed".into()]
+    Rerun::Retry
+        .default_states()
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejudgeBody {
+    /// Job states to re-judge: `succeeded` and `failed` (the default), `cancelled`.
+    #[serde(default = "default_rejudge_states")]
+    states: Vec<String>,
+}
+
+fn default_rejudge_states() -> Vec<String> {
+    Rerun::Rejudge
+        .default_states()
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
+/// What starts new runs of a batch's finished jobs: a retry (a fresh
+/// attempt budget) or a re-judge (a stored answer judged again).
+#[derive(Debug, Clone, Copy)]
+enum Rerun {
+    Retry,
+    Rejudge,
+}
+
+impl Rerun {
+    /// The states an empty body (or one without `states`) asks for.
+    fn default_states(self) -> &'static [JobState] {
+        match self {
+            Rerun::Retry => &[JobState::Failed],
+            Rerun::Rejudge => &[JobState::Succeeded, JobState::Failed],
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Rerun::Retry => "retried",
+            Rerun::Rejudge => "re-judged",
+        }
+    }
+}
+
+/// Reads a batch retry's or re-judge's body (none: the default states),
+/// checks that it names finished states, starts the new runs and wakes the
+/// feeder for the jobs they queued. Returns how many jobs were queued.
+async fn rerun_batch(state: &AppState, id: &str, body: Body, rerun: Rerun) -> Result<u64, ApiError> {
+    let id = parse_id(id, "batch_id")?;
+    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return start_runs(state, id, rerun, rerun.default_states()).await;
+    }
+    let names = match rerun {
+        Rerun::Retry => typed_body::<RetryBody>(&bytes)?.states,
+        Rerun::Rejudge => typed_body::<RejudgeBody>(&bytes)?.states,
+    };
+    start_runs(state, id, rerun, &finished_states(&names, rerun.verb())?).await
+}
+
+async fn start_runs(state: &AppState, id: Uuid, rerun: Rerun, states: &[JobState]) -> Result<u64, ApiError> {
+    // The store binds the states as text.
+    let states: Vec<String> = states.iter().map(|s| s.as_str().to_owned()).collect();
+    let queued = match rerun {
+        Rerun::Retry => state.store.retry_batch(id, &states).await?,
+        Rerun::Rejudge => state.store.rejudge_batch(id, &states).await?,
+    };
+    state.feeder_wake.notify_one();
+    Ok(queued)
+}
+
+/// The states a retry or re-judge names, each a finished one: a queued,
+/// running or awaiting-review job has not ended its run.
+fn finished_states(names: &[String], verb: &str) -> Result<Vec<JobState>, ApiError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match name.parse::<JobState>() {
+            Ok(state @ (JobState::Failed | JobState::Cancelled | JobState::Succeeded)) => Ok(state),
+            Ok(JobState::Queued | JobState::Running | JobState::AwaitingReview) | Err(_) => Err(ApiError::invalid(
+                format!("states[{i}]"),
+                format!("{name:?} cannot be {verb}; use failed, cancelled or succeeded"),
+            )),
+        })
+        .collect()
 }
 
 #[utoipa::path(post, path = "/v1/batches/{id}/retry", tag = "batches",
@@ -234,43 +323,8 @@ pub async fn retry(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_id(&id, "batch_id")?;
-    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
-    let states = if bytes.iter().all(u8::is_ascii_whitespace) {
-        default_retry_states()
-    } else {
-        let body: RetryBody = typed_body(&bytes)?;
-        body.states
-    };
-    finished_states(&states, "retried")?;
-    let requeued = state.store.retry_batch(id, &states).await?;
-    state.feeder_wake.notify_one();
+    let requeued = rerun_batch(&state, &id, body, Rerun::Retry).await?;
     Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
-}
-
-/// Checks that every state a retry or re-judge names is a finished one.
-fn finished_states(states: &[String], verb: &str) -> Result<(), ApiError> {
-    for (i, s) in states.iter().enumerate() {
-        if !["failed", "cancelled", "succeeded"].contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                format!("states[{i}]"),
-                format!("{s:?} cannot be {verb}; use failed, cancelled or succeeded"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RejudgeBody {
-    /// Job states to re-judge: `succeeded` and `failed` (the default), `cancelled`.
-    #[serde(default = "default_rejudge_states")]
-    states: Vec<String>,
-}
-
-fn default_rejudge_states() -> Vec<String> {
-    vec!["succeeded".into(), "failed".into()]
 }
 
 #[utoipa::path(post, path = "/v1/batches/{id}/rejudge", tag = "batches",
@@ -285,17 +339,7 @@ pub async fn rejudge(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = parse_id(&id, "batch_id")?;
-    let bytes = read_body(body, 64 * 1024, state.limits.body_timeout).await?;
-    let states = if bytes.iter().all(u8::is_ascii_whitespace) {
-        default_rejudge_states()
-    } else {
-        let body: RejudgeBody = typed_body(&bytes)?;
-        body.states
-    };
-    finished_states(&states, "re-judged")?;
-    let rejudged = state.store.rejudge_batch(id, &states).await?;
-    state.feeder_wake.notify_one();
+    let rejudged = rerun_batch(&state, &id, body, Rerun::Rejudge).await?;
     Ok((StatusCode::ACCEPTED, Json(Rejudged { rejudged })))
 }
 
@@ -316,31 +360,6 @@ pub struct PatchOptions {
     #[serde(default)]
     #[schema(minimum = -1000, maximum = 1000)]
     priority: Option<i32>,
-}
-
-/// `202` of a retry: jobs that start a new run.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Requeued {
-    pub requeued: u64,
-}
-
-/// `202` of a re-judge: jobs that start a re-judge run.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Rejudged {
-    pub rejudged: u64,
-}
-
-/// `202` of a cancel: jobs cancelled (running ones stop within a heartbeat).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Cancelled {
-    pub cancelled: u64,
-}
-
-/// The answer of `PATCH /v1/batches/{id}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PatchedBatch {
-    pub batch_id: Uuid,
-    pub options: Options,
 }
 
 #[utoipa::path(patch, path = "/v1/batches/{id}", tag = "batches",

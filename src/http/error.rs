@@ -8,32 +8,12 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::error;
 
 use crate::spec::FieldError;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
-
-/// Every error answer: `{"error": {"code", "message", "field"?}}`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `conflict`, `body_too_large`, `body_timeout`,
-    /// `unsupported_media_type`, `unavailable`, `internal`.
-    pub code: String,
-    /// For people; a 4xx's message starts with the offending field.
-    pub message: String,
-    /// The offending field of a 400 (`specs[3].endpoints[0].method`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -9,13 +9,11 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::batches::{Cancelled, Rejudged, Requeued, read_body, typed_body};
-use super::error::ErrorBody;
+use super::batches::{read_body, typed_body};
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Caller;
 use crate::domain::ReviewDecision;
-use crate::store::attempts::AttemptView;
-use crate::store::jobs::JobView;
+use crate::views::{AttemptView, Cancelled, ErrorBody, JobView, Rejudged, Requeued};
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path, description = "job id")),
     responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody), (status = 500, body = ErrorBody)))]

@@ -17,9 +17,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::batches::{self, BatchRequestBody};
-use super::error::{ErrorBody, ErrorDetail};
 use super::{jobs, ops, overview};
 use crate::spec::{Options, Spec};
+use crate::views::{ErrorBody, ErrorDetail};
 
 struct BearerAuth;
 

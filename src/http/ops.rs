@@ -44,7 +44,7 @@ pub struct Readiness {
     pub redis: &'static str,
     /// Present when not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<super::error::ErrorDetail>,
+    pub error: Option<crate::views::ErrorDetail>,
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
@@ -77,7 +77,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         status: if ready { "ready" } else { "unavailable" },
         postgres,
         redis,
-        error: (!ready).then(|| super::error::ErrorDetail {
+        error: (!ready).then(|| crate::views::ErrorDetail {
             code: "unavailable".into(),
             message: format!("service unavailable: {} unreachable", down.join(" and ")),
             field: None,
@@ -93,7 +93,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "OpenMetrics text: this process's counters and histograms, then the state of the world (jobs by state, queue depth, the oldest ready job's age, totals), read from maintained counts", content_type = "application/openmetrics-text", body = String),
-        (status = 503, body = super::error::ErrorBody), (status = 500, body = super::error::ErrorBody)))]
+        (status = 503, body = crate::views::ErrorBody), (status = 500, body = crate::views::ErrorBody)))]
 /// `/metrics`: [`crate::metrics::dispatcher_registry`] and the state of the
 /// world, one statement over `batch_counts` (a row per batch, kept by
 /// triggers) and three index lookups, whatever the history's size.

@@ -6,10 +6,10 @@ use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::store::batches::BATCH_STATES;
-use crate::store::overview::{BatchCursor, BatchFilter, BatchPage, WorkerList};
+use crate::store::overview::{BatchCursor, BatchFilter};
+use crate::views::{BatchPage, ErrorBody, WorkerList};
 
 /// Largest page of `GET /v1/batches`.
 pub const MAX_BATCH_PAGE: i64 = 1000;

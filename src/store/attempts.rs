@@ -8,14 +8,13 @@
 //! paid for twice (invariant 4). Rows are unique per (job, run, n): a
 //! duplicate writer cannot create a second attempt 2 (invariant 3).
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::{Lease, Store, StoreError, storable, storable_json};
 pub use crate::domain::{AttemptState, ErrorCode, FaultKind, Phase, TokenUsage};
 use crate::files::File;
+use crate::views::{AttemptRef, AttemptView, JobErrorView};
 
 /// An attempt as the worker reads it back to resume or to build a repair prompt.
 #[derive(Debug, Clone)]
@@ -53,64 +52,6 @@ pub struct Generation<'a> {
     pub usage: TokenUsage,
     pub cost_usd: Option<f64>,
     pub llm_ms: u64,
-}
-
-/// One entry of `GET /v1/jobs/{id}/attempts`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct AttemptView {
-    pub run: i32,
-    pub n: i32,
-    pub state: String,
-    pub phase: String,
-    pub model: String,
-    pub usage: TokenUsage,
-    /// Static validation's findings (absent before the answer was validated).
-    #[schema(value_type = Option<crate::report::ValidationReport>)]
-    pub validation: Option<Value>,
-    /// The sandbox's verdict (absent before the code was tested).
-    #[schema(value_type = Option<crate::report::TestReport>)]
-    pub tests: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<super::jobs::JobErrorView>,
-    pub finish_reason: Option<String>,
-    /// Provider faults retried during this attempt (they did not spend it).
-    pub llm_faults: i32,
-    /// Sandbox faults retried during this attempt.
-    pub sandbox_faults: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_fault: Option<String>,
-    /// Every fault met: `[{"kind", "class", "message", "at"}]`.
-    pub faults: Value,
-    /// Price of the tokens (when the model is in `KILN_LLM_PRICES`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-    /// Set when this attempt reused a passing result (`options.cache`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cached_from: Option<Uuid>,
-    /// Set when this attempt re-judged a stored answer (`POST …/rejudge`):
-    /// the attempt of this job whose answer it replayed, without a model request.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rejudged_from: Option<AttemptRef>,
-    pub timings_ms: Value,
-    pub worker_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// The messages sent to the model (with `?full=true`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<Value>,
-    /// The model's raw answer (with `?full=true`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<String>,
-    /// Takeovers that interrupted this attempt, and why each was or was not
-    /// blamed on the job.
-    pub takeovers: Vec<super::jobs::TakeoverView>,
-}
-
-/// An attempt of the same job, by run and number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct AttemptRef {
-    pub run: i32,
-    pub n: i32,
 }
 
 /// Row shape of [`AttemptRecord`] as sqlx reads it.
@@ -667,7 +608,7 @@ impl Store {
                 },
                 validation: r.validation,
                 tests: r.tests,
-                error: super::jobs::JobErrorView::from_columns(r.error_code, r.error_message),
+                error: JobErrorView::from_columns(r.error_code, r.error_message),
                 finish_reason: r.finish_reason,
                 llm_faults: r.llm_faults,
                 sandbox_faults: r.sandbox_faults,

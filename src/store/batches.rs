@@ -5,13 +5,11 @@
 //! triggers on `jobs` and `attempts` keep in the same transactions as the
 //! writes they count (migrations/0015): a status read never counts jobs.
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::tokens::Creator;
 use super::{Store, StoreError};
 use crate::spec::{Options, Spec};
+use crate::views::{BatchView, Counts, CreatedBatch, Creator, JobErrorView, JobPage, JobSummary, Usage};
 
 /// The states a batch can be in, as [`batch_state`] derives them.
 pub const BATCH_STATES: [&str; 6] = [
@@ -54,101 +52,12 @@ pub struct NewBatch<'a> {
     pub created_by: Option<Uuid>,
 }
 
-/// The result of creating (or replaying) a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct CreatedBatch {
-    pub batch_id: Uuid,
-    /// In the order of the submitted specs.
-    pub job_ids: Vec<Uuid>,
-    /// True when the idempotency key matched an earlier identical request.
-    #[serde(skip)]
-    pub replayed: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Counts {
-    pub queued: i64,
-    pub running: i64,
-    /// Passed, waiting for a person's decision (`options.review`).
-    pub awaiting_review: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub cancelled: i64,
-}
-
-impl Counts {
-    pub fn total(&self) -> i64 {
-        self.queued + self.running + self.awaiting_review + self.succeeded + self.failed + self.cancelled
-    }
-
-    /// No job is queued, running or awaiting review: every job has ended.
-    pub fn done(&self) -> bool {
-        self.queued == 0 && self.running == 0 && self.awaiting_review == 0
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Usage {
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    /// Sum of the priced attempts' costs; absent when no attempt's model
-    /// has a price in `KILN_LLM_PRICES`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-}
-
-/// `GET /v1/batches/{id}`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct BatchView {
-    pub batch_id: Uuid,
-    pub name: Option<String>,
-    /// `queued` (nothing started), `running`, `awaiting_review` (nothing
-    /// queued or running, some jobs wait for a person's decision), or once
-    /// every job is terminal: `failed` if any failed, else `cancelled` if
-    /// any was cancelled, else `succeeded`.
-    #[schema(value_type = String, pattern = "^(queued|running|awaiting_review|succeeded|failed|cancelled)$")]
-    pub state: &'static str,
-    pub total: i64,
-    pub counts: Counts,
-    pub usage: Usage,
-    /// The options the batch was submitted with, defaults filled in.
-    #[schema(value_type = crate::spec::Options)]
-    pub options: serde_json::Value,
-    /// The token that created the batch; `null` when it was created with
-    /// `KILN_AUTH=off`.
-    pub created_by: Option<Creator>,
-    pub created_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
 /// What `PATCH /v1/batches/{id}` does to `budget_tokens`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BudgetChange {
     Keep,
     Remove,
     Set(u64),
-}
-
-/// One row of `GET /v1/batches/{id}/jobs`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct JobSummary {
-    pub job_id: Uuid,
-    pub position: i32,
-    pub kind: String,
-    pub label: String,
-    pub state: String,
-    pub run: i32,
-    pub attempts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<super::jobs::JobErrorView>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct JobPage {
-    pub jobs: Vec<JobSummary>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 impl Store {
@@ -265,7 +174,7 @@ impl Store {
         };
         let total = counts.total();
         let done = counts.done();
-        let state = batch_state(&counts, b.started);
+        let state = batch_state(&counts, b.started).to_owned();
         Ok(BatchView {
             batch_id,
             name: b.name,
@@ -365,7 +274,7 @@ impl Store {
                 state: r.state,
                 run: r.run,
                 attempts: r.attempts,
-                error: super::jobs::JobErrorView::from_columns(r.error_code, r.error_message),
+                error: JobErrorView::from_columns(r.error_code, r.error_message),
             })
             .collect();
         Ok(JobPage { jobs, next_cursor })

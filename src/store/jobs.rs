@@ -13,14 +13,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::reviews::ReviewView;
 use super::{Lease, Store, StoreError, storable};
 use crate::domain::{ErrorCode, JobState};
 use crate::spec::{Options, Spec};
+use crate::views::{FileView, JobErrorView, JobView, ResultView, TakeoverView};
 
 /// What a successful claim hands the worker.
 #[derive(Debug, Clone)]
@@ -144,22 +142,6 @@ pub fn blame(activity: Option<Activity>, cause: &str, before_restart: bool) -> (
     }
 }
 
-/// One takeover, as `GET /v1/jobs/{id}` and the attempts show it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct TakeoverView {
-    pub run: i32,
-    /// The attempt that was running (absent before the first one).
-    pub attempt: Option<i32>,
-    pub lost_by: String,
-    pub taken_by: Option<String>,
-    /// `worker_died`, `lease_expired` or `panic`.
-    pub cause: String,
-    pub activity: Option<String>,
-    pub blamed: bool,
-    pub reason: String,
-    pub at: DateTime<Utc>,
-}
-
 /// How a job ended, as recorded by its lease holder.
 #[derive(Debug, Clone, Copy)]
 pub enum JobOutcome<'a> {
@@ -175,72 +157,6 @@ pub enum JobOutcome<'a> {
         code: ErrorCode,
         message: &'a str,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct JobErrorView {
-    pub code: String,
-    pub message: String,
-}
-
-impl JobErrorView {
-    pub(crate) fn from_columns(code: Option<String>, message: Option<String>) -> Option<JobErrorView> {
-        code.map(|code| JobErrorView {
-            code,
-            message: message.unwrap_or_default(),
-        })
-    }
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FileView {
-    pub path: String,
-    pub size: i32,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ResultView {
-    /// Number of the passing attempt within its run.
-    pub attempt: i32,
-    pub run: i32,
-    pub files: Vec<FileView>,
-}
-
-/// `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct JobView {
-    pub job_id: Uuid,
-    pub batch_id: Uuid,
-    pub kind: String,
-    pub state: String,
-    pub run: i32,
-    /// Attempts started in the current run.
-    pub attempts: i64,
-    pub max_attempts: i32,
-    /// Takeovers from workers that died under the job, in the current run.
-    pub crashes: i32,
-    /// Those of them counted against the job (`crash_loop` at the limit).
-    pub blamed_crashes: i32,
-    /// The job runs alone in its worker since a death was blamed on it.
-    pub isolated: bool,
-    /// What the lease holder is doing now (while running).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub activity: Option<String>,
-    /// Every takeover of every run, oldest first, and why it was or was not blamed.
-    pub takeovers: Vec<TakeoverView>,
-    /// Every review decision of every run, oldest first (batches with
-    /// `options.review`).
-    pub reviews: Vec<ReviewView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<JobErrorView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<ResultView>,
-    #[schema(value_type = crate::spec::Spec)]
-    pub spec: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl Store {

@@ -12,12 +12,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::batches::{BatchView, Counts, Usage, batch_state};
-use super::tokens::Creator;
+use super::batches::batch_state;
 use super::{Store, StoreError};
+use crate::views::{BatchPage, BatchView, Counts, Creator, Usage, WorkerJob, WorkerList, WorkerView};
 
 /// Filters and position of one page of the batch listing.
 #[derive(Debug, Clone, Default)]
@@ -56,53 +55,6 @@ impl BatchCursor {
             id: Uuid::try_parse(id).ok()?,
         })
     }
-}
-
-/// A page of `GET /v1/batches`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct BatchPage {
-    /// Newest first; each as `GET /v1/batches/{id}` shows it.
-    pub batches: Vec<BatchView>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
-
-/// A live worker process (`GET /v1/workers`).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct WorkerView {
-    /// What the worker writes as the lease owner of its jobs.
-    pub worker_id: String,
-    pub started_at: DateTime<Utc>,
-    /// Jobs it runs at once (`KILN_WORKER_CONCURRENCY`); null for a worker
-    /// that did not record it.
-    pub concurrency: Option<i32>,
-    /// Slots taken: the running jobs whose lease it holds.
-    pub slots_busy: i64,
-    /// Set while its liveness lock is missing: it is declared dead, and its
-    /// jobs handed to others, if the lock does not come back within about a
-    /// second.
-    pub lock_missing_since: Option<DateTime<Utc>>,
-    /// The jobs in its hands, oldest claim first.
-    pub jobs: Vec<WorkerJob>,
-}
-
-/// A job a worker holds the lease of.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct WorkerJob {
-    pub job_id: Uuid,
-    pub batch_id: Uuid,
-    pub run: i32,
-    /// What the worker is doing for it (`model`, `sandbox`, …).
-    pub activity: Option<String>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-}
-
-/// `GET /v1/workers`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct WorkerList {
-    /// Registered and not declared dead, oldest first.
-    pub workers: Vec<WorkerView>,
 }
 
 impl Store {
@@ -176,7 +128,7 @@ impl Store {
                 BatchView {
                     batch_id: r.id,
                     name: r.name,
-                    state: batch_state(&counts, r.started),
+                    state: batch_state(&counts, r.started).to_owned(),
                     total: counts.total(),
                     finished_at: if counts.done() { r.finished_at } else { None },
                     counts,

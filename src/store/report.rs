@@ -21,138 +21,15 @@
 //! row by row into Rust, so a 200,000-job batch is a few scans, not a
 //! transfer (see the `metrics` bench).
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::batches::{Counts, Usage};
 use super::{Store, StoreError};
-use crate::domain::{AttemptState, ErrorCode, Phase};
+use crate::views::{
+    AttemptFailures, AttemptPassRate, BatchReport, CodeCount, PerSuccess, PhaseTimes, RuleCount, Usage,
+};
 
 /// How many rules [`BatchReport::rules`] lists at most.
 pub const TOP_RULES: i64 = 20;
-
-/// `GET /v1/batches/{id}/report`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchReport {
-    pub batch_id: Uuid,
-    /// Jobs in the batch.
-    pub total: i64,
-    /// Jobs by state, as in the batch's status.
-    pub counts: Counts,
-    /// One entry per attempt number some job's current run reached, in
-    /// order: attempt 1 first.
-    pub attempts: Vec<AttemptPassRate>,
-    /// Tokens and cost of every attempt of every run (what was paid).
-    pub usage: Usage,
-    /// `usage` divided by the succeeded jobs; absent while none succeeded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_success: Option<PerSuccess>,
-    /// Time spent per phase, in pipeline order, over the current runs'
-    /// attempts (attempts reused from the cache, which took no time, are
-    /// left out); a phase nothing measured yet is absent.
-    pub phases: Vec<PhaseTimes>,
-    /// Failed jobs by their error code, most frequent first.
-    pub failures: Vec<CodeCount>,
-    /// Attempts of the current runs that ended `failed` or `error`, by
-    /// state, the last phase they stored and error code, most frequent
-    /// first.
-    pub attempt_failures: Vec<AttemptFailures>,
-    /// Error-severity diagnostics of the current runs' attempts by rule,
-    /// most frequent first, at most 20 rules.
-    pub rules: Vec<RuleCount>,
-}
-
-/// How the jobs that reached attempt `n` of their current run fared at it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AttemptPassRate {
-    /// The attempt number, from 1.
-    pub n: i32,
-    /// Jobs whose current run reached attempt `n`.
-    pub jobs: i64,
-    /// Of those, jobs whose attempt `n` passed.
-    pub passed: i64,
-    /// Whose attempt `n` failed: the model's answer was wrong.
-    pub failed: i64,
-    /// Whose attempt `n` was ended by something other than the model
-    /// (provider, sandbox, budget, cancellation; see `attempt_failures`).
-    pub errored: i64,
-    /// Whose attempt `n` has not ended yet.
-    pub running: i64,
-    /// `passed / jobs`: how often attempt `n` passed when it was made.
-    pub pass_rate: f64,
-    /// Jobs that passed at attempt `n` or earlier.
-    pub passed_by_now: i64,
-    /// `passed_by_now` over the jobs that made at least one attempt: the
-    /// batch's pass rate with an attempt budget of `n` (pass@n).
-    pub cumulative_pass_rate: f64,
-}
-
-/// What one succeeded job cost on average, failed jobs' spending included.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PerSuccess {
-    pub prompt_tokens: f64,
-    pub completion_tokens: f64,
-    /// Absent when no attempt's model has a price in `KILN_LLM_PRICES`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-}
-
-/// Percentiles of one phase's duration, in milliseconds (continuous
-/// percentiles: they may fall between two measured values).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PhaseTimes {
-    /// `queue`: from the batch's submission to the start of the job's
-    /// first attempt, for jobs still in their first run (a retry's wait is
-    /// not recorded); or a key of the attempts' `timings_ms`: `llm` (the
-    /// model's answer), `validate`, `sandbox`, `total` (the whole attempt).
-    pub phase: String,
-    /// Measurements the percentiles are over.
-    pub count: i64,
-    pub p50_ms: f64,
-    pub p90_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-/// How many jobs or attempts ended with an error code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CodeCount {
-    #[schema(value_type = String)]
-    pub code: ErrorCode,
-    pub count: i64,
-}
-
-/// How many attempts ended the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct AttemptFailures {
-    /// `failed` (the model's answer was wrong) or `error` (something else
-    /// ended the attempt: see `code`).
-    #[schema(value_type = String)]
-    pub state: AttemptState,
-    /// The last step the attempt stored: a `failed` attempt at `validated`
-    /// failed its static checks (an answer that could not be read as files
-    /// too: see the `response-*` rules), at `tested` its tests.
-    #[schema(value_type = String)]
-    pub phase: Phase,
-    /// What ended an `error` attempt; absent for `failed` ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub code: Option<ErrorCode>,
-    pub count: i64,
-}
-
-/// How often one static-check rule failed an answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RuleCount {
-    /// The diagnostics' `rule` (`python-syntax`, `missing-file`, …).
-    pub rule: String,
-    /// Error-severity diagnostics with this rule.
-    pub diagnostics: i64,
-    /// Attempts with at least one of them.
-    pub attempts: i64,
-    /// Jobs with at least one such attempt.
-    pub jobs: i64,
-}
 
 /// Per-attempt counts as the first query reads them.
 struct AttemptCounts {

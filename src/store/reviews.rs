@@ -14,31 +14,14 @@
 //! - Decisions are never overwritten: a rejected job retried and reviewed
 //!   again adds a row.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::tokens::Creator;
 use super::{Store, StoreError, storable};
 use crate::domain::{ErrorCode, JobState, ReviewDecision};
+use crate::views::{Creator, ReviewView};
 
 /// The message of a job rejected without a comment.
 pub const REJECTED: &str = "rejected in review";
-
-/// One decision on a job awaiting review, as `GET /v1/jobs/{id}` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ReviewView {
-    /// The run whose passing result was judged.
-    pub run: i32,
-    /// Number of that passing attempt within its run.
-    pub attempt: i32,
-    #[schema(value_type = String, pattern = "^(approve|reject)$")]
-    pub decision: ReviewDecision,
-    pub comment: Option<String>,
-    pub at: DateTime<Utc>,
-    /// The token that decided; `null` with `KILN_AUTH=off`.
-    pub by: Option<Creator>,
-}
 
 impl Store {
     /// Records a person's decision on a job awaiting review: approve →

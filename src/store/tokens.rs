@@ -17,13 +17,6 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The API token that made a batch or a review decision, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Creator {
-    pub token_id: Uuid,
-    pub name: Option<String>,
-}
-
 /// The CHECK constraint of `api_tokens.scope` keeps other values out.
 fn scope(raw: &str) -> Scope {
     raw.parse().expect("api_tokens.scope holds a known scope")

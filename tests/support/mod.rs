@@ -9,10 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::client::Client;
+use kiln::client::{Client, ClientError};
 use kiln::config::Settings;
 use kiln::store::Store;
 use kiln_mock_llm::{MockServer, ScriptFile};
+use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +155,7 @@ pub async fn demo_mock() -> MockServer {
 /// A dispatcher running in this process on a free port.
 pub struct Dispatcher {
     pub url: String,
-    pub client: Client,
+    pub client: JsonClient,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -171,7 +172,7 @@ impl Dispatcher {
             app.run_until_stopped(stop).await.expect("dispatcher runs");
         });
         Dispatcher {
-            client: Client::new(&url),
+            client: JsonClient(Client::new(&url)),
             url,
             shutdown,
             handle,
@@ -200,8 +201,78 @@ impl Dispatcher {
     }
 }
 
+/// The typed client (`kiln::client`) as the tests read it: every answer
+/// is read into its view, so a field a test looks at must survive
+/// `kiln::views`, then handed over as JSON, the API's wire shape that the
+/// tests assert on.
+#[derive(Debug, Clone)]
+pub struct JsonClient(pub Client);
+
+fn json(view: impl Serialize) -> Value {
+    serde_json::to_value(view).expect("a view serialises")
+}
+
+impl JsonClient {
+    pub fn new(base: &str) -> JsonClient {
+        JsonClient(Client::new(base))
+    }
+
+    pub fn with_token(base: &str, token: &str) -> Result<JsonClient, ClientError> {
+        Client::with_token(base, token).map(JsonClient)
+    }
+
+    pub async fn submit(&self, batch: &Value, idempotency_key: Option<&str>) -> Result<Value, ClientError> {
+        self.0.submit(batch, idempotency_key).await.map(json)
+    }
+
+    pub async fn batch(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.batch(id).await.map(json)
+    }
+
+    pub async fn report(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.report(id).await.map(json)
+    }
+
+    pub async fn all_jobs(&self, id: &str, state: Option<&str>) -> Result<Vec<Value>, ClientError> {
+        let jobs = self.0.all_jobs(id, state).await?;
+        Ok(jobs.iter().map(json).collect())
+    }
+
+    pub async fn workers(&self) -> Result<Value, ClientError> {
+        self.0.workers().await.map(json)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.job(id).await.map(json)
+    }
+
+    pub async fn retry_batch(&self, id: &str, states: &[String]) -> Result<Value, ClientError> {
+        self.0.retry_batch(id, states).await.map(json)
+    }
+
+    pub async fn retry_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.retry_job(id).await.map(json)
+    }
+
+    pub async fn rejudge_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.rejudge_job(id).await.map(json)
+    }
+
+    pub async fn cancel_batch(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.cancel_batch(id).await.map(json)
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<Value, ClientError> {
+        self.0.cancel_job(id).await.map(json)
+    }
+
+    pub async fn download(&self, id: &str, dir: &std::path::Path) -> Result<Vec<PathBuf>, ClientError> {
+        self.0.download(id, dir).await
+    }
+}
+
 /// Creates a batch straight in the store (no dispatcher), from a request body.
-pub async fn store_batch(store: &Store, body: Value) -> kiln::store::batches::CreatedBatch {
+pub async fn store_batch(store: &Store, body: Value) -> kiln::views::CreatedBatch {
     let limits = kiln::spec::Limits {
         max_specs: 100_000,
         max_spec_bytes: 1_000_000,
@@ -298,7 +369,7 @@ impl Drop for Proc {
 }
 
 /// Polls a batch until no job is queued or running.
-pub async fn wait_for_batch(client: &Client, batch_id: &str, timeout: Duration) -> Value {
+pub async fn wait_for_batch(client: &JsonClient, batch_id: &str, timeout: Duration) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let batch = client.batch(batch_id).await.expect("batch status");
