@@ -194,8 +194,7 @@ impl Store {
     ) -> Result<AttemptRecord, StoreError> {
         let prompt = storable_json(prompt);
         let prompt = prompt.as_ref();
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, prompt_version, worker_id, lease_epoch)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -227,8 +226,7 @@ impl Store {
         g: &Generation<'_>,
     ) -> Result<(), StoreError> {
         let (response, finish_reason) = (storable(g.response), g.finish_reason.map(storable));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET phase = 'generated', response = $2, finish_reason = $3, prompt_tokens = $4,
@@ -259,8 +257,7 @@ impl Store {
         validation: &Value,
         validate_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let paths: Vec<String> = files.iter().map(|f| storable(&f.path).into_owned()).collect();
         let validation = storable_json(validation);
         let validation = validation.as_ref();
@@ -311,8 +308,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tests = storable_json(tests);
         let tests = tests.as_ref();
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET phase = 'tested', tests = $2,
@@ -346,8 +342,7 @@ impl Store {
         message: &str,
     ) -> Result<i32, StoreError> {
         let (class, message) = (storable(class), storable(message));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let count = sqlx::query_scalar!(
             r#"UPDATE attempts
                SET llm_faults = llm_faults + CASE WHEN $2 = 'llm' THEN 1 ELSE 0 END,
@@ -400,8 +395,7 @@ impl Store {
         if !budgeted {
             return Ok(true);
         }
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let budget = sqlx::query_scalar!(
             r#"SELECT (options->>'budget_tokens')::int8 AS budget FROM batches WHERE id = $1 FOR UPDATE"#,
             batch_id
@@ -503,8 +497,7 @@ impl Store {
         prompt: &Value,
         prompt_version: &str,
     ) -> Result<Option<AttemptRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let source = sqlx::query!(
             r#"SELECT a.id, a.response, a.finish_reason, a.validation, a.tests
                FROM jobs me
@@ -579,8 +572,7 @@ impl Store {
         n: i32,
         source: Uuid,
     ) -> Result<AttemptRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"INSERT INTO attempts (id, job_id, run, n, phase, model, prompt, prompt_version, response,
                                      finish_reason, worker_id, lease_epoch, rejudged_from, generated_at)
@@ -614,8 +606,7 @@ impl Store {
         error: Option<(ErrorCode, &str)>,
     ) -> Result<(), StoreError> {
         let (code, message) = (error.map(|e| e.0.as_str()), error.map(|e| storable(e.1)));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET state = $2, error_code = $3, error_message = $4, finished_at = now(), reserved_tokens = 0,

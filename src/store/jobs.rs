@@ -348,8 +348,7 @@ impl Store {
     /// takeover, and hands the job back to the queue at once for another
     /// worker (isolated from now on). Returns the job's blamed crashes.
     pub async fn release_after_panic(&self, lease: &Lease, message: &str) -> Result<i32, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let job = sqlx::query!(
             r#"UPDATE jobs
                SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL,
@@ -444,8 +443,7 @@ impl Store {
     /// Records the job's end under its lease. A job reaches `succeeded` at
     /// most once per run: the fence fails for anyone but the current holder.
     pub async fn finish_job(&self, lease: &Lease, outcome: JobOutcome<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let (state, code, message, attempt) = match outcome {
             JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
             JobOutcome::AwaitingReview { attempt_id } => (JobState::AwaitingReview, None, None, Some(attempt_id)),

@@ -8,8 +8,9 @@
 //! # Fencing
 //!
 //! A worker owns a job only through its [`Lease`] (owner, epoch). Every write a
-//! worker makes goes through [`Lease::fence`], which locks the job row and
-//! checks that the epoch is still the current one and the job still running.
+//! worker makes is in a transaction begun by [`Store::fenced`], whose
+//! [`Lease::fence`] locks the job row and checks that the epoch is still the
+//! current one and the job still running.
 //! A takeover, a cancel or a retry bumps the epoch, so a worker that lost its
 //! lease gets [`StoreError::LeaseLost`] instead of writing (invariant 2).
 //!
@@ -220,6 +221,16 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a transaction fenced by `lease` (see [`Lease::fence`] for
+    /// why): every write a worker makes on a job's behalf is in one. The
+    /// caller commits it; dropping it, on an error or an early return, rolls
+    /// it back.
+    pub(crate) async fn fenced(&self, lease: &Lease) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        Ok(tx)
+    }
+
     /// `SELECT 1`, for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query_scalar!("SELECT 1 AS \"one!\"")
@@ -245,7 +256,7 @@ impl Lease {
     /// The row lock is what makes fencing airtight: a takeover or cancel that
     /// races with this write waits for `tx` to end, and a write that comes
     /// after them sees the new epoch and is refused.
-    pub async fn fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    async fn fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         let held = sqlx::query_scalar!(
             "SELECT 1 AS \"held!\" FROM jobs WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running' FOR UPDATE",
             self.job_id,
