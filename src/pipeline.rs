@@ -1050,7 +1050,7 @@ fn tests_failure(t: &TestReport) -> String {
         "{} of {} tests failed, first: {}",
         t.failed,
         t.total,
-        prompt::clip(&first, 500)
+        crate::text::clip(&first, 500)
     )
 }
 

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use crate::llm::Message;
 use crate::report::{Outcome, Severity, TestReport, ValidationReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::text;
 use crate::values::{Py, Side};
 
 /// Identifies the wording of every prompt below.
@@ -383,28 +384,22 @@ pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
     out
 }
 
-/// The first `max` characters of `s` (on a char boundary), marked when cut.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
+/// At most the first `max` bytes of `s`, telling the model how much was cut.
+fn clip(s: &str, max: usize) -> String {
+    let kept = text::head(s, max);
+    if kept.len() == s.len() {
         return s.to_owned();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n… [{} more characters]", &s[..end], s.len() - end)
+    format!("{kept}\n… [{} more characters]", s.len() - kept.len())
 }
 
-/// The last `max` characters of `s`, marked when cut.
+/// At most the last `max` bytes of `s`, telling the model how much was cut.
 fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
+    let kept = text::tail(s, max);
+    if kept.len() == s.len() {
         return s.to_owned();
     }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[{} earlier characters] …\n{}", start, &s[start..])
+    format!("[{} earlier characters] …\n{kept}", s.len() - kept.len())
 }
 
 #[cfg(test)]

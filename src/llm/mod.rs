@@ -416,12 +416,7 @@ pub(crate) fn clip_provider_message(body: &str) -> String {
     // One line: it ends up in a job's error, a log line and the check's
     // report (servers put tracebacks in theirs).
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let redacted = redact_keys(&text);
-    let mut clipped: String = redacted.chars().take(500).collect();
-    if clipped.len() < redacted.len() {
-        clipped.push('…');
-    }
-    clipped
+    crate::text::clip(&redact_keys(&text), 500)
 }
 
 /// Replaces things shaped like API keys (`sk-…`, long opaque tokens).

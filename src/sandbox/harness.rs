@@ -23,6 +23,7 @@ use super::{Limits, RunOutput, Sandbox, SandboxError};
 use crate::files::File;
 use crate::report::{Outcome, TestCase, TestReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::text;
 use crate::values::{Py, Side};
 
 /// The trusted checker, run inside every sandbox.
@@ -467,29 +468,25 @@ fn mismatch(expected: &Value, actual: &Value) -> String {
         Py::from_json(actual, Side::Result),
     ) {
         (Ok(e), Ok(a)) if e.type_name() == a.type_name() => {
-            format!("expected {}, got {}", clip(e.repr()), clip(a.repr()))
+            format!(
+                "expected {}, got {}",
+                text::clip(&e.repr(), SHOWN),
+                text::clip(&a.repr(), SHOWN)
+            )
         }
         (Ok(e), Ok(a)) => format!(
             "expected {} {}, got {} {}",
             e.type_name(),
-            clip(e.repr()),
+            text::clip(&e.repr(), SHOWN),
             a.type_name(),
-            clip(a.repr())
+            text::clip(&a.repr(), SHOWN)
         ),
         _ => format!("expected {}, got {}", short(expected), short(actual)),
     }
 }
 
-fn clip(text: String) -> String {
-    if text.len() <= 300 {
-        return text;
-    }
-    let mut end = 300;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
+/// How much of a value a failure message repeats.
+const SHOWN: usize = 300;
 
 fn render_args(input: &Value) -> String {
     match input {
@@ -504,17 +501,11 @@ fn render_args(input: &Value) -> String {
 }
 
 fn short(v: &Value) -> String {
-    clip(v.to_string())
+    text::clip(&v.to_string(), SHOWN)
 }
 
 fn stderr_tail(output: &RunOutput) -> String {
-    let text = String::from_utf8_lossy(&output.stderr);
-    let start = text.len().saturating_sub(4000);
-    let mut start = start;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_owned()
+    text::tail(&String::from_utf8_lossy(&output.stderr), 4000).to_owned()
 }
 
 #[cfg(test)]
