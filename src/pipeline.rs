@@ -151,7 +151,12 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Stop {
         match e {
             StoreError::LeaseLost => Stop::LeaseLost,
-            other => Stop::Store(other),
+            e @ (StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::NotFound(_)
+            | StoreError::Conflict(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Unreadable { .. }) => Stop::Store(e),
         }
     }
 }
@@ -809,23 +814,19 @@ impl Pipeline {
     /// Retries a database call while the database is unreachable (restart,
     /// failover), so a blink does not fail jobs. Gives up after ~2 minutes
     /// or when the job is interrupted.
-    async fn retry_db<T, F, Fut>(&self, cancel: &CancellationToken, mut call: F) -> Result<T, StoreError>
+    async fn retry_db<T, F, Fut>(&self, cancel: &CancellationToken, call: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let deadline = Instant::now() + Duration::from_mins(2);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match call().await {
-                Err(e) if e.is_transient() && Instant::now() < deadline && !cancel.is_cancelled() => {
-                    warn!(error = %e, "database unavailable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        crate::store::retry_while_unavailable(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            || Instant::now() < deadline && !cancel.is_cancelled(),
+            call,
+        )
+        .await
     }
 
     /// Starts a step of the job's own work inside the worker process (one

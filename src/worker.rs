@@ -393,17 +393,18 @@ impl Worker {
     pub async fn process(&self, job_id: Uuid) -> bool {
         let inner = &self.inner;
         let store = &inner.pipeline.store;
-        let claimed = loop {
-            match store.claim(job_id, &inner.id, inner.lease_ttl).await {
-                Ok(c) => break c,
-                Err(e) if e.is_transient() && !inner.draining.load(Ordering::SeqCst) => {
-                    warn!(error = %e, "database unavailable while claiming; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    error!(error = %e, "claiming the job failed");
-                    return false;
-                }
+        let claimed = crate::store::retry_while_unavailable(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            || !inner.draining.load(Ordering::SeqCst),
+            || store.claim(job_id, &inner.id, inner.lease_ttl),
+        )
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                error!(error = %e, "claiming the job failed");
+                return false;
             }
         };
         let Some(job) = claimed else {
@@ -486,18 +487,20 @@ impl Worker {
         error!(panic = %message, "the job panicked; handing it back");
         self.inner.panicked.lock().unwrap().insert(lease.job_id, Instant::now());
         let store = &self.inner.pipeline.store;
-        for _ in 0..20 {
-            match store.release_after_panic(lease, &message).await {
-                Ok(blamed) => {
-                    info!(blamed_crashes = blamed, "panic recorded; job handed back");
-                    return;
-                }
-                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(500)).await,
-                Err(e) => {
-                    warn!(error = %e, "recording the panic failed (the lease will expire)");
-                    return;
-                }
-            }
+        let mut tries = 1;
+        let recorded = crate::store::retry_while_unavailable(
+            Duration::from_millis(500),
+            Duration::from_millis(500),
+            || {
+                tries += 1;
+                tries <= 20
+            },
+            || store.release_after_panic(lease, &message),
+        )
+        .await;
+        match recorded {
+            Ok(blamed) => info!(blamed_crashes = blamed, "panic recorded; job handed back"),
+            Err(e) => warn!(error = %e, "recording the panic failed (the lease will expire)"),
         }
     }
 }

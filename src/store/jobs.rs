@@ -305,8 +305,14 @@ impl Store {
         if let Some(waited) = before.queued_for {
             crate::metrics::observe_phase("queue_wait", Duration::from_secs_f64(waited.max(0.0)));
         }
-        let spec: Spec = serde_json::from_value(row.spec)
-            .map_err(|e| StoreError::Conflict(format!("job {job_id} has an unreadable spec: {e}")))?;
+        let spec: Spec = serde_json::from_value(row.spec).map_err(|error| StoreError::Unreadable {
+            what: format!("spec of job {job_id}"),
+            error,
+        })?;
+        let options = serde_json::from_value(row.options).map_err(|error| StoreError::Unreadable {
+            what: format!("options of batch {}", row.batch_id),
+            error,
+        })?;
         Ok(Some(Claimed {
             lease: Lease {
                 job_id,
@@ -316,7 +322,7 @@ impl Store {
             batch_id: row.batch_id,
             run: row.run,
             spec,
-            options: serde_json::from_value(row.options).unwrap_or_default(),
+            options,
             max_attempts: row.max_attempts,
             crashes: row.crashes,
             blamed_crashes: row.blamed_crashes,

@@ -141,6 +141,11 @@ pub enum StoreError {
     /// code): refused rather than read as a default.
     #[error("unreadable stored value: {0}")]
     Corrupt(crate::domain::UnknownName),
+    /// A stored JSON document this build cannot read (a format it does not
+    /// know, a hand edit): refused rather than read as defaults, which
+    /// would drop what it says (a batch's budget, say).
+    #[error("unreadable stored {what}: {error}")]
+    Unreadable { what: String, error: serde_json::Error },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -184,7 +189,35 @@ impl StoreError {
             | StoreError::LeaseLost
             | StoreError::NotFound(_)
             | StoreError::Conflict(_)
-            | StoreError::Corrupt(_) => false,
+            | StoreError::Corrupt(_)
+            | StoreError::Unreadable { .. } => false,
+        }
+    }
+}
+
+/// Calls `call` again while the database cannot answer it
+/// ([`StoreError::is_transient`]: a restart, a failover) and `keep_trying()`
+/// allows, pausing `pause` after the first failure and twice as long after
+/// each next one, up to `max_pause`. Returns the first result that is not
+/// such a failure, or the last failure when `keep_trying()` said to stop.
+pub async fn retry_while_unavailable<T, Fut>(
+    pause: Duration,
+    max_pause: Duration,
+    mut keep_trying: impl FnMut() -> bool,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = pause;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && keep_trying() => {
+                tracing::warn!(error = %e, "database unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(max_pause);
+            }
+            other => return other,
         }
     }
 }
