@@ -2,8 +2,13 @@
 //! job's lease, heartbeats it, and runs the [`Pipeline`] on it, many jobs at
 //! once (model calls are I/O-bound).
 //!
-//! A message is acknowledged only after the job's outcome is persisted (or
-//! the claim was refused because someone else owns or finished the job).
+//! A message is acknowledged once Postgres holds what happens to the job
+//! next: its outcome, its release (interrupted, deferred, panicked) for the
+//! feeder to send again, a lease that another worker holds or that will
+//! expire (a run a storage error aborted), or a finished state that refuses
+//! the claim. Postgres, not the message, is what a job's resumption relies
+//! on; a message goes back to the queue only while the worker drains or
+//! when claiming failed.
 //! On shutdown the worker stops taking messages, lets in-flight jobs run for
 //! the grace period, then interrupts them and releases their leases so other
 //! workers resume them at once from their last persisted phase.

@@ -37,7 +37,8 @@ impl AnthropicClient {
     pub fn new(settings: &LlmSettings) -> Result<AnthropicClient, LlmError> {
         let mut headers = vec![("anthropic-version", API_VERSION.to_owned(), false)];
         if let Some(key) = &settings.api_key {
-            // The only place the key is exposed (invariant 7).
+            // The key is exposed here and in the OpenAI client's constructor only, into a
+            // header marked sensitive (invariant 7).
             headers.push(("x-api-key", key.expose_secret().to_owned(), true));
         }
         Ok(AnthropicClient {

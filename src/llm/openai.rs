@@ -35,7 +35,8 @@ impl OpenAiClient {
     pub fn new(settings: &LlmSettings) -> Result<OpenAiClient, LlmError> {
         let mut headers = Vec::new();
         if let Some(key) = &settings.api_key {
-            // The only place the key is exposed (invariant 7).
+            // The key is exposed here and in the Anthropic client's constructor only, into a
+            // header marked sensitive (invariant 7).
             match settings.provider {
                 LlmProvider::Azure => headers.push(("api-key", key.expose_secret().to_owned(), true)),
                 _ => headers.push(("authorization", format!("Bearer {}", key.expose_secret()), true)),
