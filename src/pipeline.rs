@@ -32,7 +32,7 @@ use crate::llm::{ChatRequest, ChatResponse, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
-use crate::sandbox::{Limits, Sandbox, harness};
+use crate::sandbox::{RunLimits, Sandbox, harness};
 use crate::spec::Spec;
 use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
 use crate::store::jobs::{Activity, Claimed, JobOutcome};
@@ -60,7 +60,7 @@ pub struct PipelineSettings {
     /// Worker deaths blamed on a job (see [`crate::store::jobs::blame`])
     /// tolerated per run.
     pub crash_limit: u32,
-    pub limits: Limits,
+    pub limits: RunLimits,
     /// US dollars per million tokens, by model.
     pub prices: std::collections::BTreeMap<String, Price>,
 }
@@ -1151,7 +1151,7 @@ mod tests {
             llm_max_wait: Duration::from_secs(60),
             crash_limit: 3,
             prices: std::collections::BTreeMap::new(),
-            limits: Limits {
+            limits: RunLimits {
                 timeout: Duration::from_secs(1),
                 memory_mb: 1,
                 pids: 1,

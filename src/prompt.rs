@@ -405,7 +405,7 @@ fn tail(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Diagnostic, TestCase};
+    use crate::report::{Diagnostic, TestCaseResult};
 
     #[test]
     fn feedback_lists_each_error_once_with_its_location() {
@@ -466,7 +466,7 @@ mod tests {
             .collect();
         let v = ValidationReport::from_diagnostics(diags);
         let t = TestReport::from_cases(
-            vec![TestCase {
+            vec![TestCaseResult {
                 name: "test_x".into(),
                 outcome: Outcome::Failed,
                 message: "assert 1 == 2".into(),
@@ -492,12 +492,12 @@ mod tests {
     fn failing_tests_are_named_with_their_message() {
         let t = TestReport::from_cases(
             vec![
-                TestCase {
+                TestCaseResult {
                     name: "case_0".into(),
                     outcome: Outcome::Passed,
                     message: String::new(),
                 },
-                TestCase {
+                TestCaseResult {
                     name: "case_1".into(),
                     outcome: Outcome::Failed,
                     message: "add(2, 2): expected 4, got 5".into(),
@@ -525,12 +525,12 @@ mod tests {
 
     #[test]
     fn kilns_own_endpoint_findings_lead_the_failing_tests_and_survive_the_cap() {
-        let suite = (0..40).map(|i| TestCase {
+        let suite = (0..40).map(|i| TestCaseResult {
             name: format!("tests: tests/test_notes.py::test_{i}"),
             outcome: Outcome::Failed,
             message: "assert 500 == 201\n".repeat(40),
         });
-        let kiln = TestCase {
+        let kiln = TestCaseResult {
             name: "kiln: POST /notes".into(),
             outcome: Outcome::Failed,
             message: "POST /notes with {\"title\": \"kiln\"} answered 500 (a server error): Internal Server Error"

@@ -42,9 +42,9 @@ use crate::config::Settings;
 use crate::llm::LlmClient;
 use crate::llm::guard::Guard;
 use crate::pipeline::{Backoff, JobEnd, Pipeline, PipelineSettings};
-use crate::queue::coordination::Coordination;
+use crate::queue::guard_state::GuardState;
 use crate::queue::{self, Handler};
-use crate::sandbox::{Limits, Sandbox, Slots};
+use crate::sandbox::{RunLimits, Sandbox, Slots};
 use crate::store::liveness::Registration;
 use crate::store::{Store, StoreError};
 
@@ -119,7 +119,7 @@ impl Worker {
     pub async fn build(settings: &Settings) -> Result<Worker, WorkerError> {
         let store = Store::connect(&settings.database_url, settings.worker.db_connections).await?;
         let llm = crate::llm::build(&settings.llm)?;
-        let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
+        let shared = GuardState::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox = crate::sandbox::build(&settings.sandbox).await?;
         let worker = Worker::from_parts(settings, store, llm, Guard::new(shared, &settings.llm), sandbox);
         if let Some(addr) = settings.worker.metrics_addr {
@@ -166,7 +166,7 @@ impl Worker {
                 },
                 llm_max_wait: settings.llm.max_wait,
                 crash_limit: settings.worker.crash_limit,
-                limits: Limits::from_settings(&settings.sandbox),
+                limits: RunLimits::from_settings(&settings.sandbox),
                 prices: settings.llm.prices.clone(),
             },
         };
