@@ -28,13 +28,13 @@ use crate::config::Price;
 use crate::domain::ErrorCode;
 use crate::files::File;
 use crate::llm::guard::{Guard, estimate_tokens};
-use crate::llm::{ChatRequest, ChatResponse, Disposition, LlmClient, Message};
+use crate::llm::{Answer, ChatRequest, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
 use crate::sandbox::{RunLimits, Sandbox, harness};
 use crate::spec::Spec;
-use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
+use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Phase, StoredAnswer};
 use crate::store::jobs::{Activity, Claimed, JobOutcome};
 use crate::store::{Lease, Store, StoreError};
 use crate::validate;
@@ -423,7 +423,7 @@ impl Pipeline {
                 });
             }
             (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
-            (_, Some(stored)) => Generated {
+            (_, Some(stored)) => AttemptAnswer {
                 content: stored.clone(),
                 finish_reason: attempt.finish_reason.clone(),
             },
@@ -502,7 +502,7 @@ impl Pipeline {
         job: &Claimed,
         attempt: &AttemptRecord,
         cancel: &CancellationToken,
-    ) -> Result<Generated, Stop> {
+    ) -> Result<AttemptAnswer, Stop> {
         let lease = &job.lease;
         let request = self.chat_request(job, attempt, cancel).await?;
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
@@ -633,24 +633,24 @@ impl Pipeline {
         job: &Claimed,
         attempt: &AttemptRecord,
         model: &str,
-        answer: ChatResponse,
+        answer: Answer,
         llm_ms: u64,
         cancel: &CancellationToken,
-    ) -> Result<Generated, Stop> {
+    ) -> Result<AttemptAnswer, Stop> {
         let lease = &job.lease;
         let cost = self.settings.prices.get(model).map(|p| {
             (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
                 + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
                 / 1_000_000.0
         });
-        let generation = Generation {
+        let stored = StoredAnswer {
             response: &answer.content,
             finish_reason: answer.finish_reason.as_deref(),
             usage: answer.usage,
             cost_usd: cost,
             llm_ms,
         };
-        self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
+        self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &stored))
             .await?;
         if attempt.n > 1 {
             let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
@@ -658,7 +658,7 @@ impl Pipeline {
                 warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
             }
         }
-        Ok(Generated {
+        Ok(AttemptAnswer {
             content: answer.content,
             finish_reason: answer.finish_reason,
         })
@@ -911,7 +911,7 @@ impl Answers {
 }
 
 /// The stored or fresh answer of an attempt.
-struct Generated {
+struct AttemptAnswer {
     content: String,
     finish_reason: Option<String>,
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::wire::{parse_body, post_json};
 use super::{
-    ChatRequest, ChatResponse, LlmClient, LlmError, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
+    Answer, ChatRequest, LlmClient, LlmError, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
 };
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
 use crate::domain::TokenUsage;
@@ -96,7 +96,7 @@ struct CompletionUsage {
 }
 
 impl LlmClient for OpenAiClient {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Answer, LlmError>> {
         Box::pin(async move {
             let tokens_param = request.tokens_param.unwrap_or(self.tokens_param);
             let mut body = json!({ "messages": request.messages });
@@ -140,7 +140,7 @@ impl LlmClient for OpenAiClient {
 }
 
 /// Reads a chat-completions response body.
-pub(crate) fn parse_completion(text: &str) -> Result<ChatResponse, LlmError> {
+pub(crate) fn parse_completion(text: &str) -> Result<Answer, LlmError> {
     let completion: Completion = parse_body(text)?;
     let choice = completion
         .choices
@@ -158,7 +158,7 @@ pub(crate) fn parse_completion(text: &str) -> Result<ChatResponse, LlmError> {
         (_, Some(refusal)) => refusal,
         (c, None) => c.unwrap_or_default(),
     };
-    Ok(ChatResponse {
+    Ok(Answer {
         content,
         finish_reason: choice.finish_reason,
         usage,

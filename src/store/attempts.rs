@@ -47,7 +47,7 @@ pub struct PastSuccess {
 
 /// A model answer as stored on its attempt.
 #[derive(Debug, Clone, Copy)]
-pub struct Generation<'a> {
+pub struct StoredAnswer<'a> {
     pub response: &'a str,
     pub finish_reason: Option<&'a str>,
     pub usage: TokenUsage,
@@ -223,7 +223,7 @@ impl Store {
         &self,
         lease: &Lease,
         attempt_id: Uuid,
-        g: &Generation<'_>,
+        g: &StoredAnswer<'_>,
     ) -> Result<(), StoreError> {
         let (response, finish_reason) = (storable(g.response), g.finish_reason.map(storable));
         let mut tx = self.fenced(lease).await?;
