@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::reviews::ReviewView;
 use super::{Lease, Store, StoreError, storable};
-use crate::domain::{ErrorCode, JobState};
+use crate::domain::{ErrorCode, JobState, TakeoverCause};
 use crate::spec::{Options, Spec};
 
 /// What a successful claim hands the worker.
@@ -117,10 +117,11 @@ impl Activity {
 
 /// Whether a worker's death is counted against the job, and why: only when
 /// the job was doing its own work inside the dead process.
-pub fn blame(activity: Option<Activity>, cause: &str) -> (bool, String) {
+pub fn blame(activity: Option<Activity>, cause: TakeoverCause) -> (bool, String) {
     let how = match cause {
-        "worker_died" => "its worker died (liveness lock gone)",
-        _ => "its lease expired without being released",
+        TakeoverCause::WorkerDied => "its worker died (liveness lock gone)",
+        TakeoverCause::LeaseExpired => "its lease expired without being released",
+        TakeoverCause::Panic => "it panicked in its worker",
     };
     match activity {
         Some(a) if a.in_worker() => (true, format!("{how} while the job {}: blamed", a.doing())),
@@ -253,12 +254,19 @@ impl Store {
         else {
             return Ok(None);
         };
-        let takeover = before.lease_owner.map(|lost_by| {
-            let cause = before.lost_cause.unwrap_or_else(|| "lease_expired".into());
-            let activity = before.activity.as_deref().and_then(Activity::parse);
-            let (blamed, reason) = blame(activity, &cause);
-            (lost_by, cause, blamed, reason)
-        });
+        let takeover = match before.lease_owner {
+            Some(lost_by) => {
+                // No cause recorded: nobody saw the holder go; its lease ran out.
+                let cause = before
+                    .lost_cause
+                    .as_deref()
+                    .map_or(Ok(TakeoverCause::LeaseExpired), str::parse)?;
+                let activity = before.activity.as_deref().and_then(Activity::parse);
+                let (blamed, reason) = blame(activity, cause);
+                Some((lost_by, cause, blamed, reason))
+            }
+            None => None,
+        };
         let blamed = takeover.as_ref().is_some_and(|t| t.2);
         let row = sqlx::query!(
             r#"UPDATE jobs j
@@ -293,7 +301,7 @@ impl Store {
                 before.run,
                 lost_by,
                 owner,
-                cause,
+                cause.as_str(),
                 before.activity,
                 blamed,
                 reason,
