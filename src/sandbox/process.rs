@@ -229,11 +229,6 @@ impl ProcessSandbox {
         self.inner.refill.notify_one();
     }
 
-    /// Whether runs are limited by cgroups (else by rlimits only).
-    pub fn has_cgroups(&self) -> bool {
-        self.inner.cgroups.is_some()
-    }
-
     async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
         let started = Instant::now();
         let key = Key {
