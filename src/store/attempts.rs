@@ -31,8 +31,6 @@ pub struct AttemptRecord {
     pub finish_reason: Option<String>,
     pub validation: Option<Value>,
     pub tests: Option<Value>,
-    pub llm_faults: i32,
-    pub sandbox_faults: i32,
     pub error_code: Option<ErrorCode>,
     pub error_message: Option<String>,
 }
@@ -126,8 +124,6 @@ struct AttemptRow {
     finish_reason: Option<String>,
     validation: Option<Value>,
     tests: Option<Value>,
-    llm_faults: i32,
-    sandbox_faults: i32,
     error_code: Option<String>,
     error_message: Option<String>,
 }
@@ -151,8 +147,6 @@ impl TryFrom<AttemptRow> for AttemptRecord {
             finish_reason: r.finish_reason,
             validation: r.validation,
             tests: r.tests,
-            llm_faults: r.llm_faults,
-            sandbox_faults: r.sandbox_faults,
             error_code: r.error_code.as_deref().map(str::parse).transpose()?,
             error_message: r.error_message,
         })
@@ -165,7 +159,7 @@ impl Store {
         let row = sqlx::query_as!(
             AttemptRow,
             r#"SELECT id, run, n, phase, state, model, prompt, response, finish_reason, validation, tests,
-                      llm_faults, sandbox_faults, error_code, error_message
+                      error_code, error_message
                FROM attempts
                WHERE job_id = $1 AND run = $2
                  AND n = coalesce($3, (SELECT max(n) FROM attempts WHERE job_id = $1 AND run = $2))"#,
