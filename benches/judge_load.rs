@@ -28,7 +28,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kiln::config::Settings;
-use kiln::sandbox::Limits;
+use kiln::sandbox::RunLimits;
 use sandbox_support::{Backend, TestSandbox, cpu_heavy_job};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -39,7 +39,7 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-async fn bench(backend: Backend, limits: &Limits, rounds: usize, in_flight: usize) -> bool {
+async fn bench(backend: Backend, limits: &RunLimits, rounds: usize, in_flight: usize) -> bool {
     let job = cpu_heavy_job();
     let sandbox = TestSandbox::new(backend, limits, in_flight).await;
 
@@ -177,7 +177,7 @@ fn cores() -> usize {
 #[tokio::main]
 async fn main() {
     let settings = Settings::from_vars(std::iter::empty()).expect("the default settings");
-    let limits = Limits::from_settings(&settings.sandbox);
+    let limits = RunLimits::from_settings(&settings.sandbox);
     let rounds = env_or("KILN_BENCH_ROUNDS", 10);
     let in_flight = env_or("KILN_BENCH_IN_FLIGHT", 16);
     let scenario = std::env::var("KILN_BENCH_SCENARIO").unwrap_or_default();

@@ -28,8 +28,10 @@ use secrecy::SecretString;
 pub enum ConfigError {
     #[error("{var}: {message}")]
     Invalid { var: &'static str, message: String },
-    #[error("reading config file {path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    // The cause is in the message, so the field is not named `source`
+    // (which would make it the error's source too, printed twice in a chain).
+    #[error("reading config file {path}: {error}")]
+    File { path: PathBuf, error: std::io::Error },
     #[error("parsing config file {path}: {message}")]
     FileFormat { path: PathBuf, message: String },
     /// `names`: each unknown variable with the closest setting.
@@ -746,9 +748,9 @@ fn parse_prices(raw: &str) -> Result<std::collections::BTreeMap<String, Price>, 
 /// setting's; a table (`llm_extra_body = { reasoning_effort = "low" }`)
 /// becomes its JSON text.
 fn read_file(path: PathBuf) -> Result<HashMap<String, String>, ConfigError> {
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::File {
         path: path.clone(),
-        source,
+        error,
     })?;
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::FileFormat {
         path: path.clone(),

@@ -30,8 +30,10 @@ pub enum DispatcherError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    // The cause is in the message, so the field is not named `source`
+    // (which would make it the error's source too, printed twice in a chain).
+    #[error("binding {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
 }
@@ -58,9 +60,9 @@ impl Dispatcher {
         let producer = Producer::connect(&settings.redis_url, &settings.queue).await?;
         let listener = TcpListener::bind(settings.http_addr)
             .await
-            .map_err(|source| DispatcherError::Bind {
+            .map_err(|error| DispatcherError::Bind {
                 addr: settings.http_addr,
-                source,
+                error,
             })?;
         let feeder_wake = Arc::new(Notify::new());
         let feeder_stats = Arc::new(FeederStats::default());

@@ -237,6 +237,19 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// Why a worker lost a job to another (`jobs.lost_cause`,
+    /// `takeovers.cause`).
+    pub enum TakeoverCause ("takeover cause") {
+        /// The reconciler found the worker's liveness lock gone.
+        WorkerDied = "worker_died",
+        /// The lease ran out, neither renewed nor released.
+        LeaseExpired = "lease_expired",
+        /// The job panicked in its worker, which handed it back.
+        Panic = "panic",
+    }
+}
+
+vocabulary! {
     /// A person's decision on a job awaiting review (`reviews.decision`).
     pub enum ReviewDecision ("review decision") {
         /// The result is accepted: the job succeeds with it.
@@ -282,6 +295,7 @@ mod tests {
         round_trips(FaultKind::ALL);
         round_trips(ErrorCode::ALL);
         round_trips(ReviewDecision::ALL);
+        round_trips(TakeoverCause::ALL);
     }
 
     #[test]

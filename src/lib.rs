@@ -35,7 +35,8 @@
 //! - [`auth`]: API tokens and their scopes.
 //! - [`client`]: an API client for the CLI and the demo.
 //! - [`metrics`]: this process's Prometheus counters and histograms.
-//! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`]: shared plumbing.
+//! - [`config`], [`telemetry`], [`signals`], [`files`], [`report`], [`text`]:
+//!   shared plumbing.
 
 pub mod auth;
 pub mod client;
@@ -60,6 +61,7 @@ pub mod signals;
 pub mod spec;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod validate;
 pub mod values;
 pub mod views;

@@ -28,13 +28,13 @@ use crate::config::Price;
 use crate::domain::ErrorCode;
 use crate::files::File;
 use crate::llm::guard::{Guard, estimate_tokens};
-use crate::llm::{ChatRequest, ChatResponse, Disposition, LlmClient, Message};
+use crate::llm::{Answer, ChatRequest, Disposition, LlmClient, Message};
 use crate::parse::parse_response;
 use crate::prompt::{self, Failure};
 use crate::report::{Diagnostic, TestReport, ValidationReport};
-use crate::sandbox::{Limits, Sandbox, harness};
+use crate::sandbox::{RunLimits, Sandbox, harness};
 use crate::spec::Spec;
-use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Generation, Phase};
+use crate::store::attempts::{AttemptRecord, AttemptState, FaultKind, Phase, StoredAnswer};
 use crate::store::jobs::{Activity, Claimed, JobOutcome};
 use crate::store::{Lease, Store, StoreError};
 use crate::validate;
@@ -60,7 +60,7 @@ pub struct PipelineSettings {
     /// Worker deaths blamed on a job (see [`crate::store::jobs::blame`])
     /// tolerated per run.
     pub crash_limit: u32,
-    pub limits: Limits,
+    pub limits: RunLimits,
     /// US dollars per million tokens, by model.
     pub prices: std::collections::BTreeMap<String, Price>,
 }
@@ -151,7 +151,12 @@ impl From<StoreError> for Stop {
     fn from(e: StoreError) -> Stop {
         match e {
             StoreError::LeaseLost => Stop::LeaseLost,
-            other => Stop::Store(other),
+            e @ (StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::NotFound(_)
+            | StoreError::Conflict(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Unreadable { .. }) => Stop::Store(e),
         }
     }
 }
@@ -418,7 +423,7 @@ impl Pipeline {
                 });
             }
             (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
-            (_, Some(stored)) => Generated {
+            (_, Some(stored)) => AttemptAnswer {
                 content: stored.clone(),
                 finish_reason: attempt.finish_reason.clone(),
             },
@@ -497,7 +502,7 @@ impl Pipeline {
         job: &Claimed,
         attempt: &AttemptRecord,
         cancel: &CancellationToken,
-    ) -> Result<Generated, Stop> {
+    ) -> Result<AttemptAnswer, Stop> {
         let lease = &job.lease;
         let request = self.chat_request(job, attempt, cancel).await?;
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
@@ -628,24 +633,24 @@ impl Pipeline {
         job: &Claimed,
         attempt: &AttemptRecord,
         model: &str,
-        answer: ChatResponse,
+        answer: Answer,
         llm_ms: u64,
         cancel: &CancellationToken,
-    ) -> Result<Generated, Stop> {
+    ) -> Result<AttemptAnswer, Stop> {
         let lease = &job.lease;
         let cost = self.settings.prices.get(model).map(|p| {
             (answer.usage.prompt_tokens as f64 * p.prompt_per_mtok
                 + answer.usage.completion_tokens as f64 * p.completion_per_mtok)
                 / 1_000_000.0
         });
-        let generation = Generation {
+        let stored = StoredAnswer {
             response: &answer.content,
             finish_reason: answer.finish_reason.as_deref(),
             usage: answer.usage,
             cost_usd: cost,
             llm_ms,
         };
-        self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &generation))
+        self.retry_db(cancel, || self.store.record_generation(lease, attempt.id, &stored))
             .await?;
         if attempt.n > 1 {
             let earlier = self.answers_of_run(job, attempt.n, cancel).await?;
@@ -653,7 +658,7 @@ impl Pipeline {
                 warn!(job_id = %lease.job_id, attempt = attempt.n, "the answer repeats an earlier answer of this run byte for byte");
             }
         }
-        Ok(Generated {
+        Ok(AttemptAnswer {
             content: answer.content,
             finish_reason: answer.finish_reason,
         })
@@ -809,23 +814,19 @@ impl Pipeline {
     /// Retries a database call while the database is unreachable (restart,
     /// failover), so a blink does not fail jobs. Gives up after ~2 minutes
     /// or when the job is interrupted.
-    async fn retry_db<T, F, Fut>(&self, cancel: &CancellationToken, mut call: F) -> Result<T, StoreError>
+    async fn retry_db<T, F, Fut>(&self, cancel: &CancellationToken, call: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let deadline = Instant::now() + Duration::from_mins(2);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match call().await {
-                Err(e) if e.is_transient() && Instant::now() < deadline && !cancel.is_cancelled() => {
-                    warn!(error = %e, "database unavailable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
-            }
-        }
+        crate::store::retry_while_unavailable(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            || Instant::now() < deadline && !cancel.is_cancelled(),
+            call,
+        )
+        .await
     }
 
     /// Starts a step of the job's own work inside the worker process (one
@@ -910,7 +911,7 @@ impl Answers {
 }
 
 /// The stored or fresh answer of an attempt.
-struct Generated {
+struct AttemptAnswer {
     content: String,
     finish_reason: Option<String>,
 }
@@ -1050,7 +1051,7 @@ fn tests_failure(t: &TestReport) -> String {
         "{} of {} tests failed, first: {}",
         t.failed,
         t.total,
-        prompt::clip(&first, 500)
+        crate::text::clip(&first, 500)
     )
 }
 
@@ -1150,7 +1151,7 @@ mod tests {
             llm_max_wait: Duration::from_secs(60),
             crash_limit: 3,
             prices: std::collections::BTreeMap::new(),
-            limits: Limits {
+            limits: RunLimits {
                 timeout: Duration::from_secs(1),
                 memory_mb: 1,
                 pids: 1,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::files::File;
 use crate::llm::{ChatRequest, LlmError, Message};
-use crate::queue::coordination::Coordination;
+use crate::queue::guard_state::GuardState;
 use crate::spec::{FunctionSpec, Spec, TestCase};
 use crate::store::Store;
 
@@ -94,7 +94,7 @@ async fn postgres(settings: &Settings) -> Check {
 
 async fn redis(settings: &Settings) -> Check {
     let result = within(Duration::from_secs(10), "Redis", async {
-        let shared = Coordination::connect(&settings.redis_url, &settings.queue)
+        let shared = GuardState::connect(&settings.redis_url, &settings.queue)
             .await
             .map_err(|e| format!("{e}: check KILN_REDIS_URL"))?;
         shared.ping().await.map_err(|e| format!("{e}: check KILN_REDIS_URL"))?;
@@ -129,7 +129,7 @@ async fn sandbox(settings: &Settings) -> Check {
             test_code: None,
         });
         let files = [File::new("solution.py", "def ping():\n    return 1\n")];
-        let limits = crate::sandbox::Limits::from_settings(&settings.sandbox);
+        let limits = crate::sandbox::RunLimits::from_settings(&settings.sandbox);
         let outcome = crate::sandbox::harness::run_tests(sandbox.as_ref(), &spec, &files, &limits).await;
         sandbox.shutdown().await;
         let report = outcome.map_err(|e| format!("{e}: {fix}"))?;

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use crate::llm::Message;
 use crate::report::{Outcome, Severity, TestReport, ValidationReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::text;
 use crate::values::{Py, Side};
 
 /// Identifies the wording of every prompt below.
@@ -383,34 +384,28 @@ pub fn feedback(failure: &Failure<'_>, n: u32, max: u32) -> String {
     out
 }
 
-/// The first `max` characters of `s` (on a char boundary), marked when cut.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
+/// At most the first `max` bytes of `s`, telling the model how much was cut.
+fn clip(s: &str, max: usize) -> String {
+    let kept = text::head(s, max);
+    if kept.len() == s.len() {
         return s.to_owned();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n… [{} more characters]", &s[..end], s.len() - end)
+    format!("{kept}\n… [{} more characters]", s.len() - kept.len())
 }
 
-/// The last `max` characters of `s`, marked when cut.
+/// At most the last `max` bytes of `s`, telling the model how much was cut.
 fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
+    let kept = text::tail(s, max);
+    if kept.len() == s.len() {
         return s.to_owned();
     }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[{} earlier characters] …\n{}", start, &s[start..])
+    format!("[{} earlier characters] …\n{kept}", s.len() - kept.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Diagnostic, TestCase};
+    use crate::report::{Diagnostic, TestCaseResult};
 
     #[test]
     fn feedback_lists_each_error_once_with_its_location() {
@@ -471,7 +466,7 @@ mod tests {
             .collect();
         let v = ValidationReport::from_diagnostics(diags);
         let t = TestReport::from_cases(
-            vec![TestCase {
+            vec![TestCaseResult {
                 name: "test_x".into(),
                 outcome: Outcome::Failed,
                 message: "assert 1 == 2".into(),
@@ -497,12 +492,12 @@ mod tests {
     fn failing_tests_are_named_with_their_message() {
         let t = TestReport::from_cases(
             vec![
-                TestCase {
+                TestCaseResult {
                     name: "case_0".into(),
                     outcome: Outcome::Passed,
                     message: String::new(),
                 },
-                TestCase {
+                TestCaseResult {
                     name: "case_1".into(),
                     outcome: Outcome::Failed,
                     message: "add(2, 2): expected 4, got 5".into(),
@@ -530,12 +525,12 @@ mod tests {
 
     #[test]
     fn kilns_own_endpoint_findings_lead_the_failing_tests_and_survive_the_cap() {
-        let suite = (0..40).map(|i| TestCase {
+        let suite = (0..40).map(|i| TestCaseResult {
             name: format!("tests: tests/test_notes.py::test_{i}"),
             outcome: Outcome::Failed,
             message: "assert 500 == 201\n".repeat(40),
         });
-        let kiln = TestCase {
+        let kiln = TestCaseResult {
             name: "kiln: POST /notes".into(),
             outcome: Outcome::Failed,
             message: "POST /notes with {\"title\": \"kiln\"} answered 500 (a server error): Internal Server Error"

@@ -1,6 +1,6 @@
 //! Delivery of job messages over Redis with apalis-redis 1.0, and (in
-//! [`coordination`]) the other state workers share through Redis; the only
-//! module that names apalis or Redis.
+//! [`guard_state`]) the model guard's state, shared by workers through
+//! Redis; the only module that names apalis or Redis.
 //!
 //! Redis only delivers. A message is `{job_id}` and nothing else: the job's
 //! spec, state and history are read from Postgres, and an undecodable
@@ -15,10 +15,11 @@
 //!   heartbeat (~30 s).
 //! - unique worker names: a restart that reuses a name fails silently.
 //! - Kiln's retry and crash accounting live in Postgres; the handler acks
-//!   (returns `Ok`) once Kiln has persisted the job's outcome, and never asks
-//!   apalis to retry (its counter ignores `max_attempts`).
+//!   (returns `Ok`) once Postgres holds the job's next step (see
+//!   [`crate::worker`]), and never asks apalis to retry (its counter
+//!   ignores `max_attempts`).
 
-pub mod coordination;
+pub mod guard_state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,9 +134,10 @@ impl Producer {
     }
 }
 
-/// What the consumer calls for each message. Resolves to `true` once Kiln
-/// has persisted the job's outcome or refused a duplicate (the message is
-/// acked), `false` to hand the message back (the worker is shutting down).
+/// What the consumer calls for each message. Resolves to `true` once
+/// Postgres holds the job's next step or a duplicate was refused (the
+/// message is acked), `false` to hand the message back (the worker is
+/// draining, or claiming the job failed).
 #[derive(Clone)]
 pub struct Handler(Arc<dyn Fn(Uuid) -> BoxFuture<'static, bool> + Send + Sync + 'static>);
 

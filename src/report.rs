@@ -122,8 +122,7 @@ impl Outcome {
 
 /// One test's result, as established by the trusted side of the harness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[schema(as = TestCaseResult)]
-pub struct TestCase {
+pub struct TestCaseResult {
     pub name: String,
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -136,7 +135,7 @@ pub struct TestReport {
     pub passed: u32,
     pub failed: u32,
     pub total: u32,
-    pub cases: Vec<TestCase>,
+    pub cases: Vec<TestCaseResult>,
     /// What the code under test printed (capped).
     pub output: String,
     /// Why the run as a whole failed, when it did (timeout, import error,
@@ -147,7 +146,12 @@ pub struct TestReport {
 
 impl TestReport {
     /// Builds a report from cases; `expected` is how many tests must have run.
-    pub fn from_cases(cases: Vec<TestCase>, expected: usize, output: String, problem: Option<String>) -> TestReport {
+    pub fn from_cases(
+        cases: Vec<TestCaseResult>,
+        expected: usize,
+        output: String,
+        problem: Option<String>,
+    ) -> TestReport {
         let passed = cases.iter().filter(|c| c.outcome == Outcome::Passed).count() as u32;
         let mut problem = problem;
         if problem.is_none() && cases.len() < expected {
@@ -175,8 +179,8 @@ impl TestReport {
 mod tests {
     use super::*;
 
-    fn case(outcome: Outcome) -> TestCase {
-        TestCase {
+    fn case(outcome: Outcome) -> TestCaseResult {
+        TestCaseResult {
             name: "t".into(),
             outcome,
             message: String::new(),

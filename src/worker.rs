@@ -2,8 +2,13 @@
 //! job's lease, heartbeats it, and runs the [`Pipeline`] on it, many jobs at
 //! once (model calls are I/O-bound).
 //!
-//! A message is acknowledged only after the job's outcome is persisted (or
-//! the claim was refused because someone else owns or finished the job).
+//! A message is acknowledged once Postgres holds what happens to the job
+//! next: its outcome, its release (interrupted, deferred, panicked) for the
+//! feeder to send again, a lease that another worker holds or that will
+//! expire (a run a storage error aborted), or a finished state that refuses
+//! the claim. Postgres, not the message, is what a job's resumption relies
+//! on; a message goes back to the queue only while the worker drains or
+//! when claiming failed.
 //! On shutdown the worker stops taking messages, lets in-flight jobs run for
 //! the grace period, then interrupts them and releases their leases so other
 //! workers resume them at once from their last persisted phase.
@@ -37,9 +42,9 @@ use crate::config::Settings;
 use crate::llm::LlmClient;
 use crate::llm::guard::Guard;
 use crate::pipeline::{Backoff, JobEnd, Pipeline, PipelineSettings};
-use crate::queue::coordination::Coordination;
+use crate::queue::guard_state::GuardState;
 use crate::queue::{self, Handler};
-use crate::sandbox::{Limits, Sandbox, Slots};
+use crate::sandbox::{RunLimits, Sandbox, Slots};
 use crate::store::liveness::Registration;
 use crate::store::{Store, StoreError};
 
@@ -114,7 +119,7 @@ impl Worker {
     pub async fn build(settings: &Settings) -> Result<Worker, WorkerError> {
         let store = Store::connect(&settings.database_url, settings.worker.db_connections).await?;
         let llm = crate::llm::build(&settings.llm)?;
-        let shared = Coordination::connect(&settings.redis_url, &settings.queue).await?;
+        let shared = GuardState::connect(&settings.redis_url, &settings.queue).await?;
         let sandbox = crate::sandbox::build(&settings.sandbox).await?;
         let worker = Worker::from_parts(settings, store, llm, Guard::new(shared, &settings.llm), sandbox);
         if let Some(addr) = settings.worker.metrics_addr {
@@ -161,7 +166,7 @@ impl Worker {
                 },
                 llm_max_wait: settings.llm.max_wait,
                 crash_limit: settings.worker.crash_limit,
-                limits: Limits::from_settings(&settings.sandbox),
+                limits: RunLimits::from_settings(&settings.sandbox),
                 prices: settings.llm.prices.clone(),
             },
         };
@@ -393,17 +398,18 @@ impl Worker {
     pub async fn process(&self, job_id: Uuid) -> bool {
         let inner = &self.inner;
         let store = &inner.pipeline.store;
-        let claimed = loop {
-            match store.claim(job_id, &inner.id, inner.lease_ttl).await {
-                Ok(c) => break c,
-                Err(e) if e.is_transient() && !inner.draining.load(Ordering::SeqCst) => {
-                    warn!(error = %e, "database unavailable while claiming; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => {
-                    error!(error = %e, "claiming the job failed");
-                    return false;
-                }
+        let claimed = crate::store::retry_while_unavailable(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            || !inner.draining.load(Ordering::SeqCst),
+            || store.claim(job_id, &inner.id, inner.lease_ttl),
+        )
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                error!(error = %e, "claiming the job failed");
+                return false;
             }
         };
         let Some(job) = claimed else {
@@ -486,18 +492,20 @@ impl Worker {
         error!(panic = %message, "the job panicked; handing it back");
         self.inner.panicked.lock().unwrap().insert(lease.job_id, Instant::now());
         let store = &self.inner.pipeline.store;
-        for _ in 0..20 {
-            match store.release_after_panic(lease, &message).await {
-                Ok(blamed) => {
-                    info!(blamed_crashes = blamed, "panic recorded; job handed back");
-                    return;
-                }
-                Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(500)).await,
-                Err(e) => {
-                    warn!(error = %e, "recording the panic failed (the lease will expire)");
-                    return;
-                }
-            }
+        let mut tries = 1;
+        let recorded = crate::store::retry_while_unavailable(
+            Duration::from_millis(500),
+            Duration::from_millis(500),
+            || {
+                tries += 1;
+                tries <= 20
+            },
+            || store.release_after_panic(lease, &message),
+        )
+        .await;
+        match recorded {
+            Ok(blamed) => info!(blamed_crashes = blamed, "panic recorded; job handed back"),
+            Err(e) => warn!(error = %e, "recording the panic failed (the lease will expire)"),
         }
     }
 }

@@ -14,12 +14,12 @@ mod sandbox_support;
 use std::time::Duration;
 
 use kiln::report::{Outcome, TestReport};
-use kiln::sandbox::Limits;
+use kiln::sandbox::RunLimits;
 use sandbox_support::{Backend, FunctionJob, TestSandbox, cpu_heavy_job, exclusive};
 use serde_json::json;
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(20),
         memory_mb: 512,
         pids: 64,
@@ -536,7 +536,7 @@ async fn a_stop_iteration_from_the_solution_never_ends_a_loop_in_the_tests(backe
 /// share the machine: per-call limits count CPU time, not wall time.
 async fn a_cpu_heavy_correct_solution_passes_while_the_machine_is_busy(backend: Backend) {
     let _lock = exclusive().await;
-    let limits = Limits {
+    let limits = RunLimits {
         timeout: Duration::from_secs(120),
         ..limits()
     };

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use kiln::store::attempts::{Generation, TokenUsage};
+use kiln::store::attempts::{StoredAnswer, TokenUsage};
 use kiln::store::jobs::{Activity, JobOutcome};
 use kiln::store::liveness::{Reclaimed, Registration};
 use kiln::store::{Store, StoreError};
@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(30);
 
-fn generation(response: &str) -> Generation<'_> {
-    Generation {
+fn generation(response: &str) -> StoredAnswer<'_> {
+    StoredAnswer {
         response,
         finish_reason: Some("stop"),
         usage: TokenUsage::default(),

@@ -596,12 +596,7 @@ async fn a_job_runs_end_to_end_against_an_azure_deployment() {
 }
 
 /// Serves one fixture body (with headers) and reads it with the real client.
-async fn replay(
-    provider: &str,
-    fixture: &str,
-    status: u16,
-    headers: &str,
-) -> Result<kiln::llm::ChatResponse, LlmError> {
+async fn replay(provider: &str, fixture: &str, status: u16, headers: &str) -> Result<kiln::llm::Answer, LlmError> {
     let body = std::fs::read_to_string(format!("tests/fixtures/llm/{fixture}")).unwrap();
     let script = format!(
         "- name: replay\n  match: \".*\"\n  faults: [{{status: {status}, body: {}, headers: {headers}}}]\n  responses: [{{content: unused}}]\n",

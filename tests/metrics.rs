@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kiln::domain::{AttemptState, ErrorCode, JobState};
 use kiln::store::Store;
-use kiln::store::attempts::{Generation, TokenUsage};
+use kiln::store::attempts::{StoredAnswer, TokenUsage};
 use kiln::store::jobs::JobOutcome;
 use serde_json::json;
 use support::{ADD_SCRIPT, Dispatcher, Proc, TestEnv, add_spec};
@@ -236,8 +236,8 @@ fn check_dashboard_queries_exposed_series(worker: &str, d: &str) {
     }
 }
 
-fn generation(prompt_tokens: i64) -> Generation<'static> {
-    Generation {
+fn generation(prompt_tokens: i64) -> StoredAnswer<'static> {
+    StoredAnswer {
         response: "{}",
         finish_reason: Some("stop"),
         usage: TokenUsage {

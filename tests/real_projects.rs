@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use kiln::files::File;
 use kiln::report::{Outcome, Severity};
-use kiln::sandbox::Limits;
+use kiln::sandbox::RunLimits;
 use kiln::spec::Spec;
 use kiln::validate::validate;
 use sandbox_support::{Backend, TestSandbox, failing};
@@ -43,8 +43,8 @@ const PROJECTS: [(&str, &str); 3] = [
     ("accounts-named", "accounts.server"),
 ];
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(90),
         memory_mb: 768,
         pids: 128,

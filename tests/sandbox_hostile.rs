@@ -20,12 +20,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kiln::report::TestReport;
-use kiln::sandbox::Limits;
+use kiln::sandbox::RunLimits;
 use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive, marker, normal_job};
 use serde_json::{Value, json};
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(8),
         memory_mb: 256,
         pids: 64,
@@ -641,7 +641,7 @@ async fn a_gigabyte_written_straight_to_the_sandboxs_stdout_is_capped(backend: B
     // Below the harness: the backend itself keeps only the cap (and the
     // tail), however much comes, and keeps draining so the run can finish.
     let _lock = exclusive().await;
-    let limits = Limits {
+    let limits = RunLimits {
         timeout: Duration::from_secs(60),
         ..limits()
     };
@@ -1077,7 +1077,7 @@ async fn a_service_job_still_passes_on_a_sandbox_that_ran_hostile_code(backend: 
     // an earlier job must not reach them.
     let _lock = exclusive().await;
     let marker = marker();
-    let limits = Limits {
+    let limits = RunLimits {
         timeout: Duration::from_secs(60),
         memory_mb: 512,
         pids: 128,

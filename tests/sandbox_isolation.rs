@@ -11,12 +11,12 @@ mod sandbox_support;
 use std::time::Duration;
 
 use kiln::report::{Outcome, TestReport};
-use kiln::sandbox::Limits;
+use kiln::sandbox::RunLimits;
 use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive};
 use serde_json::json;
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(30),
         memory_mb: 512,
         pids: 64,

@@ -26,13 +26,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use kiln::files::File;
 use kiln::report::{Outcome, Severity, TestReport, ValidationReport};
-use kiln::sandbox::{Limits, harness};
+use kiln::sandbox::{RunLimits, harness};
 use kiln::spec::Spec;
 use sandbox_support::{Backend, TestSandbox, failing};
 use serde_json::Value;
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(60),
         memory_mb: 512,
         pids: 128,
@@ -1301,7 +1301,7 @@ async fn a_suite_that_hangs_still_leaves_kiln_time_for_its_own_requests(backend:
             Some("import time\n\n\ndef test_wait_for_the_database():\n    time.sleep(3600)\n".to_owned()),
         ),
     ]);
-    let limits = Limits {
+    let limits = RunLimits {
         timeout: Duration::from_secs(15),
         ..limits()
     };

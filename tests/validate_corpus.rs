@@ -13,7 +13,7 @@ use std::path::Path;
 use kiln::files::File;
 use kiln::parse::Expected;
 use kiln::prompt::{FEEDBACK_CAP, Failure, feedback, repair_messages};
-use kiln::report::{Diagnostic, Severity, TestCase, TestReport, ValidationReport};
+use kiln::report::{Diagnostic, Severity, TestCaseResult, TestReport, ValidationReport};
 use kiln::spec::Spec;
 use kiln::validate::validate;
 use serde_json::{Value, json};
@@ -1214,7 +1214,7 @@ fn the_repair_prompt_lists_every_error_once_within_the_cap() {
     }
     let report = ValidationReport::from_diagnostics(diagnostics.clone());
     let tests = TestReport::from_cases(
-        vec![TestCase {
+        vec![TestCaseResult {
             name: "test_x".into(),
             outcome: kiln::report::Outcome::Failed,
             message: "assert 1 == 2".into(),

@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 
 use super::wire::{parse_body, post_json};
 use super::{
-    ChatRequest, ChatResponse, LlmClient, LlmError, Role, Sent, add_extra_fields, files_schema, http_client,
-    name_the_setting,
+    Answer, ChatRequest, LlmClient, LlmError, Role, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
 };
 use crate::config::{JsonMode, LlmSettings, TokensParam};
 use crate::domain::TokenUsage;
@@ -37,7 +36,8 @@ impl AnthropicClient {
     pub fn new(settings: &LlmSettings) -> Result<AnthropicClient, LlmError> {
         let mut headers = vec![("anthropic-version", API_VERSION.to_owned(), false)];
         if let Some(key) = &settings.api_key {
-            // The only place the key is exposed (invariant 7).
+            // The key is exposed here and in the OpenAI client's constructor only, into a
+            // header marked sensitive (invariant 7).
             headers.push(("x-api-key", key.expose_secret().to_owned(), true));
         }
         Ok(AnthropicClient {
@@ -88,7 +88,7 @@ struct MessageUsage {
 }
 
 impl LlmClient for AnthropicClient {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Answer, LlmError>> {
         Box::pin(async move {
             let system: Vec<&str> = request
                 .messages
@@ -135,7 +135,7 @@ impl LlmClient for AnthropicClient {
 
 /// Reads a Messages response body: the forced tool call's input as JSON
 /// text, or else the text blocks.
-pub(crate) fn parse_message(text: &str) -> Result<ChatResponse, LlmError> {
+pub(crate) fn parse_message(text: &str) -> Result<Answer, LlmError> {
     let message: MessageResponse = parse_body(text)?;
     let mut content = String::new();
     for block in &message.content {
@@ -154,7 +154,7 @@ pub(crate) fn parse_message(text: &str) -> Result<ChatResponse, LlmError> {
             + u.cache_read_input_tokens.unwrap_or(0),
         completion_tokens: u.output_tokens,
     });
-    Ok(ChatResponse {
+    Ok(Answer {
         content,
         finish_reason: message.stop_reason,
         usage,

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use super::LlmError;
 use crate::config::LlmSettings;
-use crate::queue::coordination::Coordination;
+use crate::queue::guard_state::GuardState;
 
 /// Longest a half-open breaker waits for its probe before letting another try.
 const PROBE_TTL: Duration = Duration::from_secs(30);
@@ -37,7 +37,7 @@ const RATE_MEMORY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Guard {
-    shared: Coordination,
+    shared: GuardState,
     provider: &'static str,
     rpm: u32,
     tpm: u32,
@@ -56,7 +56,7 @@ pub struct Guard {
 pub struct Place(Option<String>);
 
 impl Guard {
-    pub fn new(shared: Coordination, settings: &LlmSettings) -> Guard {
+    pub fn new(shared: GuardState, settings: &LlmSettings) -> Guard {
         Guard {
             shared,
             provider: settings.provider.as_str(),

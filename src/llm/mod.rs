@@ -82,14 +82,14 @@ pub struct ChatRequest {
 
 /// The model's answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChatResponse {
+pub struct Answer {
     pub content: String,
     /// `stop`, `length` (truncated), …, as the provider reports it.
     pub finish_reason: Option<String>,
     pub usage: TokenUsage,
 }
 
-impl ChatResponse {
+impl Answer {
     /// True when the provider cut the answer off at the token limit.
     pub fn truncated(&self) -> bool {
         matches!(self.finish_reason.as_deref(), Some("length" | "max_tokens"))
@@ -163,7 +163,7 @@ impl LlmError {
 
 /// The model provider, as the pipeline sees it.
 pub trait LlmClient: Send + Sync {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Answer, LlmError>>;
 }
 
 /// A client that records every request in [`crate::metrics`]: its duration
@@ -176,7 +176,7 @@ pub struct Measured {
 }
 
 impl LlmClient for Measured {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Answer, LlmError>> {
         Box::pin(async move {
             let started = std::time::Instant::now();
             let result = self.inner.chat(request).await;
@@ -416,12 +416,7 @@ pub(crate) fn clip_provider_message(body: &str) -> String {
     // One line: it ends up in a job's error, a log line and the check's
     // report (servers put tracebacks in theirs).
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let redacted = redact_keys(&text);
-    let mut clipped: String = redacted.chars().take(500).collect();
-    if clipped.len() < redacted.len() {
-        clipped.push('…');
-    }
-    clipped
+    crate::text::clip(&redact_keys(&text), 500)
 }
 
 /// Replaces things shaped like API keys (`sk-…`, long opaque tokens).

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::wire::{parse_body, post_json};
 use super::{
-    ChatRequest, ChatResponse, LlmClient, LlmError, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
+    Answer, ChatRequest, LlmClient, LlmError, Sent, add_extra_fields, files_schema, http_client, name_the_setting,
 };
 use crate::config::{JsonMode, LlmProvider, LlmSettings, TokensParam};
 use crate::domain::TokenUsage;
@@ -35,7 +35,8 @@ impl OpenAiClient {
     pub fn new(settings: &LlmSettings) -> Result<OpenAiClient, LlmError> {
         let mut headers = Vec::new();
         if let Some(key) = &settings.api_key {
-            // The only place the key is exposed (invariant 7).
+            // The key is exposed here and in the Anthropic client's constructor only, into a
+            // header marked sensitive (invariant 7).
             match settings.provider {
                 LlmProvider::Azure => headers.push(("api-key", key.expose_secret().to_owned(), true)),
                 _ => headers.push(("authorization", format!("Bearer {}", key.expose_secret()), true)),
@@ -95,7 +96,7 @@ struct CompletionUsage {
 }
 
 impl LlmClient for OpenAiClient {
-    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Answer, LlmError>> {
         Box::pin(async move {
             let tokens_param = request.tokens_param.unwrap_or(self.tokens_param);
             let mut body = json!({ "messages": request.messages });
@@ -139,7 +140,7 @@ impl LlmClient for OpenAiClient {
 }
 
 /// Reads a chat-completions response body.
-pub(crate) fn parse_completion(text: &str) -> Result<ChatResponse, LlmError> {
+pub(crate) fn parse_completion(text: &str) -> Result<Answer, LlmError> {
     let completion: Completion = parse_body(text)?;
     let choice = completion
         .choices
@@ -157,7 +158,7 @@ pub(crate) fn parse_completion(text: &str) -> Result<ChatResponse, LlmError> {
         (_, Some(refusal)) => refusal,
         (c, None) => c.unwrap_or_default(),
     };
-    Ok(ChatResponse {
+    Ok(Answer {
         content,
         finish_reason: choice.finish_reason,
         usage,

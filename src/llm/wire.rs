@@ -36,12 +36,8 @@ pub(crate) async fn post_json(
 
 /// Parses a 2xx body; one that is not the protocol's JSON is a provider fault.
 pub(crate) fn parse_body<T: DeserializeOwned>(text: &str) -> Result<T, LlmError> {
-    serde_json::from_str(text).map_err(|e| {
-        LlmError::MalformedBody(format!(
-            "{e}; body starts {:?}",
-            text.chars().take(120).collect::<String>()
-        ))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| LlmError::MalformedBody(format!("{e}; body starts {:?}", crate::text::head(text, 120))))
 }
 
 /// Maps a reqwest error to its fault class.

@@ -60,7 +60,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Limits, OutputCapture, RunOutput, Sandbox, SandboxError};
+use super::{OutputCapture, RunLimits, RunOutput, Sandbox, SandboxError};
 
 /// The runtime's interpreter inside the image (the process backend mounts
 /// its runtime at the same path).
@@ -117,7 +117,7 @@ struct Shape {
 }
 
 impl Shape {
-    fn of(limits: &Limits) -> Shape {
+    fn of(limits: &RunLimits) -> Shape {
         Shape {
             memory_mb: limits.memory_mb,
             pids: limits.pids,
@@ -213,7 +213,7 @@ impl DockerSandbox {
     /// checks the image, removes containers left by dead workers on this
     /// host, and starts keeping `pool_size` containers ready for runs with
     /// `limits`.
-    pub async fn connect(image: &str, limits: &Limits, pool_size: usize) -> Result<DockerSandbox, SandboxError> {
+    pub async fn connect(image: &str, limits: &RunLimits, pool_size: usize) -> Result<DockerSandbox, SandboxError> {
         let unavailable =
             |what: &str, e: &dyn std::fmt::Display| SandboxError::Unavailable(format!("docker: {what}: {e}"));
         let docker = Docker::connect_with_socket_defaults().map_err(|e| unavailable("connecting", &e))?;
@@ -257,7 +257,7 @@ impl DockerSandbox {
         &self.inner.instance
     }
 
-    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
+    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
         if self.stop.is_cancelled() {
             return Err(SandboxError::Unavailable("docker: the sandbox is shut down".into()));
         }
@@ -618,7 +618,7 @@ impl Sandbox for DockerSandbox {
         &'a self,
         args: &'a [String],
         stdin: Vec<u8>,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(self.run(args, stdin, limits))
     }

@@ -19,10 +19,11 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Limits, RunOutput, Sandbox, SandboxError};
+use super::{RunLimits, RunOutput, Sandbox, SandboxError};
 use crate::files::File;
-use crate::report::{Outcome, TestCase, TestReport};
+use crate::report::{Outcome, TestCaseResult, TestReport};
 use crate::spec::{FunctionSpec, ServiceSpec, Spec};
+use crate::text;
 use crate::values::{Py, Side};
 
 /// The trusted checker, run inside every sandbox.
@@ -74,7 +75,7 @@ pub async fn run_tests(
     sandbox: &dyn Sandbox,
     spec: &Spec,
     files: &[File],
-    limits: &Limits,
+    limits: &RunLimits,
 ) -> Result<TestReport, SandboxError> {
     let request = request(spec, files, limits);
     let output = run(sandbox, &request, limits).await?;
@@ -91,7 +92,7 @@ pub struct Request {
 }
 
 /// Builds the input of one run (a fresh nonce each time).
-pub fn request(spec: &Spec, files: &[File], limits: &Limits) -> Request {
+pub fn request(spec: &Spec, files: &[File], limits: &RunLimits) -> Request {
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     // The harness stops the code under test a little before the wall clock
     // so that it can still report why (a timeout of one call, say) rather
@@ -170,7 +171,7 @@ fn requires(value: Option<&Value>) -> bool {
 }
 
 /// Runs the harness on `request` in `sandbox` and returns what came out.
-pub async fn run(sandbox: &dyn Sandbox, request: &Request, limits: &Limits) -> Result<RunOutput, SandboxError> {
+pub async fn run(sandbox: &dyn Sandbox, request: &Request, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
     sandbox.run_harness(request.stdin.clone(), request.hint, limits).await
 }
 
@@ -178,7 +179,12 @@ pub async fn run(sandbox: &dyn Sandbox, request: &Request, limits: &Limits) -> R
 /// compared with what the spec expects. `Err` only when the run did not
 /// start or the harness itself failed (infrastructure faults); whatever the
 /// code under test did to the run is in the report.
-pub fn judge(spec: &Spec, request: &Request, output: &RunOutput, limits: &Limits) -> Result<TestReport, SandboxError> {
+pub fn judge(
+    spec: &Spec,
+    request: &Request,
+    output: &RunOutput,
+    limits: &RunLimits,
+) -> Result<TestReport, SandboxError> {
     #[cfg(feature = "fault-injection")]
     crate::fault::while_reporting(output);
     let report = match read_report(output, &request.nonce, limits)? {
@@ -193,7 +199,7 @@ pub fn judge(spec: &Spec, request: &Request, output: &RunOutput, limits: &Limits
 
 /// Finds the authenticated report. `Err(SandboxError)`: the run did not
 /// start; `Ok(Err(problem))`: it started and the code under test broke it.
-fn read_report(output: &RunOutput, nonce: &str, limits: &Limits) -> Result<Result<Value, String>, SandboxError> {
+fn read_report(output: &RunOutput, nonce: &str, limits: &RunLimits) -> Result<Result<Value, String>, SandboxError> {
     if output.stdout.split(|b| *b == b'\n').next() != Some(b"KILN-READY") {
         return Err(SandboxError::Unavailable(format!(
             "the sandbox did not start the harness (exit code {:?}, signal {:?}): {}",
@@ -336,12 +342,12 @@ fn import_failure_report(spec: &FunctionSpec, import_error: &str) -> TestReport 
     } else {
         format!("{summary}\n{frames}")
     };
-    let not_run = |name: String| TestCase {
+    let not_run = |name: String| TestCaseResult {
         name,
         outcome: Outcome::Error,
         message: "not run: solution.py does not import".into(),
     };
-    let mut cases: Vec<TestCase> = (0..spec.test_cases.len())
+    let mut cases: Vec<TestCaseResult> = (0..spec.test_cases.len())
         .map(|i| not_run(format!("case_{i}")))
         .collect();
     if spec.test_code.is_some() {
@@ -376,7 +382,7 @@ fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
             ),
             (None, None) => (Outcome::Error, format!("{call}: no result")),
         };
-        cases.push(TestCase {
+        cases.push(TestCaseResult {
             name: case.name,
             outcome,
             message,
@@ -400,7 +406,7 @@ fn function_report(spec: &FunctionSpec, raw: Value) -> TestReport {
             };
             // Setup/teardown errors of a test that also has a call result
             // would count it twice; keep them only when the call never ran.
-            cases.push(TestCase {
+            cases.push(TestCaseResult {
                 name: r.name,
                 outcome,
                 message: r.message,
@@ -417,10 +423,10 @@ fn service_report(_spec: &ServiceSpec, raw: Value) -> TestReport {
         Ok(r) => r,
         Err(e) => return TestReport::from_cases(Vec::new(), 1, String::new(), Some(format!("unreadable report: {e}"))),
     };
-    let cases: Vec<TestCase> = raw
+    let cases: Vec<TestCaseResult> = raw
         .cases
         .into_iter()
-        .map(|c| TestCase {
+        .map(|c| TestCaseResult {
             name: c.name,
             outcome: c.outcome.unwrap_or(Outcome::Error),
             message: c.message,
@@ -432,8 +438,8 @@ fn service_report(_spec: &ServiceSpec, raw: Value) -> TestReport {
 
 /// One entry per test name, keeping the worst outcome (a test that passed
 /// its call but errored in teardown did not pass).
-fn dedupe_by_name(cases: Vec<TestCase>) -> Vec<TestCase> {
-    let mut out: Vec<TestCase> = Vec::with_capacity(cases.len());
+fn dedupe_by_name(cases: Vec<TestCaseResult>) -> Vec<TestCaseResult> {
+    let mut out: Vec<TestCaseResult> = Vec::with_capacity(cases.len());
     for case in cases {
         match out.iter_mut().find(|c| c.name == case.name) {
             Some(existing) if existing.outcome == Outcome::Passed => *existing = case,
@@ -467,29 +473,25 @@ fn mismatch(expected: &Value, actual: &Value) -> String {
         Py::from_json(actual, Side::Result),
     ) {
         (Ok(e), Ok(a)) if e.type_name() == a.type_name() => {
-            format!("expected {}, got {}", clip(e.repr()), clip(a.repr()))
+            format!(
+                "expected {}, got {}",
+                text::clip(&e.repr(), SHOWN),
+                text::clip(&a.repr(), SHOWN)
+            )
         }
         (Ok(e), Ok(a)) => format!(
             "expected {} {}, got {} {}",
             e.type_name(),
-            clip(e.repr()),
+            text::clip(&e.repr(), SHOWN),
             a.type_name(),
-            clip(a.repr())
+            text::clip(&a.repr(), SHOWN)
         ),
         _ => format!("expected {}, got {}", short(expected), short(actual)),
     }
 }
 
-fn clip(text: String) -> String {
-    if text.len() <= 300 {
-        return text;
-    }
-    let mut end = 300;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
+/// How much of a value a failure message repeats.
+const SHOWN: usize = 300;
 
 fn render_args(input: &Value) -> String {
     match input {
@@ -504,17 +506,11 @@ fn render_args(input: &Value) -> String {
 }
 
 fn short(v: &Value) -> String {
-    clip(v.to_string())
+    text::clip(&v.to_string(), SHOWN)
 }
 
 fn stderr_tail(output: &RunOutput) -> String {
-    let text = String::from_utf8_lossy(&output.stderr);
-    let start = text.len().saturating_sub(4000);
-    let mut start = start;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].to_owned()
+    text::tail(&String::from_utf8_lossy(&output.stderr), 4000).to_owned()
 }
 
 #[cfg(test)]
@@ -590,8 +586,8 @@ mod tests {
         }
     }
 
-    fn limits() -> Limits {
-        Limits {
+    fn limits() -> RunLimits {
+        RunLimits {
             timeout: std::time::Duration::from_secs(5),
             memory_mb: 256,
             pids: 64,

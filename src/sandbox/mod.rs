@@ -2,7 +2,7 @@
 //! judged only from evidence the code cannot forge.
 //!
 //! A [`Sandbox`] runs the runtime's Python with arguments and stdin in a fresh,
-//! isolated environment under [`Limits`], and returns what came out. The
+//! isolated environment under [`RunLimits`], and returns what came out. The
 //! [`harness`] decides what runs (the trusted checker in `sandbox/harness.py`)
 //! and turns its authenticated report into a [`crate::report::TestReport`].
 //!
@@ -37,7 +37,7 @@ use futures::future::BoxFuture;
 
 /// Resource limits of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct RunLimits {
     /// Wall clock; the whole process tree is killed after it.
     pub timeout: Duration,
     pub memory_mb: u64,
@@ -49,9 +49,9 @@ pub struct Limits {
     pub output_bytes: usize,
 }
 
-impl Limits {
-    pub fn from_settings(s: &crate::config::SandboxSettings) -> Limits {
-        Limits {
+impl RunLimits {
+    pub fn from_settings(s: &crate::config::SandboxSettings) -> RunLimits {
+        RunLimits {
             timeout: s.timeout,
             memory_mb: s.memory_mb,
             pids: s.pids,
@@ -113,7 +113,8 @@ pub async fn build(settings: &crate::config::SandboxSettings) -> Result<std::syn
             std::sync::Arc::new(sandbox)
         }
         crate::config::SandboxKind::Docker => std::sync::Arc::new(
-            docker::DockerSandbox::connect(&settings.image, &Limits::from_settings(settings), settings.slots).await?,
+            docker::DockerSandbox::connect(&settings.image, &RunLimits::from_settings(settings), settings.slots)
+                .await?,
         ),
     })
 }
@@ -128,7 +129,7 @@ pub trait Sandbox: Send + Sync {
         &'a self,
         args: &'a [String],
         stdin: Vec<u8>,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>>;
 
     /// Runs the trusted harness ([`harness::HARNESS`]) with `request` on
@@ -140,7 +141,7 @@ pub trait Sandbox: Send + Sync {
         &'a self,
         request: Vec<u8>,
         _hint: &'a str,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move { self.run_python(&harness::harness_args(), request, limits).await })
     }
@@ -206,7 +207,7 @@ impl Sandbox for Slots {
         &'a self,
         args: &'a [String],
         stdin: Vec<u8>,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
             let _slot = self.slot().await?;
@@ -221,7 +222,7 @@ impl Sandbox for Slots {
         &'a self,
         request: Vec<u8>,
         hint: &'a str,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(async move {
             let _slot = self.slot().await?;

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::{Cgroups, RunGroup};
-use super::{Limits, OutputCapture, RunOutput, Sandbox, SandboxError};
+use super::{OutputCapture, RunLimits, RunOutput, Sandbox, SandboxError};
 
 /// The unprivileged uid/gid a run starts as when Kiln runs as root.
 const NOBODY: u32 = 65534;
@@ -229,12 +229,7 @@ impl ProcessSandbox {
         self.inner.refill.notify_one();
     }
 
-    /// Whether runs are limited by cgroups (else by rlimits only).
-    pub fn has_cgroups(&self) -> bool {
-        self.inner.cgroups.is_some()
-    }
-
-    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &Limits) -> Result<RunOutput, SandboxError> {
+    async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
         let started = Instant::now();
         let key = Key {
             args: args.to_vec(),
@@ -348,7 +343,7 @@ struct Collected {
 
 impl ProcessSandbox {
     /// A harness run on a warm server (see [`Server`]).
-    async fn run_warm(&self, request: Vec<u8>, hint: &str, limits: &Limits) -> Result<RunOutput, SandboxError> {
+    async fn run_warm(&self, request: Vec<u8>, hint: &str, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
         let started = Instant::now();
         let mut server = match self.inner.take_server() {
             Some(server) => server,
@@ -908,7 +903,7 @@ impl Sandbox for ProcessSandbox {
         &'a self,
         args: &'a [String],
         stdin: Vec<u8>,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(self.run(args, stdin, limits))
     }
@@ -917,7 +912,7 @@ impl Sandbox for ProcessSandbox {
         &'a self,
         request: Vec<u8>,
         hint: &'a str,
-        limits: &'a Limits,
+        limits: &'a RunLimits,
     ) -> BoxFuture<'a, Result<RunOutput, SandboxError>> {
         Box::pin(self.run_warm(request, hint, limits))
     }

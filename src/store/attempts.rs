@@ -30,8 +30,6 @@ pub struct AttemptRecord {
     pub finish_reason: Option<String>,
     pub validation: Option<Value>,
     pub tests: Option<Value>,
-    pub llm_faults: i32,
-    pub sandbox_faults: i32,
     pub error_code: Option<ErrorCode>,
     pub error_message: Option<String>,
 }
@@ -46,7 +44,7 @@ pub struct PastSuccess {
 
 /// A model answer as stored on its attempt.
 #[derive(Debug, Clone, Copy)]
-pub struct Generation<'a> {
+pub struct StoredAnswer<'a> {
     pub response: &'a str,
     pub finish_reason: Option<&'a str>,
     pub usage: TokenUsage,
@@ -67,8 +65,6 @@ struct AttemptRow {
     finish_reason: Option<String>,
     validation: Option<Value>,
     tests: Option<Value>,
-    llm_faults: i32,
-    sandbox_faults: i32,
     error_code: Option<String>,
     error_message: Option<String>,
 }
@@ -92,8 +88,6 @@ impl TryFrom<AttemptRow> for AttemptRecord {
             finish_reason: r.finish_reason,
             validation: r.validation,
             tests: r.tests,
-            llm_faults: r.llm_faults,
-            sandbox_faults: r.sandbox_faults,
             error_code: r.error_code.as_deref().map(str::parse).transpose()?,
             error_message: r.error_message,
         })
@@ -106,7 +100,7 @@ impl Store {
         let row = sqlx::query_as!(
             AttemptRow,
             r#"SELECT id, run, n, phase, state, model, prompt, response, finish_reason, validation, tests,
-                      llm_faults, sandbox_faults, error_code, error_message
+                      error_code, error_message
                FROM attempts
                WHERE job_id = $1 AND run = $2
                  AND n = coalesce($3, (SELECT max(n) FROM attempts WHERE job_id = $1 AND run = $2))"#,
@@ -135,8 +129,7 @@ impl Store {
     ) -> Result<AttemptRecord, StoreError> {
         let prompt = storable_json(prompt);
         let prompt = prompt.as_ref();
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"INSERT INTO attempts (id, job_id, run, n, model, prompt, prompt_version, worker_id, lease_epoch)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -165,11 +158,10 @@ impl Store {
         &self,
         lease: &Lease,
         attempt_id: Uuid,
-        g: &Generation<'_>,
+        g: &StoredAnswer<'_>,
     ) -> Result<(), StoreError> {
         let (response, finish_reason) = (storable(g.response), g.finish_reason.map(storable));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET phase = 'generated', response = $2, finish_reason = $3, prompt_tokens = $4,
@@ -200,8 +192,7 @@ impl Store {
         validation: &Value,
         validate_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let paths: Vec<String> = files.iter().map(|f| storable(&f.path).into_owned()).collect();
         let validation = storable_json(validation);
         let validation = validation.as_ref();
@@ -252,8 +243,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tests = storable_json(tests);
         let tests = tests.as_ref();
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET phase = 'tested', tests = $2,
@@ -287,8 +277,7 @@ impl Store {
         message: &str,
     ) -> Result<i32, StoreError> {
         let (class, message) = (storable(class), storable(message));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let count = sqlx::query_scalar!(
             r#"UPDATE attempts
                SET llm_faults = llm_faults + CASE WHEN $2 = 'llm' THEN 1 ELSE 0 END,
@@ -341,8 +330,7 @@ impl Store {
         if !budgeted {
             return Ok(true);
         }
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let budget = sqlx::query_scalar!(
             r#"SELECT (options->>'budget_tokens')::int8 AS budget FROM batches WHERE id = $1 FOR UPDATE"#,
             batch_id
@@ -444,8 +432,7 @@ impl Store {
         prompt: &Value,
         prompt_version: &str,
     ) -> Result<Option<AttemptRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let source = sqlx::query!(
             r#"SELECT a.id, a.response, a.finish_reason, a.validation, a.tests
                FROM jobs me
@@ -520,8 +507,7 @@ impl Store {
         n: i32,
         source: Uuid,
     ) -> Result<AttemptRecord, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"INSERT INTO attempts (id, job_id, run, n, phase, model, prompt, prompt_version, response,
                                      finish_reason, worker_id, lease_epoch, rejudged_from, generated_at)
@@ -555,8 +541,7 @@ impl Store {
         error: Option<(ErrorCode, &str)>,
     ) -> Result<(), StoreError> {
         let (code, message) = (error.map(|e| e.0.as_str()), error.map(|e| storable(e.1)));
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         sqlx::query!(
             r#"UPDATE attempts
                SET state = $2, error_code = $3, error_message = $4, finished_at = now(), reserved_tokens = 0,

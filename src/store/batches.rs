@@ -210,7 +210,10 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or(StoreError::NotFound("batch"))?;
-        let mut options: Options = serde_json::from_value(raw).unwrap_or_default();
+        let mut options: Options = serde_json::from_value(raw).map_err(|error| StoreError::Unreadable {
+            what: format!("options of batch {batch_id}"),
+            error,
+        })?;
         match budget {
             BudgetChange::Keep => {}
             BudgetChange::Remove => options.budget_tokens = None,

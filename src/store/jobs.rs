@@ -16,7 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{Lease, Store, StoreError, storable};
-use crate::domain::{ErrorCode, JobState};
+use crate::domain::{ErrorCode, JobState, TakeoverCause};
 use crate::spec::{Options, Spec};
 use crate::views::{FileView, JobErrorView, JobView, ResultView, TakeoverView};
 
@@ -122,14 +122,16 @@ impl Activity {
 /// "inside the worker" while the job's own work is long done. A death then
 /// is as likely the outage's doing (or a kill that came meanwhile) as the
 /// job's, so it is counted, not blamed: a poison job is blamed at its next
-/// death, which needs no outage to find it.
-pub fn blame(activity: Option<Activity>, cause: &str, before_restart: bool) -> (bool, String) {
+/// death, which needs no outage to find it. A panic is the job's own doing
+/// whenever it happened.
+pub fn blame(activity: Option<Activity>, cause: TakeoverCause, before_restart: bool) -> (bool, String) {
     let how = match cause {
-        "worker_died" => "its worker died (liveness lock gone)",
-        _ => "its lease expired without being released",
+        TakeoverCause::WorkerDied => "its worker died (liveness lock gone)",
+        TakeoverCause::LeaseExpired => "its lease expired without being released",
+        TakeoverCause::Panic => "it panicked in its worker",
     };
     match activity {
-        Some(a) if a.in_worker() && before_restart => (
+        Some(a) if a.in_worker() && before_restart && cause != TakeoverCause::Panic => (
             false,
             format!(
                 "{how} while the job {}, a step begun before Postgres last restarted: not blamed",
@@ -185,12 +187,19 @@ impl Store {
         else {
             return Ok(None);
         };
-        let takeover = before.lease_owner.map(|lost_by| {
-            let cause = before.lost_cause.unwrap_or_else(|| "lease_expired".into());
-            let activity = before.activity.as_deref().and_then(Activity::parse);
-            let (blamed, reason) = blame(activity, &cause, before.before_restart);
-            (lost_by, cause, blamed, reason)
-        });
+        let takeover = match before.lease_owner {
+            Some(lost_by) => {
+                // No cause recorded: nobody saw the holder go; its lease ran out.
+                let cause = before
+                    .lost_cause
+                    .as_deref()
+                    .map_or(Ok(TakeoverCause::LeaseExpired), str::parse)?;
+                let activity = before.activity.as_deref().and_then(Activity::parse);
+                let (blamed, reason) = blame(activity, cause, before.before_restart);
+                Some((lost_by, cause, blamed, reason))
+            }
+            None => None,
+        };
         let blamed = takeover.as_ref().is_some_and(|t| t.2);
         let row = sqlx::query!(
             r#"UPDATE jobs j
@@ -226,7 +235,7 @@ impl Store {
                 before.run,
                 lost_by,
                 owner,
-                cause,
+                cause.as_str(),
                 before.activity,
                 blamed,
                 reason,
@@ -238,8 +247,14 @@ impl Store {
         if let Some(waited) = before.queued_for {
             crate::metrics::observe_phase("queue_wait", Duration::from_secs_f64(waited.max(0.0)));
         }
-        let spec: Spec = serde_json::from_value(row.spec)
-            .map_err(|e| StoreError::Conflict(format!("job {job_id} has an unreadable spec: {e}")))?;
+        let spec: Spec = serde_json::from_value(row.spec).map_err(|error| StoreError::Unreadable {
+            what: format!("spec of job {job_id}"),
+            error,
+        })?;
+        let options = serde_json::from_value(row.options).map_err(|error| StoreError::Unreadable {
+            what: format!("options of batch {}", row.batch_id),
+            error,
+        })?;
         Ok(Some(Claimed {
             lease: Lease {
                 job_id,
@@ -249,7 +264,7 @@ impl Store {
             batch_id: row.batch_id,
             run: row.run,
             spec,
-            options: serde_json::from_value(row.options).unwrap_or_default(),
+            options,
             max_attempts: row.max_attempts,
             crashes: row.crashes,
             blamed_crashes: row.blamed_crashes,
@@ -281,8 +296,7 @@ impl Store {
     /// takeover, and hands the job back to the queue at once for another
     /// worker (isolated from now on). Returns the job's blamed crashes.
     pub async fn release_after_panic(&self, lease: &Lease, message: &str) -> Result<i32, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let job = sqlx::query!(
             r#"UPDATE jobs
                SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL,
@@ -377,8 +391,7 @@ impl Store {
     /// Records the job's end under its lease. A job reaches `succeeded` at
     /// most once per run: the fence fails for anyone but the current holder.
     pub async fn finish_job(&self, lease: &Lease, outcome: JobOutcome<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lease.fence(&mut tx).await?;
+        let mut tx = self.fenced(lease).await?;
         let (state, code, message, attempt) = match outcome {
             JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
             JobOutcome::AwaitingReview { attempt_id } => (JobState::AwaitingReview, None, None, Some(attempt_id)),

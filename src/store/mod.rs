@@ -8,8 +8,9 @@
 //! # Fencing
 //!
 //! A worker owns a job only through its [`Lease`] (owner, epoch). Every write a
-//! worker makes goes through [`Lease::fence`], which locks the job row and
-//! checks that the epoch is still the current one and the job still running.
+//! worker makes is in a transaction begun by [`Store::fenced`], whose
+//! [`Lease::fence`] locks the job row and checks that the epoch is still the
+//! current one and the job still running.
 //! A takeover, a cancel or a retry bumps the epoch, so a worker that lost its
 //! lease gets [`StoreError::LeaseLost`] instead of writing (invariant 2).
 //!
@@ -140,6 +141,11 @@ pub enum StoreError {
     /// code): refused rather than read as a default.
     #[error("unreadable stored value: {0}")]
     Corrupt(crate::domain::UnknownName),
+    /// A stored JSON document this build cannot read (a format it does not
+    /// know, a hand edit): refused rather than read as defaults, which
+    /// would drop what it says (a batch's budget, say).
+    #[error("unreadable stored {what}: {error}")]
+    Unreadable { what: String, error: serde_json::Error },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -183,7 +189,35 @@ impl StoreError {
             | StoreError::LeaseLost
             | StoreError::NotFound(_)
             | StoreError::Conflict(_)
-            | StoreError::Corrupt(_) => false,
+            | StoreError::Corrupt(_)
+            | StoreError::Unreadable { .. } => false,
+        }
+    }
+}
+
+/// Calls `call` again while the database cannot answer it
+/// ([`StoreError::is_transient`]: a restart, a failover) and `keep_trying()`
+/// allows, pausing `pause` after the first failure and twice as long after
+/// each next one, up to `max_pause`. Returns the first result that is not
+/// such a failure, or the last failure when `keep_trying()` said to stop.
+pub async fn retry_while_unavailable<T, Fut>(
+    pause: Duration,
+    max_pause: Duration,
+    mut keep_trying: impl FnMut() -> bool,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = pause;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && keep_trying() => {
+                tracing::warn!(error = %e, "database unavailable; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(max_pause);
+            }
+            other => return other,
         }
     }
 }
@@ -220,6 +254,16 @@ impl Store {
         &self.pool
     }
 
+    /// Begins a transaction fenced by `lease` (see [`Lease::fence`] for
+    /// why): every write a worker makes on a job's behalf is in one. The
+    /// caller commits it; dropping it, on an error or an early return, rolls
+    /// it back.
+    pub(crate) async fn fenced(&self, lease: &Lease) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lease.fence(&mut tx).await?;
+        Ok(tx)
+    }
+
     /// `SELECT 1`, for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query_scalar!("SELECT 1 AS \"one!\"")
@@ -245,7 +289,7 @@ impl Lease {
     /// The row lock is what makes fencing airtight: a takeover or cancel that
     /// races with this write waits for `tx` to end, and a write that comes
     /// after them sees the new epoch and is refused.
-    pub async fn fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    async fn fence(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
         let held = sqlx::query_scalar!(
             "SELECT 1 AS \"held!\" FROM jobs WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running' FOR UPDATE",
             self.job_id,

@@ -11,10 +11,15 @@
 //! or never run (`if TYPE_CHECKING:`) are not judged; optional imports (in a
 //! `try` that catches `ImportError`, or its fallback handler) are reported as
 //! warnings, since the code works without them.
+//!
+//! [`bindings`] is the other reading of the same statements: which names
+//! they bind to which modules, for the checks that follow a name to what it
+//! stands for (routes, security).
 
 use std::collections::BTreeSet;
 
-use ruff_python_ast::{CmpOp, ExceptHandler, Expr, Number, Stmt};
+use ruff_python_ast::visitor::{self, Visitor};
+use ruff_python_ast::{CmpOp, ExceptHandler, Expr, Number, Stmt, StmtImportFrom};
 use ruff_text_size::{Ranged, TextRange};
 
 use crate::report::{Diagnostic, Severity};
@@ -121,6 +126,92 @@ fn walk(body: &[Stmt], optional: bool, out: &mut Vec<Import>) {
             _ => {}
         }
     }
+}
+
+/// A name an import statement binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// `local` stands for the dotted name `target`: `import a.b` binds `a`
+    /// to `a`, `import a.b as c` binds `c` to `a.b`, `from m import x as y`
+    /// binds `y` to `m.x`.
+    Name { local: String, target: String },
+    /// `from module import *`.
+    Star { module: String },
+}
+
+/// What every import in `body` binds, at any depth, in order (a later
+/// binding of a name replaces an earlier one). Relative imports are
+/// resolved against `package`, the importing module's package; without one
+/// they are skipped.
+pub fn bindings(body: &[Stmt], package: Option<&str>) -> Vec<Binding> {
+    let mut bindings = Bindings {
+        package,
+        out: Vec::new(),
+    };
+    bindings.visit_body(body);
+    bindings.out
+}
+
+struct Bindings<'p> {
+    package: Option<&'p str>,
+    out: Vec<Binding>,
+}
+
+impl<'a> Visitor<'a> for Bindings<'_> {
+    fn visit_stmt(&mut self, stmt: &'a Stmt) {
+        match stmt {
+            Stmt::Import(i) => {
+                for a in &i.names {
+                    let full = a.name.as_str();
+                    let (local, target) = a.asname.as_ref().map_or_else(
+                        || {
+                            let top = full.split('.').next().unwrap_or(full);
+                            (top.to_owned(), top.to_owned())
+                        },
+                        |n| (n.to_string(), full.to_owned()),
+                    );
+                    self.out.push(Binding::Name { local, target });
+                }
+            }
+            Stmt::ImportFrom(i) => {
+                let Some(base) = from_module(i, self.package) else {
+                    return;
+                };
+                for a in &i.names {
+                    if a.name.as_str() == "*" {
+                        self.out.push(Binding::Star { module: base.clone() });
+                    } else {
+                        self.out.push(Binding::Name {
+                            local: a.asname.as_ref().unwrap_or(&a.name).to_string(),
+                            target: format!("{base}.{}", a.name.as_str()),
+                        });
+                    }
+                }
+            }
+            _ => visitor::walk_stmt(self, stmt),
+        }
+    }
+}
+
+/// The dotted name of the module a from-import reads, a relative one
+/// resolved against `package`; `None` for a relative import without a
+/// package or one that reaches above the top.
+fn from_module(i: &StmtImportFrom, package: Option<&str>) -> Option<String> {
+    if i.level == 0 {
+        return i.module.as_ref().map(ToString::to_string);
+    }
+    let parts: Vec<&str> = package?.split('.').filter(|p| !p.is_empty()).collect();
+    let up = i.level as usize - 1;
+    (up <= parts.len()).then(|| {
+        let mut base = parts[..parts.len() - up].join(".");
+        if let Some(m) = &i.module {
+            if !base.is_empty() {
+                base.push('.');
+            }
+            base.push_str(m.as_str());
+        }
+        base
+    })
 }
 
 fn catches_import_error(expr: &Expr) -> bool {

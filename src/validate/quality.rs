@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::spec::Endpoint;
 
 use super::python::{Module, docstring};
-use super::routes::static_string;
+use super::routes::{fstring_text, static_string};
 
 /// Stands for an f-string interpolation in a path template.
 const HOLE: char = '\u{0}';
@@ -356,28 +356,7 @@ fn template(expr: &Expr, constants: &HashMap<String, String>) -> Option<String> 
             }
             Some(left.unwrap_or_else(|| HOLE.into()) + &right.unwrap_or_else(|| HOLE.into()))
         }
-        Expr::FString(f) => {
-            let mut out = String::new();
-            for part in &f.value {
-                match part {
-                    ruff_python_ast::FStringPart::Literal(l) => out.push_str(l.as_str()),
-                    ruff_python_ast::FStringPart::FString(fs) => {
-                        for element in &fs.elements {
-                            match element {
-                                ruff_python_ast::InterpolatedStringElement::Literal(l) => out.push_str(&l.value),
-                                ruff_python_ast::InterpolatedStringElement::Interpolation(i) => {
-                                    match static_string(&i.expression, constants) {
-                                        Some(known) => out.push_str(&known),
-                                        None => out.push(HOLE),
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Some(out)
-        }
+        Expr::FString(f) => fstring_text(f, constants, Some(HOLE)),
         _ => None,
     }
 }

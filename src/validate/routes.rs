@@ -18,12 +18,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ruff_python_ast::visitor::{self, Visitor};
-use ruff_python_ast::{Expr, Operator, Stmt};
+use ruff_python_ast::{Expr, ExprFString, FStringPart, InterpolatedStringElement, Operator, Stmt};
 use ruff_text_size::Ranged;
 
 use crate::report::{Diagnostic, Severity};
 use crate::spec::ServiceSpec;
 
+use super::imports::{self, Binding};
 use super::python::{Module, string_value};
 
 const APP_CLASSES: [&str; 2] = ["fastapi.FastAPI", "fastapi.applications.FastAPI"];
@@ -276,11 +277,12 @@ fn first_pass(module: &Module<'_>) -> Facts {
     let mut facts = Facts::default();
     let name = module.name();
     let package = module.package();
-    let mut imports = Imports {
-        package: &package,
-        out: &mut facts.imports,
-    };
-    imports.visit_body(module.body());
+    for binding in imports::bindings(module.body(), Some(&package)) {
+        // A star import binds names this pass cannot list.
+        if let Binding::Name { local, target } = binding {
+            facts.imports.insert(local, target);
+        }
+    }
     for stmt in module.body() {
         let (target, value) = match stmt {
             Stmt::Assign(a) if a.targets.len() == 1 => (&a.targets[0], &*a.value),
@@ -300,56 +302,6 @@ fn first_pass(module: &Module<'_>) -> Facts {
     };
     creations.visit_body(module.body());
     facts
-}
-
-struct Imports<'p, 'o> {
-    package: &'p str,
-    out: &'o mut HashMap<String, String>,
-}
-
-impl<'a> Visitor<'a> for Imports<'_, '_> {
-    fn visit_stmt(&mut self, stmt: &'a Stmt) {
-        match stmt {
-            Stmt::Import(i) => {
-                for a in &i.names {
-                    let full = a.name.as_str();
-                    // `import a.b` binds `a`; `import a.b as c` binds `c` to `a.b`.
-                    let (local, target) = a.asname.as_ref().map_or_else(
-                        || {
-                            let top = full.split('.').next().unwrap_or(full);
-                            (top.to_owned(), top.to_owned())
-                        },
-                        |n| (n.to_string(), full.to_owned()),
-                    );
-                    self.out.insert(local, target);
-                }
-            }
-            Stmt::ImportFrom(i) => {
-                let base = if i.level == 0 {
-                    i.module.as_ref().map(ToString::to_string)
-                } else {
-                    let parts: Vec<&str> = self.package.split('.').filter(|p| !p.is_empty()).collect();
-                    let up = i.level as usize - 1;
-                    (up <= parts.len()).then(|| {
-                        let mut base = parts[..parts.len() - up].join(".");
-                        if let Some(m) = &i.module {
-                            if !base.is_empty() {
-                                base.push('.');
-                            }
-                            base.push_str(m.as_str());
-                        }
-                        base
-                    })
-                };
-                let Some(base) = base else { return };
-                for a in &i.names {
-                    let local = a.asname.as_ref().unwrap_or(&a.name).to_string();
-                    self.out.insert(local, format!("{base}.{}", a.name.as_str()));
-                }
-            }
-            _ => visitor::walk_stmt(self, stmt),
-        }
-    }
 }
 
 /// Resolves a name or attribute chain to a qualified name. Objects the
@@ -378,27 +330,33 @@ pub(super) fn static_string(expr: &Expr, constants: &HashMap<String, String>) ->
         Expr::BinOp(b) if b.op == Operator::Add => {
             Some(static_string(&b.left, constants)? + &static_string(&b.right, constants)?)
         }
-        Expr::FString(f) => {
-            let mut out = String::new();
-            for part in &f.value {
-                match part {
-                    ruff_python_ast::FStringPart::Literal(l) => out.push_str(l.as_str()),
-                    ruff_python_ast::FStringPart::FString(fs) => {
-                        for element in &fs.elements {
-                            match element {
-                                ruff_python_ast::InterpolatedStringElement::Literal(l) => out.push_str(&l.value),
-                                ruff_python_ast::InterpolatedStringElement::Interpolation(i) => {
-                                    out.push_str(&static_string(&i.expression, constants)?);
-                                }
-                            }
-                        }
+        Expr::FString(f) => fstring_text(f, constants, None),
+        _ => None,
+    }
+}
+
+/// The text of an f-string, each interpolation replaced by its
+/// [`static_string`] or, when it has none, by `hole`; `None` when one has
+/// none and there is no `hole`.
+pub(super) fn fstring_text(f: &ExprFString, constants: &HashMap<String, String>, hole: Option<char>) -> Option<String> {
+    let mut out = String::new();
+    for part in &f.value {
+        match part {
+            FStringPart::Literal(l) => out.push_str(l.as_str()),
+            FStringPart::FString(fs) => {
+                for element in &fs.elements {
+                    match element {
+                        InterpolatedStringElement::Literal(l) => out.push_str(&l.value),
+                        InterpolatedStringElement::Interpolation(i) => match static_string(&i.expression, constants) {
+                            Some(known) => out.push_str(&known),
+                            None => out.push(hole?),
+                        },
                     }
                 }
             }
-            Some(out)
         }
-        _ => None,
     }
+    Some(out)
 }
 
 fn place(module: &Module<'_>, node: &impl Ranged) -> Place {

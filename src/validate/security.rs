@@ -21,6 +21,7 @@ use ruff_text_size::Ranged;
 
 use crate::report::{Diagnostic, Severity};
 
+use super::imports::{self, Binding};
 use super::python::{Module, string_value};
 
 /// How strictly each rule is enforced for one module.
@@ -226,8 +227,18 @@ struct Names {
 
 impl Names {
     fn collect(&mut self, body: &[Stmt]) {
-        let mut imports = ImportCollector { names: self };
-        imports.visit_body(body);
+        for binding in imports::bindings(body, None) {
+            match binding {
+                Binding::Name { local, target } => {
+                    self.imports.insert(local, target);
+                }
+                Binding::Star { module } => {
+                    if STAR_SOURCES.contains(&module.as_str()) {
+                        self.stars.push(module);
+                    }
+                }
+            }
+        }
     }
 
     /// `name = <dangerous reference>`, followed to a fixpoint so chains
@@ -283,45 +294,6 @@ impl Names {
 
 fn is_dangerous(q: &str) -> bool {
     DANGEROUS.iter().any(|(name, _, _)| *name == q)
-}
-
-struct ImportCollector<'n> {
-    names: &'n mut Names,
-}
-
-impl<'a> Visitor<'a> for ImportCollector<'_> {
-    fn visit_stmt(&mut self, stmt: &'a Stmt) {
-        match stmt {
-            Stmt::Import(i) => {
-                for a in &i.names {
-                    let full = a.name.as_str();
-                    // `import a.b` binds `a`; `import a.b as c` binds `c` to `a.b`.
-                    let (local, target) = a.asname.as_ref().map_or_else(
-                        || {
-                            let top = full.split('.').next().unwrap_or(full);
-                            (top.to_owned(), top.to_owned())
-                        },
-                        |n| (n.to_string(), full.to_owned()),
-                    );
-                    self.names.imports.insert(local, target);
-                }
-            }
-            Stmt::ImportFrom(i) if i.level == 0 => {
-                let Some(from) = &i.module else { return };
-                for a in &i.names {
-                    if a.name.as_str() == "*" {
-                        if STAR_SOURCES.contains(&from.as_str()) {
-                            self.names.stars.push(from.to_string());
-                        }
-                        continue;
-                    }
-                    let local = a.asname.as_ref().unwrap_or(&a.name).to_string();
-                    self.names.imports.insert(local, format!("{from}.{}", a.name.as_str()));
-                }
-            }
-            _ => visitor::walk_stmt(self, stmt),
-        }
-    }
 }
 
 /// Every name bound by something other than an import.

@@ -19,7 +19,7 @@ use kiln::files::File;
 use kiln::report::TestReport;
 use kiln::sandbox::docker::DockerSandbox;
 use kiln::sandbox::process::ProcessSandbox;
-use kiln::sandbox::{Limits, Sandbox, harness};
+use kiln::sandbox::{RunLimits, Sandbox, harness};
 use kiln::spec::Spec;
 use serde_json::{Value, json};
 
@@ -56,7 +56,7 @@ pub struct TestSandbox {
 
 impl TestSandbox {
     /// `pool` is the number of runs (or containers) prepared ahead.
-    pub async fn new(backend: Backend, limits: &Limits, pool: usize) -> TestSandbox {
+    pub async fn new(backend: Backend, limits: &RunLimits, pool: usize) -> TestSandbox {
         match backend {
             Backend::Process => {
                 let process = ProcessSandbox::with_pool(Path::new(&runtime()), pool)
@@ -95,13 +95,13 @@ impl TestSandbox {
     }
 
     /// Runs a function job through the real harness.
-    pub async fn function_job(&self, job: &FunctionJob, limits: &Limits) -> TestReport {
+    pub async fn function_job(&self, job: &FunctionJob, limits: &RunLimits) -> TestReport {
         self.judge(&job.spec(), &job.files(), limits).await
     }
 
     /// Judges `files` against `spec` through the real harness; a sandbox
     /// fault fails the test.
-    pub async fn judge(&self, spec: &Spec, files: &[File], limits: &Limits) -> TestReport {
+    pub async fn judge(&self, spec: &Spec, files: &[File], limits: &RunLimits) -> TestReport {
         harness::run_tests(self.sandbox(), spec, files, limits)
             .await
             .unwrap_or_else(|e| panic!("{} sandbox fault: {e}", self.backend.name()))
@@ -447,8 +447,8 @@ pub use humaneval_data::{HumanEval, humaneval};
 pub const HUMANEVAL_PARALLEL: usize = 4;
 
 /// Limits of a HumanEval run: roomy, so only a wrong answer fails one.
-pub fn humaneval_limits() -> Limits {
-    Limits {
+pub fn humaneval_limits() -> RunLimits {
+    RunLimits {
         timeout: Duration::from_secs(60),
         memory_mb: 512,
         pids: 128,

@@ -119,14 +119,14 @@ static IN_FLIGHT_TAKE: LazyLock<Script> = LazyLock::new(|| {
 
 /// A handle on the shared state of one deployment (one queue namespace).
 #[derive(Clone)]
-pub struct Coordination {
+pub struct GuardState {
     conn: ConnectionManager,
     prefix: String,
 }
 
-impl std::fmt::Debug for Coordination {
+impl std::fmt::Debug for GuardState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coordination")
+        f.debug_struct("GuardState")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -140,11 +140,11 @@ pub struct Reservation {
     pub factor: f64,
 }
 
-impl Coordination {
-    pub async fn connect(redis_url: &str, queue: &str) -> Result<Coordination, QueueError> {
+impl GuardState {
+    pub async fn connect(redis_url: &str, queue: &str) -> Result<GuardState, QueueError> {
         let client = redis::Client::open(redis_url)?;
         let conn = client.get_connection_manager().await?;
-        Ok(Coordination {
+        Ok(GuardState {
             conn,
             prefix: format!("{queue}:kiln"),
         })
