@@ -147,16 +147,7 @@ const PATH_ECHO: usize = 200;
 
 /// A request path cut to [`PATH_ECHO`] bytes (`…` marks a cut).
 pub(crate) fn echo_path(path: &str) -> String {
-    let mut path = path.to_owned();
-    if path.len() > PATH_ECHO {
-        let mut end = PATH_ECHO;
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        path.truncate(end);
-        path.push('…');
-    }
-    path
+    crate::text::clip(path, PATH_ECHO)
 }
 
 /// Middleware: every error answer carries the API's envelope
