@@ -3,8 +3,9 @@
 //! that asks for tokens, a worker and a scripted model. It signs in with
 //! `/?token=T` (and checks the token left the address bar), lists the
 //! batch, opens it (pass rate per attempt, failure reasons by code), opens
-//! the repaired job (attempt 1's diagnostics, attempt 2 passed), opens the
-//! failed job (its test cases, expected vs got) and retries it from the
+//! the repaired job (attempt 1's diagnostics, attempt 2 passed, the changes
+//! between them), opens the failed job (its test cases, expected vs got)
+//! and retries it from the
 //! page, lists the workers, and signs in through the form; and on a review
 //! batch, shows the jobs awaiting review and decides them with the job
 //! page's Approve and Reject buttons. Screenshots of each page land in
@@ -438,6 +439,19 @@ async fn the_dashboard_in_a_real_browser_lists_the_batch_explains_the_failures_a
     assert!(first.contains("[python-syntax]") || first.contains("python"), "{first}");
     browser
         .wait_text("[data-attempt='1.2']", &["passed", "Tests: 3 of 3 passed"])
+        .await;
+    // The changes from attempt 1 to attempt 2, loaded when opened: the
+    // line that did not parse became one that does.
+    browser.click("[data-attempt='1.2'] details.diff summary").await;
+    browser
+        .wait_text(
+            "[data-attempt='1.2'] details.diff",
+            &[
+                "solution.py (changed)",
+                "- def fix_2(a, b)",
+                "+ def fix_2(a: int, b: int) -> int:",
+            ],
+        )
         .await;
     browser.screenshot("3-repaired-job").await;
     rejudge_from_the_page(&browser, &client, fixed).await;

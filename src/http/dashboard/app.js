@@ -211,7 +211,151 @@ async function viewBatch(id) {
     jobs.next_cursor ? h("p", { class: "muted" }, "first 100 jobs shown; use the API or `kiln jobs` for the rest") : null);
 }
 
-function viewAttempt(a) {
+// ---- changes between attempts --------------------------------------------
+
+// An attempt's files never change once stored, so each pair of attempts is
+// fetched and compared once per page load; which comparisons are open is
+// remembered across the page's periodic redraws.
+const diffs = new Map();
+const openDiffs = new Set();
+
+function authHeaders() {
+  return { Authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") };
+}
+
+// The files of one attempt, from its tar.gz (the archive `kiln download`
+// unpacks): the browser gunzips, and the tar is read here.
+async function attemptFiles(job, run, n) {
+  const response = await fetch(`/v1/jobs/${job}/artifacts?run=${run}&attempt=${n}`, { headers: authHeaders() });
+  if (!response.ok) throw new Error(`files of attempt ${n}: ${response.status}`);
+  const unzipped = response.body.pipeThrough(new DecompressionStream("gzip"));
+  return untar(new Uint8Array(await new Response(unzipped).arrayBuffer()));
+}
+
+// Regular files of a GNU tar, by path; a path over 100 bytes comes in an
+// `L` entry before its file's header.
+function untar(bytes) {
+  const files = new Map();
+  const decoder = new TextDecoder();
+  const cstring = (b) => decoder.decode(b).replace(/\0[\s\S]*$/, "");
+  let longName = null;
+  for (let at = 0; at + 512 <= bytes.length;) {
+    const header = bytes.subarray(at, at + 512);
+    if (header.every((b) => b === 0)) break;
+    const size = parseInt(cstring(header.subarray(124, 136)).trim() || "0", 8);
+    const type = String.fromCharCode(header[156]);
+    const data = bytes.subarray(at + 512, at + 512 + size);
+    at += 512 + Math.ceil(size / 512) * 512;
+    if (type === "L") { longName = cstring(data); continue; }
+    if (type === "0" || type === "\0") files.set(longName ?? cstring(header.subarray(0, 100)), decoder.decode(data));
+    longName = null;
+  }
+  return files;
+}
+
+// Lines of `a` and `b` as kept (" "), removed ("-") and added ("+"), by
+// their longest common subsequence.
+function lineDiff(a, b) {
+  const n = a.length, m = b.length;
+  const lcs = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  }
+  const ops = [];
+  let i = 0, j = 0;
+  while (i < n && j < m) {
+    if (a[i] === b[j]) { ops.push([" ", a[i]]); i++; j++; }
+    else if (lcs[i + 1][j] >= lcs[i][j + 1]) ops.push(["-", a[i++]]);
+    else ops.push(["+", b[j++]]);
+  }
+  while (i < n) ops.push(["-", a[i++]]);
+  while (j < m) ops.push(["+", b[j++]]);
+  return ops;
+}
+
+// The changed lines with three lines of context; "…" where lines are left out.
+function hunks(ops) {
+  const keep = ops.map(([kind], x) => ops.slice(Math.max(0, x - 3), x + 4).some(([k]) => k !== " ") || kind !== " ");
+  const out = [];
+  ops.forEach((op, x) => {
+    if (keep[x]) out.push(op);
+    else if (x > 0 && keep[x - 1]) out.push(["…", ""]);
+  });
+  return out;
+}
+
+// Files too long to compare line by line in the page (the table is n × m).
+const DIFF_MAX_LINES = 3000;
+
+// A file's lines, without the empty "line" after its final newline.
+function fileLines(text) {
+  const lines = text.split("\n");
+  if (lines.at(-1) === "") lines.pop();
+  return lines;
+}
+
+function compareFiles(before, after) {
+  const paths = [...new Set([...before.keys(), ...after.keys()])].sort();
+  const changed = [];
+  let unchanged = 0;
+  for (const path of paths) {
+    const a = before.get(path), b = after.get(path);
+    if (a === b) { unchanged++; continue; }
+    const status = a === undefined ? "added" : b === undefined ? "removed" : "changed";
+    const [la, lb] = [fileLines(a ?? ""), fileLines(b ?? "")];
+    const lines = la.length > DIFF_MAX_LINES || lb.length > DIFF_MAX_LINES
+      ? [["…", `too long to compare here (${la.length} and ${lb.length} lines): download both attempts' files`]]
+      : hunks(lineDiff(la, lb));
+    changed.push({ path, status, lines });
+  }
+  return { changed, unchanged };
+}
+
+function viewDiff(d) {
+  const kinds = { "+": "add", "-": "del", " ": "ctx", "…": "gap" };
+  return h("div", {},
+    d.changed.length ? d.changed.map((f) => h("div", { class: "diff-file" }, h("b", {}, `${f.path} (${f.status})`),
+      h("pre", {}, f.lines.map(([k, text]) => h("span", { class: kinds[k] }, k === "…" ? `… ${text}\n` : `${k} ${text}\n`)))))
+      : h("p", { class: "muted" }, "no file changed"),
+    d.unchanged ? h("p", { class: "muted" }, `${d.unchanged} file(s) unchanged`) : null);
+}
+
+async function loadDiff(job, from, to, key) {
+  if (!diffs.has(key)) {
+    try {
+      const [a, b] = await Promise.all([attemptFiles(job, from.run, from.n), attemptFiles(job, to.run, to.n)]);
+      diffs.set(key, compareFiles(a, b));
+    } catch (e) {
+      setStatus(`changes from attempt ${from.n}: ${e.message}`);
+      return;
+    }
+  }
+  // The page may have been redrawn meanwhile: fill the comparison shown now.
+  const body = document.querySelector(`details.diff[data-diff="${CSS.escape(key)}"] .diff-body`);
+  if (body) body.replaceChildren(viewDiff(diffs.get(key)));
+}
+
+// The changes from the run's previous attempt, loaded when opened.
+function diffSection(job, from, to) {
+  const key = `${job}/${to.run}.${from.n}-${to.n}`;
+  const details = h("details", { class: "diff", "data-diff": key },
+    h("summary", {}, `Changes from attempt ${from.n}`),
+    h("div", { class: "diff-body" }, diffs.has(key) ? viewDiff(diffs.get(key)) : h("p", { class: "muted" }, "loading…")));
+  details.open = openDiffs.has(key);
+  details.addEventListener("toggle", () => {
+    if (!details.open) { openDiffs.delete(key); return; }
+    openDiffs.add(key);
+    loadDiff(job, from, to, key);
+  });
+  return details;
+}
+
+// ---- one job ---------------------------------------------------------------
+
+// Attempts still at `prompted` or `generated` have no files to compare yet.
+const hasFiles = (a) => a.phase === "validated" || a.phase === "tested";
+
+function viewAttempt(a, job, previous) {
   const v = a.validation;
   const t = a.tests;
   const faults = (a.faults || []).map((f) => h("li", {}, `${f.kind} ${f.class}: ${f.message}`));
@@ -232,7 +376,8 @@ function viewAttempt(a) {
         h("thead", {}, h("tr", {}, h("th", {}, "case"), h("th", {}, "outcome"), h("th", {}, "expected vs got"))),
         h("tbody", {}, t.cases.filter((c) => c.outcome !== "passed").map((c) =>
           h("tr", {}, h("td", {}, c.name), h("td", {}, stateBadge(c.outcome)), h("td", {}, h("pre", {}, c.message || "")))))) : null,
-      t.output ? h("details", {}, h("summary", {}, "output"), h("pre", {}, t.output)) : null) : null);
+      t.output ? h("details", {}, h("summary", {}, "output"), h("pre", {}, t.output)) : null) : null,
+    previous && hasFiles(previous) && hasFiles(a) ? diffSection(job, previous, a) : null);
 }
 
 async function viewJob(id) {
@@ -267,12 +412,13 @@ async function viewJob(id) {
       h("li", {}, `run ${r.run} attempt ${r.attempt}: `, h("b", {}, r.decision), ` at ${r.at}`,
         r.by ? ` by ${r.by.name || r.by.token_id}` : "", r.comment ? ` — ${r.comment}` : "")))) : null,
     h("h2", {}, "Attempts"),
-    h("div", { id: "attempts" }, attempts.length ? attempts.map(viewAttempt) : h("p", { class: "muted" }, "no attempt yet")),
+    h("div", { id: "attempts" }, attempts.length
+      ? attempts.map((a) => viewAttempt(a, id, attempts.find((p) => p.run === a.run && p.n === a.n - 1))) : h("p", { class: "muted" }, "no attempt yet")),
     h("details", {}, h("summary", {}, "spec"), h("pre", {}, JSON.stringify(job.spec, null, 2))));
 }
 
 async function download(id) {
-  const response = await fetch(`/v1/jobs/${id}/artifacts`, { headers: { Authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") } });
+  const response = await fetch(`/v1/jobs/${id}/artifacts`, { headers: authHeaders() });
   if (!response.ok) { setStatus(`download failed: ${response.status}`); return; }
   const link = h("a", { href: URL.createObjectURL(await response.blob()), download: `${id}.tar.gz` });
   link.click();
