@@ -242,12 +242,7 @@ async fn the_report_gives_pass_rates_per_attempt_cost_per_success_phase_times_an
         .await
         .unwrap();
     let batch_id = created["batch_id"].as_str().unwrap().to_owned();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     let status = wait_for_batch(&d.client, &batch_id, Duration::from_secs(120)).await;
     let r = report(&d, &batch_id).await;
     assert_eq!(r.batch_id.to_string(), batch_id);

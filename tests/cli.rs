@@ -33,19 +33,7 @@ struct Kiln {
 
 impl Kiln {
     fn run_with(&self, args: &[&str], url: &str, stdin: Option<&str>) -> Output {
-        let mut child = Command::new(bin("kiln"))
-            .env("KILN_URL", url)
-            .env("KILN_TOKEN", &self.token)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        if let Some(input) = stdin {
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        support::run_kiln(&[("KILN_URL", url), ("KILN_TOKEN", &self.token)], args, stdin)
     }
 
     /// Runs `kiln ARGS` and checks its exit code.

@@ -70,12 +70,7 @@ async fn kiln_diff_shows_the_line_a_repair_changed_and_says_when_there_is_nothin
     let batch = created["batch_id"].as_str().unwrap();
     let ended = wait_for_batch(&d.client, batch, Duration::from_secs(120)).await;
     assert_eq!(ended["counts"]["succeeded"], 2, "{ended}");
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     let (fixed, first_time) = (&jobs[0], &jobs[1]);
     let url = d.url.clone();
     tokio::task::block_in_place(|| {

@@ -6,29 +6,16 @@
 
 mod support;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use serde_json::Value;
-use support::bin;
 
 /// A dispatcher that cannot be there: validating must not need one.
 const NOWHERE: &str = "http://127.0.0.1:1";
 
 fn kiln(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(bin("kiln"))
-        .env("KILN_URL", NOWHERE)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    support::run_kiln(&[("KILN_URL", NOWHERE)], args, stdin)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -291,12 +291,7 @@ async fn submit_batches(client: &support::JsonClient) -> (String, Vec<String>) {
         .await
         .unwrap();
     let batch = created["batch_id"].as_str().unwrap().to_owned();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     let cancelled = client
         .submit(&json!({"name": "cancelled batch", "specs": [add_spec(4)]}), None)
         .await
@@ -498,12 +493,7 @@ async fn the_dashboard_shows_jobs_awaiting_review_and_its_approve_and_reject_but
         .await
         .unwrap();
     let batch = created["batch_id"].as_str().unwrap().to_owned();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     let deadline = Instant::now() + Duration::from_secs(120);
     while client.batch(&batch).await.unwrap()["counts"]["awaiting_review"] != 2 {
         assert!(Instant::now() < deadline, "the jobs never awaited review");

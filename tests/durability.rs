@@ -126,12 +126,7 @@ async fn a_sigkilled_workers_jobs_are_reclaimed_by_another_worker_within_3_s_and
     );
     let specs: Vec<Value> = (0..4).map(add_spec).collect();
     let created = d.client.submit(&json!({ "specs": specs }), None).await.unwrap();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     eventually(
         Duration::from_secs(30),
         "the victim waiting for the model on all four",

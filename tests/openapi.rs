@@ -598,12 +598,7 @@ async fn every_endpoints_live_answers_validate_against_the_document() {
     let (status, created) = c.check(Method::POST, "/v1/batches", "/v1/batches", Some(body)).await;
     assert_eq!(status, 201);
     let batch = created["batch_id"].as_str().unwrap().to_owned();
-    let jobs: Vec<String> = created["job_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j.as_str().unwrap().to_owned())
-        .collect();
+    let jobs: Vec<String> = support::job_ids(&created);
     let (status, _) = c.check(Method::GET, "/v1/workers", "/v1/workers", None).await;
     assert_eq!(status, 200);
     let client = support::JsonClient::with_token(&d.url, &c.token).unwrap();

@@ -312,6 +312,34 @@ impl InProcessWorker {
 }
 
 /// A built binary of this workspace (`cargo build --workspace --bins` first).
+/// The job ids of a `POST /v1/batches` answer, in the order of its specs.
+pub fn job_ids(created: &Value) -> Vec<String> {
+    created["job_ids"]
+        .as_array()
+        .expect("job_ids")
+        .iter()
+        .map(|j| j.as_str().expect("a job id").to_owned())
+        .collect()
+}
+
+/// Runs the `kiln` CLI with `vars` set, `stdin` piped in (or none), and
+/// waits for it.
+pub fn run_kiln(vars: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("kiln"))
+        .envs(vars.iter().copied())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
