@@ -249,13 +249,13 @@ fn generation(prompt_tokens: i64) -> StoredAnswer<'static> {
     }
 }
 
-/// What `batch_counts` says of a batch, and the same recounted from every
+/// What `batch_counts` says of a batch (its shards added up), and the same recounted from every
 /// job and attempt.
 async fn counts_and_recount(store: &Store, batch: Uuid) -> (serde_json::Value, serde_json::Value) {
     let kept: serde_json::Value = sqlx::query_scalar(
         r"SELECT to_jsonb(c) - 'batch_id' - 'finished_at' - 'cost_usd'
                  || jsonb_build_object('cost', round(cost_usd::numeric, 6))
-          FROM batch_counts c WHERE batch_id = $1",
+          FROM batch_totals c WHERE batch_id = $1",
     )
     .bind(batch)
     .fetch_one(store.pool())

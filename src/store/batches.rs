@@ -1,9 +1,10 @@
 //! Batches: created in one transaction with all their jobs, read back as
 //! status with counts and token usage.
 //!
-//! Counts and usage come from the batch's `batch_counts` row, which
-//! triggers on `jobs` and `attempts` keep in the same transactions as the
-//! writes they count (migrations/0015): a status read never counts jobs.
+//! Counts and usage come from the batch's `batch_counts` rows (a few
+//! shards, added up by the `batch_totals` view), which triggers on `jobs`
+//! and `attempts` keep in the same transactions as the writes they count
+//! (migrations/0015, 0021): a status read never counts jobs.
 
 use uuid::Uuid;
 
@@ -142,9 +143,9 @@ impl Store {
         })
     }
 
-    /// A batch's status: one row of `batches` and one of `batch_counts`
-    /// (kept by triggers, migrations/0015), so it costs the same for a job
-    /// or for 200,000.
+    /// A batch's status: one row of `batches` and its `batch_totals` (the
+    /// few shards of its counts, kept by triggers, migrations/0015 and
+    /// 0021), so it costs the same for a job or for 200,000.
     pub async fn batch(&self, batch_id: Uuid) -> Result<BatchView, StoreError> {
         let b = sqlx::query!(
             r#"SELECT b.name, b.options, b.created_at, b.created_by, t.name AS "token_name?",
@@ -157,7 +158,7 @@ impl Store {
                       coalesce(c.completion_tokens, 0) AS "completion_tokens!", c.cost_usd AS "cost_usd?"
                FROM batches b
                LEFT JOIN api_tokens t ON t.id = b.created_by
-               LEFT JOIN batch_counts c ON c.batch_id = b.id
+               LEFT JOIN batch_totals c ON c.batch_id = b.id
                WHERE b.id = $1"#,
             batch_id
         )

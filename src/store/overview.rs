@@ -4,9 +4,9 @@
 //! The listing pages newest first over the `batches_created` index with a
 //! `(created_at, id)` cursor, so a page costs the same wherever it starts and
 //! a batch created while a client pages never shifts the pages it has not
-//! read yet. A batch's state is derived from its counts row exactly as
+//! read yet. A batch's state is derived from its counts exactly as
 //! [`super::batches::batch_state`] derives it for `GET /v1/batches/{id}`;
-//! counts and usage come from `batch_counts` (kept by triggers), so a page
+//! counts and usage come from `batch_totals` (kept by triggers), so a page
 //! costs the same whatever the size of its batches.
 
 use std::collections::HashMap;
@@ -72,14 +72,14 @@ impl Store {
                FROM batches b
                LEFT JOIN api_tokens t ON t.id = b.created_by
                CROSS JOIN LATERAL (
-                   -- The batch's counts row (migrations/0015), zeros if it has none.
+                   -- The batch's counts (migrations/0015, 0021), zeros if it has none.
                    SELECT coalesce(bc.queued, 0) AS queued, coalesce(bc.running, 0) AS running,
                           coalesce(bc.awaiting_review, 0) AS awaiting_review,
                           coalesce(bc.succeeded, 0) AS succeeded, coalesce(bc.failed, 0) AS failed,
                           coalesce(bc.cancelled, 0) AS cancelled, coalesce(bc.started, 0) AS started,
                           bc.finished_at, coalesce(bc.prompt_tokens, 0) AS prompt_tokens,
                           coalesce(bc.completion_tokens, 0) AS completion_tokens, bc.cost_usd
-                   FROM (SELECT 1) one LEFT JOIN batch_counts bc ON bc.batch_id = b.id
+                   FROM (SELECT 1) one LEFT JOIN batch_totals bc ON bc.batch_id = b.id
                ) c
                WHERE ($1::text IS NULL OR $1 = CASE
                           WHEN c.queued + c.running > 0 THEN CASE WHEN c.started > 0 THEN 'running' ELSE 'queued' END

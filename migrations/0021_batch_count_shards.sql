@@ -1,0 +1,167 @@
+-- A batch's counts in shards. One `batch_counts` row per batch (0015) was
+-- the hottest row in the system: every claim, answer, verdict and ending
+-- of any job of the batch updated it, and each update held its lock until
+-- its transaction committed (a WAL flush). At 1,000 small jobs the
+-- workers' sessions spent most of their time queued on that one row
+-- (Lock:transactionid in pg_stat_activity, simple UPDATEs of one attempt
+-- taking over a second), which capped a batch at about 20 jobs/s on two
+-- cores whatever the sandbox cost.
+--
+-- Now each session adds its deltas to its own shard of the batch's counts,
+-- chosen by its backend's pid: a session runs one transaction at a time, so
+-- two writers wait on each other only when their pids share a shard. A
+-- batch has at most 32 rows; readers add them up (`batch_totals`). The
+-- deltas, the triggers and the lock order (job row first, then counts rows
+-- in batch id order; a statement writes one shard) are those of 0015/0016.
+
+CREATE FUNCTION kiln_count_shard() RETURNS smallint LANGUAGE sql STABLE
+    RETURN (pg_backend_pid() % 32)::smallint;
+
+ALTER TABLE batch_counts ADD COLUMN shard smallint NOT NULL DEFAULT 0;
+ALTER TABLE batch_counts DROP CONSTRAINT batch_counts_pkey;
+ALTER TABLE batch_counts ADD PRIMARY KEY (batch_id, shard);
+
+-- One row per batch: its shards added up. A batch with no shard yet has
+-- no row (readers show zeros).
+CREATE VIEW batch_totals AS
+SELECT batch_id,
+       sum(queued)::int8 AS queued,
+       sum(running)::int8 AS running,
+       sum(awaiting_review)::int8 AS awaiting_review,
+       sum(succeeded)::int8 AS succeeded,
+       sum(failed)::int8 AS failed,
+       sum(cancelled)::int8 AS cancelled,
+       sum(started)::int8 AS started,
+       max(finished_at) AS finished_at,
+       sum(attempts_running)::int8 AS attempts_running,
+       sum(attempts_passed)::int8 AS attempts_passed,
+       sum(attempts_failed)::int8 AS attempts_failed,
+       sum(attempts_error)::int8 AS attempts_error,
+       sum(prompt_tokens)::int8 AS prompt_tokens,
+       sum(completion_tokens)::int8 AS completion_tokens,
+       sum(cost_usd) AS cost_usd,
+       sum(llm_faults)::int8 AS llm_faults,
+       sum(sandbox_faults)::int8 AS sandbox_faults
+FROM batch_counts
+GROUP BY batch_id;
+
+-- kiln_count_jobs of migrations/0016, writing the session's shard.
+CREATE OR REPLACE FUNCTION kiln_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO batch_counts AS c (batch_id, shard, queued, running, awaiting_review, succeeded, failed, cancelled,
+                                       started, finished_at)
+        SELECT n.batch_id, kiln_count_shard(),
+               count(*) FILTER (WHERE n.state = 'queued'),
+               count(*) FILTER (WHERE n.state = 'running'),
+               count(*) FILTER (WHERE n.state = 'awaiting_review'),
+               count(*) FILTER (WHERE n.state = 'succeeded'),
+               count(*) FILTER (WHERE n.state = 'failed'),
+               count(*) FILTER (WHERE n.state = 'cancelled'),
+               count(*) FILTER (WHERE n.run > 1 OR n.state <> 'queued'),
+               max(n.finished_at)
+        FROM new_jobs n
+        GROUP BY n.batch_id
+        ORDER BY n.batch_id
+        ON CONFLICT (batch_id, shard) DO UPDATE SET
+            queued = c.queued + EXCLUDED.queued,
+            running = c.running + EXCLUDED.running,
+            awaiting_review = c.awaiting_review + EXCLUDED.awaiting_review,
+            succeeded = c.succeeded + EXCLUDED.succeeded,
+            failed = c.failed + EXCLUDED.failed,
+            cancelled = c.cancelled + EXCLUDED.cancelled,
+            started = c.started + EXCLUDED.started,
+            finished_at = greatest(c.finished_at, EXCLUDED.finished_at);
+    ELSE
+        INSERT INTO batch_counts AS c (batch_id, shard, queued, running, awaiting_review, succeeded, failed, cancelled,
+                                       started, finished_at)
+        SELECT n.batch_id, kiln_count_shard(),
+               sum((n.state = 'queued')::int - (o.state = 'queued')::int),
+               sum((n.state = 'running')::int - (o.state = 'running')::int),
+               sum((n.state = 'awaiting_review')::int - (o.state = 'awaiting_review')::int),
+               sum((n.state = 'succeeded')::int - (o.state = 'succeeded')::int),
+               sum((n.state = 'failed')::int - (o.state = 'failed')::int),
+               sum((n.state = 'cancelled')::int - (o.state = 'cancelled')::int),
+               sum((n.run > 1 OR n.state <> 'queued')::int - (o.run > 1 OR o.state <> 'queued')::int),
+               max(n.finished_at)
+        FROM new_jobs n JOIN old_jobs o ON o.id = n.id
+        WHERE n.state <> o.state OR n.run <> o.run OR n.finished_at IS DISTINCT FROM o.finished_at
+        GROUP BY n.batch_id
+        ORDER BY n.batch_id
+        ON CONFLICT (batch_id, shard) DO UPDATE SET
+            queued = c.queued + EXCLUDED.queued,
+            running = c.running + EXCLUDED.running,
+            awaiting_review = c.awaiting_review + EXCLUDED.awaiting_review,
+            succeeded = c.succeeded + EXCLUDED.succeeded,
+            failed = c.failed + EXCLUDED.failed,
+            cancelled = c.cancelled + EXCLUDED.cancelled,
+            started = c.started + EXCLUDED.started,
+            finished_at = greatest(c.finished_at, EXCLUDED.finished_at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- kiln_count_attempts of migrations/0015, writing the session's shard.
+CREATE OR REPLACE FUNCTION kiln_count_attempts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO batch_counts AS c (batch_id, shard, attempts_running, attempts_passed, attempts_failed, attempts_error,
+                                       prompt_tokens, completion_tokens, cost_usd, llm_faults, sandbox_faults)
+        SELECT j.batch_id, kiln_count_shard(),
+               count(*) FILTER (WHERE n.state = 'running'),
+               count(*) FILTER (WHERE n.state = 'passed'),
+               count(*) FILTER (WHERE n.state = 'failed'),
+               count(*) FILTER (WHERE n.state = 'error'),
+               sum(n.prompt_tokens), sum(n.completion_tokens), sum(n.cost_usd),
+               sum(n.llm_faults), sum(n.sandbox_faults)
+        FROM new_attempts n JOIN jobs j ON j.id = n.job_id
+        GROUP BY j.batch_id
+        ORDER BY j.batch_id
+        ON CONFLICT (batch_id, shard) DO UPDATE SET
+            attempts_running = c.attempts_running + EXCLUDED.attempts_running,
+            attempts_passed = c.attempts_passed + EXCLUDED.attempts_passed,
+            attempts_failed = c.attempts_failed + EXCLUDED.attempts_failed,
+            attempts_error = c.attempts_error + EXCLUDED.attempts_error,
+            prompt_tokens = c.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = c.completion_tokens + EXCLUDED.completion_tokens,
+            cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN c.cost_usd
+                            ELSE coalesce(c.cost_usd, 0) + EXCLUDED.cost_usd END,
+            llm_faults = c.llm_faults + EXCLUDED.llm_faults,
+            sandbox_faults = c.sandbox_faults + EXCLUDED.sandbox_faults;
+    ELSE
+        INSERT INTO batch_counts AS c (batch_id, shard, attempts_running, attempts_passed, attempts_failed, attempts_error,
+                                       prompt_tokens, completion_tokens, cost_usd, llm_faults, sandbox_faults)
+        SELECT j.batch_id, kiln_count_shard(),
+               sum((n.state = 'running')::int - (o.state = 'running')::int),
+               sum((n.state = 'passed')::int - (o.state = 'passed')::int),
+               sum((n.state = 'failed')::int - (o.state = 'failed')::int),
+               sum((n.state = 'error')::int - (o.state = 'error')::int),
+               sum(n.prompt_tokens - o.prompt_tokens),
+               sum(n.completion_tokens - o.completion_tokens),
+               -- NULL (no price) unless a changed attempt has one.
+               sum(coalesce(n.cost_usd, 0) - coalesce(o.cost_usd, 0))
+                   FILTER (WHERE n.cost_usd IS NOT NULL OR o.cost_usd IS NOT NULL),
+               sum(n.llm_faults - o.llm_faults),
+               sum(n.sandbox_faults - o.sandbox_faults)
+        FROM new_attempts n JOIN old_attempts o ON o.id = n.id JOIN jobs j ON j.id = n.job_id
+        WHERE n.state <> o.state OR n.prompt_tokens <> o.prompt_tokens
+           OR n.completion_tokens <> o.completion_tokens OR n.cost_usd IS DISTINCT FROM o.cost_usd
+           OR n.llm_faults <> o.llm_faults OR n.sandbox_faults <> o.sandbox_faults
+        GROUP BY j.batch_id
+        ORDER BY j.batch_id
+        ON CONFLICT (batch_id, shard) DO UPDATE SET
+            attempts_running = c.attempts_running + EXCLUDED.attempts_running,
+            attempts_passed = c.attempts_passed + EXCLUDED.attempts_passed,
+            attempts_failed = c.attempts_failed + EXCLUDED.attempts_failed,
+            attempts_error = c.attempts_error + EXCLUDED.attempts_error,
+            prompt_tokens = c.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = c.completion_tokens + EXCLUDED.completion_tokens,
+            cost_usd = CASE WHEN EXCLUDED.cost_usd IS NULL THEN c.cost_usd
+                            ELSE coalesce(c.cost_usd, 0) + EXCLUDED.cost_usd END,
+            llm_faults = c.llm_faults + EXCLUDED.llm_faults,
+            sandbox_faults = c.sandbox_faults + EXCLUDED.sandbox_faults;
+    END IF;
+    RETURN NULL;
+END
+$$;
