@@ -2961,8 +2961,9 @@ def checker_main(hint=""):
 
 # ---------------------------------------------------------------- the warm server (process backend)
 #
-# One per sandbox slot: the slot's bubblewrap sandbox starts it as its pid 1
-# and it lives for many runs. It imports what runs need once, then for each
+# One per sandbox slot and flavour (`FLAVOURS`): the slot's bubblewrap
+# sandbox starts it as its pid 1 and it lives for many runs. It imports what
+# its runs need once (`warm_up`), then for each
 # run forks a child that enters fresh namespaces (user, mount, pid, ipc, net,
 # uts) with fresh tmpfs over /work, /tmp and /dev/shm, and runs the checker
 # there as the new pid namespace's pid 1, exactly as a cold run would. When
@@ -3004,37 +3005,53 @@ def read_into(fd, buf, n):
     return True
 
 
-def warm_up():
-    """Does once what every run would: configures pytest for the spec's
-    tests (importing it and its plugins) and imports the service stack if
-    installed. Then freezes what it made, so that the runs' garbage
+# What a warm server imports ahead, by the kind of run it serves (the
+# run header's hint picks the server on the Rust side). Every run forks the
+# server three times (the run, its checker, the first role), and a fork
+# costs in proportion to the server's memory: the kernel copies its page
+# tables, copies each page the child writes (Python's reference counts
+# write to nearly every object it touches) and unmaps it all at exit. A
+# server holding pytest and the service stack is ~52 MB; one holding
+# neither ~9 MB, and a test-case run forks that one about 3x as cheaply.
+FLAVOURS = ("cases", "pytest", "service")
+
+
+def warm_up(flavour):
+    """Does once what every run of `flavour` would: configures pytest for
+    the spec's tests (importing it and its plugins) unless the runs are
+    test cases only, and imports the service stack, if installed, for
+    service runs. Then freezes what it made, so that the runs' garbage
     collections skip it and their forks share its pages."""
     import contextlib
     import io
 
+    if flavour not in FLAVOURS:
+        raise SystemExit("unknown server flavour %r" % flavour)
     # First, so that its plugins are imported by pytest itself (and can
     # have their asserts rewritten), not by the service stack below.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            prepare_pytest()
-        except Exception:  # noqa: BLE001 - private pytest API; PREPARED_PYTEST stays None and runs call pytest.main
-            pass
-    for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
-        try:
-            __import__(name)
-        except Exception:  # noqa: BLE001 - not in this runtime
-            pass
+    if flavour != "cases":
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                prepare_pytest()
+            except Exception:  # noqa: BLE001 - private pytest API; PREPARED_PYTEST stays None and runs call pytest.main
+                pass
+    if flavour == "service":
+        for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
+            try:
+                __import__(name)
+            except Exception:  # noqa: BLE001 - not in this runtime
+                pass
     import gc
 
     gc.collect()
     gc.freeze()
 
 
-def serve_main():
+def serve_main(flavour):
     set_nondumpable()
     # As pid 1 only signals we handle reach us from inside; handle none.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    warm_up()
+    warm_up(flavour)
     header = bytearray(RUN_HEADER)
     buf = bytearray(RELAY_CHUNK)
     frame(b"R", b"")
@@ -3209,7 +3226,7 @@ if __name__ == "__main__":
     if role == "checker":
         checker_main()
     elif role == "serve":
-        serve_main()
+        serve_main(sys.argv[2])
     elif role == "runner":
         runner_main(int(sys.argv[2]), int(sys.argv[3]))
     elif role == "tests":

@@ -74,6 +74,10 @@ impl From<crate::llm::LlmError> for WorkerError {
 /// also how a running job learns it was cancelled.
 const MAX_HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Longest a starting worker waits for its sandbox to warm up before it
+/// takes jobs ([`crate::sandbox::Sandbox::warmed`]).
+const SANDBOX_WARM_WAIT: Duration = Duration::from_secs(60);
+
 /// How often the liveness lock's connection is checked.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 
@@ -201,6 +205,18 @@ impl Worker {
         info!(worker_id = %self.inner.id, concurrency = self.inner.concurrency, "worker started");
         // No claim before the liveness lock is held: every lease this worker
         // takes is then watched by the reconciler.
+        // Nor before the sandbox is warm: a worker that takes jobs while its
+        // warm servers start spends their time (and the machine's CPU) on
+        // the start-up. A sandbox that cannot warm up does not stop it.
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                info!("worker stopped before its sandbox was warm");
+                return;
+            }
+            warm = self.inner.pipeline.sandbox.warmed(SANDBOX_WARM_WAIT) => if !warm {
+                warn!(within = ?SANDBOX_WARM_WAIT, "the sandbox did not warm up; taking jobs anyway");
+            }
+        }
         let options = (*self.inner.pipeline.store.pool().connect_options()).clone();
         let Some(registration) = self.register(&options, &shutdown).await else {
             info!("worker stopped before it registered");

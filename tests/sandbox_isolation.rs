@@ -26,8 +26,11 @@ fn limits() -> RunLimits {
 }
 
 /// A run that leaves everything it can behind, each piece carrying
-/// `secret`, and then stays for `linger_s` seconds in its test.
-fn leaver(secret: &str, linger_s: u32) -> FunctionJob {
+/// `secret`, and then stays for `linger_s` seconds in its test: judged by
+/// test cases and a pytest `test_code`, or by the `test_code` alone (a run
+/// of another kind, which the process backend forks from another warm
+/// server).
+fn leaver(secret: &str, linger_s: u32, pytest_only: bool) -> FunctionJob {
     let solution = format!(
         r#"
 import ctypes, os, time
@@ -66,7 +69,11 @@ def leave():
     FunctionJob {
         entry_point: "leave".into(),
         solution,
-        cases: vec![(json!([]), json!(secret.len()))],
+        cases: if pytest_only {
+            Vec::new()
+        } else {
+            vec![(json!([]), json!(secret.len()))]
+        },
         test_code: Some("from solution import leave\n\ndef test_leave():\n    assert leave() > 0\n".into()),
     }
 }
@@ -158,8 +165,9 @@ fn secret(n: u32) -> String {
     format!("KILN-SECRET-{n}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// With one slot, every run after the first meets the sandbox (the warm
-/// server, on the process backend) the earlier one used.
+/// With one slot, every run after the first meets the sandbox the earlier
+/// one of its kind used (on the process backend, the warm server of its
+/// kind: test cases, or pytest).
 async fn a_run_sees_nothing_an_earlier_run_left_behind(backend: Backend) {
     let _lock = exclusive().await;
     let limits = limits();
@@ -167,7 +175,7 @@ async fn a_run_sees_nothing_an_earlier_run_left_behind(backend: Backend) {
     // The control: within one run, the look finds every piece left.
     let own = secret(0);
     let mut both = looker(&own, false);
-    both.solution = format!("{}\n{}", leaver(&own, 0).solution, both.solution);
+    both.solution = format!("{}\n{}", leaver(&own, 0, false).solution, both.solution);
     let control = sandbox.function_job(&both, &limits).await;
     let seen = describe(&control);
     for piece in [
@@ -183,7 +191,7 @@ async fn a_run_sees_nothing_an_earlier_run_left_behind(backend: Backend) {
     }
     for (n, through_pytest) in [(1, false), (2, true)] {
         let secret = secret(n);
-        let left = sandbox.function_job(&leaver(&secret, 0), &limits).await;
+        let left = sandbox.function_job(&leaver(&secret, 0, through_pytest), &limits).await;
         assert!(left.all_passed(), "the leaving run itself: {}", describe(&left));
         let looked = sandbox.function_job(&looker(&secret, through_pytest), &limits).await;
         assert!(
@@ -201,7 +209,7 @@ async fn a_run_sees_nothing_of_a_run_going_on_at_the_same_time(backend: Backend)
     let limits = limits();
     let sandbox = TestSandbox::new(backend, &limits, 2).await;
     let secret = secret(3);
-    let leaver = leaver(&secret, 8);
+    let leaver = leaver(&secret, 8, true);
     let leaving = sandbox.function_job(&leaver, &limits);
     let looking = async {
         tokio::time::sleep(Duration::from_secs(4)).await;

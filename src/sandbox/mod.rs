@@ -146,6 +146,15 @@ pub trait Sandbox: Send + Sync {
         Box::pin(async move { self.run_python(&harness::harness_args(), request, limits).await })
     }
 
+    /// Waits, up to `within`, until what the backend keeps ready ahead of
+    /// runs is ready (the process backend's warm servers), so that a worker
+    /// takes its first jobs warm rather than spending their time on it.
+    /// False when it is not ready in time or could not be made ready (the
+    /// runs then start it themselves). By default ready at once.
+    fn warmed(&self, _within: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
+
     /// Discards what the backend prepared ahead (ready processes or
     /// containers) and waits until it is gone, so a stopping worker leaves
     /// nothing behind. Runs started after this fail as unavailable or start
@@ -231,6 +240,10 @@ impl Sandbox for Slots {
             count_run(self.inner.name(), &result, started.elapsed());
             result
         })
+    }
+
+    fn warmed(&self, within: Duration) -> BoxFuture<'_, bool> {
+        self.inner.warmed(within)
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -100,17 +100,68 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Servers {
-    /// Set by the first harness run: servers are only kept once wanted.
-    wanted: bool,
-    idle: Vec<Server>,
+    /// Per flavour: set by its first run (or [`ProcessSandbox::prewarm`]);
+    /// servers of a flavour are only kept once wanted.
+    wanted: [bool; Flavour::ALL.len()],
+    idle: [Vec<Server>; Flavour::ALL.len()],
     /// Taken by runs in progress.
-    busy: usize,
+    busy: [usize; Flavour::ALL.len()],
+    /// Servers that failed to start, ever ([`Sandbox::warmed`] gives up on one).
+    failed: u64,
     stopping: bool,
 }
 
+/// What a warm server has imported ahead, chosen by the kind of run it
+/// serves (the run's hint). A run forks its server three times, and a fork
+/// costs in proportion to the server's memory: page tables copied, every
+/// page the child writes copied (Python's reference counts write to most
+/// objects it touches), all of it unmapped at exit. On a machine busy with
+/// small jobs that was most of the sandbox's CPU, so each kind of run forks
+/// the smallest server that has what it needs (`warm_up` in
+/// `sandbox/harness.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// Test cases: the harness alone (~9 MB).
+    Cases,
+    /// A pytest `test_code`: pytest configured and its session started.
+    Pytest,
+    /// A service: pytest and the service stack (FastAPI, uvicorn, httpx,
+    /// pydantic), ~52 MB.
+    Service,
+}
+
+impl Flavour {
+    const ALL: [Flavour; 3] = [Flavour::Cases, Flavour::Pytest, Flavour::Service];
+
+    /// The flavour a run with `hint` (`harness::request`) forks from. A
+    /// run that needs a role its server did not import still works (the
+    /// role starts by exec), only slower.
+    fn for_hint(hint: &str) -> Flavour {
+        match hint {
+            "c" => Flavour::Cases,
+            "t" => Flavour::Pytest,
+            _ => Flavour::Service,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The server's argument (`FLAVOURS` in the harness).
+    fn arg(self) -> &'static str {
+        match self {
+            Flavour::Cases => "cases",
+            Flavour::Pytest => "pytest",
+            Flavour::Service => "service",
+        }
+    }
+}
+
 /// A warm harness interpreter in a long-lived sandbox of its own (one per
-/// slot): it has imported the harness, pytest and the runtime's packages,
-/// and forks each run into fresh namespaces (see `serve_main` in
+/// slot and [`Flavour`]): it has imported the harness and what its runs
+/// need of pytest and the runtime's packages, and forks each run into fresh
+/// namespaces (see `serve_main` in
 /// `sandbox/harness.py`). A run costs forks instead of interpreter starts.
 /// The server is pid 1 of its sandbox, in a cgroup of its own whose limits
 /// are the run's (plus what the server itself uses), and serves one run at
@@ -124,6 +175,7 @@ struct Server {
     group: Option<RunGroup>,
     /// Memory the warm server uses, added to each run's limit.
     base_mb: u64,
+    flavour: Flavour,
 }
 
 #[derive(Debug, Default)]
@@ -222,10 +274,19 @@ impl ProcessSandbox {
         Ok(ProcessSandbox { inner, stop })
     }
 
-    /// Starts warming the harness servers now rather than at the first
-    /// run, so that a worker's first jobs do not wait for them.
+    /// Starts warming the function jobs' servers now rather than at the
+    /// first run, so that a worker's first jobs do not wait for them. The
+    /// service servers (the largest: ~1 s of CPU each to warm) start with
+    /// the worker's first service run: a worker restarted often (a crash
+    /// loop, a chaos test) would otherwise spend much of its life warming
+    /// servers no job of its asks for.
     pub fn prewarm(&self) {
-        self.inner.servers.lock().expect("servers lock").wanted = true;
+        {
+            let mut servers = self.inner.servers.lock().expect("servers lock");
+            for flavour in [Flavour::Cases, Flavour::Pytest] {
+                servers.wanted[flavour.index()] = true;
+            }
+        }
         self.inner.refill.notify_one();
     }
 
@@ -345,9 +406,10 @@ impl ProcessSandbox {
     /// A harness run on a warm server (see [`Server`]).
     async fn run_warm(&self, request: Vec<u8>, hint: &str, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
         let started = Instant::now();
-        let mut server = match self.inner.take_server() {
+        let flavour = Flavour::for_hint(hint);
+        let mut server = match self.inner.take_server(flavour) {
             Some(server) => server,
-            None => self.inner.spawn_server().await?,
+            None => self.inner.spawn_server(flavour).await?,
         };
         let events_before = server.group.as_ref().map(RunGroup::memory_limit_events);
         if let Some(group) = &server.group
@@ -470,13 +532,15 @@ async fn read_frames(
 }
 
 impl Inner {
-    /// A warm server, if one is idle; marks servers wanted and asks for a refill.
-    fn take_server(&self) -> Option<Server> {
+    /// A warm server of `flavour`, if one is idle; marks the flavour wanted
+    /// and asks for a refill.
+    fn take_server(&self, flavour: Flavour) -> Option<Server> {
+        let i = flavour.index();
         let server = {
             let mut servers = self.servers.lock().expect("servers lock");
-            servers.wanted = true;
-            let server = servers.idle.pop();
-            servers.busy += 1;
+            servers.wanted[i] = true;
+            let server = servers.idle[i].pop();
+            servers.busy[i] += 1;
             server
         };
         self.refill.notify_one();
@@ -486,11 +550,12 @@ impl Inner {
     /// Ends a run's hold on `server`: back to the idle ones when `reuse` and
     /// there is room, else killed with everything in its sandbox.
     async fn release(&self, server: Server, reuse: bool) {
+        let i = server.flavour.index();
         let surplus = {
             let mut servers = self.servers.lock().expect("servers lock");
-            servers.busy = servers.busy.saturating_sub(1);
-            if reuse && !servers.stopping && servers.idle.len() + servers.busy < self.pool_size.max(1) {
-                servers.idle.push(server);
+            servers.busy[i] = servers.busy[i].saturating_sub(1);
+            if reuse && !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size.max(1) {
+                servers.idle[i].push(server);
                 None
             } else {
                 Some(server)
@@ -502,29 +567,34 @@ impl Inner {
         }
     }
 
-    /// Keeps `pool_size` servers (idle and busy together) once any is wanted.
+    /// Keeps `pool_size` servers (idle and busy together) of each flavour
+    /// once it is wanted.
     async fn keep_servers(self: Arc<Inner>, stop: CancellationToken) {
         loop {
             let short = {
                 let servers = self.servers.lock().expect("servers lock");
-                servers.wanted && !servers.stopping && servers.idle.len() + servers.busy < self.pool_size
+                Flavour::ALL.into_iter().find(|f| {
+                    let i = f.index();
+                    servers.wanted[i] && !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size
+                })
             };
-            if !short {
+            let Some(flavour) = short else {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = self.refill.notified() => continue,
                 }
-            }
+            };
             let made = tokio::select! {
                 () = stop.cancelled() => break,
-                made = self.spawn_server() => made,
+                made = self.spawn_server(flavour) => made,
             };
             match made {
                 Ok(server) => {
+                    let i = flavour.index();
                     let surplus = {
                         let mut servers = self.servers.lock().expect("servers lock");
-                        if !servers.stopping && servers.idle.len() + servers.busy < self.pool_size {
-                            servers.idle.push(server);
+                        if !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size {
+                            servers.idle[i].push(server);
                             None
                         } else {
                             Some(server)
@@ -535,6 +605,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
+                    self.servers.lock().expect("servers lock").failed += 1;
                     tracing::warn!(error = %e, "could not start a warm sandbox server");
                     tokio::select! {
                         () = stop.cancelled() => break,
@@ -544,7 +615,7 @@ impl Inner {
             }
         }
         let idle = std::mem::take(&mut self.servers.lock().expect("servers lock").idle);
-        for server in idle {
+        for server in idle.into_iter().flatten() {
             server.discard().await;
         }
     }
@@ -561,16 +632,24 @@ impl Inner {
             .map_err(|e| SandboxError::Unavailable(format!("creating a sandbox cgroup: {e}")))
     }
 
-    /// Starts a server in a sandbox and cgroup of its own and waits until
-    /// it is warm.
-    async fn spawn_server(&self) -> Result<Server, SandboxError> {
+    /// Starts a server of `flavour` in a sandbox and cgroup of its own and
+    /// waits until it is warm.
+    async fn spawn_server(&self, flavour: Flavour) -> Result<Server, SandboxError> {
         let group = self.new_group()?;
         let mut command = Command::new("/bin/sh");
         command
             .args(["-c", r#"read -r go || exit 111; exec "$@""#, "kiln-sandbox"])
             .args(self.bwrap_args(SERVER_TMPFS_MB, true))
             .arg(self.runtime.join("bin/python3"))
-            .args(["-I", "-B", "-u", "-c", super::harness::harness_source(), "serve"])
+            .args([
+                "-I",
+                "-B",
+                "-u",
+                "-c",
+                super::harness::harness_source(),
+                "serve",
+                flavour.arg(),
+            ])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
@@ -593,6 +672,7 @@ impl Inner {
             stdout,
             group: None,
             base_mb: 0,
+            flavour,
         };
         if let Some(group) = group {
             let Some(pid) = server.child.id() else {
@@ -917,6 +997,34 @@ impl Sandbox for ProcessSandbox {
         Box::pin(self.run_warm(request, hint, limits))
     }
 
+    /// Waits until every wanted flavour has its servers idle and warm.
+    /// Polled: it happens once, at a worker's start.
+    fn warmed(&self, within: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let deadline = Instant::now() + within;
+            let failed_before = self.inner.servers.lock().expect("servers lock").failed;
+            loop {
+                {
+                    let servers = self.inner.servers.lock().expect("servers lock");
+                    if servers.failed > failed_before || servers.stopping {
+                        return false;
+                    }
+                    let ready = Flavour::ALL.into_iter().all(|f| {
+                        let i = f.index();
+                        !servers.wanted[i] || servers.idle[i].len() + servers.busy[i] >= self.inner.pool_size
+                    });
+                    if ready {
+                        return true;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    }
+
     /// Discards the runs prepared ahead and waits until they are gone;
     /// later runs start their own.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -931,7 +1039,7 @@ impl Sandbox for ProcessSandbox {
                 servers.stopping = true;
                 std::mem::take(&mut servers.idle)
             };
-            for server in idle {
+            for server in idle.into_iter().flatten() {
                 server.discard().await;
             }
         })
