@@ -493,6 +493,12 @@ async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_
         "kiln-worker",
         &env.vars(&llm.base_url(), &[("KILN_WORKER_ID", "other")]),
     );
+    // The other worker is up (registered, once its sandbox is warm) before
+    // the clock starts, as in a real deployment.
+    eventually(Duration::from_secs(60), "the other worker registered", || async {
+        env.count("workers WHERE id = 'other' AND died_at IS NULL").await == 1
+    })
+    .await;
 
     // The panic is recorded on the attempt, and the lease released with it.
     let panic_faults = |attempts: &[Value]| {

@@ -92,8 +92,12 @@ struct Inner {
     drop_to_nobody: bool,
     pool_size: usize,
     pool: Mutex<Pool>,
-    /// Wakes the pool task after a run took a zygote or a server.
+    /// Wakes the zygote pool's task after a run took a zygote.
     refill: Notify,
+    /// Wakes the servers' task after a run took or returned a server. Not
+    /// `refill`: a `notify_one` shared by two waiting tasks wakes either,
+    /// and a prewarm that woke the zygote task left the servers unstarted.
+    refill_servers: Notify,
     /// Warm harness servers ready for a run ([`Server`]).
     servers: Mutex<Servers>,
 }
@@ -262,6 +266,7 @@ impl ProcessSandbox {
             pool_size,
             pool: Mutex::new(Pool::default()),
             refill: Notify::new(),
+            refill_servers: Notify::new(),
             servers: Mutex::new(Servers::default()),
         });
         let stop = CancellationToken::new();
@@ -287,7 +292,7 @@ impl ProcessSandbox {
                 servers.wanted[flavour.index()] = true;
             }
         }
-        self.inner.refill.notify_one();
+        self.inner.refill_servers.notify_one();
     }
 
     async fn run(&self, args: &[String], stdin: Vec<u8>, limits: &RunLimits) -> Result<RunOutput, SandboxError> {
@@ -543,7 +548,7 @@ impl Inner {
             servers.busy[i] += 1;
             server
         };
-        self.refill.notify_one();
+        self.refill_servers.notify_one();
         server
     }
 
@@ -561,7 +566,7 @@ impl Inner {
                 Some(server)
             }
         };
-        self.refill.notify_one();
+        self.refill_servers.notify_one();
         if let Some(server) = surplus {
             server.discard().await;
         }
@@ -581,7 +586,7 @@ impl Inner {
             let Some(flavour) = short else {
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = self.refill.notified() => continue,
+                    () = self.refill_servers.notified() => continue,
                 }
             };
             let made = tokio::select! {
