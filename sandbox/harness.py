@@ -3036,7 +3036,11 @@ def warm_up(flavour):
             except Exception:  # noqa: BLE001 - private pytest API; PREPARED_PYTEST stays None and runs call pytest.main
                 pass
     if flavour == "service":
-        for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient"):
+        # The stack most services import, and SQLAlchemy's ORM (most keep
+        # their data with it): each run imports the app two or three times
+        # (its suite, the app server, the fresh app Kiln probes).
+        for name in ("fastapi", "uvicorn", "httpx", "pydantic", "starlette.testclient", "sqlalchemy",
+                     "sqlalchemy.orm", "pydantic_settings"):
             try:
                 __import__(name)
             except Exception:  # noqa: BLE001 - not in this runtime

@@ -175,8 +175,11 @@ impl Pipeline {
             let latest = self
                 .retry_db(cancel, || self.store.attempt(lease.job_id, job.run, None))
                 .await?;
-            let attempt = match latest {
-                Some(a) if a.state == AttemptState::Running => a,
+            // Whether the job is already marked as waiting on the model (a
+            // fresh attempt's start marks it so), which saves its request
+            // a mark of its own.
+            let (attempt, model_marked) = match latest {
+                Some(a) if a.state == AttemptState::Running => (a, false),
                 Some(a) if a.state == AttemptState::Passed => {
                     // Passed but the job was not marked: finish what a dead worker started.
                     return self.end_job(lease, passed(job, a.id), cancel).await;
@@ -234,12 +237,16 @@ impl Pipeline {
                         info!(job_id = %lease.job_id, "reused a cached passing result");
                         return self.end_job(lease, passed(job, a.id), cancel).await;
                     }
-                    Ok(a) => a,
+                    Ok(a) => (a, job.rejudge_from.is_none()),
                     Err(stop) => return self.stopped(lease, None, stop, cancel).await,
                 },
             };
             let span = tracing::info_span!("attempt", run = job.run, attempt = attempt.n);
-            match self.run_attempt(job, &attempt, cancel).instrument(span).await {
+            match self
+                .run_attempt(job, &attempt, model_marked, cancel)
+                .instrument(span)
+                .await
+            {
                 Ok(Verdict::Passed) => {
                     self.end_attempt(lease, &attempt, AttemptState::Passed, None, cancel)
                         .await?;
@@ -410,6 +417,7 @@ impl Pipeline {
         &self,
         job: &Claimed,
         attempt: &AttemptRecord,
+        model_marked: bool,
         cancel: &CancellationToken,
     ) -> Result<Verdict, Stop> {
         let lease = &job.lease;
@@ -422,7 +430,7 @@ impl Pipeline {
                     message: "the re-judge attempt has no stored answer to judge".into(),
                 });
             }
-            (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, cancel).await?,
+            (Phase::Prompted, _) | (_, None) => self.generate(job, attempt, model_marked, cancel).await?,
             (_, Some(stored)) => AttemptAnswer {
                 content: stored.clone(),
                 finish_reason: attempt.finish_reason.clone(),
@@ -501,12 +509,15 @@ impl Pipeline {
         &self,
         job: &Claimed,
         attempt: &AttemptRecord,
+        model_marked: bool,
         cancel: &CancellationToken,
     ) -> Result<AttemptAnswer, Stop> {
         let lease = &job.lease;
         let request = self.chat_request(job, attempt, cancel).await?;
         let tokens = estimate_tokens(&request.messages, request.max_tokens);
-        self.mark(lease, Activity::Model, cancel).await?;
+        if !model_marked {
+            self.mark(lease, Activity::Model, cancel).await?;
+        }
         loop {
             let closed_in = self.guard.breaker_wait().await;
             if !closed_in.is_zero() {

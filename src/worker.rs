@@ -81,6 +81,10 @@ const SANDBOX_WARM_WAIT: Duration = Duration::from_secs(60);
 /// How often the liveness lock's connection is checked.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 
+/// The span of the random hold before a panicked job is handed back: the
+/// queue's idle poll period (`queue::POLL_INTERVAL`).
+const POLL_PHASE_MS: u64 = 250;
+
 /// How long a worker leaves a job that panicked in it to other workers.
 const AFTER_PANIC_ELSEWHERE: Duration = Duration::from_secs(5);
 
@@ -378,6 +382,11 @@ impl Worker {
         if self.panicked_lately(job_id) {
             // Left to another worker: the feeder sends it again at its next
             // tick. After a while this one takes it too (it may be alone).
+            // Held a random moment first: the feeder and every idle worker
+            // poll on fixed periods, so without it the same worker can win
+            // the message back at every tick until its pause ends.
+            let jitter = Duration::from_millis(rand::random_range(0..POLL_PHASE_MS));
+            tokio::time::sleep(jitter).await;
             match self.inner.pipeline.store.redispatch(job_id).await {
                 Ok(()) => return true,
                 Err(e) => warn!(%job_id, error = %e, "handing a panicked job to others failed; running it here"),

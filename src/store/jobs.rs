@@ -277,8 +277,16 @@ impl Store {
     /// fenced by a row lock (a stale holder's write changes nothing that
     /// matters, and the epoch condition refuses it anyway).
     pub async fn set_activity(&self, lease: &Lease, activity: Activity) -> Result<(), StoreError> {
+        // Committed without waiting for the WAL flush (`set_config(…,
+        // true)` lasts until this statement's own transaction commits): a
+        // mark is visible to every other session at once, and only a
+        // Postgres crash can lose one, after which every activity begun
+        // before the restart is counted, not blamed, anyway (`blame`). A job
+        // marks its activity about eight times; each waited for a flush.
         let updated = sqlx::query_scalar!(
-            r#"UPDATE jobs SET activity = $4, activity_since = now()
+            r#"WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+               UPDATE jobs SET activity = $4, activity_since = now()
+               FROM relaxed
                WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND state = 'running'
                RETURNING 1 AS "updated!""#,
             lease.job_id,
