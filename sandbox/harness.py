@@ -3012,7 +3012,8 @@ def read_into(fd, buf, n):
 # tables, copies each page the child writes (Python's reference counts
 # write to nearly every object it touches) and unmaps it all at exit. A
 # server holding pytest and the service stack is ~52 MB; one holding
-# neither ~9 MB, and a test-case run forks that one about 3x as cheaply.
+# neither ~15 MB, and a test-case run forks that one several times as
+# cheaply.
 FLAVOURS = ("cases", "pytest", "service")
 
 

@@ -125,12 +125,13 @@ struct Servers {
 /// `sandbox/harness.py`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flavour {
-    /// Test cases: the harness alone (~9 MB).
+    /// Test cases: the harness alone (~15 MB).
     Cases,
-    /// A pytest `test_code`: pytest configured and its session started.
+    /// A pytest `test_code`: pytest configured and its session started
+    /// (~48 MB).
     Pytest,
     /// A service: pytest and the service stack (FastAPI, uvicorn, httpx,
-    /// pydantic), ~52 MB.
+    /// pydantic, SQLAlchemy's ORM), ~60 MB.
     Service,
 }
 
