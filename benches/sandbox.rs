@@ -25,7 +25,7 @@ mod sandbox_support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sandbox_support::{Backend, HUMANEVAL_PARALLEL, TestSandbox, humaneval, humaneval_limits};
+use sandbox_support::{Backend, HUMANEVAL_PARALLEL, TestSandbox, humaneval, humaneval_limits, notes_service};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -157,22 +157,6 @@ async fn judge_wall_time(slots: usize) -> Duration {
     assert_eq!(passed, problems.len(), "every canonical solution passes");
     sandbox.shutdown_and_find_leftovers("no-marker-here").await;
     took
-}
-
-/// The demo's notes service (spec and scripted answer), as the demo's
-/// worker judges it.
-fn notes_service() -> (kiln::spec::Spec, Vec<kiln::files::File>) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let specs: Vec<serde_json::Value> =
-        serde_yaml_ng::from_str(&read("specs/services.yaml")).expect("the demo's services");
-    let spec = specs
-        .into_iter()
-        .find(|s| s["service_name"] == "notes-service")
-        .expect("the notes service spec");
-    let script: serde_json::Value = serde_yaml_ng::from_str(&read("mock-llm/notes-service.yaml")).expect("its answer");
-    let files = serde_json::from_value(script["responses"][0]["files"].clone()).expect("its files");
-    (serde_json::from_value(spec).expect("a valid spec"), files)
 }
 
 /// Sandbox time of judging the demo's notes service (its own suite, then

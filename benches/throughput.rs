@@ -280,11 +280,8 @@ fn spawn_workers(n: usize, vars: &[(String, String)]) -> Vec<Killed> {
 async fn wait_for_workers(store: &kiln::store::Store, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let live: i64 = sqlx::query_scalar("SELECT count(*) FROM workers WHERE died_at IS NULL")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-        if live >= n as i64 {
+        let live = store.workers().await.unwrap().workers.len();
+        if live >= n {
             return;
         }
         assert!(

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use kiln::report::TestReport;
 use kiln::sandbox::RunLimits;
-use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive, marker, normal_job};
+use sandbox_support::{Backend, FunctionJob, TestSandbox, exclusive, marker, normal_job, notes_service};
 use serde_json::{Value, json};
 
 fn limits() -> RunLimits {
@@ -1055,20 +1055,6 @@ async fn stealing_the_nonce_to_forge_a_report_is_judged_failed(backend: Backend)
     })
     .await;
     judged_on_its_answers(&report);
-}
-
-/// The demo's notes service (spec and scripted answer).
-fn notes_service() -> (kiln::spec::Spec, Vec<kiln::files::File>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let specs: Vec<Value> = serde_yaml_ng::from_str(&read("specs/services.yaml")).expect("the demo's services");
-    let spec = specs
-        .into_iter()
-        .find(|s| s["service_name"] == "notes-service")
-        .expect("the notes service spec");
-    let script: Value = serde_yaml_ng::from_str(&read("mock-llm/notes-service.yaml")).expect("its answer");
-    let files = serde_json::from_value(script["responses"][0]["files"].clone()).expect("its files");
-    (serde_json::from_value(spec).expect("a valid spec"), files)
 }
 
 async fn a_service_job_still_passes_on_a_sandbox_that_ran_hostile_code(backend: Backend) {

@@ -20,7 +20,6 @@
 mod sandbox_support;
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -28,7 +27,7 @@ use kiln::files::File;
 use kiln::report::{Outcome, Severity, TestReport, ValidationReport};
 use kiln::sandbox::{RunLimits, harness};
 use kiln::spec::Spec;
-use sandbox_support::{Backend, TestSandbox, failing};
+use sandbox_support::{Backend, TestSandbox, failing, notes_service};
 use serde_json::Value;
 
 fn limits() -> RunLimits {
@@ -39,20 +38,6 @@ fn limits() -> RunLimits {
         tmpfs_mb: 64,
         output_bytes: 256 * 1024,
     }
-}
-
-/// The demo's notes service (spec and scripted answer).
-fn notes_service() -> (Spec, Vec<File>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let specs: Vec<Value> = serde_yaml_ng::from_str(&read("specs/services.yaml")).expect("the demo's services");
-    let spec = specs
-        .into_iter()
-        .find(|s| s["service_name"] == "notes-service")
-        .expect("the notes service spec");
-    let script: Value = serde_yaml_ng::from_str(&read("mock-llm/notes-service.yaml")).expect("its answer");
-    let files = serde_json::from_value(script["responses"][0]["files"].clone()).expect("its files");
-    (serde_json::from_value(spec).expect("a valid spec"), files)
 }
 
 fn demo_file(path: &str) -> String {

@@ -115,6 +115,13 @@ struct Servers {
     stopping: bool,
 }
 
+impl Servers {
+    /// Servers of `flavour` in hand, idle or running a run.
+    fn held(&self, flavour: Flavour) -> usize {
+        self.idle[flavour.index()].len() + self.busy[flavour.index()]
+    }
+}
+
 /// What a warm server has imported ahead, chosen by the kind of run it
 /// serves (the run's hint). A run forks its server three times, and a fork
 /// costs in proportion to the server's memory: page tables copied, every
@@ -560,7 +567,7 @@ impl Inner {
         let surplus = {
             let mut servers = self.servers.lock().expect("servers lock");
             servers.busy[i] = servers.busy[i].saturating_sub(1);
-            if reuse && !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size.max(1) {
+            if reuse && !servers.stopping && servers.held(server.flavour) < self.pool_size.max(1) {
                 servers.idle[i].push(server);
                 None
             } else {
@@ -579,10 +586,9 @@ impl Inner {
         loop {
             let short = {
                 let servers = self.servers.lock().expect("servers lock");
-                Flavour::ALL.into_iter().find(|f| {
-                    let i = f.index();
-                    servers.wanted[i] && !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size
-                })
+                Flavour::ALL
+                    .into_iter()
+                    .find(|&f| servers.wanted[f.index()] && !servers.stopping && servers.held(f) < self.pool_size)
             };
             let Some(flavour) = short else {
                 tokio::select! {
@@ -599,7 +605,7 @@ impl Inner {
                     let i = flavour.index();
                     let surplus = {
                         let mut servers = self.servers.lock().expect("servers lock");
-                        if !servers.stopping && servers.idle[i].len() + servers.busy[i] < self.pool_size {
+                        if !servers.stopping && servers.held(flavour) < self.pool_size {
                             servers.idle[i].push(server);
                             None
                         } else {
@@ -1015,10 +1021,9 @@ impl Sandbox for ProcessSandbox {
                     if servers.failed > failed_before || servers.stopping {
                         return false;
                     }
-                    let ready = Flavour::ALL.into_iter().all(|f| {
-                        let i = f.index();
-                        !servers.wanted[i] || servers.idle[i].len() + servers.busy[i] >= self.inner.pool_size
-                    });
+                    let ready = Flavour::ALL
+                        .into_iter()
+                        .all(|f| !servers.wanted[f.index()] || servers.held(f) >= self.inner.pool_size);
                     if ready {
                         return true;
                     }

@@ -1,7 +1,7 @@
 //! Shared set-up for the sandbox suites (`tests/sandbox_hostile.rs`,
 //! `tests/humaneval.rs`, `benches/sandbox.rs`): either backend behind one
-//! constructor, function jobs through the real harness, and a check that
-//! runs left nothing behind on the host.
+//! constructor, function jobs through the real harness, the demo's notes
+//! service, and a check that runs left nothing behind on the host.
 //!
 //! The docker backend's tests need an engine at the default socket and the
 //! `kiln-sandbox` image (`scripts/ensure-docker` provides both); without them
@@ -22,6 +22,21 @@ use kiln::sandbox::process::ProcessSandbox;
 use kiln::sandbox::{RunLimits, Sandbox, harness};
 use kiln::spec::Spec;
 use serde_json::{Value, json};
+
+/// The demo's notes service (spec and scripted answer, from `examples/`),
+/// as the demo's worker judges it.
+pub fn notes_service() -> (Spec, Vec<File>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let specs: Vec<Value> = serde_yaml_ng::from_str(&read("specs/services.yaml")).expect("the demo's services");
+    let spec = specs
+        .into_iter()
+        .find(|s| s["service_name"] == "notes-service")
+        .expect("the notes service spec");
+    let script: Value = serde_yaml_ng::from_str(&read("mock-llm/notes-service.yaml")).expect("its answer");
+    let files = serde_json::from_value(script["responses"][0]["files"].clone()).expect("its files");
+    (serde_json::from_value(spec).expect("a valid spec"), files)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
