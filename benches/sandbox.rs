@@ -16,6 +16,11 @@
 //! (default 40) the runs per overhead figure. Overheads are measured with
 //! runs prepared ahead (how a worker runs), one at a time and back to back,
 //! and with nothing prepared.
+//!
+//! It starts with the cost of a trivial function run (two test cases, the
+//! throughput bench's work) through warm servers, one per core:
+//! `KILN_BENCH_TRIVIAL_RUNS` (400) runs, their rate and the machine's CPU
+//! per run; `KILN_BENCH_TRIVIAL_ONLY` stops after it.
 
 #[path = "support/human_eval.rs"]
 mod human_eval;
@@ -26,6 +31,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandbox_support::{Backend, HUMANEVAL_PARALLEL, TestSandbox, humaneval, humaneval_limits, notes_service};
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -187,9 +196,60 @@ async fn notes_service_time(sandbox: &TestSandbox, runs: usize) -> (Duration, Du
     (median(samples.clone()), p90(samples), checks)
 }
 
+/// Busy CPU time of the whole machine so far (every process, user and
+/// system), from /proc/stat: what a run costs beyond its own wall time.
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .expect("the cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("a tick count"))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(busy * 10)
+}
+
+/// `runs` trivial function jobs (two test cases, no pytest: the throughput
+/// bench's work) on a process sandbox with one warm server per core, as
+/// many at once (as a worker's sandbox slots): runs per second and the
+/// machine's CPU per run.
+async fn trivial_runs(slots: usize, runs: usize) -> (f64, Duration) {
+    let limits = humaneval_limits();
+    let sandbox = TestSandbox::new(Backend::Process, &limits, slots).await;
+    let mut job = sandbox_support::normal_job();
+    job.test_code = None;
+    let warm: Vec<_> = (0..slots).map(|_| sandbox.function_job(&job, &limits)).collect();
+    futures::future::join_all(warm).await;
+    let (started, busy) = (Instant::now(), machine_busy());
+    let passed = futures::stream::iter(0..runs)
+        .map(|_| sandbox.function_job(&job, &limits))
+        .buffer_unordered(slots)
+        .filter(|report| std::future::ready(report.all_passed()))
+        .count()
+        .await;
+    let (took, cpu) = (started.elapsed(), machine_busy() - busy);
+    assert_eq!(passed, runs, "every trivial run passes");
+    sandbox.shutdown_and_find_leftovers("no-marker-here").await;
+    (runs as f64 / took.as_secs_f64(), cpu / runs as u32)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let trivial = knob("KILN_BENCH_TRIVIAL_RUNS", 400);
+    let (rate, cpu) = trivial_runs(cores, trivial).await;
+    println!(
+        "process: {trivial} trivial function runs (two test cases), {cores} slots: {rate:.1} runs/s, {} of the machine's CPU per run",
+        ms(cpu)
+    );
+    if std::env::var("KILN_BENCH_TRIVIAL_ONLY").is_ok() {
+        return;
+    }
     let reference = human_eval::reference_wall_time(
         cores,
         &humaneval()
@@ -207,10 +267,7 @@ async fn main() {
     if std::env::var("KILN_BENCH_JUDGE_ONLY").is_ok() {
         return;
     }
-    let runs: usize = std::env::var("KILN_BENCH_RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(40);
+    let runs = knob("KILN_BENCH_RUNS", 40);
     let backends = std::env::var("KILN_BENCH_BACKENDS").unwrap_or_else(|_| "process,docker".into());
     for name in backends.split(',') {
         let backend = match name.trim() {

@@ -54,10 +54,13 @@ pickle: decoding must not execute anything.
 import ast
 import base64
 import builtins
+import ctypes
+import functools
 import json
 import math
 import operator
 import os
+import resource
 import select
 import signal
 import struct
@@ -105,15 +108,35 @@ class CandidateFault(Exception):
     """Something the candidate's code did broke the run."""
 
 
-def set_nondumpable():
-    """PR_SET_DUMPABLE=0: /proc/<pid>/{fd,mem,environ} become inaccessible
-    and ptrace is refused to same-uid processes. Without it the verdict could
-    be forged, so failing to set it is a harness error."""
-    import ctypes
+# The C library's calls and the seccomp program are prepared once per
+# process (`functools.cache`), and a warm server prepares them before its
+# first fork (`warm_up`): building them (ctypes' function and structure
+# types, the filter's instructions) cost each process of a run ~4 ms and
+# ~500 copied pages, twice a run. The forked processes only call them.
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(4, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+@functools.cache
+def libc():
+    """The C library, with argument types for the calls that pass pointers."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    lib.unshare.argtypes = [ctypes.c_int]
+    lib.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def set_dumpable(dumpable):
+    """PR_SET_DUMPABLE. Non-dumpable: /proc/<pid>/{fd,mem,environ} become
+    inaccessible and ptrace is refused to same-uid processes."""
+    if libc().prctl(4, int(dumpable), None, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, %d) failed" % dumpable)
+
+
+def set_nondumpable():
+    """Without this the verdict could be forged, so failing to set it is a
+    harness error."""
+    set_dumpable(False)
 
 
 # System calls no untrusted process may make, by architecture: (audit
@@ -154,16 +177,12 @@ CLONE_CALLS = {"x86_64": (56, 435), "aarch64": (220, 435)}
 CLONE_NEW_NAMESPACES = 0x7E020000
 
 
-def confine():
-    """Installs a seccomp filter that makes every call in DENIED_SYSCALLS
-    (and clone() with a namespace flag) fail with EPERM, for this process
-    and all it will start, after setting no_new_privs (which an unprivileged
-    filter requires and which keeps any exec from regaining privileges).
-    Called before any untrusted code runs; the filter cannot be removed."""
-    import ctypes
-    import platform
-
-    machine = platform.machine()
+@functools.cache
+def seccomp_program():
+    """The filter `confine` installs: the `struct sock_fprog` prctl takes,
+    and the instructions it points to (kept alive beside it). HarnessFault
+    on an architecture without a table."""
+    machine = os.uname().machine
     if machine not in DENIED_SYSCALLS:
         raise HarnessFault("no seccomp table for architecture %s" % machine)
     arch, denied = DENIED_SYSCALLS[machine]
@@ -199,12 +218,20 @@ def confine():
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
     filters = (SockFilter * len(resolved))(*[SockFilter(*insn) for insn in resolved])
-    prog = SockFprog(len(resolved), filters)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+    return SockFprog(len(resolved), filters), filters
+
+
+def confine():
+    """Installs a seccomp filter that makes every call in DENIED_SYSCALLS
+    (and clone() with a namespace flag) fail with EPERM, for this process
+    and all it will start, after setting no_new_privs (which an unprivileged
+    filter requires and which keeps any exec from regaining privileges).
+    Called before any untrusted code runs; the filter cannot be removed."""
+    program, _ = seccomp_program()
+    lib = libc()
+    if lib.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         raise HarnessFault("prctl(PR_SET_NO_NEW_PRIVS) failed: errno %d" % ctypes.get_errno())
-    if libc.prctl(22, 2, ctypes.cast(ctypes.byref(prog), ctypes.c_void_p), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+    if lib.prctl(22, 2, ctypes.addressof(program), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
         raise HarnessFault("installing the seccomp filter failed: errno %d" % ctypes.get_errno())
 
 
@@ -462,9 +489,7 @@ def await_start(fd):
     except (EOFError, ValueError, AttributeError):
         return None
     confine()
-    import ctypes
-
-    ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    libc().prctl(4, 1, None, 0, 0)  # PR_SET_DUMPABLE
     return message
 
 
@@ -3046,16 +3071,20 @@ def warm_up(flavour):
                 __import__(name)
             except Exception:  # noqa: BLE001 - not in this runtime
                 pass
-    import ctypes
     import gc
 
+    # What every run's processes call (see `libc`), prepared before the
+    # first fork.
+    libc()
+    seccomp_program()
+    clone_call()
+    capability_sets()
     gc.collect()
     # Compiling the harness and importing left ~7 MB of freed heap still
     # resident (the cases server: 22 MB, 15 MB after this); every fork
     # copies the page tables of what is resident and every exit unmaps it.
-    libc = ctypes.CDLL(None)
-    if hasattr(libc, "malloc_trim"):  # glibc's
-        libc.malloc_trim(0)
+    if hasattr(libc(), "malloc_trim"):  # glibc's
+        libc().malloc_trim(0)
     gc.freeze()
 
 
@@ -3064,6 +3093,10 @@ def serve_main(flavour):
     # As pid 1 only signals we handle reach us from inside; handle none.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     warm_up(flavour)
+    if threading.active_count() != 1:
+        # `clone_run` copies only the calling thread, and relies on no
+        # other holding a lock the run would inherit held.
+        raise SystemExit("warming up started threads: %r" % threading.enumerate())
     header = bytearray(RUN_HEADER)
     buf = bytearray(RELAY_CHUNK)
     frame(b"R", b"")
@@ -3085,7 +3118,11 @@ def serve_one(length, limits, hint, buf):
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    pid = os.fork()
+    sys.stdout.flush()
+    # Ours, as the run's user namespace will map them: inside it, before
+    # its map is written, they read as the overflow ids.
+    ids = os.getuid(), os.getgid()
+    pid = clone_run()
     if pid == 0:
         try:
             os.dup2(in_r, 0)
@@ -3093,7 +3130,7 @@ def serve_one(length, limits, hint, buf):
             os.dup2(err_w, 2)
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
-            enter_run(limits, hint)
+            enter_run(limits, hint, ids)
         except BaseException:  # noqa: BLE001 - reported as the run's failure to start
             traceback.print_exc()
         os._exit(PREPARE_FAILED)
@@ -3154,74 +3191,91 @@ def close_quietly(fd):
     return None
 
 
-def enter_run(limits, hint):
-    """In the forked child: limits, fresh namespaces and mounts, then the
-    checker as pid 1 of the new pid namespace. Returns only by exiting."""
-    import ctypes
-    import resource
+@functools.cache
+def clone_call():
+    """clone(2) through syscall(3), called holding the interpreter's lock
+    (`PyDLL`), so that the child returns into Python as its only thread."""
+    call = ctypes.PyDLL(None, use_errno=True).syscall
+    call.restype = ctypes.c_long
+    call.argtypes = [ctypes.c_long] * 6
+    return call
 
+
+def clone_run():
+    """Forks the run straight into fresh namespaces (user, mount, pid, ipc,
+    net, uts), as pid 1 of its pid namespace: the child's pid 0, ours the
+    child's. One process where fork, unshare and a second fork (a pid
+    namespace only takes its first member at a fork) made two; each costs
+    a copy of the server's page tables and its exit.
+
+    Python's own fork handlers do not run in the child: the server is a
+    single thread, so no lock it inherits can be held, and what the child
+    runs next forks with os.fork (which reseeds `random` in its children)."""
+    clone, _ = CLONE_CALLS[os.uname().machine]
+    pid = clone_call()(clone, NEW_NAMESPACES | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "clone")
+    return pid
+
+
+def enter_run(limits, hint, ids):
+    """In the cloned child, pid 1 of its fresh namespaces (`clone_run`):
+    limits, its user id map (`ids`: the server's uid and gid), fresh
+    mounts, then the checker. Returns only by exiting."""
     tmpfs, fsize, cpu, vmem, nproc = limits
     for which, value in ((resource.RLIMIT_NOFILE, 512), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, fsize),
                          (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, vmem and vmem * 1024),
                          (resource.RLIMIT_NPROC, nproc)):
         if value is not None:
             resource.setrlimit(which, (value, value))
-    libc = ctypes.CDLL(None, use_errno=True)
-    uid, gid = os.getuid(), os.getgid()
+    lib = libc()
+    # The run dies with its server (killed from outside).
+    lib.prctl(1, int(signal.SIGKILL), None, 0, 0)  # PR_SET_PDEATHSIG
+    uid, gid = ids
     # Only a dumpable process may write its own id maps. Nothing untrusted
-    # can see this one (the run's processes will be in a pid namespace
-    # below it); the checker makes itself non-dumpable again first thing.
-    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
-    if libc.unshare(NEW_NAMESPACES) != 0:
-        raise OSError(ctypes.get_errno(), "unshare")
+    # runs yet; the checker makes itself non-dumpable again first thing.
+    set_dumpable(True)
     for path, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
         with open("/proc/self/" + path, "w") as f:
             f.write(text)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     nosuid_nodev = 2 | 4
     for target in (b"/work", b"/tmp", b"/dev/shm"):
-        if libc.mount(b"tmpfs", target, b"tmpfs", nosuid_nodev, b"size=%d,mode=1777" % tmpfs) != 0:
+        if lib.mount(b"tmpfs", target, b"tmpfs", nosuid_nodev, b"size=%d,mode=1777" % tmpfs) != 0:
             raise OSError(ctypes.get_errno(), "mounting a tmpfs on %s" % target.decode())
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = PREPARE_FAILED
-        try:
-            # The run's pid 1 dies with this process (killed from outside).
-            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-            if libc.mount(b"proc", b"/proc", b"proc", nosuid_nodev | 8, None) != 0:
-                raise OSError(ctypes.get_errno(), "mounting /proc")
-            drop_capabilities(libc)
-            os.chdir(WORK)
-            checker_main(hint)
-            code = 0
-        except BaseException:  # noqa: BLE001
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-    os._exit(code)
+    if lib.mount(b"proc", b"/proc", b"proc", nosuid_nodev | 8, None) != 0:
+        raise OSError(ctypes.get_errno(), "mounting /proc")
+    drop_capabilities()
+    os.chdir(WORK)
+    code = PREPARE_FAILED
+    try:
+        checker_main(hint)
+        code = 0
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+    finally:
+        os._exit(code)
 
 
-def drop_capabilities(libc):
-    """Drops every capability the new user namespace gave us (bounding set,
-    ambient, then effective/permitted/inheritable): the run starts with none."""
-    import ctypes
-
-    for cap in range(64):
-        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
-            break
-    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, CLEAR_ALL
+@functools.cache
+def capability_sets():
+    """capset's arguments that clear every set: (header, data)."""
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
-    data = (ctypes.c_uint32 * 6)()
-    if libc.capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
+    return Header(0x20080522, 0), (ctypes.c_uint32 * 6)()
+
+
+def drop_capabilities():
+    """Drops every capability the new user namespace gave us (bounding set,
+    ambient, then effective/permitted/inheritable): the run starts with none."""
+    lib = libc()
+    for cap in range(64):
+        if lib.prctl(24, cap, None, 0, 0) != 0 and ctypes.get_errno() == 22:  # PR_CAPBSET_DROP; EINVAL: no such cap
+            break
+    lib.prctl(47, 4, None, 0, 0)  # PR_CAP_AMBIENT, CLEAR_ALL
+    header, data = capability_sets()
+    if lib.capset(ctypes.byref(header), ctypes.byref(data)) != 0:
         raise OSError(ctypes.get_errno(), "capset")
 
 
