@@ -248,10 +248,8 @@ impl Pipeline {
                 .await
             {
                 Ok(Verdict::Passed) => {
-                    self.end_attempt(lease, &attempt, AttemptState::Passed, None, cancel)
-                        .await?;
                     info!(job_id = %lease.job_id, attempt = attempt.n, "attempt passed");
-                    return self.end_job(lease, passed(job, attempt.id), cancel).await;
+                    return self.end_passed(lease, &attempt, passed(job, attempt.id), cancel).await;
                 }
                 Ok(Verdict::Failed { reason }) => {
                     self.end_attempt(lease, &attempt, AttemptState::Failed, None, cancel)
@@ -812,11 +810,28 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<JobEnd, PipelineError> {
         match self.retry_db(cancel, || self.store.finish_job(lease, outcome)).await {
-            Ok(()) => Ok(match outcome {
-                JobOutcome::Succeeded { .. } => JobEnd::Succeeded,
-                JobOutcome::AwaitingReview { .. } => JobEnd::AwaitingReview,
-                JobOutcome::Failed { code, .. } => JobEnd::Failed { code },
-            }),
+            Ok(()) => Ok(job_end(outcome)),
+            Err(StoreError::LeaseLost) => Ok(JobEnd::LeaseLost),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ends a passing attempt and its job (`outcome`) in one write.
+    async fn end_passed(
+        &self,
+        lease: &Lease,
+        attempt: &AttemptRecord,
+        outcome: JobOutcome<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<JobEnd, PipelineError> {
+        let ended = self
+            .retry_db(cancel, || {
+                self.store
+                    .finish_attempt_and_job(lease, attempt.id, AttemptState::Passed, outcome)
+            })
+            .await;
+        match ended {
+            Ok(()) => Ok(job_end(outcome)),
             Err(StoreError::LeaseLost) => Ok(JobEnd::LeaseLost),
             Err(e) => Err(e.into()),
         }
@@ -892,6 +907,15 @@ impl Pipeline {
             () = cancel.cancelled() => Err(Stop::Interrupted),
             () = tokio::time::sleep(duration) => Ok(()),
         }
+    }
+}
+
+/// How a run ends once `outcome` is stored.
+fn job_end(outcome: JobOutcome<'_>) -> JobEnd {
+    match outcome {
+        JobOutcome::Succeeded { .. } => JobEnd::Succeeded,
+        JobOutcome::AwaitingReview { .. } => JobEnd::AwaitingReview,
+        JobOutcome::Failed { code, .. } => JobEnd::Failed { code },
     }
 }
 

@@ -540,21 +540,8 @@ impl Store {
         state: AttemptState,
         error: Option<(ErrorCode, &str)>,
     ) -> Result<(), StoreError> {
-        let (code, message) = (error.map(|e| e.0.as_str()), error.map(|e| storable(e.1)));
         let mut tx = self.fenced(lease).await?;
-        sqlx::query!(
-            r#"UPDATE attempts
-               SET state = $2, error_code = $3, error_message = $4, finished_at = now(), reserved_tokens = 0,
-                   timings_ms = timings_ms || jsonb_build_object(
-                       'total', (extract(epoch FROM now() - started_at) * 1000)::int8)
-               WHERE id = $1"#,
-            attempt_id,
-            state.as_str(),
-            code,
-            message.as_deref(),
-        )
-        .execute(&mut *tx)
-        .await?;
+        end_attempt_row(&mut tx, attempt_id, state, error).await?;
         // Whatever in-worker step led here is over: the job now waits on
         // Postgres until its next step says what it does.
         sqlx::query!("UPDATE jobs SET activity = 'finishing' WHERE id = $1", lease.job_id)
@@ -562,6 +549,25 @@ impl Store {
             .await?;
         tx.commit().await?;
         crate::metrics::attempt_ended(state.as_str(), error.map(|e| e.0.as_str()));
+        Ok(())
+    }
+
+    /// Ends an attempt and, in the same transaction, its job: what a
+    /// passing attempt leads to at once. One fenced write where
+    /// [`Store::finish_attempt`] then [`Store::finish_job`] made two.
+    pub async fn finish_attempt_and_job(
+        &self,
+        lease: &Lease,
+        attempt_id: Uuid,
+        state: AttemptState,
+        outcome: super::jobs::JobOutcome<'_>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.fenced(lease).await?;
+        end_attempt_row(&mut tx, attempt_id, state, None).await?;
+        let ended = super::jobs::end_job_row(&mut tx, lease, outcome).await?;
+        tx.commit().await?;
+        crate::metrics::attempt_ended(state.as_str(), None);
+        ended.observe();
         Ok(())
     }
 
@@ -645,4 +651,28 @@ impl Store {
         .await?
         .ok_or(StoreError::NotFound("file"))
     }
+}
+
+/// The end of an attempt, inside a fenced transaction.
+async fn end_attempt_row(
+    tx: &mut sqlx::PgConnection,
+    attempt_id: Uuid,
+    state: AttemptState,
+    error: Option<(ErrorCode, &str)>,
+) -> Result<(), StoreError> {
+    let (code, message) = (error.map(|e| e.0.as_str()), error.map(|e| storable(e.1)));
+    sqlx::query!(
+        r#"UPDATE attempts
+           SET state = $2, error_code = $3, error_message = $4, finished_at = now(), reserved_tokens = 0,
+               timings_ms = timings_ms || jsonb_build_object(
+                   'total', (extract(epoch FROM now() - started_at) * 1000)::int8)
+           WHERE id = $1"#,
+        attempt_id,
+        state.as_str(),
+        code,
+        message.as_deref(),
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
 }

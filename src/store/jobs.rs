@@ -400,34 +400,9 @@ impl Store {
     /// most once per run: the fence fails for anyone but the current holder.
     pub async fn finish_job(&self, lease: &Lease, outcome: JobOutcome<'_>) -> Result<(), StoreError> {
         let mut tx = self.fenced(lease).await?;
-        let (state, code, message, attempt) = match outcome {
-            JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
-            JobOutcome::AwaitingReview { attempt_id } => (JobState::AwaitingReview, None, None, Some(attempt_id)),
-            JobOutcome::Failed { code, message } => (JobState::Failed, Some(code.as_str()), Some(message), None),
-        };
-        let message = message.map(storable);
-        // A job awaiting review has not finished: its `finished_at` is the
-        // decision's time, so the batch's is its last decision's.
-        let attempts = sqlx::query_scalar!(
-            r#"UPDATE jobs
-               SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
-                   lease_owner = NULL, lease_expires_at = NULL,
-                   finished_at = CASE WHEN $2 = 'awaiting_review' THEN NULL ELSE now() END, updated_at = now()
-               WHERE id = $1
-               RETURNING (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id AND a.run = jobs.run) AS "attempts!""#,
-            lease.job_id,
-            state.as_str(),
-            code,
-            message.as_deref(),
-            attempt,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        let ended = end_job_row(&mut tx, lease, outcome).await?;
         tx.commit().await?;
-        crate::metrics::job_ended(state.as_str(), code, 1);
-        if attempt.is_some() {
-            crate::metrics::METRICS.attempts_per_success.observe(attempts as f64);
-        }
+        ended.observe();
         Ok(())
     }
 
@@ -647,4 +622,56 @@ impl Store {
             .map(|_| ())
             .ok_or(StoreError::NotFound("batch"))
     }
+}
+
+/// What ending a job wrote, for the metrics once it is committed.
+pub(super) struct JobEnded {
+    state: JobState,
+    code: Option<&'static str>,
+    succeeded_after: Option<i64>,
+}
+
+impl JobEnded {
+    pub(super) fn observe(&self) {
+        crate::metrics::job_ended(self.state.as_str(), self.code, 1);
+        if let Some(attempts) = self.succeeded_after {
+            crate::metrics::METRICS.attempts_per_success.observe(attempts as f64);
+        }
+    }
+}
+
+/// The end of a job, inside a transaction fenced by `lease`.
+pub(super) async fn end_job_row(
+    tx: &mut sqlx::PgConnection,
+    lease: &Lease,
+    outcome: JobOutcome<'_>,
+) -> Result<JobEnded, StoreError> {
+    let (state, code, message, attempt) = match outcome {
+        JobOutcome::Succeeded { attempt_id } => (JobState::Succeeded, None, None, Some(attempt_id)),
+        JobOutcome::AwaitingReview { attempt_id } => (JobState::AwaitingReview, None, None, Some(attempt_id)),
+        JobOutcome::Failed { code, message } => (JobState::Failed, Some(code.as_str()), Some(message), None),
+    };
+    let message = message.map(storable);
+    // A job awaiting review has not finished: its `finished_at` is the
+    // decision's time, so the batch's is its last decision's.
+    let attempts = sqlx::query_scalar!(
+        r#"UPDATE jobs
+           SET state = $2, error_code = $3, error_message = $4, result_attempt_id = $5,
+               lease_owner = NULL, lease_expires_at = NULL,
+               finished_at = CASE WHEN $2 = 'awaiting_review' THEN NULL ELSE now() END, updated_at = now()
+           WHERE id = $1
+           RETURNING (SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id AND a.run = jobs.run) AS "attempts!""#,
+        lease.job_id,
+        state.as_str(),
+        code,
+        message.as_deref(),
+        attempt,
+    )
+    .fetch_one(tx)
+    .await?;
+    Ok(JobEnded {
+        state,
+        code,
+        succeeded_after: attempt.map(|_| attempts),
+    })
 }
