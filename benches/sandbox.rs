@@ -209,7 +209,13 @@ fn machine_busy() -> Duration {
         .map(|v| v.parse().expect("a tick count"))
         .collect();
     // user nice system idle iowait irq softirq steal: all but idle and iowait.
-    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     // USER_HZ is 100 on every Linux this runs on.
     Duration::from_millis(busy * 10)
 }
