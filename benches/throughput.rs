@@ -10,8 +10,7 @@
 //! Knobs: `KILN_BENCH_JOBS` (20000), `KILN_BENCH_WORKERS` (2),
 //! `KILN_BENCH_CONCURRENCY` (32), `KILN_BENCH_LATENCY_MS` (0: the mock's
 //! answer time, for the model-bound figure, printed against its bound
-//! ceil(jobs / in flight) x latency). Postgres is reached over its Unix
-//! socket where it has one (`KILN_TEST_POSTGRES` names another server).
+//! ceil(jobs / in flight) x latency).
 //!
 //! `KILN_BENCH_WORK=humaneval` runs the 164 HumanEval problems instead,
 //! each answered with its canonical solution and judged by its pytest
@@ -71,18 +70,6 @@ fn humaneval_batch(latency_ms: usize) -> (Vec<serde_json::Value>, Vec<ScriptFile
         .unzip()
 }
 
-/// The local Postgres as a deployment on one machine reaches it: over its
-/// Unix socket where Debian's server has one (a round trip costs Postgres
-/// and the workers ~10% of a small job's CPU less than over loopback TCP),
-/// else over TCP.
-fn local_postgres() -> &'static str {
-    if std::path::Path::new("/var/run/postgresql/.s.PGSQL.5432").exists() {
-        "postgres://postgres@%2Fvar%2Frun%2Fpostgresql"
-    } else {
-        "postgres://postgres@127.0.0.1:5432"
-    }
-}
-
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -110,7 +97,7 @@ async fn run() {
     let workers = knob("KILN_BENCH_WORKERS", 2);
     let concurrency = knob("KILN_BENCH_CONCURRENCY", 32);
     let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let postgres = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| local_postgres().into());
+    let postgres = std::env::var("KILN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let db = format!("kiln_bench_{id}");
     let queue = format!("kiln-bench-{id}");
 
@@ -175,9 +162,7 @@ async fn run() {
     let (batch, most_waiting) = wait_until_finished(&client, &batch_id, &queue, &mut conn, submitted).await;
     let wall = submitted.elapsed();
     let succeeded = batch.counts.succeeded;
-    println!(
-        "throughput: {jobs} jobs, {workers} workers × {concurrency} concurrency, process sandbox, Postgres at {postgres}"
-    );
+    println!("throughput: {jobs} jobs, {workers} workers × {concurrency} concurrency, process sandbox");
     println!("  batch accepted (one bulk insert) in {accepted:.2?}");
     println!(
         "  all terminal in {wall:.1?}: {succeeded} succeeded, {} failed",
