@@ -238,7 +238,7 @@ async fn trivial_runs(slots: usize, runs: usize) -> (f64, Duration) {
         .filter(|report| std::future::ready(report.all_passed()))
         .count()
         .await;
-    let (took, cpu) = (started.elapsed(), machine_busy() - busy);
+    let (took, cpu) = (started.elapsed(), machine_busy().saturating_sub(busy));
     assert_eq!(passed, runs, "every trivial run passes");
     sandbox.shutdown_and_find_leftovers("no-marker-here").await;
     (runs as f64 / took.as_secs_f64(), cpu / runs as u32)
