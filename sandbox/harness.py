@@ -14,9 +14,12 @@ request on stdin. It never runs the code under test in its own process:
   with encoded return values; it never sees expected values or verdicts.
 * tests: runs the spec's pytest code against a proxy `solution` module whose
   functions call the runner; verdicts are made here, outside the candidate's
-  process. The test module is compiled from the source the checker sent over
-  a pipe, never read back from the writable work dir, and pytest reads no
-  conftest, ini file or cache, so nothing the candidate writes reaches it.
+  process. The test module is compiled from the source the checker holds,
+  never read back from the writable work dir, and pytest reads no conftest,
+  ini file or cache, so nothing the candidate writes reaches it. On a warm
+  server with pytest prepared the checker runs the tests itself
+  (`tests_here`); else a tests process of its own, sent the source over a
+  pipe.
 * server / svctests: import a generated service and serve it on a Unix
   socket / run its own test suite (sealed: no ini file, conftest hooks or
   plugins of the answer's). After the suite, the checker itself sends
@@ -1744,8 +1747,8 @@ def prepare_pytest():
         config._do_configure()
         config.hook.pytest_sessionstart(session=session)
     finally:
-        # Capture is set up, then suspended, but stdin stays replaced; the
-        # tests process resumes capture during its session.
+        # Capture is set up, then suspended, but stdin stays replaced; each
+        # run resumes capture during its session.
         sys.stdin, sys.stdout, sys.stderr = streams
     PREPARED_PYTEST = (config, session)
 
@@ -3029,8 +3032,8 @@ def checker_main(hint=""):
         write_files(request["files"], SRC_DIR)
         if request["mode"] == "function":
             if request["function"].get("test_code"):
-                # Only a path for pytest to collect: the tests process
-                # compiles the source it is sent, not this file.
+                # Only a path for pytest to collect: the tests compile
+                # the source from the request, not this file.
                 with open(TEST_FILE, "w", encoding="utf-8") as out:
                     out.write(request["function"]["test_code"])
             report = check_function(request, deadline, prefork)
@@ -3098,11 +3101,11 @@ def read_into(fd, buf, n):
 
 
 # What a warm server imports ahead, by the kind of run it serves (the
-# run header's hint picks the server on the Rust side). Every run forks the
-# server three times (the run, its checker, the first role), and a fork
-# costs in proportion to the server's memory: the kernel copies its page
-# tables, copies each page the child writes (Python's reference counts
-# write to nearly every object it touches) and unmaps it all at exit. A
+# run header's hint picks the server on the Rust side). Every run is two
+# copies of the server (the checker, cloned, and the first role it forks),
+# and a copy costs in proportion to the server's memory: the kernel copies
+# its page tables, copies each page the child writes (Python's reference
+# counts write to nearly every object it touches) and unmaps it all at exit. A
 # server holding pytest and the service stack is ~52 MB; one holding
 # neither ~15 MB, and a test-case run forks that one several times as
 # cheaply.

@@ -123,10 +123,11 @@ impl Servers {
 }
 
 /// What a warm server has imported ahead, chosen by the kind of run it
-/// serves (the run's hint). A run forks its server three times, and a fork
-/// costs in proportion to the server's memory: page tables copied, every
-/// page the child writes copied (Python's reference counts write to most
-/// objects it touches), all of it unmapped at exit. On a machine busy with
+/// serves (the run's hint). A run is two copies of its server (the checker
+/// and the first role it forks), and a copy costs in proportion to the
+/// server's memory: page tables copied, every page the child writes copied
+/// (Python's reference counts write to most objects it touches), all of it
+/// unmapped at exit. On a machine busy with
 /// small jobs that was most of the sandbox's CPU, so each kind of run forks
 /// the smallest server that has what it needs (`warm_up` in
 /// `sandbox/harness.py`).
