@@ -81,9 +81,11 @@ const SANDBOX_WARM_WAIT: Duration = Duration::from_secs(60);
 /// How often the liveness lock's connection is checked.
 const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 
-/// The span of the random hold before a panicked job is handed back: the
-/// queue's idle poll period (`queue::POLL_INTERVAL`).
-const POLL_PHASE_MS: u64 = 250;
+/// How long a worker that fetched back a job that panicked in it waits
+/// before pushing the job's message again: long enough for the fetch apalis
+/// makes right after an ack (that one must come back empty), and doubled
+/// each time the job comes back all the same.
+const HAND_BACK_WAIT: Duration = Duration::from_millis(10);
 
 /// How long a worker leaves a job that panicked in it to other workers.
 const AFTER_PANIC_ELSEWHERE: Duration = Duration::from_secs(5);
@@ -114,8 +116,11 @@ struct Inner {
     /// liveness registration; cancelled (and replaced) when the worker
     /// learns it was declared dead.
     registration: Mutex<CancellationToken>,
-    /// Jobs that panicked here lately, left to other workers for a while.
-    panicked: Mutex<HashMap<Uuid, Instant>>,
+    /// Jobs that panicked here lately, left to other workers for a while:
+    /// when each panicked, and how often it has come back here since.
+    panicked: Mutex<HashMap<Uuid, (Instant, u32)>>,
+    /// Pushes the messages of those jobs back; connected on first use.
+    hand_back: tokio::sync::OnceCell<queue::Producer>,
     /// Where `/metrics` is served (`KILN_WORKER_METRICS_ADDR`), bound at
     /// build so a taken port stops start-up; taken by `run_until_stopped`.
     metrics: Mutex<Option<tokio::net::TcpListener>>,
@@ -193,6 +198,7 @@ impl Worker {
                 interrupt,
                 draining: AtomicBool::new(false),
                 panicked: Mutex::new(HashMap::new()),
+                hand_back: tokio::sync::OnceCell::new(),
                 metrics: Mutex::new(None),
             }),
         }
@@ -379,18 +385,15 @@ impl Worker {
         if self.inner.draining.load(Ordering::SeqCst) {
             return false;
         }
-        if self.panicked_lately(job_id) {
-            // Left to another worker: the feeder sends it again at its next
-            // tick. After a while this one takes it too (it may be alone).
-            // Held a random moment first: the feeder and every idle worker
-            // poll on fixed periods, so without it the same worker can win
-            // the message back at every tick until its pause ends.
-            let jitter = Duration::from_millis(rand::random_range(0..POLL_PHASE_MS));
-            tokio::time::sleep(jitter).await;
-            match self.inner.pipeline.store.redispatch(job_id).await {
-                Ok(()) => return true,
-                Err(e) => warn!(%job_id, error = %e, "handing a panicked job to others failed; running it here"),
-            }
+        if let Some(returns) = self.panicked_lately(job_id) {
+            // Left to another worker (after a while this one takes it too:
+            // it may be alone). The message is acked now and pushed again
+            // in a moment, see `hand_back`.
+            let worker = self.clone();
+            self.inner
+                .tracker
+                .spawn(async move { worker.hand_back(job_id, returns).await });
+            return true;
         }
         let worker = self.clone();
         // `batch_id` and `run` are known once the job is claimed (`process`
@@ -505,17 +508,56 @@ impl Worker {
 }
 
 impl Worker {
-    fn panicked_lately(&self, job_id: Uuid) -> bool {
+    /// How often a job that panicked here lately has come back since, or
+    /// `None` if it did not panic here lately; counts this return.
+    fn panicked_lately(&self, job_id: Uuid) -> Option<u32> {
         let mut panicked = self.inner.panicked.lock().unwrap();
-        panicked.retain(|_, at| at.elapsed() < AFTER_PANIC_ELSEWHERE);
-        panicked.contains_key(&job_id)
+        panicked.retain(|_, (at, _)| at.elapsed() < AFTER_PANIC_ELSEWHERE);
+        panicked.get_mut(&job_id).map(|(_, returns)| {
+            *returns += 1;
+            *returns - 1
+        })
+    }
+
+    /// Pushes the message of a job that panicked here back to the queue,
+    /// for another worker. Every consumer polls Redis on a fixed period, and
+    /// also at once when one of its messages is acked; so the message is
+    /// pushed just after this worker acked it and polled: the next consumer
+    /// to poll is then another worker (this one polls again only a period
+    /// later). Left to the feeder, it would be pushed at the feeder's tick,
+    /// whose phase can favour this worker at every tick. Postgres still
+    /// says the job was sent, so the feeder does not send it twice.
+    async fn hand_back(&self, job_id: Uuid, returns: u32) {
+        tokio::time::sleep(HAND_BACK_WAIT * 2u32.pow(returns.min(5))).await;
+        let inner = &self.inner;
+        let pushed = match inner
+            .hand_back
+            .get_or_try_init(|| queue::Producer::connect(&inner.redis_url, &inner.queue))
+            .await
+        {
+            Ok(producer) => producer.push(&[job_id]).await,
+            Err(e) => Err(e),
+        };
+        match pushed {
+            Ok(()) => info!(%job_id, returns, "a job that panicked here lately came back; handed to other workers"),
+            Err(e) => {
+                warn!(%job_id, error = %e, "pushing a panicked job back failed; leaving it to the feeder");
+                if let Err(e) = inner.pipeline.store.redispatch(job_id).await {
+                    warn!(%job_id, error = %e, "leaving a panicked job to the feeder failed (it is sent again once stale)");
+                }
+            }
+        }
     }
 
     /// A job's pipeline panicked: its heartbeat has stopped; record the
     /// panic and hand the job back at once, blamed on it.
     async fn panicked(&self, lease: &crate::store::Lease, message: String) {
         error!(panic = %message, "the job panicked; handing it back");
-        self.inner.panicked.lock().unwrap().insert(lease.job_id, Instant::now());
+        self.inner
+            .panicked
+            .lock()
+            .unwrap()
+            .insert(lease.job_id, (Instant::now(), 0));
         let store = &self.inner.pipeline.store;
         let mut tries = 1;
         let recorded = crate::store::retry_while_unavailable(

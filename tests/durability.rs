@@ -560,6 +560,63 @@ async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_
     d.stop().await;
 }
 
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_panics_in_the_only_worker_runs_there_again_after_a_pause_and_ends_as_crash_loop() {
+    let env = TestEnv::new().await;
+    let script = "
+- name: panicky
+  match: \"`panicky`\"
+  responses:
+    - files:
+        - path: solution.py
+          content: \"def panicky(x):\\n    # PANIC-MARKER\\n    return x\\n\"
+";
+    let llm = mock(script).await;
+    let settings = env.settings(&llm.base_url(), &[]);
+    let d = Dispatcher::start(&settings).await;
+    let mut alone = Proc::spawn(
+        "kiln-worker",
+        &env.vars(
+            &llm.base_url(),
+            &[("KILN_FAULT_PANIC_MARKER", "PANIC-MARKER"), ("KILN_CRASH_LIMIT", "2")],
+        ),
+    );
+    let created = d
+        .client
+        .submit(
+            &json!({"specs": [{"kind": "function", "task_description": "Identity.", "entry_point": "panicky",
+                               "test_cases": [{"input": 1, "expected": 1}]}]}),
+            None,
+        )
+        .await
+        .unwrap();
+    let job = created["job_ids"][0].as_str().unwrap().to_owned();
+    wait_for_batch(
+        &d.client,
+        created["batch_id"].as_str().unwrap(),
+        Duration::from_secs(90),
+    )
+    .await;
+    let view = d.client.job(&job).await.unwrap();
+    assert_eq!(view["error"]["code"], "crash_loop", "{view}");
+    // Both panics happened in the one worker, the second only after the
+    // job had been left to other workers (there were none) for 5 s.
+    let attempts = d.attempts(&job, false).await;
+    let panics: Vec<chrono::DateTime<chrono::Utc>> = attempts
+        .iter()
+        .flat_map(|a| a["faults"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["kind"] == "panic")
+        .map(|f| f["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(panics.len(), 2, "{attempts:?}");
+    let pause = panics[1] - panics[0];
+    assert!(pause >= chrono::TimeDelta::seconds(5), "run again after {pause}");
+    assert!(alone.0.try_wait().unwrap().is_none(), "the worker died");
+    assert_eq!(llm.requests().len(), 1, "no answer was requested again");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_stops_its_sandbox_run_within_seconds() {
     let env = TestEnv::new().await;
