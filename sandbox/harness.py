@@ -1007,8 +1007,18 @@ FRAME_ATTRIBUTES = frozenset({
 })
 
 
+# Bound methods that read attributes and items of their arguments by a
+# name given as data (`"{0.__traceback__.tb_frame}".format(x)`).
+FORMATTERS = frozenset({"format", "format_map"})
+
+
 def reachable(name):
-    return isinstance(name, str) and (name in SAFE_DUNDERS or not name.startswith("_")) and name not in FRAME_ATTRIBUTES
+    return (
+        isinstance(name, str)
+        and (name in SAFE_DUNDERS or not name.startswith("_"))
+        and name not in FRAME_ATTRIBUTES
+        and name not in FORMATTERS
+    )
 
 
 class Peer:
@@ -1049,6 +1059,14 @@ class Peer:
         reply: the result, or the exception, and what the call did to the
         containers it was given."""
         tracked = []
+        if self.guarded and not self.handed_out(req.get("operands")):
+            # A request is about one of this side's objects that the other
+            # side holds (a callback, an object the tests passed in). On
+            # anything else, values the untrusted side sent itself, it would
+            # only compute in the trusted process: `Decimal(1) / 0` there
+            # raised an exception whose handle led, through `str.format`,
+            # to the checker's frames.
+            return {"exc": {"type": "TypeError", "message": "a request on an object the tests did not hand out", "trace": ""}}
         try:
             operands = [self.codec.decode(o, tracked=tracked) for o in req["operands"]]
         except (ValueError, TypeError, KeyError, IndexError, RecursionError) as e:
@@ -1091,6 +1109,19 @@ class Peer:
             reply["mut"] = mutated
         return reply
 
+    def handed_out(self, operands):
+        """Whether a request's subject (its first operand) is a handle of
+        an object this side handed out."""
+        if not isinstance(operands, list) or not operands:
+            return False
+        subject = operands[0]
+        return (
+            isinstance(subject, dict)
+            and len(subject) == 1
+            and isinstance(subject.get(self.codec.tag), int)
+            and subject[self.codec.tag] in self.codec.local
+        )
+
     def describe(self, e):
         t = type(e)
         exc = {"type": t.__name__, "message": str(e)[:2000], "trace": solution_traceback(e)}
@@ -1110,7 +1141,11 @@ class Peer:
         if "ok" in reply:
             return self.codec.decode(reply["ok"], refs=track)
         if reply.get("stop"):
-            raise StopIteration
+            if op == "next":
+                raise StopIteration
+            # Only `next` ends an iteration: a "stop" for a call would end
+            # the test's `map()` or `all()` early.
+            raise RuntimeError("the solution's side ended an iteration on a %r request" % op)
         if reply.get("noplain"):
             return NO_PLAIN
         raise self.exception(reply.get("exc") or {})
@@ -1294,12 +1329,41 @@ def _forward(op):
     return method
 
 
-for _op in ("lt", "le", "gt", "ge", "len", "bool", "repr", "str", "int", "float", "index", "neg", "pos",
-            "abs", "invert", "round", "getitem", "setitem", "delitem", "contains", "enter", "dir"):
+def _on_plain(op):
+    """An operator that, like equality, is computed here on the proxy's
+    plain value when it has one (an instance of a subclass of a plain type)
+    and its other operands are plain too: a `float` subclass whose `__sub__`
+    answers 0.0 for any expected value it is handed cannot make
+    `abs(result - expected) < 1e-6` true. The solution's own classes keep
+    their operators (a test of a class API calls them on purpose)."""
+
+    def method(self, *operands):
+        d = self.__dict__
+        if d.get("_kiln_no_plain") or any(isinstance(o, Proxy) for o in operands):
+            return self._kiln(op, *operands)
+        plain = self._kiln("plain")
+        if plain is NO_PLAIN:
+            # Whether an object has a plain value depends on its type only.
+            d["_kiln_no_plain"] = True
+            return self._kiln(op, *operands)
+        if op == "getitem" and isinstance(plain, dict):
+            # A dict subclass may answer missing keys (`__missing__`).
+            return self._kiln(op, *operands)
+        return OPS[op](plain, *operands)
+
+    method.__name__ = "__%s__" % op
+    return method
+
+
+for _op in ("lt", "le", "gt", "ge", "len", "bool", "int", "float", "index", "neg", "pos",
+            "abs", "invert", "round", "getitem", "contains"):
+    setattr(Proxy, "__%s__" % _op, _on_plain(_op))
+# A namedtuple's text is its class's, not its tuple's.
+for _op in ("repr", "str", "setitem", "delitem", "enter", "dir"):
     setattr(Proxy, "__%s__" % _op, _forward(_op))
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift"):
-    setattr(Proxy, "__%s__" % _name, _forward(_name))
-    setattr(Proxy, "__r%s__" % _name, _forward("r" + _name))
+    setattr(Proxy, "__%s__" % _name, _on_plain(_name))
+    setattr(Proxy, "__r%s__" % _name, _on_plain("r" + _name))
 
 
 # ---------------------------------------------------------------- runner role
@@ -1626,6 +1690,17 @@ def prompt_helpers(prompt, entry_point, solution):
     return {name: namespace[name] for name in helpers if callable(namespace.get(name))}
 
 
+def exportable(name):
+    """Whether a name of the candidate's module may become a name of the
+    `solution` module the tests import (and, if exported, of the tests' own
+    globals): not a dunder (a star-imported `__builtins__` replaces the
+    builtins of every test function defined after it) and an identifier
+    (`@py_builtins` is the name pytest's rewritten asserts use)."""
+    return name == "__all__" or (
+        isinstance(name, str) and name.isidentifier() and not (name.startswith("__") and name.endswith("__"))
+    )
+
+
 def proxy_module(candidate, entry_point, prompt=None):
     """The `solution` the tests import: every name of the candidate's
     module, private ones too, as plain values or proxies (real mirror
@@ -1637,6 +1712,8 @@ def proxy_module(candidate, entry_point, prompt=None):
     proxy = types.ModuleType("solution")
     declared = None
     for name in candidate.names:
+        if not exportable(name):
+            continue
         if name == "__all__":
             try:
                 declared = candidate.name(name)
@@ -1670,7 +1747,8 @@ def proxy_module(candidate, entry_point, prompt=None):
     # collection prefixes, and module-level pytest settings.
     proxy.__all__ = [
         n for n in public
-        if hasattr(proxy, n)
+        if exportable(n)
+        and hasattr(proxy, n)
         and (n not in NOT_EXPORTED or n == entry_point)
         and not n.lower().startswith(NOT_EXPORTED_PREFIXES)
     ]
@@ -3033,9 +3111,11 @@ def checker_main(hint=""):
         if request["mode"] == "function":
             if request["function"].get("test_code"):
                 # Only a path for pytest to collect: the tests compile
-                # the source from the request, not this file.
+                # the source from the request, not this file, which the
+                # runner (same user, same mounts) can read, so it holds
+                # none of the test's expected values.
                 with open(TEST_FILE, "w", encoding="utf-8") as out:
-                    out.write(request["function"]["test_code"])
+                    out.write("# compiled from the run's request, not from this file\n")
             report = check_function(request, deadline, prefork)
         elif request["mode"] == "service":
             report = check_service(request, deadline, prefork)

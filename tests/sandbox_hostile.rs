@@ -1440,6 +1440,177 @@ async fn the_kernel_keyrings_are_out_of_reach_and_judged_failed(backend: Backend
     );
 }
 
+// ------------------------------------- forging through the tests' proxies
+
+/// Reads the expected values out of the spec's test source, if any copy of
+/// it is within the runner's reach.
+const READ_TEST_FILE: &str = r#"
+import os, re
+
+
+def add(a, b):
+    for root, _, names in os.walk("/work"):
+        for name in names:
+            try:
+                with open(os.path.join(root, name)) as f:
+                    found = re.search(r"add\(%r, %r\) == (-?\d+)" % (a, b), f.read())
+            except OSError:
+                continue
+            if found:
+                return int(found.group(1))
+    return a - b
+"#;
+
+async fn reading_the_test_file_for_its_expected_values_is_judged_failed(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_add():\n    assert add(2, 3) == 5\n    assert add(10, 1) == 11\n";
+    judged_failed(backend, |m| job("add", READ_TEST_FILE, m, vec![], Some(tests))).await;
+}
+
+/// Makes the runner answer every call with the reply that ends an
+/// iteration: `all(map(is_prime, ...))` would stop at once and be true.
+const STOP_EVERY_CALL: &str = r#"
+import __main__
+
+_serve = __main__.Peer.serve
+
+
+def _stop(self, req):
+    if req.get("op") == "call":
+        return {"stop": True}
+    return _serve(self, req)
+
+
+__main__.Peer.serve = _stop
+
+
+def is_prime(n):
+    return False
+"#;
+
+async fn a_stop_reply_to_a_call_cannot_end_the_tests_iteration_early(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_primes():\n    assert all(map(is_prime, [2, 3, 5, 7]))\n    \
+                 assert not any(map(is_prime, [4, 6, 8]))\n";
+    judged_failed(backend, |m| job("is_prime", STOP_EVERY_CALL, m, vec![], Some(tests))).await;
+}
+
+/// A float whose distance to anything is zero.
+const ZERO_DISTANCE_FLOAT: &str = r#"
+class Close(float):
+    def __sub__(self, other):
+        return 0.0
+
+    __rsub__ = __sub__
+
+    def __lt__(self, other):
+        return True
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+
+def mean_absolute_deviation(numbers):
+    return Close(12345.0)
+"#;
+
+async fn a_float_subclass_whose_subtraction_answers_zero_is_judged_failed(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_mad():\n    \
+                 assert abs(mean_absolute_deviation([1.0, 2.0, 3.0]) - 2.0 / 3.0) < 1e-6\n    \
+                 assert mean_absolute_deviation([1.0, 2.0, 3.0]) < 1.0\n";
+    judged_failed(backend, |m| {
+        job("mean_absolute_deviation", ZERO_DISTANCE_FLOAT, m, vec![], Some(tests))
+    })
+    .await;
+}
+
+/// Exports a `__builtins__` whose `abs` and `all` always say yes: every test
+/// function defined after `from solution import *` would look its builtins
+/// up there.
+const EXPORT_BUILTINS: &str = r#"
+import builtins, __main__
+
+__all__ = ["mean_absolute_deviation", "__builtins__", "@py_builtins"]
+
+
+class _Yes:
+    def __getitem__(self, name):
+        if name in ("abs", "all", "any"):
+            return lambda *a: 0 if name == "abs" else True
+        return getattr(builtins, name)
+
+
+kiln_yes = _Yes()
+_send = __main__.send
+
+
+def _send_names(fd, obj):
+    if isinstance(obj, dict) and isinstance(obj.get("names"), dict):
+        obj["names"]["__builtins__"] = obj["names"]["@py_builtins"] = obj["names"]["kiln_yes"]
+    return _send(fd, obj)
+
+
+__main__.send = _send_names
+
+
+def mean_absolute_deviation(numbers):
+    return 12345.0
+"#;
+
+async fn exporting_builtins_to_the_tests_is_judged_failed(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_mad():\n    \
+                 assert abs(mean_absolute_deviation([1.0, 2.0, 3.0]) - 2.0 / 3.0) < 1e-6\n    assert all([False])\n";
+    judged_failed(backend, |m| {
+        job("mean_absolute_deviation", EXPORT_BUILTINS, m, vec![], Some(tests))
+    })
+    .await;
+}
+
+/// Asks the trusted side to divide two of the runner's own values, so that
+/// the exception it raises there comes back as a handle; then formats a
+/// string through that handle's traceback, up to the checker's frames (the
+/// nonce, the request with the tests' expected values).
+const FORMAT_THE_CHECKERS_FRAMES: &str = r#"
+import decimal, sys
+
+
+def answer(x):
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "serve" and "self" in frame.f_locals):
+        frame = frame.f_back
+    if frame is None:
+        return -1
+    peer = frame.f_locals["self"]
+    try:
+        peer.result("truediv", decimal.Decimal(1), decimal.Decimal(0))
+    except Exception as e:
+        remote = e.__dict__.get("_kiln_remote")
+    else:
+        remote = None
+    if remote is None:
+        return -2
+    seen = []
+    for k in range(80):
+        path = "0.__traceback__.tb_frame" + ".f_back" * k
+        try:
+            seen.append(peer.result("getattr", "{%s.f_code.co_name}" % path, name="format")(remote))
+            if seen[-1] == "checker_main":
+                return peer.result("getattr", "{%s.f_locals[request]}" % path, name="format")(remote)
+        except Exception:
+            break
+    return "frames: %r" % seen
+"#;
+
+async fn reading_the_checkers_frames_through_a_trusted_exception_is_refused_and_judged_failed(backend: Backend) {
+    let tests = "from solution import *\n\n\ndef test_answer():\n    assert answer(1) == 42\n";
+    let (report, _) = judged_failed(backend, |m| {
+        job("answer", FORMAT_THE_CHECKERS_FRAMES, m, vec![], Some(tests))
+    })
+    .await;
+    let text = format!("{report:?}");
+    assert!(
+        text.contains("assert -2 == 42") && !text.contains("frames:") && !text.contains("nonce"),
+        "the runner reached a trusted exception: {report:#?}"
+    );
+}
+
 // ---------------------------------------------------------------- both backends
 
 for_both_backends!(
@@ -1472,4 +1643,9 @@ for_both_backends!(
     ptracing_pid_1_and_every_other_process_is_refused_and_judged_failed,
     taking_over_pid_1_to_survive_kill_minus_1_between_stages_is_refused_and_judged_failed,
     the_kernel_keyrings_are_out_of_reach_and_judged_failed,
+    reading_the_test_file_for_its_expected_values_is_judged_failed,
+    a_stop_reply_to_a_call_cannot_end_the_tests_iteration_early,
+    a_float_subclass_whose_subtraction_answers_zero_is_judged_failed,
+    exporting_builtins_to_the_tests_is_judged_failed,
+    reading_the_checkers_frames_through_a_trusted_exception_is_refused_and_judged_failed,
 );
