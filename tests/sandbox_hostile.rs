@@ -1493,34 +1493,6 @@ async fn a_stop_reply_to_a_call_cannot_end_the_tests_iteration_early(backend: Ba
     judged_failed(backend, |m| job("is_prime", STOP_EVERY_CALL, m, vec![], Some(tests))).await;
 }
 
-/// A float whose distance to anything is zero.
-const ZERO_DISTANCE_FLOAT: &str = r#"
-class Close(float):
-    def __sub__(self, other):
-        return 0.0
-
-    __rsub__ = __sub__
-
-    def __lt__(self, other):
-        return True
-
-    __le__ = __gt__ = __ge__ = __lt__
-
-
-def mean_absolute_deviation(numbers):
-    return Close(12345.0)
-"#;
-
-async fn a_float_subclass_whose_subtraction_answers_zero_is_judged_failed(backend: Backend) {
-    let tests = "from solution import *\n\n\ndef test_mad():\n    \
-                 assert abs(mean_absolute_deviation([1.0, 2.0, 3.0]) - 2.0 / 3.0) < 1e-6\n    \
-                 assert mean_absolute_deviation([1.0, 2.0, 3.0]) < 1.0\n";
-    judged_failed(backend, |m| {
-        job("mean_absolute_deviation", ZERO_DISTANCE_FLOAT, m, vec![], Some(tests))
-    })
-    .await;
-}
-
 /// Exports a `__builtins__` whose `abs` and `all` always say yes: every test
 /// function defined after `from solution import *` would look its builtins
 /// up there.
@@ -1645,7 +1617,6 @@ for_both_backends!(
     the_kernel_keyrings_are_out_of_reach_and_judged_failed,
     reading_the_test_file_for_its_expected_values_is_judged_failed,
     a_stop_reply_to_a_call_cannot_end_the_tests_iteration_early,
-    a_float_subclass_whose_subtraction_answers_zero_is_judged_failed,
     exporting_builtins_to_the_tests_is_judged_failed,
     reading_the_checkers_frames_through_a_trusted_exception_is_refused_and_judged_failed,
 );
