@@ -1017,7 +1017,7 @@ FRAME_ATTRIBUTES = frozenset({
 # Bound methods that read or write attributes of objects by names given as
 # data (`"{0.__traceback__.tb_frame}".format(x)`, a Mock's
 # `configure_mock(**{"__eq__": ...})`).
-FORMATTERS = frozenset({"format", "format_map", "configure_mock", "attach_mock", "mock_add_spec"})
+NAMES_AS_DATA = frozenset({"format", "format_map", "configure_mock", "attach_mock", "mock_add_spec"})
 
 
 def is_behaviour(obj, name):
@@ -1037,7 +1037,7 @@ def reachable(name):
         isinstance(name, str)
         and (name in SAFE_DUNDERS or not name.startswith("_"))
         and name not in FRAME_ATTRIBUTES
-        and name not in FORMATTERS
+        and name not in NAMES_AS_DATA
     )
 
 

@@ -529,24 +529,24 @@ impl Worker {
     /// says the job was sent, so the feeder does not send it twice.
     async fn hand_back(&self, job_id: Uuid, returns: u32) {
         tokio::time::sleep(HAND_BACK_WAIT * 2u32.pow(returns.min(5))).await;
-        let inner = &self.inner;
-        let pushed = match inner
-            .hand_back
-            .get_or_try_init(|| queue::Producer::connect(&inner.redis_url, &inner.queue))
-            .await
-        {
-            Ok(producer) => producer.push(&[job_id]).await,
-            Err(e) => Err(e),
-        };
-        match pushed {
+        match self.push_again(job_id).await {
             Ok(()) => info!(%job_id, returns, "a job that panicked here lately came back; handed to other workers"),
             Err(e) => {
                 warn!(%job_id, error = %e, "pushing a panicked job back failed; leaving it to the feeder");
-                if let Err(e) = inner.pipeline.store.redispatch(job_id).await {
+                if let Err(e) = self.inner.pipeline.store.redispatch(job_id).await {
                     warn!(%job_id, error = %e, "leaving a panicked job to the feeder failed (it is sent again once stale)");
                 }
             }
         }
+    }
+
+    async fn push_again(&self, job_id: Uuid) -> Result<(), queue::QueueError> {
+        let inner = &self.inner;
+        let producer = inner
+            .hand_back
+            .get_or_try_init(|| queue::Producer::connect(&inner.redis_url, &inner.queue))
+            .await?;
+        producer.push(&[job_id]).await
     }
 
     /// A job's pipeline panicked: its heartbeat has stopped; record the

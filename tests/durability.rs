@@ -450,19 +450,33 @@ async fn a_death_while_a_sandbox_report_is_read_is_blamed_on_its_job_not_on_jobs
 }
 
 #[cfg(feature = "fault-injection")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_the_panic_recorded() {
-    let env = TestEnv::new().await;
-    let script = "
+/// A mock script whose answer to `panicky_spec` carries the panic marker
+/// (`KILN_FAULT_PANIC_MARKER=PANIC-MARKER`), after `latency_ms`.
+fn panicky_script(latency_ms: u64) -> String {
+    format!(
+        "
 - name: panicky
   match: \"`panicky`\"
-  latency_ms: 2500
+  latency_ms: {latency_ms}
   responses:
     - files:
         - path: solution.py
           content: \"def panicky(x):\\n    # PANIC-MARKER\\n    return x\\n\"
-";
-    let llm = mock(script).await;
+"
+    )
+}
+
+#[cfg(feature = "fault-injection")]
+fn panicky_spec() -> Value {
+    json!({"kind": "function", "task_description": "Identity.", "entry_point": "panicky",
+           "test_cases": [{"input": 1, "expected": 1}]})
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_the_panic_recorded() {
+    let env = TestEnv::new().await;
+    let llm = mock(&panicky_script(2500)).await;
     let settings = env.settings(&llm.base_url(), &[]);
     let d = Dispatcher::start(&settings).await;
     let mut a = Proc::spawn(
@@ -477,11 +491,7 @@ async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_
     );
     let created = d
         .client
-        .submit(
-            &json!({"specs": [{"kind": "function", "task_description": "Identity.", "entry_point": "panicky",
-                               "test_cases": [{"input": 1, "expected": 1}]}]}),
-            None,
-        )
+        .submit(&json!({ "specs": [panicky_spec()] }), None)
         .await
         .unwrap();
     let job = created["job_ids"][0].as_str().unwrap().to_owned();
@@ -564,15 +574,7 @@ async fn a_job_whose_pipeline_panics_is_rerun_by_another_worker_within_3_s_with_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_panics_in_the_only_worker_runs_there_again_after_a_pause_and_ends_as_crash_loop() {
     let env = TestEnv::new().await;
-    let script = "
-- name: panicky
-  match: \"`panicky`\"
-  responses:
-    - files:
-        - path: solution.py
-          content: \"def panicky(x):\\n    # PANIC-MARKER\\n    return x\\n\"
-";
-    let llm = mock(script).await;
+    let llm = mock(&panicky_script(0)).await;
     let settings = env.settings(&llm.base_url(), &[]);
     let d = Dispatcher::start(&settings).await;
     let mut alone = Proc::spawn(
@@ -584,11 +586,7 @@ async fn a_job_that_panics_in_the_only_worker_runs_there_again_after_a_pause_and
     );
     let created = d
         .client
-        .submit(
-            &json!({"specs": [{"kind": "function", "task_description": "Identity.", "entry_point": "panicky",
-                               "test_cases": [{"input": 1, "expected": 1}]}]}),
-            None,
-        )
+        .submit(&json!({ "specs": [panicky_spec()] }), None)
         .await
         .unwrap();
     let job = created["job_ids"][0].as_str().unwrap().to_owned();
